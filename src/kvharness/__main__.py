@@ -1,0 +1,5 @@
+import sys
+
+from kvharness.cli import main
+
+sys.exit(main())
