@@ -116,3 +116,10 @@ def summarize_requests(
     cached = sum(int(r.get("cached_tokens") or 0) for r in ok)
     out["kv_hit_pct"] = (100.0 * cached / prompt) if prompt else None
     return out
+
+
+def pct_delta(value: float | None, reference: float | None) -> float | None:
+    """Percent change of ``value`` against ``reference`` (None when either is missing or ref is 0)."""
+    if value is None or reference in (None, 0):
+        return None
+    return 100.0 * (value - reference) / reference

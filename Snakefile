@@ -1,0 +1,22 @@
+# kvharness: when does storage start to decide LLM inference latency?
+# This file only wires: config + validation, rule modules, target rules.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "configs/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/measure.smk"
+include: "rules/analyze.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/H0/summary.csv",
+        "results/H0/uwork.csv",
+        "results/H8/summary.csv",
+        "results/H8/hero.png",

@@ -1,0 +1,50 @@
+"""Cell folders -> one flat row per cell (the input of every hypothesis analysis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from kvharness import stats
+from kvharness.analysis.records import RecordError, read_json, read_jsonl
+
+
+def cell_row(cell_dir: str | Path) -> dict:
+    """Summary row of one finished cell, recomputed from its raw records (never trusting a cache)."""
+    cell_dir = Path(cell_dir)
+    spec = read_json(cell_dir / "cell.json")
+    summary = read_json(cell_dir / "summary.json")
+    records, truncated = read_jsonl(cell_dir / "metrics.jsonl")
+    warmup_s = float(spec["load"].get("warmup_s") or 0)
+    if warmup_s > 0 and records:
+        t0 = min(r["sched_ns"] for r in records if r.get("sched_ns") is not None)
+        records = [r for r in records if r.get("sched_ns", t0) - t0 >= warmup_s * 1e9]
+    req = stats.summarize_requests(records)
+    req.pop("error_classes", None)
+    row = {
+        "hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"], "role": spec["role"],
+        "tiered": bool(spec["stack"].get("tiered")), "profile": spec["profile"],
+        "concurrency": spec["load"]["concurrency"],
+        "workload": spec["load"]["workload"]["kind"],
+        "context_tokens": spec["load"]["workload"].get("context_tokens"),
+        **{k: spec["tiers"][k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes", "memory_budget_bytes")},
+        "status": summary["status"],
+        "alignment": summary.get("quality", {}).get("alignment"),
+        "client_bound": summary.get("client_bound", False),
+        "tier2_file_bytes": summary.get("tier2_file_bytes"),
+        "truncated_lines": truncated,
+        **req,
+    }
+    ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")
+    row["ttft_p99_over_p50"] = (ttft99 / ttft50) if ttft50 else None
+    return row
+
+
+def cell_rows(cell_dirs: Iterable[str | Path]) -> list[dict]:
+    rows = []
+    for d in cell_dirs:
+        try:
+            rows.append(cell_row(d))
+        except RecordError as exc:
+            raise RecordError(f"cell {d}: {exc}") from None
+    return rows

@@ -1,0 +1,63 @@
+"""H0: the queue knee. p50/p95/p99 TTFT vs concurrency, U_work and collapse point per stack, and
+whether the tiered stack is transparent (within +-5 % of the memory-only one) where both are stable."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from kvharness.analysis.knee import collapse_point, u_work
+from kvharness.stats import pct_delta
+
+TRANSPARENCY_PCT = 5.0
+H0_COLUMNS = [
+    "stack", "role", "tiered", "profile", "concurrency", "status", "n_requests", "n_ok", "n_errors", "error_rate",
+    "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "ttft_p99_over_p50", "stable",
+    "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s", "output_tok_s",
+    "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes",
+]
+
+
+def by_stack(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["stack"], []).append(r)
+    return out
+
+
+def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(summary rows per stack x concurrency, U_work row per stack)."""
+    summary, uwork_rows = [], []
+    per_stack = by_stack(rows)
+    knees = {}
+    for stack, steps in sorted(per_stack.items()):
+        knee = u_work(steps)
+        knees[stack] = knee
+        for s in sorted(steps, key=lambda s: s["concurrency"]):
+            summary.append({**{k: s.get(k) for k in H0_COLUMNS}, "stable": knee["stable"][s["concurrency"]]})
+    roles = {r["stack"]: r["role"] for r in rows}
+    ref_stack = next((s for s, role in roles.items() if role == "A"), None)
+    for stack, knee in sorted(knees.items()):
+        steps = sorted(per_stack[stack], key=lambda s: s["concurrency"])
+        used, note = knee["u_work"], ""
+        if used is None:
+            used = steps[0]["concurrency"]
+            note = f"no two consecutive stable steps (p99 > 2 x p50 throughout); using the lowest swept concurrency {used}"
+        elif knee["censored"]:
+            note = f"stable to the end of the sweep: the knee lies above {used}"
+        row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_used": used,
+               "censored": knee["censored"], "n_steps": knee["n_steps"], **collapse_point(steps), "note": note}
+        # Transparency (B vs A within +-5 %): median TTFT at the concurrency levels both stacks hold stably.
+        if ref_stack and stack != ref_stack:
+            ref = {s["concurrency"]: s for s in per_stack[ref_stack]}
+            shared = [s for s in steps if s["concurrency"] in ref and knee["stable"][s["concurrency"]]
+                      and knees[ref_stack]["stable"].get(s["concurrency"])]
+            deltas = [pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50")) for s in shared]
+            deltas = [d for d in deltas if d is not None]
+            if deltas:
+                worst = max(deltas, key=abs)
+                row["vs_A_ttft_p50_worst_pct"] = round(worst, 2)
+                row["transparent"] = abs(worst) <= TRANSPARENCY_PCT
+        uwork_rows.append(row)
+    return summary, uwork_rows
+
+

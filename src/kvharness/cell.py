@@ -1,0 +1,302 @@
+"""Measure one cell: launch the stack with its tier settings, wait for health, start the collector,
+run the load, stop everything, and write the cell folder atomically.
+
+The folder is built as ``<cell>.tmp/`` and renamed to ``<cell>/`` only when the cell finished. A cell
+that fails (the stack does not start or crashes, the load produced no successful request, an
+interrupt) is renamed ``<cell>.failed-<UTC>/`` with ``reason.txt`` and everything measured so far,
+and :class:`CellFailed` is raised so the workflow marks the job failed and a rerun repeats only it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kvharness import stats
+from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness.config import REPO_ROOT, ConfigError
+from kvharness.provenance import provenance, scrub, utc_now
+from kvharness.stacks.launcher import RunningStack, StackLaunchError, child_popen_kwargs, plan_launch, terminate_group
+
+log = logging.getLogger("kvharness.cell")
+
+ALIGNMENT_GATE = 0.95
+
+
+class CellFailed(RuntimeError):
+    """The cell did not produce a trustworthy measurement; its partial folder was kept."""
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP during a cell (SIGINT arrives as a plain KeyboardInterrupt)."""
+
+
+def _raise_interrupt(signum, _frame):
+    raise CellInterrupted(f"signal {signal.Signals(signum).name}")
+
+
+def read_uwork(path: str | Path, stack_name: str) -> int:
+    """U_work of ``stack_name`` from an H0 ``uwork.csv``."""
+    path = Path(path)
+    try:
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
+    for row in rows:
+        if row.get("stack") == stack_name:
+            value = row.get("u_work_used") or row.get("u_work")
+            try:
+                return int(float(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: stack {stack_name}: u_work {value!r} is not a number") from None
+    raise ConfigError(f"{path}: no U_work row for stack {stack_name!r} (stacks: {[r.get('stack') for r in rows]})")
+
+
+def uwork_from_cells(h0_cells, stack_name: str) -> int:
+    """U_work of ``stack_name`` computed from H0's cell folders (so analysis edits never re-measure)."""
+    from kvharness.analysis.cells import cell_rows
+    from kvharness.analysis.h0 import h0_tables
+
+    _, rows = h0_tables(cell_rows(h0_cells))
+    for row in rows:
+        if row["stack"] == stack_name:
+            return int(row["u_work_used"])
+    raise ConfigError(f"H0 has no cell for stack {stack_name!r}: add its role to hypotheses.H0.stacks")
+
+
+def resolve_load(spec: dict, uwork_csv: str | None = None, h0_cells=None) -> dict:
+    """The concrete load of a cell: `uwork` concurrency from H0 (cells or uwork.csv), burst size defaulted."""
+    load = json.loads(json.dumps(spec["load"]))
+    if load.get("concurrency") == "uwork":
+        if h0_cells:
+            load["concurrency"] = uwork_from_cells(h0_cells, spec["stack"]["name"])
+        elif uwork_csv:
+            load["concurrency"] = read_uwork(uwork_csv, spec["stack"]["name"])
+        else:
+            raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs H0's cells or uwork.csv")
+        load["concurrency_source"] = "uwork"
+    pattern = load.setdefault("pattern", {"kind": "closed"})
+    if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
+        pattern["burst_size"] = load["concurrency"]
+    return load
+
+
+def template_names(spec: dict, tier2_dir: Path) -> dict:
+    tiers = spec["tiers"]
+    gib = 1024**3
+    names = {
+        "host": spec["host"],
+        "model": spec["model"], "model_path": spec["model_path"],
+        "served_model_name": spec["served_model_name"], "precision": spec["precision"],
+        "hardware": spec["hardware"], "tier2_dir": str(tier2_dir),
+        **{k: tiers[k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
+        **{k.replace("_bytes", "_gb"): f"{tiers[k] / gib:.3f}".rstrip("0").rstrip(".") for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
+        **spec["engine"], **spec["sim"],
+    }
+    kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"])
+    names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
+    return names
+
+
+def kv_bytes_per_token(model: str, precision: str) -> int | None:
+    """KV bytes per token of a model profile (configs/models.yaml), None if unknown."""
+    try:
+        from kvharness.sim.profiles import kv_bytes_per_token as lookup  # the simulator owns the profiles
+    except ImportError:
+        return None
+    try:
+        return int(lookup(model, precision))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _python_module_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kvharness", module, *args]
+
+
+def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
+    fh = open(log_path, "ab", buffering=0)
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **child_popen_kwargs())
+    finally:
+        fh.close()
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _dir_bytes(path: Path) -> tuple[int, int]:
+    total = files = 0
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if p.is_file():
+                files += 1
+                total += p.stat().st_size
+    return files, total
+
+
+def _quality(collector_summary: dict | None, collector_rc: int | None) -> dict:
+    if collector_summary is None:
+        return {"collector_ok": False, "alignment": None, "alignment_ok": False,
+                "collector_note": f"collector gave no summary (exit code {collector_rc})"}
+    alignment = collector_summary.get("alignment_fraction")
+    return {
+        "collector_ok": collector_rc in (0, None, -signal.SIGTERM),
+        "alignment": alignment,
+        "alignment_ok": alignment is not None and alignment >= ALIGNMENT_GATE,
+        "ticks_missed": collector_summary.get("ticks_missed"),
+    }
+
+
+def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_cells=None) -> dict:
+    """Measure one cell into ``out_dir``; returns the cell summary. Raises CellFailed (folder kept)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    started = utc_now()
+    t_start = time.monotonic()
+    tier2_dir = Path(spec["tier2_root"]).resolve() / spec["hyp"] / spec["cell"]
+    summary: dict = {"hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"],
+                     "role": spec["role"], "profile": spec["profile"], "status": "running"}
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    stack = loadgen = collector = None
+    failure: str | None = None
+    try:
+        load = resolve_load(spec, uwork_csv, h0_cells)
+        shutil.rmtree(tier2_dir, ignore_errors=True)
+        tier2_dir.mkdir(parents=True)
+        plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
+        resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir)}
+        (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
+        log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
+        stack = RunningStack(plan)
+        stack.start()
+        health_s = stack.wait_healthy()
+        summary["health_wait_s"] = round(health_s, 3)
+        log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
+
+        block_bytes = None
+        kvpt = kv_bytes_per_token(spec["model"], spec["precision"])
+        if kvpt:
+            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
+        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
+                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
+        for name, url in plan.metrics_urls.items():
+            argv += ["--scrape", f"{name}={url}"]
+        if block_bytes:
+            argv += ["--kv-block-bytes", str(block_bytes)]
+        collector = _start(argv, tmp / "collector.log")
+        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
+            log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
+
+        load_spec = {
+            "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
+            "model": spec["served_model_name"], "stream": True,
+            "pattern": {**load["pattern"], "concurrency": load["concurrency"]},
+            "workload": load["workload"], "duration_s": load["duration_s"],
+            "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
+            "request_timeout_s": load.get("request_timeout_s", 60.0),
+            "labels": {"stack": plan.name, "concurrency": load["concurrency"]},
+        }
+        (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        log.info("cell %s: load %s x%s for %.1f s", spec["cell"], load["pattern"]["kind"], load["concurrency"], load["duration_s"])
+        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
+                                             "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
+        budget = float(load["duration_s"]) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        try:
+            loadgen_rc = loadgen.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            loadgen_rc = None
+            failure = f"load generator did not finish within {budget:.0f} s (duration + request timeout + 30 s)"
+        summary["loadgen_rc"] = loadgen_rc
+        dead = stack.dead_process()
+        if dead is not None:
+            failure = failure or f"stack process {dead.args[0]!r} exited with code {dead.returncode} during the load (crash)"
+        elif loadgen_rc not in (0, None) and failure is None:
+            failure = f"load generator exited with code {loadgen_rc} (see loadgen.log)"
+    except StackLaunchError as exc:
+        failure = scrub(str(exc))
+    except ConfigError as exc:
+        failure = str(exc)
+    except KeyboardInterrupt as exc:
+        failure = f"interrupted ({exc or 'SIGINT'})"
+    finally:
+        try:
+            for proc in (loadgen, collector):
+                if proc is not None:
+                    terminate_group(proc, grace_s=5.0)
+            if stack is not None:
+                stack.stop()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+    # ---- summarize what was measured (also for failed cells: nothing is lost)
+    summary["collector_rc"] = collector.returncode if collector is not None else None
+    try:
+        records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
+    except RecordError as exc:
+        records, truncated = [], 0
+        failure = failure or str(exc)
+    summary["truncated_lines"] = truncated
+    summary["requests"] = stats.summarize_requests(records)
+    collector_summary = None
+    if (tmp / "collector_summary.json").exists():
+        try:
+            collector_summary = read_json(tmp / "collector_summary.json")
+        except RecordError:
+            collector_summary = None
+    summary["quality"] = _quality(collector_summary, summary["collector_rc"])
+    if (tmp / "loadgen_summary.json").exists():
+        try:
+            lg = read_json(tmp / "loadgen_summary.json")
+            summary["client_bound"] = bool(lg.get("client_bound", False))
+        except RecordError:
+            pass
+    files, nbytes = _dir_bytes(tier2_dir)
+    summary["tier2_files"] = files
+    summary["tier2_file_bytes"] = nbytes
+    if not spec.get("keep_tier2_files"):
+        shutil.rmtree(tier2_dir, ignore_errors=True)
+    if failure is None and summary["requests"]["n_ok"] == 0:
+        failure = f"no successful request ({summary['requests']['n_requests']} sent, errors: {summary['requests']['error_classes']})"
+    if failure is None:
+        degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        summary["status"] = "degraded" if degraded else "ok"
+        summary["degraded_because"] = degraded
+    else:
+        summary["status"] = "failed"
+        summary["reason"] = failure
+    summary["started_utc"] = started
+    summary["finished_utc"] = utc_now()
+    summary["wall_s"] = round(time.monotonic() - t_start, 3)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"],
+                                                                        "sim": spec.get("sim")}), indent=2))
+    if failure is not None:
+        failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        (tmp / "reason.txt").write_text(failure + "\n")
+        os.replace(tmp, failed_dir)
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} failed: {failure.splitlines()[0]} (kept in {failed_dir})")
+    os.replace(tmp, out_dir)
+    return summary

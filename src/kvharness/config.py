@@ -1,0 +1,299 @@
+"""Workflow configuration: schema validation, stack configs, and expansion into cells.
+
+Everything here is plain data (dicts of builtins) so Snakemake can fingerprint it as rule params.
+Every error is a one-line :class:`ConfigError` naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvharness.units import parse_bytes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+SCHEMA_PATH = CONFIG_DIR / "config.schema.yaml"
+STACK_DIR = CONFIG_DIR / "stacks"
+
+STACK_KINDS = ("sim", "trtllm", "dynamo", "vllm", "sglang", "external")
+STACK_KEYS = {
+    "description", "kind", "role", "tiered", "port", "metrics_port", "command", "pre_commands", "env",
+    "health_path", "metrics", "startup_timeout_s", "engine_yaml",
+}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Short names used in cell ids for swept keys: sim-B_c16.
+SWEEP_ABBREV = {"concurrency": "c"}
+H8_DEFAULT_BUCKETS = [
+    {"name": "short", "min_tokens": 200, "max_tokens": 500, "weight": 0.6},
+    {"name": "medium", "min_tokens": 800, "max_tokens": 1500, "weight": 0.3},
+    {"name": "long", "min_tokens": 2500, "max_tokens": 3200, "weight": 0.1},
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line: where, and what was expected."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _path_str(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _describe_error(err) -> str:
+    where = _path_str(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(sorted(err.schema.get("properties", {}))) or "none"
+        key = f"{where}.{extra[0]}" if err.absolute_path else (extra[0] if extra else where)
+        return f"unknown key '{key}' (allowed here: {allowed})"
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return f"{where}: missing required key '{missing}'"
+    if err.validator == "propertyNames":
+        return f"{where}: invalid name {err.instance!r} ({err.message})"
+    expected = err.schema.get("description") or err.message
+    detail = err.message
+    return f"{where}: {detail} (expected {expected})" if expected != detail else f"{where}: {detail}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        node = root
+        for part in ref.lstrip("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        resolved = sub
+        if "$ref" in sub:
+            node = root
+            for part in sub["$ref"].lstrip("#/").split("/"):
+                node = node[part]
+            resolved = {**node, **sub}
+        if key not in instance and "default" in resolved:
+            instance[key] = copy.deepcopy(resolved["default"])
+        if key in instance:
+            _fill_defaults(instance[key], resolved, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def validate_config(config: dict) -> dict:
+    """Validate against configs/config.schema.yaml, fill defaults, and run semantic checks.
+
+    Returns a new, normalized dict; raises ConfigError with one line on the first problem.
+    """
+    import jsonschema
+
+    if not isinstance(config, dict) or not config:
+        raise ConfigError("config: expected a mapping with stacks, profiles and hypotheses (is the config file empty?)")
+    schema = load_schema()
+    cfg = copy.deepcopy(config)
+    validator = jsonschema.Draft202012Validator(schema)
+    err = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    if err is not None:
+        raise ConfigError(f"config error: {_describe_error(err)}")
+    _fill_defaults(cfg, schema, schema)
+    _check_semantics(cfg)
+    return cfg
+
+
+def _check_semantics(cfg: dict) -> None:
+    if cfg["host"] not in LOOPBACK and not cfg["allow_remote_bind"]:
+        raise ConfigError(
+            f"config error: host: {cfg['host']!r} is not a loopback address; set allow_remote_bind: true to expose servers"
+        )
+    for name, prof in cfg["profiles"].items():
+        for tier in ("tier0", "tier1", "tier2"):
+            try:
+                parse_bytes(prof[tier], f"profiles.{name}.{tier}")
+            except ValueError as exc:
+                raise ConfigError(f"config error: {exc}") from None
+        if parse_bytes(prof["tier0"]) == 0:
+            raise ConfigError(f"config error: profiles.{name}.tier0: expected a device KV pool > 0 bytes")
+    for role, stack_name in cfg["stacks"].items():
+        load_stack(stack_name)  # raises ConfigError naming the file
+    for hyp, h in cfg["hypotheses"].items():
+        where = f"hypotheses.{hyp}"
+        for role in h["stacks"]:
+            if role not in cfg["stacks"]:
+                raise ConfigError(
+                    f"config error: {where}.stacks: unknown stack role {role!r} (defined: {', '.join(cfg['stacks'])})"
+                )
+        if h["profile"] not in cfg["profiles"]:
+            raise ConfigError(
+                f"config error: {where}.profile: unknown profile {h['profile']!r} (defined: {', '.join(cfg['profiles'])})"
+            )
+        levels = h.get("sweep", {}).get("concurrency")
+        if levels is not None and len(set(levels)) != len(levels):
+            dup = sorted({c for c in levels if levels.count(c) > 1})
+            raise ConfigError(f"config error: {where}.sweep.concurrency: duplicate cell for concurrency {dup[0]}")
+        wl = h["load"]["workload"]
+        for b in wl.get("buckets", []):
+            if b["min_tokens"] > b["max_tokens"]:
+                raise ConfigError(
+                    f"config error: {where}.load.workload.buckets.{b['name']}: min_tokens {b['min_tokens']} > max_tokens {b['max_tokens']}"
+                )
+        if h["load"]["concurrency"] == "uwork" and levels is None and hyp == "H0":
+            raise ConfigError(f"config error: {where}: H0 measures U_work, so it needs sweep.concurrency")
+        if h["load"]["concurrency"] == "uwork" and levels is None and "H0" not in cfg["hypotheses"]:
+            raise ConfigError(
+                f"config error: {where}.load.concurrency: 'uwork' needs hypothesis H0 in the config (or give an integer)"
+            )
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+def load_stack(name: str, stack_dir: Path | None = None) -> dict:
+    """Read and check configs/stacks/<name>.yaml; ConfigError names the file and the key."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"config error: stacks: invalid stack name {name!r}")
+    path = (stack_dir or STACK_DIR) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (stack_dir or STACK_DIR).glob("*.yaml"))
+        raise ConfigError(f"config error: stacks: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
+    try:
+        stack = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(stack, dict):
+        raise ConfigError(f"{path}: expected a mapping of stack settings")
+    unknown = sorted(set(stack) - STACK_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
+    kind = stack.get("kind")
+    if kind not in STACK_KINDS:
+        raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
+    for key in ("command",):
+        argv = stack.get(key, [])
+        if not isinstance(argv, list) or not all(isinstance(a, (str, int, float)) for a in argv):
+            raise ConfigError(f"{path}: {key}: expected an argv list of strings (never a shell string), got {argv!r}")
+    if kind != "external" and not stack.get("command"):
+        raise ConfigError(f"{path}: command: a launched stack needs a non-empty argv list")
+    for i, argv in enumerate(stack.get("pre_commands", []) or []):
+        if not isinstance(argv, list) or not argv:
+            raise ConfigError(f"{path}: pre_commands[{i}]: expected a non-empty argv list")
+    port = stack.get("port", "auto")
+    if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
+        raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
+    if not isinstance(stack.get("env", {}), dict):
+        raise ConfigError(f"{path}: env: expected a mapping of NAME: value")
+    stack.setdefault("env", {})
+    stack.setdefault("metrics", {})
+    stack.setdefault("pre_commands", [])
+    stack.setdefault("health_path", "/health")
+    stack.setdefault("startup_timeout_s", 60)
+    stack.setdefault("tiered", False)
+    stack["name"] = name
+    return stack
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def cell_id(stack_name: str, sweep_values: dict) -> str:
+    parts = [stack_name] + [f"{SWEEP_ABBREV.get(k, k)}{v}" for k, v in sweep_values.items()]
+    return "_".join(parts)
+
+
+def tier_bytes(cfg: dict, profile: str, tiered: bool) -> dict:
+    """Tier budgets in bytes. A memory-only stack gets tier0 + tier1 as its device pool (equal memory)."""
+    prof = cfg["profiles"][profile]
+    t0, t1, t2 = (parse_bytes(prof[k]) for k in ("tier0", "tier1", "tier2"))
+    if tiered:
+        return {"tier0_bytes": t0, "tier1_bytes": t1, "tier2_bytes": t2, "memory_budget_bytes": t0 + t1}
+    return {"tier0_bytes": t0 + t1, "tier1_bytes": 0, "tier2_bytes": 0, "memory_budget_bytes": t0 + t1}
+
+
+def expand_cells(cfg: dict, hyp: str) -> list[dict]:
+    """Every cell of one hypothesis: one per stack role x combination of swept values."""
+    if hyp not in cfg["hypotheses"]:
+        raise ConfigError(f"config error: unknown hypothesis {hyp!r} (defined: {', '.join(cfg['hypotheses'])})")
+    h = cfg["hypotheses"][hyp]
+    sweep = h.get("sweep") or {}
+    keys = list(sweep)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))] or [{}]
+    cells = []
+    seen = set()
+    for role in h["stacks"]:
+        stack = load_stack(cfg["stacks"][role])
+        for values in combos:
+            cid = cell_id(stack["name"], values)
+            if cid in seen:
+                raise ConfigError(f"config error: hypotheses.{hyp}: duplicate cell {cid!r} (two roles use the same stack?)")
+            seen.add(cid)
+            load = copy.deepcopy(h["load"])
+            load.update({k: v for k, v in values.items() if k == "concurrency"})
+            if load["workload"]["kind"] == "mixed_context" and not load["workload"].get("buckets"):
+                load["workload"]["buckets"] = copy.deepcopy(H8_DEFAULT_BUCKETS)
+            cells.append({
+                "hyp": hyp,
+                "cell": cid,
+                "role": role,
+                "stack": stack,
+                "profile": h["profile"],
+                "tiers": tier_bytes(cfg, h["profile"], bool(stack.get("tiered"))),
+                "sweep": values,
+                "load": load,
+                "engine": dict(cfg["engine"]),
+                "sim": dict(cfg["sim"]),
+                "telemetry": dict(cfg["telemetry"]),
+                "host": cfg["host"],
+                "model": cfg["model"],
+                "model_path": cfg.get("model_path") or cfg["model"],
+                "served_model_name": cfg["served_model_name"],
+                "precision": cfg["precision"],
+                "hardware": cfg["hardware"],
+                "tier2_root": cfg["tier2_root"],
+                "keep_tier2_files": cfg["keep_tier2_files"],
+            })
+    return cells
+
+
+def cell_index(cfg: dict) -> dict[tuple[str, str], dict]:
+    """(hyp, cell id) -> cell spec for every hypothesis; raises on an empty sweep."""
+    index = {}
+    for hyp in cfg["hypotheses"]:
+        cells = expand_cells(cfg, hyp)
+        if not cells:
+            raise ConfigError(f"config error: hypotheses.{hyp}: the sweep is empty (no cell to measure)")
+        for c in cells:
+            index[(hyp, c["cell"])] = c
+    return index
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate_config(raw)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

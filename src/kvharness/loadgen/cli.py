@@ -1,0 +1,153 @@
+"""`kvharness loadgen`: drive an OpenAI-compatible streaming endpoint and record every request.
+
+Exit codes: 0 the run completed (request errors are in the records), 2 bad input (one line on
+stderr naming the field), 3 stopped early by ``max_errors``, 130 SIGINT, 143 SIGTERM — in every case
+after ``metrics.jsonl`` and the summary of what completed were written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from kvharness.loadgen.spec import SpecError, load_spec_file, validate_spec
+
+EPILOG = """\
+Examples:
+  kvharness loadgen --spec load.json --out metrics.jsonl --summary-out loadgen_summary.json
+  kvharness loadgen --base-url http://127.0.0.1:8355 --model llama-3.1-8b --concurrency 16 \\
+      --context-tokens 2048 --output-tokens 32 --duration-s 10 --out metrics.jsonl
+
+Without --spec the flags build a closed-loop fixed_context spec; with --spec they override its values.
+The spec format (patterns closed|bursty|constant|poisson|gamma|ramp|trace; workloads
+fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.md.
+Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors, 130 SIGINT, 143 SIGTERM.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--spec", metavar="LOAD_JSON", help="load spec (JSON); see docs/loadgen.md")
+    parser.add_argument("--out", metavar="METRICS_JSONL", default="metrics.jsonl",
+                        help="per-request records, one JSON line each, flushed per record (default: %(default)s)")
+    parser.add_argument("--summary-out", metavar="SUMMARY_JSON", default=None,
+                        help="run summary (kvharness.stats.summarize_requests + self-check); default: print to stdout")
+    g = parser.add_argument_group("convenience flags (build a spec without a file, or override --spec)")
+    g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8355")
+    g.add_argument("--model", help="model name sent in every request")
+    g.add_argument("--endpoint", choices=("completions", "chat"), help="/v1/completions or /v1/chat/completions")
+    g.add_argument("--concurrency", type=int, help="closed-loop users (pattern.concurrency)")
+    g.add_argument("--context-tokens", type=int, help="prompt length in tokens (fixed_context)")
+    g.add_argument("--output-tokens", type=int, help="max_tokens per request")
+    g.add_argument("--duration-s", type=float, help="stop scheduling new requests after this many seconds")
+    g.add_argument("--max-requests", type=int, help="stop after this many requests")
+    g.add_argument("--seed", type=int, help="seed for every random choice")
+    g.add_argument("--stack", help="label copied into every record as 'stack'")
+    g.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto = only on a TTY)")
+
+
+def build_spec(args: argparse.Namespace) -> dict:
+    """The raw spec: the --spec file (if any) with the convenience flags applied."""
+    if args.spec:
+        try:
+            with open(args.spec, encoding="utf-8") as fh:
+                raw = json.load(fh)
+        except FileNotFoundError:
+            raise SpecError(f"load spec: {args.spec}: file not found") from None
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"load spec: {args.spec}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"load spec: {args.spec}: expected a JSON object")
+    else:
+        raw = {
+            "base_url": "http://127.0.0.1:8000",
+            "pattern": {"kind": "closed", "concurrency": 1},
+            "workload": {"kind": "fixed_context", "context_tokens": 1024, "output_tokens": 32},
+            "duration_s": 10.0,
+        }
+    for flag, key in (("base_url", "base_url"), ("model", "model"), ("endpoint", "endpoint"),
+                      ("duration_s", "duration_s"), ("max_requests", "max_requests"), ("seed", "seed"),
+                      ("progress", "progress")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            raw[key] = value
+    if args.concurrency is not None:
+        pattern = raw.setdefault("pattern", {"kind": "closed"})
+        if isinstance(pattern, dict):
+            pattern["concurrency"] = args.concurrency
+    workload = raw.setdefault("workload", {"kind": "fixed_context"})
+    if isinstance(workload, dict):
+        if args.context_tokens is not None:
+            workload["context_tokens"] = args.context_tokens
+        if args.output_tokens is not None:
+            workload["output_tokens"] = args.output_tokens
+    if args.stack is not None:
+        labels = raw.setdefault("labels", {})
+        if isinstance(labels, dict):
+            labels["stack"] = args.stack
+    return raw
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _event_loop_runner():
+    try:
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop), "uvloop"
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.Runner(), "asyncio"
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        spec = validate_spec(build_spec(args))
+        from kvharness.loadgen.patterns import make_pattern  # noqa: F401 - trace files are read here
+
+        pattern = make_pattern(spec)
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"load spec: pattern.path: {exc}", file=sys.stderr)
+        return 2
+
+    from kvharness.loadgen.progress import RichProgress, want_progress
+    from kvharness.loadgen.runner import Runner
+
+    progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    runner_ctx, loop_name = _event_loop_runner()
+    with open(args.out, "w", encoding="utf-8") as out:
+        runner = Runner(spec, out, pattern=pattern, progress=progress)
+        with runner_ctx as loop_runner:
+            summary = loop_runner.run(runner.run())
+    summary["event_loop"] = loop_name
+    if args.summary_out:
+        _write_json_atomic(args.summary_out, summary)
+    else:
+        json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    if summary.get("client_bound"):
+        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
+              f"{summary.get('send_lag_ms_p99')} ms, CPU {summary.get('client_cpu_pct'):.0f} % of a core); "
+              "latencies include client delay", file=sys.stderr)
+    if runner.signal_name == "SIGINT":
+        return 130
+    if runner.signal_name == "SIGTERM":
+        return 143
+    if runner.stop_reason == "max_errors":
+        print(f"kvharness loadgen: stopped after {runner.n_errors} errors (max_errors)", file=sys.stderr)
+        return 3
+    return 0

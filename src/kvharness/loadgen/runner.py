@@ -1,0 +1,307 @@
+"""The scheduler: asks the pattern when, the workload what, sends, times and records.
+
+Every request is timed from its ticket's scheduled time (``sched_ns``); ``client_queue_ms`` is
+scheduled -> sent. Records are written to ``metrics.jsonl`` and flushed as each request completes;
+no request error ever stops the run (only ``max_errors``, the duration, the request count, the
+pattern's end or a signal do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import IO
+
+import aiohttp
+
+from kvharness import __version__
+from kvharness.loadgen.patterns import LoadPattern, Ticket, make_pattern
+from kvharness.loadgen.selfcheck import SelfCheck
+from kvharness.loadgen.stream import StreamError, StreamTimer
+from kvharness.loadgen.workloads import Request, Workload, make_workload
+from kvharness.stats import is_ok, summarize_requests
+
+NS = 1_000_000_000
+_monotonic_ns = time.monotonic_ns
+_dumps = json.dumps
+
+
+def raise_nofile_limit(needed: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` (capped by the hard limit); returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+class Runner:
+    def __init__(self, spec: dict, out: IO[str], pattern: LoadPattern | None = None,
+                 workload: Workload | None = None, progress=None):
+        self.spec = spec
+        self.out = out
+        self.pattern = pattern or make_pattern(spec)
+        self.workload = workload or make_workload(spec)
+        self.progress = progress
+        self.records: list[dict] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.n_sent = 0
+        self.n_done = 0
+        self.n_errors = 0
+        self.stop_reason: str | None = None
+        self.signal_name: str | None = None
+        self.selfcheck = SelfCheck()
+        self._sleeper: asyncio.Future | None = None
+        self._stopping = False
+        self.labels = dict(spec.get("labels") or {})
+        if "concurrency" not in self.labels:
+            self.labels["concurrency"] = self.pattern.concurrency
+        self.labels.setdefault("stack", None)
+        cap = self.pattern.in_flight_cap
+        self.sem = asyncio.Semaphore(cap) if cap is not None and self.pattern.concurrency is None else None
+
+    # ---- control ----
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopping = True
+        self.pattern.stop()
+        s = self._sleeper
+        if s is not None and not s.done():
+            s.set_result(None)
+
+    def on_signal(self, signame: str) -> None:
+        self.signal_name = signame
+        self.request_stop(f"signal {signame}")
+        for t in list(self.tasks):
+            t.cancel()
+
+    async def _sleep_until(self, t_ns: int) -> None:
+        delay = (t_ns - _monotonic_ns()) / NS
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        fut = self._sleeper = loop.create_future()
+        handle = loop.call_later(delay, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._sleeper = None
+
+    # ---- one request ----
+
+    async def _one(self, session: aiohttp.ClientSession, ticket: Ticket, req: Request, dispatch_ns: int) -> None:
+        spec = self.spec
+        timer = StreamTimer(req.keep_text)
+        rc = 0
+        error_class = None
+        error = None
+        end_ns = None
+        sem = self.sem
+        if sem is not None:
+            await sem.acquire()
+        try:
+            sent_ns = _monotonic_ns()
+            self.selfcheck.record_send_lag((sent_ns - ticket.sched_ns) / 1e6 if sem is None
+                                           else max(0.0, (dispatch_ns - ticket.sched_ns) / 1e6))
+            try:
+                async with session.post(self.url_base + req.path, data=req.body, headers=self.headers) as resp:
+                    timer.first_byte_ns = _monotonic_ns()
+                    if resp.status != 200:
+                        body = await resp.read()
+                        end_ns = _monotonic_ns()
+                        rc = resp.status
+                        error_class = f"http_{resp.status}"
+                        error = body[:200].decode("utf-8", "replace")
+                    elif spec["stream"]:
+                        feed = timer.feed
+                        async for chunk in resp.content.iter_any():
+                            feed(chunk, _monotonic_ns())
+                        if not timer.done and timer.usage is None:
+                            rc, error_class, error = -1, "disconnect", "stream ended before [DONE]"
+                    else:
+                        body = await resp.read()
+                        timer.feed_body(body, timer.first_byte_ns, _monotonic_ns())
+            except StreamError as exc:
+                rc, error_class, error = -1, exc.error_class, str(exc)
+            except asyncio.TimeoutError:
+                rc, error_class, error = -1, "timeout", f"no complete response within {spec['request_timeout_s']} s"
+            except aiohttp.ClientConnectorError as exc:
+                rc, error_class, error = -1, "connect", str(exc)[:200]
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+                    ConnectionError) as exc:
+                rc, error_class, error = -1, "disconnect", (str(exc) or type(exc).__name__)[:200]
+            except aiohttp.ClientResponseError as exc:
+                rc, error_class, error = -1, "parse", str(exc)[:200]
+            except aiohttp.ClientError as exc:
+                rc, error_class, error = -1, "client_error", (str(exc) or type(exc).__name__)[:200]
+        finally:
+            if sem is not None:
+                sem.release()
+        rec = timer.fields(ticket.sched_ns)
+        if end_ns is not None or rec["end_ns"] is None:
+            rec["end_ns"] = end_ns if end_ns is not None else _monotonic_ns()
+            if rc == 0:
+                rc, error_class, error = -1, "disconnect", "no event received"
+            rec["lat_e2e_ms"] = (rec["end_ns"] - ticket.sched_ns) / 1e6
+        if rc != 0:
+            rec["lat_tpot_ms"] = None
+        if rc == 0 and rec["first_token_ns"] is None and (rec["output_tokens"] or 0) > 0:
+            rc, error_class, error = -1, "parse", "usage reports output tokens but no event carried text"
+        self._finish(ticket, req, rec, sent_ns, rc, error_class, error, timer)
+
+    def _finish(self, ticket: Ticket, req: Request, rec: dict, sent_ns: int, rc: int, error_class, error,
+                timer: StreamTimer) -> None:
+        sched = ticket.sched_ns
+        rec["sched_ns"] = sched
+        rec["sent_ns"] = sent_ns
+        rec["client_queue_ms"] = (sent_ns - sched) / 1e6
+        rec["ts"] = self.wall0 + (sched - self.t0_ns) / NS
+        rec["rc"] = rc
+        rec["error_class"] = error_class
+        if error:
+            rec["error"] = error
+        rec.update(self.labels)
+        rec.update(req.labels)
+        rec["session_id"] = ticket.session_id
+        rec["turn"] = ticket.turn
+        rec["phase"] = ticket.phase
+        rec["request_id"] = f"{self.run_id}-{ticket.seq}"
+        rec["window"] = self._window(sched)
+        rec["client_bound"] = self.selfcheck.client_bound_now
+        ok = rc == 0
+        self.records.append(rec)
+        self.out.write(_dumps(rec) + "\n")
+        self.out.flush()
+        self.n_done += 1
+        if not ok:
+            self.n_errors += 1
+        self.pattern.completed(ticket, rec["end_ns"], ok)
+        self.workload.completed(ticket, req, ok, timer.text if req.keep_text else "")
+        max_errors = self.spec["max_errors"]
+        if max_errors is not None and self.n_errors >= max_errors:
+            self.request_stop("max_errors")
+
+    def _window(self, sched_ns: int) -> str:
+        if sched_ns < self.measure_start_ns:
+            return "warmup"
+        if self.measure_end_ns is not None and sched_ns >= self.measure_end_ns:
+            return "cooldown"
+        return "measure"
+
+    # ---- the run ----
+
+    async def run(self) -> dict:
+        spec = self.spec
+        cap = self.pattern.in_flight_cap
+        raise_nofile_limit((cap or 4096) + 256)
+        self.url_base = spec["base_url"].rstrip("/")
+        if self.url_base.endswith("/v1"):
+            self.url_base = self.url_base[:-3]
+        self.headers = {"Content-Type": "application/json", **spec["headers"]}
+        loop = asyncio.get_running_loop()
+        for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+            try:
+                loop.add_signal_handler(sig, self.on_signal, name)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        connector = aiohttp.TCPConnector(limit=cap or 0, limit_per_host=0, ttl_dns_cache=300,
+                                         enable_cleanup_closed=False, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=spec["request_timeout_s"])
+        self.run_id = f"{os.getpid():x}{_monotonic_ns() & 0xffffff:06x}"
+        self.selfcheck.start()
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                         skip_auto_headers=("User-Agent",)) as session:
+            self.t0_ns = _monotonic_ns() + 1_000_000
+            self.wall0 = time.time() + 0.001
+            duration = spec["duration_s"]
+            end_ns = self.t0_ns + int(duration * NS) if duration else None
+            self.measure_start_ns = self.t0_ns + int(spec["warmup_s"] * NS)
+            self.measure_end_ns = (end_ns - int(spec["cooldown_s"] * NS)) if end_ns else None
+            self.pattern.start(self.t0_ns)
+            max_requests = spec["max_requests"]
+            if self.progress is not None:
+                self.progress.start(self)
+            while not self._stopping:
+                ticket = await self.pattern.next()
+                if ticket is None:
+                    if self.stop_reason is None:
+                        self.stop_reason = "pattern_done"
+                    break
+                if self._stopping:
+                    break
+                if end_ns is not None and ticket.sched_ns >= end_ns:
+                    self.stop_reason = "duration"
+                    break
+                await self._sleep_until(ticket.sched_ns)
+                if self._stopping:
+                    break
+                ticket.seq = self.n_sent
+                self.n_sent += 1
+                req = self.workload.build(ticket)
+                task = loop.create_task(self._one(session, ticket, req, _monotonic_ns()))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                if max_requests is not None and self.n_sent >= max_requests:
+                    self.stop_reason = "max_requests"
+                    break
+            self.pattern.stop()
+            if self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            self.end_wall = time.time()
+        await self.selfcheck.stop()
+        if self.progress is not None:
+            self.progress.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        return self.summary()
+
+    def summary(self) -> dict:
+        measured = [r for r in self.records if r.get("window") == "measure"]
+        out = summarize_requests(measured, slo=self.spec["slo"])
+        check = self.selfcheck.summary(self.n_done)
+        out.update(check)
+        out.update({
+            "n_records": len(self.records),
+            "n_excluded_warmup": sum(1 for r in self.records if r.get("window") == "warmup"),
+            "n_excluded_cooldown": sum(1 for r in self.records if r.get("window") == "cooldown"),
+            "n_sent": self.n_sent,
+            "n_cancelled": self.n_sent - self.n_done,
+            "stop_reason": self.stop_reason,
+            "interrupted": self.signal_name,
+            "achieved_send_rate": _send_rate(self.records),
+            "sched_lag_ms_p99": check["send_lag_ms_p99"],
+            "client_bound_records": sum(1 for r in self.records if r.get("client_bound")),
+            "loadgen_version": __version__,
+            "transport": "aiohttp",
+            "host": socket.gethostname(),
+            "python": sys.version.split()[0],
+            "spec": self.spec,
+        })
+        return out
+
+
+def _send_rate(records: list[dict]) -> float | None:
+    sent = sorted(r["sent_ns"] for r in records if r.get("sent_ns") is not None)
+    if len(sent) < 2 or sent[-1] == sent[0]:
+        return None
+    return (len(sent) - 1) / ((sent[-1] - sent[0]) / NS)
+
+
+def all_ok(records: list[dict]) -> bool:
+    return all(is_ok(r) for r in records)

@@ -1,0 +1,182 @@
+"""Server-sent-event parsing and per-request timing, free of any I/O.
+
+``StreamTimer.feed(chunk, t_ns)`` takes body bytes as they arrive with the monotonic time they were
+read; ``StreamTimer.fields(sched_ns)`` turns the event timeline into the latency fields of a
+``metrics.jsonl`` record. Tests drive it with synthetic timelines and exact expected values.
+
+An event *carries generated text* when one of its choices has a non-empty ``text`` (completions) or
+a ``delta`` with non-empty ``content``, ``reasoning_content`` or ``tool_calls`` (chat). A role-only
+or empty event does not count for TTFT or ITL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kvharness.stats import tpot_ms
+
+_loads = json.loads
+
+
+def choice_has_text(choices: Any) -> bool:
+    if not choices:
+        return False
+    for ch in choices:
+        if not isinstance(ch, dict):
+            continue
+        if ch.get("text"):
+            return True
+        delta = ch.get("delta")
+        if delta and isinstance(delta, dict) and (
+            delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+        ):
+            return True
+        msg = ch.get("message")  # non-streaming chat body
+        if msg and isinstance(msg, dict) and (msg.get("content") or msg.get("tool_calls")):
+            return True
+    return False
+
+
+def choice_text(choices: Any) -> str:
+    parts = []
+    for ch in choices or ():
+        if not isinstance(ch, dict):
+            continue
+        if ch.get("text"):
+            parts.append(ch["text"])
+        delta = ch.get("delta") or ch.get("message")
+        if isinstance(delta, dict) and delta.get("content"):
+            parts.append(delta["content"])
+    return "".join(parts)
+
+
+class StreamError(Exception):
+    """The body could not be understood (``parse``) or carried an error object (``server_error``)."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+class StreamTimer:
+    """Accumulates SSE events of one streamed response and their arrival times."""
+
+    __slots__ = ("_buf", "first_byte_ns", "token_ns", "last_event_ns", "done", "usage", "keep_text",
+                 "text_parts", "n_events")
+
+    def __init__(self, keep_text: bool = False):
+        self._buf = b""
+        self.first_byte_ns: int | None = None
+        self.token_ns: list[int] = []
+        self.last_event_ns: int | None = None
+        self.done = False
+        self.usage: dict | None = None
+        self.keep_text = keep_text
+        self.text_parts: list[str] = []
+        self.n_events = 0
+
+    def feed(self, chunk: bytes, t_ns: int) -> None:
+        if not chunk:
+            return
+        if self.first_byte_ns is None:
+            self.first_byte_ns = t_ns
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            self._event(buf[start:end], t_ns)
+            start = end + 2
+        self._buf = buf[start:] if start < len(buf) else b""
+
+    def _event(self, raw: bytes, t_ns: int) -> None:
+        data = None
+        for line in raw.split(b"\n"):
+            if line.startswith(b"data:"):
+                piece = line[5:]
+                if piece[:1] == b" ":
+                    piece = piece[1:]
+                data = piece if data is None else data + b"\n" + piece
+        if data is None:  # comment / keep-alive / other field
+            return
+        self.n_events += 1
+        self.last_event_ns = t_ns
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            obj = _loads(data)
+        except ValueError:
+            raise StreamError("parse", f"invalid JSON in SSE event: {data[:80]!r}") from None
+        if not isinstance(obj, dict):
+            raise StreamError("parse", f"SSE event is not an object: {data[:80]!r}")
+        if "error" in obj and not obj.get("choices"):
+            err = obj["error"]
+            raise StreamError("server_error", str(err.get("message") if isinstance(err, dict) else err)[:200])
+        choices = obj.get("choices")
+        if choices and choice_has_text(choices):
+            self.token_ns.append(t_ns)
+            if self.keep_text:
+                self.text_parts.append(choice_text(choices))
+        usage = obj.get("usage")
+        if usage:
+            self.usage = usage
+
+    def feed_body(self, body: bytes, t_first_ns: int, t_end_ns: int) -> None:
+        """A non-streaming response: the whole JSON body; TTFT = TTFB = E2E."""
+        self.first_byte_ns = t_first_ns
+        self.last_event_ns = t_end_ns
+        try:
+            obj = _loads(body)
+        except ValueError:
+            raise StreamError("parse", f"invalid JSON body: {body[:80]!r}") from None
+        if not isinstance(obj, dict):
+            raise StreamError("parse", "response body is not an object")
+        if "error" in obj and not obj.get("choices"):
+            raise StreamError("server_error", str(obj["error"])[:200])
+        if choice_has_text(obj.get("choices")):
+            self.token_ns.append(t_end_ns)
+            if self.keep_text:
+                self.text_parts.append(choice_text(obj.get("choices")))
+        self.usage = obj.get("usage") or None
+        self.done = True
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    def token_counts(self) -> tuple[int | None, int | None, int | None]:
+        """(prompt_tokens, output_tokens, cached_tokens) from ``usage``; None where absent."""
+        u = self.usage
+        if not u:
+            return None, None, None
+        details = u.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return u.get("prompt_tokens"), u.get("completion_tokens"), cached
+
+    def fields(self, sched_ns: int) -> dict:
+        """Latency fields (ms) measured from the scheduled time ``sched_ns``."""
+        tok = self.token_ns
+        first_token_ns = tok[0] if tok else None
+        end_ns = self.last_event_ns
+        ttft = (first_token_ns - sched_ns) / 1e6 if first_token_ns is not None else None
+        e2e = (end_ns - sched_ns) / 1e6 if end_ns is not None else None
+        prompt, output, cached = self.token_counts()
+        return {
+            "first_byte_ns": self.first_byte_ns,
+            "first_token_ns": first_token_ns,
+            "end_ns": end_ns,
+            "lat_ttft_ms": ttft,
+            "lat_ttfb_ms": (self.first_byte_ns - sched_ns) / 1e6 if self.first_byte_ns is not None else None,
+            "lat_e2e_ms": e2e,
+            "lat_tpot_ms": tpot_ms(e2e, ttft, output),
+            "itl_ms": [(tok[i] - tok[i - 1]) / 1e6 for i in range(1, len(tok))],
+            "prompt_tokens": prompt,
+            "output_tokens": output,
+            "cached_tokens": cached,
+            "n_token_events": len(tok),
+        }

@@ -1,0 +1,309 @@
+"""Workloads: what each scheduled request asks for.
+
+Prompts follow the token contract (``kvharness.tokens``): one whitespace-separated word = one token,
+and a chat prompt counts ``<role>`` once per message, so a request for N context tokens is exactly N
+tokens on the simulated stacks. Words are common English words (one token each in the usual BPE
+vocabularies), so real stacks land close to N too; records keep the server's ``prompt_tokens``.
+
+Prefix caching: with ``nonce: "prefix"`` the FIRST word of every prompt is unique per request, so no
+two prompts share even their first KV block; ``shared_prefix_ratio`` r puts round(r*N) words of a
+per-group prefix before the nonce, so exactly that share is reusable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import random
+from typing import Any
+
+VOCAB = (
+    "the of and to in is was for on are with as at be by this have from or one had not but what all "
+    "were when we there can an your which their said if do will each about how up out them then she "
+    "many some so these would other into has more her two like him see time could no make than first "
+    "been its who now people my made over did down only way find use may water long little very after "
+    "words called just where most know get through back much go good new write our me man too any day "
+    "same right look think also around another came come work three word must because does part even "
+    "place well such here take why things help put years different away again off went old number"
+).split()
+
+
+class Corpus:
+    """A deterministic word sequence with O(1) 'first n words' slicing."""
+
+    def __init__(self, seed: int, n_words: int = 8192):
+        rng = random.Random(seed)
+        words = [rng.choice(VOCAB) for _ in range(n_words)]
+        self.text = " ".join(words)
+        self.ends = list(itertools.accumulate(len(w) + 1 for w in words))  # end offset (+1) of word i
+        self.n = n_words
+
+    def grow(self, n_words: int) -> None:
+        if n_words > self.n:
+            more = Corpus(self.n + 1, n_words - self.n)
+            base = self.ends[-1]
+            self.text = self.text + " " + more.text
+            self.ends.extend(base + e for e in more.ends)
+            self.n = n_words
+
+    def words(self, n: int) -> str:
+        """The first ``n`` words as one string ('' for n <= 0)."""
+        if n <= 0:
+            return ""
+        if n > self.n:
+            self.grow(n)
+        return self.text[: self.ends[n - 1] - 1]
+
+
+class Request:
+    """A request to send: its endpoint path, JSON body and record labels."""
+
+    __slots__ = ("path", "body", "labels", "keep_text", "messages")
+
+    def __init__(self, path: str, body: bytes, labels: dict, keep_text: bool = False, messages=None):
+        self.path = path
+        self.body = body
+        self.labels = labels
+        self.keep_text = keep_text
+        self.messages = messages
+
+
+class AdapterPicker:
+    """LoRA churn: which adapter the next request uses."""
+
+    def __init__(self, lora: dict, seed: int):
+        self.adapters = lora["adapters"]
+        self.policy = lora["policy"]
+        self.send_as = lora["send_as"]
+        self.rng = random.Random(seed * 31 + 5)
+        self.i = 0
+        n_hot = max(1, round(lora["hot_ratio"] * len(self.adapters)))
+        self.hot = self.adapters[:n_hot]
+        self.cold = self.adapters[n_hot:] or self.adapters
+        self.hot_prob = lora["hot_prob"]
+
+    def pick(self) -> str:
+        if self.policy == "round_robin":
+            name = self.adapters[self.i % len(self.adapters)]
+            self.i += 1
+            return name
+        if self.policy == "random":
+            return self.rng.choice(self.adapters)
+        pool = self.hot if self.rng.random() < self.hot_prob else self.cold
+        return self.rng.choice(pool)
+
+
+class Workload:
+    """Turns tickets into requests. Subclasses implement ``prompt_for``."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        w = spec["workload"]
+        self.w = w
+        self.chat = spec["endpoint"] == "chat"
+        self.path = "/v1/chat/completions" if self.chat else "/v1/completions"
+        self.model = spec["model"]
+        self.stream = spec["stream"]
+        self.rng = random.Random(spec["seed"])
+        self.corpus = Corpus(spec["seed"] + 1)
+        self.run_tag = f"{random.Random().getrandbits(32):08x}"  # differs per run: defeats caches across runs
+        self.nonce = w.get("nonce", "prefix") == "prefix"
+        self.lora = AdapterPicker(spec["lora"], spec["seed"]) if spec.get("lora") else None
+        self.extra = dict(spec.get("extra_body") or {})
+        self.ignore_eos = spec["ignore_eos"]
+        self.seq = 0
+        ratio = w.get("shared_prefix_ratio", 0.0) or 0.0
+        self.prefix_ratio = ratio
+        self.prefix_groups = w.get("prefix_groups", 1)
+        self._prefix_corpora: dict[int, Corpus] = {}
+
+    # ---- prompt text ----
+
+    def nonce_word(self, seq: int) -> str:
+        return f"n{self.run_tag}x{seq:x}"
+
+    def text_of(self, n_words: int, seq: int) -> tuple[str, int | None]:
+        """``n_words`` words: [group prefix] [nonce] body; returns (text, prefix group or None)."""
+        group = None
+        parts = []
+        left = n_words
+        if self.prefix_ratio > 0 and n_words > 1:
+            group = seq % self.prefix_groups
+            k = min(left, round(self.prefix_ratio * n_words))
+            if k > 0:
+                c = self._prefix_corpora.get(group)
+                if c is None:
+                    c = self._prefix_corpora[group] = Corpus(10_000 + group)
+                parts.append(f"g{group}" + (" " + c.words(k - 1) if k > 1 else ""))
+                left -= k
+        if self.nonce and left > 0:
+            parts.append(self.nonce_word(seq))
+            left -= 1
+        if left > 0:
+            parts.append(self.corpus.words(left))
+        return " ".join(parts), group
+
+    # ---- request body ----
+
+    def body(self, prompt_or_messages: Any, output_tokens: int) -> tuple[dict, str | None]:
+        body: dict = {"model": self.model}
+        adapter = None
+        if self.lora is not None:
+            adapter = self.lora.pick()
+            if self.lora.send_as == "model":
+                body["model"] = adapter
+            else:
+                body["adapter_id"] = adapter
+        if self.chat:
+            body["messages"] = prompt_or_messages
+        else:
+            body["prompt"] = prompt_or_messages
+        body["max_tokens"] = output_tokens
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        body["stream"] = self.stream
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
+        if self.extra:
+            body.update(self.extra)
+        return body, adapter
+
+    def simple_request(self, n_tokens: int, output_tokens: int, labels: dict) -> Request:
+        seq = self.seq
+        self.seq += 1
+        if self.chat:  # "<user>" counts as one token of the chat prompt
+            text, group = self.text_of(max(1, n_tokens - 1), seq)
+            payload: Any = [{"role": "user", "content": text}]
+        else:
+            text, group = self.text_of(n_tokens, seq)
+            payload = text
+        body, adapter = self.body(payload, output_tokens)
+        labels["context_tokens"] = n_tokens
+        labels["adapter_id"] = adapter
+        labels["model"] = body["model"]
+        if group is not None:
+            labels["prefix_group"] = group
+        return Request(self.path, json.dumps(body).encode(), labels)
+
+    def build(self, ticket) -> Request:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def completed(self, ticket, request: Request, ok: bool, text: str) -> None:
+        """Called when a request finished (sessions append the reply to their history)."""
+
+
+class FixedContext(Workload):
+    def build(self, ticket) -> Request:
+        return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": None})
+
+
+class MixedContext(Workload):
+    def __init__(self, spec: dict):
+        super().__init__(spec)
+        self.buckets = self.w["buckets"]
+        total = sum(b["weight"] for b in self.buckets)
+        self.cum = list(itertools.accumulate(b["weight"] / total for b in self.buckets))
+
+    def build(self, ticket) -> Request:
+        i = min(bisect.bisect_left(self.cum, self.rng.random()), len(self.buckets) - 1)
+        b = self.buckets[i]
+        n = self.rng.randint(b["min_tokens"], b["max_tokens"])
+        return self.simple_request(n, self.w["output_tokens"], {"bucket": b["name"]})
+
+
+class TraceWorkload(Workload):
+    """Mooncake rows: prompt = one block of ``block_tokens`` words per hash id (equal ids = equal
+    blocks, distinguished by their first word), cut or padded to ``input_length``."""
+
+    def __init__(self, spec: dict):
+        super().__init__(spec)
+        self.block = self.w["block_tokens"]
+        self.block_body = self.corpus.words(self.block - 1)
+
+    def prompt_words(self, row: dict, seq: int) -> str:
+        n = int(row["input_length"])
+        parts = []
+        left = n
+        for hid in row.get("hash_ids") or ():
+            if left <= 0:
+                break
+            if left >= self.block:
+                parts.append(f"h{hid} {self.block_body}" if self.block > 1 else f"h{hid}")
+                left -= self.block
+            else:
+                parts.append(f"h{hid}" + (" " + self.corpus.words(left - 1) if left > 1 else ""))
+                left = 0
+        if left > 0:  # no hash id covers the tail: unique words
+            parts.append(self.nonce_word(seq) + (" " + self.corpus.words(left - 1) if left > 1 else ""))
+        return " ".join(parts)
+
+    def build(self, ticket) -> Request:
+        row = ticket.item
+        seq = self.seq
+        self.seq += 1
+        n = int(row["input_length"])
+        out = self.w["output_tokens"] or max(1, int(row["output_length"]))
+        if self.chat:  # the role word is the first token
+            text = self.prompt_words({**row, "input_length": max(1, n - 1)}, seq)
+            payload: Any = [{"role": "user", "content": text}]
+        else:
+            payload = self.prompt_words(row, seq)
+        body, adapter = self.body(payload, out)
+        labels = {"bucket": None, "context_tokens": n, "adapter_id": adapter, "model": body["model"],
+                  "trace_ts_ms": row["timestamp"]}
+        return Request(self.path, json.dumps(body).encode(), labels)
+
+
+class SessionedChat(Workload):
+    """Multi-turn chat: every turn resends the session's full history plus new user text.
+
+    The first turn of a session has ``first_turn_tokens`` words (its first word is the session's
+    nonce, so sessions do not share a prefix with each other but each session's history is a stable
+    prefix of its next turn), later turns add ``turn_tokens`` words. Eviction-pressure requests
+    (phase ``pressure``) are unique single-message prompts of ``pressure.context_tokens``.
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__(spec)
+        self.history: dict[str, list[dict]] = {}
+        self.history_tokens: dict[str, int] = {}
+
+    def build(self, ticket) -> Request:
+        if ticket.phase == "pressure":
+            pressure = self.w["pressure"]
+            req = self.simple_request(pressure["context_tokens"], pressure["output_tokens"], {"bucket": "pressure"})
+            return req
+        sid = ticket.session_id
+        hist = self.history.setdefault(sid, [])
+        seq = self.seq
+        self.seq += 1
+        if not hist:
+            n = self.w["first_turn_tokens"] - 1
+            nonce = f"{self.nonce_word(seq)} " if self.nonce else ""
+            text = nonce + self.corpus.words(n - (1 if self.nonce else 0))
+        else:
+            n = self.w["turn_tokens"] - 1
+            text = f"turn{ticket.turn} " + self.corpus.words(n - 1) if n > 1 else f"turn{ticket.turn}"
+        msg = {"role": "user", "content": text}
+        messages = hist + [msg]
+        body, adapter = self.body(messages, self.w["output_tokens"])
+        ctx = self.history_tokens.get(sid, 0) + 1 + len(text.split())
+        labels = {"bucket": None, "context_tokens": ctx, "adapter_id": adapter, "model": body["model"]}
+        return Request(self.path, json.dumps(body).encode(), labels, keep_text=True, messages=messages)
+
+    def completed(self, ticket, request: Request, ok: bool, text: str) -> None:
+        if ticket.phase == "pressure" or not ok:
+            return
+        sid = ticket.session_id
+        user_msg = request.messages[-1]
+        reply = {"role": "assistant", "content": text}
+        self.history[sid] = request.messages + [reply]
+        self.history_tokens[sid] = (self.history_tokens.get(sid, 0) + 2 + len(user_msg["content"].split())
+                                    + len(text.split()))
+
+
+def make_workload(spec: dict) -> Workload:
+    kind = spec["workload"]["kind"]
+    return {"fixed_context": FixedContext, "mixed_context": MixedContext, "trace": TraceWorkload,
+            "sessioned_chat": SessionedChat}[kind](spec)

@@ -1,0 +1,453 @@
+"""The continuous-batching engine: one asyncio task runs engine steps back to back.
+
+Each step (one forward pass) decodes one token for every running sequence and computes prefill chunks
+for admitted ones, within ``max_num_tokens``; its duration comes from the roofline ``TimingModel``
+divided by the speedup. The loop sleeps until the *modelled* end of the step (``loop.call_at``) and the
+next step starts at that modelled time, so lateness never accumulates; ``emission_lag`` (actual -
+modelled emission time) is exported as ground truth.
+
+Admission is FIFO: a request waits while the batch is full or the device pool cannot hold its prompt.
+When a running sequence needs a block and none can be freed it preempts the most recently admitted
+sequence (its blocks are released; it re-queues at the head and recomputes, reusing whatever prefix is
+still cached -- in mode B that includes blocks onboarded from host or disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+
+from kvharness.sim.kvcache import KVCache, block_hashes
+
+WAITING, LOADING, PREFILL, DECODE, DONE = range(5)
+
+VOCAB = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by",
+         "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had",
+         "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if",
+         "more", "when", "will", "would", "who", "so", "no", "out", "up", "into", "do", "any", "time",
+         "about", "than", "two", "may", "only", "most", "other", "some", "what")
+
+
+class RejectedError(Exception):
+    """A request the engine can never serve (e.g. its prompt does not fit the device pool)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Sequence:
+    __slots__ = ("rid", "prompt_ids", "n_prompt", "max_tokens", "hashes", "adapter", "sink", "t_arrival",
+                 "t_ready", "state", "n_computed", "n_gen", "held_hashes", "n_private", "cached_tokens",
+                 "cached_set", "t_first", "t_last", "t_admitted", "word_base", "cancelled", "preemptions",
+                 "onboard_blocks", "t_queue_s", "lora_pinned", "t_onboard_s", "onboard_tier")
+
+    def __init__(self, rid, prompt_ids, max_tokens, hashes, adapter, sink, t_arrival, t_ready, word_base):
+        self.rid = rid
+        self.prompt_ids = prompt_ids
+        self.n_prompt = len(prompt_ids)
+        self.max_tokens = max_tokens
+        self.hashes = hashes
+        self.adapter = adapter
+        self.sink = sink
+        self.t_arrival = t_arrival
+        self.t_ready = t_ready
+        self.state = WAITING
+        self.n_computed = 0
+        self.n_gen = 0
+        self.held_hashes: list[int] = []
+        self.n_private = 0
+        self.cached_tokens = 0
+        self.cached_set = False
+        self.t_first = None
+        self.t_last = None
+        self.t_admitted = None
+        self.word_base = word_base
+        self.cancelled = False
+        self.preemptions = 0
+        self.onboard_blocks = 0
+        self.t_queue_s = 0.0
+        self.lora_pinned = False
+        self.t_onboard_s = 0.0
+        self.onboard_tier = None
+
+
+class Engine:
+    def __init__(self, timing, kv: KVCache, *, tokens_per_block: int, max_batch_size: int, max_num_tokens: int,
+                 speedup: float, seed: int, mode: str, metrics, jitter: float = 0.0, lora=None,
+                 loop: asyncio.AbstractEventLoop | None = None):
+        self.timing = timing
+        self.kv = kv
+        self.tpb = tokens_per_block
+        self.max_batch = max_batch_size
+        self.max_num_tokens = max_num_tokens
+        self.speedup = float(speedup)
+        self.mode = mode
+        self.m = metrics
+        self.jitter = jitter
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.lora = lora
+        self.loop = loop or asyncio.get_event_loop()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._wake = asyncio.Event()
+        self._task = None
+        self.steps = 0
+        self.modelled_busy_s = 0.0
+        self.link_free = {"g1g2": 0.0, "g2g3": 0.0}
+        self.completed = 0
+        self.on_complete = None  # callback(seq) after a sequence finished (fault injection hooks in)
+
+    # -- submission -------------------------------------------------------------------------------
+    def submit(self, rid: str, prompt_ids: list[int], max_tokens: int, sink, adapter: str | None = None) -> Sequence:
+        now = self.loop.time()
+        hashes = block_hashes(prompt_ids, self.tpb, adapter)
+        need = self.blocks_for(len(prompt_ids) + max(1, max_tokens))
+        if need > self.kv.t0.capacity:
+            raise RejectedError(400, f"request needs {need} KV blocks of {self.tpb} tokens "
+                                     f"(prompt {len(prompt_ids)} + {max_tokens} output tokens); the device pool "
+                                     f"holds {self.kv.t0.capacity}")
+        word_base = (hash((self.seed, rid)) & 0xFFFF)
+        seq = Sequence(rid, prompt_ids, max_tokens, hashes, adapter, sink, now,
+                       now + self.timing.request_overhead_s / self.speedup, word_base)
+        self.waiting.append(seq)
+        self._wake.set()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        if seq.state != DONE:
+            seq.cancelled = True
+            self._wake.set()
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.tpb)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    def start(self) -> None:
+        self._task = self.loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- block helpers ----------------------------------------------------------------------------
+    def _release(self, seq: Sequence) -> None:
+        if seq.held_hashes:
+            self.kv.release_t0(seq.held_hashes)
+            seq.held_hashes = []
+        if seq.n_private:
+            self.kv.free_private(seq.n_private)
+            seq.n_private = 0
+        if seq.lora_pinned and self.lora is not None:
+            self.lora.unpin(seq.adapter)
+            seq.lora_pinned = False
+
+    def _commit_blocks(self, seq: Sequence) -> None:
+        """Prompt blocks completed by prefill become shared, hashed blocks (prefix reuse for others)."""
+        full = min(seq.n_computed, seq.n_prompt) // self.tpb
+        i = len(seq.held_hashes)
+        while i < full and seq.n_private > 0:
+            h = seq.hashes[i]
+            self.kv.commit_block(h)
+            seq.n_private -= 1
+            seq.held_hashes.append(h)
+            i += 1
+
+    def _held(self, seq: Sequence) -> int:
+        return len(seq.held_hashes) + seq.n_private
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._release(seq)
+        seq.state = WAITING
+        seq.n_computed = 0
+        seq.preemptions += 1
+        self.m.preemptions.inc()
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+
+    # -- scheduling -------------------------------------------------------------------------------
+    def _admit(self, seq: Sequence, t_now: float) -> bool:
+        """Try to admit the head of the queue; False leaves it waiting."""
+        target = seq.n_prompt + seq.n_gen  # tokens whose KV must exist before the next token
+        limit = min(len(seq.hashes), (target - 1) // self.tpb)  # always recompute >= 1 token
+        if self.lora is not None and seq.adapter and not seq.lora_pinned:
+            if not self.lora.try_pin(seq.adapter):
+                return False
+            seq.lora_pinned = True
+        n0, onboard = self.kv.match(seq.hashes, limit)
+        hit = seq.hashes[:n0]
+        self.kv.acquire_t0(hit)
+        need = self.blocks_for(target + 1) - n0
+        if not self.kv.alloc_private(need):
+            self.kv.release_t0(hit)
+            if seq.lora_pinned:
+                self.lora.unpin(seq.adapter)
+                seq.lora_pinned = False
+            return False
+        seq.held_hashes = list(hit)
+        seq.n_private = need
+        matched = (n0 + len(onboard)) * self.tpb
+        if not seq.cached_set:
+            seq.cached_tokens = matched
+            seq.cached_set = True
+            self.kv.stats.t0_hit_blocks += n0
+            self.kv.stats.t0_miss_blocks += len(seq.hashes) - n0
+            seq.t_queue_s = t_now - seq.t_arrival
+        seq.t_admitted = t_now
+        seq.n_computed = n0 * self.tpb
+        self.running.append(seq)
+        lora_wait = self.lora.pending_load(seq.adapter) if (self.lora is not None and seq.adapter) else None
+        if onboard or lora_wait is not None:
+            seq.state = LOADING
+            seq.onboard_blocks = len(onboard)
+            self.loop.create_task(self._load(seq, n0, onboard, lora_wait))
+        else:
+            seq.state = PREFILL
+        return True
+
+    async def _load(self, seq: Sequence, n0: int, onboard: list, lora_wait) -> None:
+        """Onboard matched T1/T2 blocks (real reads for T2 + modelled link transfer) and/or wait for the
+        adapter, then the sequence proceeds to prefill with those tokens already computed."""
+        t_start = self.loop.time()
+        try:
+            if lora_wait is not None:
+                await lora_wait
+            if onboard:
+                kv, st = self.kv, self.kv.stats
+                host = [h for h, t in onboard if t == "h"]
+                disk = [(h, kv.t2.entries[h]) for h, t in onboard if t == "d" and h in kv.t2.entries]
+                for h in host:
+                    kv.t1.touch(h)
+                for h, e in disk:
+                    kv.t2.acquire(h)
+                bb = self.timing.kv_bytes_per_token * self.tpb
+                real_s = 0.0
+                try:
+                    if disk:
+                        real_s = await kv.store.read_blocks([(e.slot, h) for h, e in disk], [e.ready for _, e in disk])
+                finally:
+                    for h, e in disk:
+                        if h in kv.t2.entries:
+                            kv.t2.release(h)
+                # modelled transfers, FIFO-shared per link (processor sharing approximated)
+                now = self.loop.time()
+                done_at = now
+                if host:
+                    done_at = max(done_at, self._link("g1g2", now, len(host) * bb / self.timing.bw_g1_g2))
+                if disk:
+                    done_at = max(done_at, self._link("g2g3", now, len(disk) * bb / self.timing.bw_g2_g3))
+                if done_at > now:
+                    await asyncio.sleep(done_at - now)
+                if seq.cancelled:
+                    return
+                # the onboarded blocks become hashed T0 blocks held by the sequence
+                for h, _t in onboard:
+                    if seq.n_private <= 1:
+                        break
+                    kv.commit_block(h)
+                    seq.n_private -= 1
+                    seq.held_hashes.append(h)
+                st.onboard_h2d += len(host)
+                st.onboard_d2d += len(disk)
+                st.matched_tokens += (len(host) + len(disk)) * self.tpb
+                seq.n_computed = len(seq.held_hashes) * self.tpb
+                dt = self.loop.time() - t_start
+                seq.t_onboard_s = dt
+                tier = "2" if disk else "1"
+                seq.onboard_tier = tier
+                self.m.fetch_seconds.labels(tier).observe(dt * self.speedup)
+                self.m.fetch_real_io_seconds.observe(real_s)
+        finally:
+            if seq.state == LOADING and not seq.cancelled:
+                seq.state = PREFILL
+            self._wake.set()
+
+    def _link(self, link: str, now: float, modelled_s: float) -> float:
+        start = max(now, self.link_free[link])
+        end = start + modelled_s / self.speedup
+        self.link_free[link] = end
+        return end
+
+    def _schedule(self, t_now: float):
+        # drop cancelled sequences
+        if any(s.cancelled for s in self.running):
+            for s in [s for s in self.running if s.cancelled]:
+                if s.state != LOADING:
+                    self._release(s)
+                    self.running.remove(s)
+                    s.state = DONE
+        if self.waiting and any(s.cancelled for s in self.waiting):
+            self.waiting = deque(s for s in self.waiting if not s.cancelled)
+
+        # decode sequences first: each needs room for one more token
+        budget = self.max_num_tokens
+        decode: list[Sequence] = []
+        for s in list(self.running):
+            if s.state != DECODE or s not in self.running:
+                continue
+            need = self.blocks_for(s.n_prompt + s.n_gen + 1) - self._held(s)
+            while need > 0 and not self.kv.alloc_private(need):
+                victim = self._pick_victim(exclude=s)
+                if victim is None:
+                    break
+                if victim in decode:
+                    decode.remove(victim)
+                self._preempt(victim)
+            if need > 0 and self._held(s) < self.blocks_for(s.n_prompt + s.n_gen + 1):
+                if self.kv.alloc_private(need):
+                    s.n_private += need
+                else:
+                    self._preempt(s)
+                    continue
+            elif need > 0:
+                pass
+            else:
+                pass
+            if need > 0 and s.state == DECODE and self._held(s) < self.blocks_for(s.n_prompt + s.n_gen + 1):
+                s.n_private += need
+            decode.append(s)
+            budget -= 1
+            if len(decode) >= self.max_batch:
+                break
+
+        # admit from the queue (FIFO, head-of-line)
+        while self.waiting and len(self.running) < self.max_batch:
+            head = self.waiting[0]
+            if head.t_ready > t_now:
+                break
+            if not self._admit(head, t_now):
+                if not self.running and not self.kv.t0.n_evictable and self.kv.t0_free < self.blocks_for(head.n_prompt + 1):
+                    self.waiting.popleft()
+                    head.state = DONE
+                    head.sink.fail(503, "KV pool cannot hold the prompt")
+                break
+            self.waiting.popleft()
+
+        # prefill chunks within the token budget
+        prefill: list[tuple[Sequence, int]] = []
+        for s in self.running:
+            if budget <= 0:
+                break
+            if s.state == PREFILL:
+                target = s.n_prompt + s.n_gen
+                chunk = min(target - s.n_computed, budget)
+                if chunk > 0:
+                    prefill.append((s, chunk))
+                    budget -= chunk
+        return decode, prefill
+
+    def _pick_victim(self, exclude: Sequence):
+        for s in reversed(self.running):
+            if s is not exclude and s.state in (DECODE, PREFILL):
+                return s
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = self.loop
+        t_start = loop.time()
+        m = self.m
+        while True:
+            now = loop.time()
+            decode, prefill = self._schedule(max(t_start, now) if t_start > now else now)
+            if not decode and not prefill:
+                # idle: wait for an arrival, an onboarding completion or the head's request overhead
+                self._wake.clear()
+                timeout = None
+                if self.waiting and self.waiting[0].t_ready > now:
+                    timeout = self.waiting[0].t_ready - now
+                m.queue_depth.set(len(self.waiting))
+                m.running.set(len(self.running))
+                try:
+                    if timeout is not None:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    else:
+                        await self._wake.wait()
+                except asyncio.TimeoutError:
+                    pass
+                t_start = loop.time()
+                continue
+
+            ctx = 0
+            for s in decode:
+                ctx += s.n_prompt + s.n_gen
+            pf_tokens = 0
+            pairs = 0.0
+            for s, c in prefill:
+                ctx += s.n_computed
+                pf_tokens += c
+                pairs += c * (s.n_computed + c / 2.0)
+            dur = self.timing.step_s(len(decode), ctx, pf_tokens, pairs)
+            if self.jitter:
+                dur *= min(1.7, max(0.3, self.rng.gauss(1.0, self.jitter)))
+            t_end = t_start + dur / self.speedup
+            fut = loop.create_future()
+            h = loop.call_at(t_end, fut.set_result, None)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                h.cancel()
+                raise
+            self.steps += 1
+            self.modelled_busy_s += dur
+            actual = loop.time()
+            lag = actual - t_end
+            m.step_seconds.observe(dur)
+            emitted = self._complete_step(decode, prefill, actual)
+            m.emission_lag.observe_n(lag, emitted)
+            m.queue_depth.set(len(self.waiting))
+            m.running.set(len(self.running))
+            m.iteration_latency.observe(dur)
+            # next step starts at the modelled end (no drift); rebase only after a gross overrun
+            t_start = t_end if lag < 0.050 else actual
+
+    def _complete_step(self, decode, prefill, now: float) -> int:
+        emitted = 0
+        for s, c in prefill:
+            if s.cancelled or s.state != PREFILL:
+                continue
+            s.n_computed += c
+            self._commit_blocks(s)
+            if s.n_computed >= s.n_prompt + s.n_gen:
+                s.state = DECODE
+                self._emit(s, now)
+                emitted += 1
+        for s in decode:
+            if s.cancelled or s.state != DECODE:
+                continue
+            self._emit(s, now)
+            emitted += 1
+        return emitted
+
+    def _emit(self, s: Sequence, now: float) -> None:
+        i = s.n_gen
+        s.n_gen += 1
+        word = VOCAB[(s.word_base + i * 7) % len(VOCAB)]
+        last = s.n_gen >= s.max_tokens
+        if s.t_first is None:
+            s.t_first = now
+            self.m.on_first_token(s, now)
+        else:
+            self.m.itl(now - s.t_last)
+        s.t_last = now
+        s.sink.token(word, last)
+        if last:
+            s.state = DONE
+            self._release(s)
+            self.running.remove(s)
+            self.completed += 1
+            self.m.on_finish(s, now)
+            s.sink.finish(s)
+            if self.on_complete is not None:
+                self.on_complete(s)

@@ -1,0 +1,287 @@
+"""Block KV cache with prefix reuse and up to three tiers.
+
+T0 (device pool, G1) holds the blocks of running sequences (private while being filled, hashed once a
+prompt block is complete) plus unreferenced hashed blocks kept for prefix reuse. When T0 needs room it
+evicts an unreferenced hashed block by the eviction policy. Mode A (``t1_blocks == t2_blocks == 0``):
+the block is gone. Mode B: it is offloaded to T1 (host, G2); T1's victims go to T2 (disk, G3), whose
+blocks are real bytes in a file (see ``tier2.py``). Lower tiers are inclusive: an onboarded block stays
+there, so evicting it from T0 again costs nothing.
+
+Block identity is a chained hash: ``h_i = hash((h_{i-1}, tokens of block i))`` with the root seeded by
+the LoRA adapter, so equal prefixes give equal hashes and different adapters never share KV. Python's
+hash of int tuples is not salted per process, so the hashes are stable across runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections import deque
+
+
+def block_hashes(token_ids: list[int], tokens_per_block: int, adapter: str | None = None) -> list[int]:
+    """Chained hashes of every *full* block of ``token_ids``."""
+    h = zlib.crc32(adapter.encode()) if adapter else 0
+    out = []
+    n_full = len(token_ids) // tokens_per_block
+    for i in range(n_full):
+        h = hash((h, tuple(token_ids[i * tokens_per_block:(i + 1) * tokens_per_block])))
+        out.append(h)
+    return out
+
+
+class Entry:
+    __slots__ = ("ref", "hits", "last", "inserted", "ver", "slot", "ready")
+
+    def __init__(self, tick: int):
+        self.ref = 0
+        self.hits = 0
+        self.last = tick
+        self.inserted = tick
+        self.ver = 0
+        self.slot = -1
+        self.ready = None  # tier 2: a future while the write is in flight
+
+
+class TierIndex:
+    """Hashed blocks of one tier; unreferenced ones form the eviction order (lazy-deletion heap)."""
+
+    def __init__(self, name: str, capacity: int, policy: str):
+        if policy not in ("lru", "lfu", "fifo"):
+            raise ValueError(f"eviction policy must be lru, lfu or fifo, got {policy!r}")
+        self.name, self.capacity, self.policy = name, int(capacity), policy
+        self.entries: dict[int, Entry] = {}
+        self._heap: list = []
+        self.n_evictable = 0
+        self._tick = 0
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __contains__(self, h):
+        return h in self.entries
+
+    def _key(self, e: Entry):
+        if self.policy == "lru":
+            return e.last
+        if self.policy == "lfu":
+            return (e.hits, e.last)
+        return e.inserted
+
+    def _push(self, h: int, e: Entry) -> None:
+        e.ver += 1
+        heapq.heappush(self._heap, (self._key(e), e.ver, h))
+
+    def add(self, h: int, ref: int = 0) -> Entry:
+        self._tick += 1
+        e = Entry(self._tick)
+        e.ref = ref
+        self.entries[h] = e
+        if ref == 0:
+            self.n_evictable += 1
+            self._push(h, e)
+        return e
+
+    def acquire(self, h: int) -> Entry:
+        """Reference a block (a hit): it leaves the eviction order while referenced."""
+        e = self.entries[h]
+        self._tick += 1
+        e.hits += 1
+        e.last = self._tick
+        if e.ref == 0:
+            self.n_evictable -= 1
+            e.ver += 1  # invalidates its heap item
+        e.ref += 1
+        return e
+
+    def release(self, h: int) -> None:
+        e = self.entries[h]
+        e.ref -= 1
+        if e.ref == 0:
+            self.n_evictable += 1
+            self._push(h, e)
+
+    def touch(self, h: int) -> None:
+        """A hit on an unreferenced block (lower tiers): update its recency/frequency."""
+        e = self.entries[h]
+        self._tick += 1
+        e.hits += 1
+        e.last = self._tick
+        if e.ref == 0:
+            self._push(h, e)
+
+    def pop_victim(self):
+        heap = self._heap
+        while heap:
+            _, ver, h = heapq.heappop(heap)
+            e = self.entries.get(h)
+            if e is not None and e.ref == 0 and e.ver == ver:
+                del self.entries[h]
+                self.n_evictable -= 1
+                return h, e
+        return None
+
+    def compact(self) -> None:
+        if len(self._heap) > 4 * (self.n_evictable + 64):
+            self._heap = [(k, v, h) for (k, v, h) in self._heap
+                          if (e := self.entries.get(h)) is not None and e.ref == 0 and e.ver == v]
+            heapq.heapify(self._heap)
+
+
+class KVCache:
+    """Tier bookkeeping; the engine owns timing. ``store`` (tier 2 file store) may be None."""
+
+    def __init__(self, t0_blocks: int, t1_blocks: int, t2_blocks: int, policy: str, store=None,
+                 stats=None, hit_window: int = 256):
+        self.t0 = TierIndex("t0", t0_blocks, policy)
+        self.t1 = TierIndex("t1", t1_blocks, policy)
+        self.t2 = TierIndex("t2", t2_blocks if store is not None else 0, policy)
+        self.private = 0
+        self.store = store
+        self.stats = stats if stats is not None else KVStats()
+        self._window: deque = deque(maxlen=hit_window)
+        self._win = [0, 0, 0]  # queried, host hits, disk hits
+
+    # -- capacity -----------------------------------------------------------------------------
+    @property
+    def t0_free(self) -> int:
+        return self.t0.capacity - len(self.t0.entries) - self.private
+
+    @property
+    def t0_used(self) -> int:
+        return len(self.t0.entries) + self.private
+
+    def t0_available(self) -> int:
+        """Blocks obtainable now: free plus evictable."""
+        return self.t0_free + self.t0.n_evictable
+
+    def alloc_private(self, n: int) -> bool:
+        """Reserve ``n`` T0 blocks, evicting unreferenced cached blocks as needed."""
+        if n <= 0:
+            return True
+        if self.t0_available() < n:
+            return False
+        while self.t0_free < n:
+            self._evict_t0()
+        self.private += n
+        return True
+
+    def free_private(self, n: int) -> None:
+        self.private -= n
+
+    def _evict_t0(self) -> None:
+        victim = self.t0.pop_victim()
+        if victim is None:  # pragma: no cover - guarded by t0_available
+            raise RuntimeError("no evictable T0 block")
+        h, e = victim
+        self.stats.t0_evictions += 1
+        if self.t1.capacity > 0:
+            self._offload_to_t1(h, e)
+        elif self.t2.capacity > 0:
+            self._offload_to_t2(h, e, from_device=True)
+        self.t0.compact()
+
+    def _offload_to_t1(self, h: int, e0: Entry) -> None:
+        if h in self.t1:
+            self.t1.touch(h)
+            return
+        while len(self.t1) >= self.t1.capacity:
+            victim = self.t1.pop_victim()
+            if victim is None:
+                return
+            vh, ve = victim
+            self.stats.t1_evictions += 1
+            if self.t2.capacity > 0:
+                self._offload_to_t2(vh, ve, from_device=False)
+        self.t1.add(h)
+        self.stats.offload_d2h += 1
+        self.t1.compact()
+
+    def _offload_to_t2(self, h: int, e: Entry, from_device: bool) -> None:
+        if h in self.t2:
+            self.t2.touch(h)
+            return
+        while len(self.t2) >= self.t2.capacity:
+            victim = self.t2.pop_victim()
+            if victim is None:
+                return
+            self.stats.t2_evictions += 1
+            self.store.free_slot(victim[1].slot)
+        ne = self.t2.add(h)
+        ne.slot = self.store.alloc_slot()
+        ne.ready = self.store.write_block(ne.slot, h)
+        if from_device:
+            self.stats.offload_d2d += 1
+        else:
+            self.stats.offload_h2d += 1
+        self.t2.compact()
+
+    # -- lookup -------------------------------------------------------------------------------
+    def match(self, hashes: list[int], limit: int) -> tuple[int, list[tuple[int, str]]]:
+        """Longest cached prefix of ``hashes[:limit]``: (number of leading T0 blocks, then the blocks
+        that continue it from T1 ('h') or T2 ('d'))."""
+        t0e = self.t0.entries
+        n0 = 0
+        while n0 < limit and hashes[n0] in t0e:
+            n0 += 1
+        onboard: list[tuple[int, str]] = []
+        if self.t1.capacity or self.t2.capacity:
+            i = n0
+            while i < limit:
+                h = hashes[i]
+                if h in self.t1.entries:
+                    onboard.append((h, "h"))
+                elif h in self.t2.entries:
+                    onboard.append((h, "d"))
+                else:
+                    break
+                i += 1
+            queried = limit - n0
+            if queried > 0:
+                nh = sum(1 for _, t in onboard if t == "h")
+                self._record_window(queried, nh, len(onboard) - nh)
+        return n0, onboard
+
+    def _record_window(self, queried: int, host: int, disk: int) -> None:
+        if len(self._window) == self._window.maxlen:
+            q, hh, dd = self._window[0]
+            self._win[0] -= q
+            self._win[1] -= hh
+            self._win[2] -= dd
+        self._window.append((queried, host, disk))
+        self._win[0] += queried
+        self._win[1] += host
+        self._win[2] += disk
+
+    @property
+    def host_hit_rate(self) -> float:
+        return self._win[1] / self._win[0] if self._win[0] else 0.0
+
+    @property
+    def disk_hit_rate(self) -> float:
+        return self._win[2] / self._win[0] if self._win[0] else 0.0
+
+    def acquire_t0(self, hashes) -> None:
+        for h in hashes:
+            self.t0.acquire(h)
+
+    def release_t0(self, hashes) -> None:
+        for h in hashes:
+            self.t0.release(h)
+
+    def commit_block(self, h: int) -> None:
+        """A private block of a sequence has become a complete, hashed block: share it."""
+        self.private -= 1
+        if h in self.t0.entries:
+            self.t0.acquire(h)
+        else:
+            self.t0.add(h, ref=1)
+
+
+class KVStats:
+    __slots__ = ("offload_d2h", "offload_h2d", "offload_d2d", "onboard_h2d", "onboard_d2d", "matched_tokens",
+                 "t0_evictions", "t1_evictions", "t2_evictions", "t0_hit_blocks", "t0_miss_blocks")
+
+    def __init__(self):
+        for s in self.__slots__:
+            setattr(self, s, 0)

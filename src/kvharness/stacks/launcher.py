@@ -1,0 +1,274 @@
+"""Launch a serving stack as real processes, wait for health, and always tear it down.
+
+A stack is one main argv (whose ``/health`` gates readiness) plus optional ``pre_commands`` (e.g. a
+Dynamo worker before its frontend). Every argv is a list, rendered element by element from a fixed set
+of template names, and started with ``subprocess.Popen`` without a shell, in its own session (process
+group) so teardown can signal the whole tree. On Linux each child also gets a parent-death signal, so
+even a SIGKILLed cell runner leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from kvharness.config import ConfigError
+
+PR_SET_PDEATHSIG = 1
+
+
+class StackLaunchError(RuntimeError):
+    """The stack did not come up; the message ends with the tail of its log."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def child_popen_kwargs() -> dict:
+    """Popen options for every process the harness starts: own process group, dies with its parent."""
+    kwargs: dict = {"start_new_session": True}
+    if sys.platform.startswith("linux"):
+        kwargs["preexec_fn"] = _die_with_parent
+    return kwargs
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def render(value: str, names: Mapping[str, object], where: str) -> str:
+    """Substitute ``{name}`` placeholders from ``names`` only; an unknown name is a ConfigError."""
+    text = str(value)
+    for _, field_name, _, _ in string.Formatter().parse(text):
+        if field_name is not None and field_name not in names:
+            raise ConfigError(
+                f"{where}: unknown placeholder {{{field_name}}} (known: {', '.join(sorted(names))})"
+            )
+        if field_name is not None and names[field_name] is None:
+            raise ConfigError(f"{where}: placeholder {{{field_name}}} has no value for this cell")
+    return text.format_map(names)
+
+
+def _render_tree(node, names, where):
+    """Render every string in a YAML tree; a string that is exactly one placeholder keeps its type."""
+    if isinstance(node, dict):
+        return {k: _render_tree(v, names, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_render_tree(v, names, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        stripped = node.strip()
+        if stripped.startswith("{") and stripped.endswith("}") and stripped[1:-1] in names:
+            render(stripped, names, where)
+            return names[stripped[1:-1]]
+        return render(node, names, where)
+    return node
+
+
+@dataclass
+class LaunchPlan:
+    name: str
+    kind: str
+    argvs: list[list[str]]           # pre_commands..., main command last
+    env: dict[str, str]              # added to the inherited environment
+    host: str
+    port: int
+    metrics_port: int | None
+    health_url: str | None
+    base_url: str
+    metrics_urls: dict[str, str]
+    startup_timeout_s: float
+    log_path: Path
+    engine_yaml_path: Path | None = None
+    names: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": self.env,
+            "host": self.host, "port": self.port, "metrics_port": self.metrics_port,
+            "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
+            "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
+        }
+
+
+def _pick_port(value, host: str, what: str, stack_name: str, launched: bool) -> int | None:
+    if value is None:
+        return None
+    if value == "auto":
+        return free_port(host)
+    port = int(value)
+    if launched and port_in_use(host, port):
+        raise StackLaunchError(
+            f"stack {stack_name}: {what} {host}:{port} is already in use; stop what holds it or set {what}: auto"
+        )
+    return port
+
+
+def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> LaunchPlan:
+    """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values."""
+    host = str(names.get("host", "127.0.0.1"))
+    launched = stack["kind"] != "external"
+    port = _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
+    metrics_port = _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched)
+    all_names = dict(names)
+    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port})
+    where = f"configs/stacks/{stack['name']}.yaml"
+    engine_yaml_path = None
+    if stack.get("engine_yaml") is not None:
+        engine_yaml_path = workdir / "engine.yaml"
+        all_names["engine_yaml"] = str(engine_yaml_path)
+        rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
+        engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+    argvs = [[render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv]
+             for i, argv in enumerate(stack.get("pre_commands") or [])]
+    if stack.get("command"):
+        argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
+    env = {str(k): render(v, all_names, f"{where}: env.{k}") for k, v in (stack.get("env") or {}).items()}
+    base_url = f"http://{host}:{port}"
+    health = stack.get("health_path")
+    metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
+    return LaunchPlan(
+        name=stack["name"], kind=stack["kind"], argvs=argvs, env=env, host=host, port=port,
+        metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
+        metrics_urls=metrics, startup_timeout_s=float(stack.get("startup_timeout_s", 60)),
+        log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
+    )
+
+
+def terminate_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL what is left."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    # The leader may be gone while others in its group live on: always sweep the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=2)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(log is empty)"
+
+
+class RunningStack:
+    """Context manager: start on enter (and wait for health), stop the whole tree on exit."""
+
+    def __init__(self, plan: LaunchPlan, poll_s: float = 0.1):
+        self.plan = plan
+        self.poll_s = poll_s
+        self.procs: list[subprocess.Popen] = []
+        self._log = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self) -> "RunningStack":
+        if self.plan.kind == "external":
+            return self
+        self._log = open(self.plan.log_path, "ab", buffering=0)
+        env = dict(os.environ)
+        env.update(self.plan.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        for argv in self.plan.argvs:
+            try:
+                proc = subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                    **child_popen_kwargs(),
+                )
+            except OSError as exc:
+                self.stop()
+                raise StackLaunchError(f"stack {self.plan.name}: cannot start {argv[0]!r}: {exc.strerror}") from None
+            self.procs.append(proc)
+        return self
+
+    def dead_process(self) -> subprocess.Popen | None:
+        return next((p for p in self.procs if p.poll() is not None), None)
+
+    def wait_healthy(self) -> float:
+        """Poll the health URL until 200; returns seconds waited. Raises StackLaunchError with the log tail."""
+        import httpx
+
+        if not self.plan.health_url:
+            return 0.0
+        t0 = time.monotonic()
+        deadline = t0 + self.plan.startup_timeout_s
+        last = "no answer yet"
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                dead = self.dead_process()
+                if dead is not None:
+                    raise StackLaunchError(
+                        f"stack {self.plan.name}: process {dead.args[0]!r} exited with code {dead.returncode} "
+                        f"before becoming healthy; last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+                    )
+                try:
+                    resp = client.get(self.plan.health_url)
+                    if resp.status_code == 200:
+                        return time.monotonic() - t0
+                    last = f"HTTP {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    last = type(exc).__name__
+                if time.monotonic() > deadline:
+                    raise StackLaunchError(
+                        f"stack {self.plan.name}: {self.plan.health_url} not healthy after "
+                        f"{self.plan.startup_timeout_s:.0f} s (last: {last}); last lines of "
+                        f"{self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+                    )
+                time.sleep(self.poll_s)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for proc in reversed(self.procs):  # main command first, then what it depends on
+            terminate_group(proc, grace_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "RunningStack":
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

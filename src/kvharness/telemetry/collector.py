@@ -1,0 +1,392 @@
+"""The one collector process of a cell: every source sampled inside each tick of an absolute schedule.
+
+Tick k is due at ``t0 + k * interval`` on the monotonic clock (k = 1, 2, ...; t0 is the priming read, so
+every tick carries a full-interval delta). Sleeping targets the due time, never "interval after the last
+tick", so there is no drift. A tick that cannot start within half an interval of its due time is
+**missed**: counted, never written late and never bunched with the next one.
+
+Outputs in ``--out-dir`` (each line flushed as written):
+``sysmon.jsonl`` (host, NVMe, GPU, processes), ``dynkv.jsonl`` + ``dynkv_kv.csv`` (KV tiers, when
+``--scrape`` is given), ``scrapes.jsonl.gz`` (raw scrape bodies), ``collector_summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kvharness.stats import percentile
+from kvharness.telemetry import host
+from kvharness.telemetry.gpu import GpuSampler
+from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, map_deltas, parse_body
+
+CSV_COLUMNS = (["ts", "mono_ns", "tick", "kv_block_size_bytes"]
+               + [f"tier{i}_{f}" for i in range(3) for f in TIER_FIELDS]
+               + ["evictions", "prefetches", "sources_ok"])
+
+
+@dataclass
+class CollectorConfig:
+    out_dir: str
+    interval_ms: float = 200.0
+    tier2_path: str | None = None
+    device: str | None = None
+    watch_tree: int | None = None
+    scrapes: dict[str, str] = field(default_factory=dict)
+    kv_block_bytes: int | None = None
+    duration_s: float | None = None
+    scrape_timeout_s: float | None = None
+    proc_refresh_s: float = 1.0
+    late_fraction: float = 0.5  # a tick starting later than this share of an interval is missed
+    gpu: object = None  # injected GpuSampler (tests); None = real NVML
+
+
+class _ProcFile:
+    """A /proc file kept open and re-read from offset 0 each tick (no open/close per tick)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self) -> str:
+        chunks = []
+        off = 0
+        while True:
+            b = os.pread(self.fd, 65536, off)
+            if not b:
+                break
+            chunks.append(b)
+            off += len(b)
+            if len(b) < 65536:
+                break
+        return b"".join(chunks).decode("ascii", "replace")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Scraper:
+    """Scrapes every configured source once per tick with one shared httpx client."""
+
+    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str):
+        import httpx  # only when scraping is configured
+
+        self.sources = dict(sources)
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers={"Accept": "text/plain, */*"})
+        self.state = {name: DeltaState() for name in sources}
+        self.last_body: dict[str, str | None] = {name: None for name in sources}
+        self.last_snap: dict[str, object] = {}
+        self.errors: dict[str, int] = {name: 0 for name in sources}
+        self.last_error: dict[str, str | None] = {name: None for name in sources}
+        self.raw = gzip.open(raw_path, "wt", compresslevel=6, encoding="utf-8")
+        self._last_raw_flush = time.monotonic()
+
+    def scrape(self, tick: int, ts: float, mono_ns: int) -> tuple[dict[str, dict | None], dict[str, dict]]:
+        deltas: dict[str, dict | None] = {}
+        status: dict[str, dict] = {}
+        for name, url in self.sources.items():
+            t = time.monotonic_ns()
+            try:
+                r = self.client.get(url)
+                r.raise_for_status()
+                body = r.text
+            except Exception as exc:  # timeout, refused, HTTP error: a missing sample, not a crash
+                self.errors[name] += 1
+                err = f"{type(exc).__name__}: {exc}"[:200]
+                self.last_error[name] = err
+                status[name] = {"ok": False, "error": err}
+                self.raw.write(json.dumps({"tick": tick, "ts": ts, "mono_ns": mono_ns, "source": name,
+                                           "error": err}) + "\n")
+                continue
+            ms = (time.monotonic_ns() - t) / 1e6
+            same = body == self.last_body[name] and not body.lstrip().startswith("[")
+            try:
+                snap = self.last_snap[name] if same else parse_body(body)
+            except Exception as exc:
+                self.errors[name] += 1
+                err = f"parse: {type(exc).__name__}: {exc}"[:200]
+                self.last_error[name] = err
+                status[name] = {"ok": False, "error": err}
+                continue
+            self.last_body[name] = body
+            self.last_snap[name] = snap
+            deltas[name] = self.state[name].update(snap)
+            status[name] = {"ok": True, "ms": round(ms, 2)}
+            rec = {"tick": tick, "ts": ts, "mono_ns": mono_ns, "source": name}
+            if same:
+                rec["same_as_previous"] = True
+            else:
+                rec["body"] = body
+            self.raw.write(json.dumps(rec) + "\n")
+        now = time.monotonic()
+        if now - self._last_raw_flush >= 5.0:
+            self.raw.flush()  # Z_SYNC_FLUSH: a killed collector still leaves a readable prefix
+            self._last_raw_flush = now
+        return deltas, status
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.raw.close()
+
+
+class Collector:
+    def __init__(self, cfg: CollectorConfig, stop: threading.Event | None = None):
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.interval_ns = int(round(cfg.interval_ms * 1e6))
+        if self.interval_ns <= 0:
+            raise ValueError("--interval-ms must be positive")
+        self.dev = host.resolve_block_device(cfg.tier2_path, cfg.device)
+        self.gpu = cfg.gpu if cfg.gpu is not None else GpuSampler()
+        self.procs = host.ProcWatcher(cfg.watch_tree, cfg.proc_refresh_s) if cfg.watch_tree else None
+        self.sources = ["host"] + (["nvme"] if self.dev.device else []) + (["gpu"] if self.gpu.available else [])
+        self.sources += list(cfg.scrapes)
+        timeout = cfg.scrape_timeout_s
+        if timeout is None:
+            timeout = min(1.0, max(0.05, 0.4 * cfg.interval_ms / 1000.0))
+        self.scraper = (Scraper(cfg.scrapes, timeout, os.path.join(cfg.out_dir, "scrapes.jsonl.gz"))
+                        if cfg.scrapes else None)
+        self.counts = {s: 0 for s in self.sources}
+        if self.procs:
+            self.counts["procs"] = 0
+
+    # ------------------------------------------------------------------------------------ sampling
+    def _sample(self, tick: int, due_ns: int, files: dict, prev: dict) -> tuple[dict, dict | None, set]:
+        mono_ns = time.monotonic_ns()
+        ts = time.time()
+        got: set[str] = set()
+        rec: dict = {"ts": round(ts, 6), "mono_ns": mono_ns, "tick": tick,
+                     "lag_ms": round((mono_ns - due_ns) / 1e6, 3)}
+        try:
+            cpu = host.parse_proc_stat_cpu(files["stat"].read())
+            rec["cpu"] = host.cpu_percent(prev["cpu"], cpu) if prev.get("cpu") else None
+            prev["cpu"] = cpu
+            rec["mem"] = host.parse_meminfo(files["meminfo"].read())
+            got.add("host")
+        except (OSError, ValueError) as exc:
+            rec["cpu"] = rec.get("cpu")
+            rec["host_error"] = str(exc)
+        if self.dev.device:
+            try:
+                line = host.diskstats_line(files["diskstats"].read(), self.dev.device)
+                if line is None:
+                    raise ValueError(f"{self.dev.device} vanished from /proc/diskstats")
+                p = prev.get("disk")
+                if p is not None and mono_ns > p[1]:
+                    nv = host.iostat_fields(p[0], line, (mono_ns - p[1]) / 1e9)
+                    nv = {k: round(v, 4) for k, v in nv.items()}
+                    rec["nvme"] = {"device": self.dev.device, **nv}
+                    got.add("nvme")
+                else:
+                    rec["nvme"] = None
+                prev["disk"] = (line, mono_ns)
+            except (OSError, ValueError) as exc:
+                rec["nvme"] = None
+                rec["nvme_error"] = str(exc)
+        else:
+            rec["nvme"] = None
+        if self.gpu.available:
+            g = self.gpu.sample()
+            rec["gpu"] = g
+            if g is not None:
+                got.add("gpu")
+        else:
+            rec["gpu"] = None
+        if self.procs is not None:
+            rec["procs"] = self.procs.sample(mono_ns)
+            self.counts["procs"] += 1
+        dyn = None
+        if self.scraper is not None:
+            deltas, status = self.scraper.scrape(tick, ts, mono_ns)
+            for name, st in status.items():
+                if st.get("ok"):
+                    got.add(name)
+            mapped = map_deltas(deltas, self.cfg.kv_block_bytes)
+            dyn = {"ts": rec["ts"], "mono_ns": mono_ns, "tick": tick,
+                   "kv_block_size_bytes": self.cfg.kv_block_bytes, **mapped, "sources": status,
+                   "baseline": [n for n in status if status[n].get("ok") and deltas.get(n) is None]}
+        return rec, dyn, got
+
+    # --------------------------------------------------------------------------------------- loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        out = cfg.out_dir
+        files = {"stat": host_file("/proc/stat"), "meminfo": host_file("/proc/meminfo"),
+                 "diskstats": host_file("/proc/diskstats")}
+        sysmon = open(os.path.join(out, "sysmon.jsonl"), "w", encoding="utf-8")
+        dynkv = csvf = writer = None
+        if self.scraper is not None:
+            dynkv = open(os.path.join(out, "dynkv.jsonl"), "w", encoding="utf-8")
+            csvf = open(os.path.join(out, "dynkv_kv.csv"), "w", newline="", encoding="utf-8")
+            writer = csv.writer(csvf)
+            writer.writerow(CSV_COLUMNS)
+            csvf.flush()
+        cpu0 = time.process_time()
+        wall_start = time.time()
+        prev: dict = {}
+        # priming read: tick 1 then carries a full-interval delta for CPU and disk
+        t0 = time.monotonic_ns()
+        try:
+            prev["cpu"] = host.parse_proc_stat_cpu(files["stat"].read())
+            if self.dev.device:
+                line = host.diskstats_line(files["diskstats"].read(), self.dev.device)
+                if line is not None:
+                    prev["disk"] = (line, t0)
+            if self.procs is not None:
+                self.procs.sample(t0)
+            if self.scraper is not None:
+                pass  # the first scrape of each source is its baseline (tick 1)
+        except (OSError, ValueError):
+            pass
+        end_ns = t0 + int(cfg.duration_s * 1e9) if cfg.duration_s else None
+        late_ns = int(self.interval_ns * cfg.late_fraction)
+        sample_ns: list[int] = []
+        lags_ms: list[float] = []
+        missed = 0
+        aligned = 0
+        present = 0
+        tick = 1
+        last_due = t0
+        first_line = True
+        while not self.stop.is_set():
+            due = t0 + tick * self.interval_ns
+            if end_ns is not None and due > end_ns:
+                break
+            now = time.monotonic_ns()
+            if now > due + late_ns:
+                # late: skip every tick whose start window has passed; count them as missed
+                behind = (now - due - late_ns) // self.interval_ns + 1
+                missed += behind
+                tick += behind
+                continue
+            if now < due:
+                if self.stop.wait((due - now) / 1e9):
+                    break
+                now = time.monotonic_ns()
+                if now > due + late_ns:  # overslept (machine stalled)
+                    missed += 1
+                    tick += 1
+                    continue
+            last_due = due
+            rec, dyn, got = self._sample(tick, due, files, prev)
+            if first_line:
+                if not self.gpu.available:
+                    rec["gpu_reason"] = self.gpu.reason
+                if self.dev.device is None:
+                    rec["nvme_reason"] = self.dev.detail
+                first_line = False
+            sysmon.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            sysmon.flush()
+            if dyn is not None:
+                dynkv.write(json.dumps(dyn, separators=(",", ":")) + "\n")
+                dynkv.flush()
+                writer.writerow(csv_row(dyn))
+                csvf.flush()
+            for s in got:
+                self.counts[s] = self.counts.get(s, 0) + 1
+            if all(s in got for s in self.sources):
+                aligned += 1
+            present += 1
+            sample_ns.append(rec["mono_ns"])
+            lags_ms.append(rec["lag_ms"])
+            tick += 1
+        stop_ns = time.monotonic_ns()
+        cpu_s = time.process_time() - cpu0
+        sysmon.close()
+        if dynkv is not None:
+            dynkv.close()
+            csvf.close()
+        if self.scraper is not None:
+            self.scraper.close()
+        for f in files.values():
+            f.close()
+        self.gpu.close()
+        # expected = every tick that came due during the run: ticks 1..tick-1 were each sampled or missed
+        expected = tick - 1
+        if end_ns is not None:
+            expected = min(expected, int((end_ns - t0) // self.interval_ns))
+            missed = expected - present
+        summary = build_summary(
+            interval_ms=cfg.interval_ms, expected=expected, present=present, missed_counted=missed,
+            sample_ns=sample_ns, lags_ms=lags_ms, counts=self.counts, sources=self.sources, aligned=aligned,
+            cpu_s=cpu_s, wall_s=(stop_ns - t0) / 1e9,
+        )
+        summary.update({
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
+            "t0_mono_ns": t0, "stop_mono_ns": stop_ns, "last_due_mono_ns": last_due,
+            "collector_cpu_s_process": round(time.process_time(), 4),
+            "collector_pid": os.getpid(),
+            "nvme_device": self.dev.device, "nvme_device_source": self.dev.source,
+            "nvme_device_detail": self.dev.detail, "nvme_slaves": self.dev.slaves,
+            "gpu_reason": self.gpu.reason, "gpu_unsupported": getattr(self.gpu, "unsupported", {}),
+            "scrape_sources": dict(cfg.scrapes),
+            "scrape_errors": dict(self.scraper.errors) if self.scraper else {},
+            "scrape_last_error": dict(self.scraper.last_error) if self.scraper else {},
+            "counter_resets": ({n: st.resets for n, st in self.scraper.state.items()} if self.scraper else {}),
+            "kv_block_size_bytes": cfg.kv_block_bytes,
+            "watch_tree": cfg.watch_tree,
+        })
+        tmp = os.path.join(out, "collector_summary.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, os.path.join(out, "collector_summary.json"))
+        return summary
+
+
+def host_file(path: str) -> _ProcFile:
+    return _ProcFile(path)
+
+
+def csv_row(dyn: dict) -> list:
+    row = [dyn["ts"], dyn["mono_ns"], dyn["tick"], dyn.get("kv_block_size_bytes")]
+    for i in range(3):
+        t = dyn.get(f"tier{i}") or {}
+        row += [t.get(f) for f in TIER_FIELDS]
+    row += [dyn.get("evictions"), dyn.get("prefetches"),
+            sum(1 for s in (dyn.get("sources") or {}).values() if s.get("ok"))]
+    return ["" if v is None else v for v in row]
+
+
+def alignment_fraction(aligned_ticks: int, expected_ticks: int) -> float | None:
+    """Share of expected cadence windows in which every configured source produced a sample.
+    Missed ticks count as unaligned windows."""
+    if expected_ticks <= 0:
+        return None
+    return min(aligned_ticks, expected_ticks) / expected_ticks
+
+
+def build_summary(*, interval_ms: float, expected: int, present: int, missed_counted: int, sample_ns: list[int],
+                  lags_ms: list[float], counts: dict, sources: list[str], aligned: int, cpu_s: float,
+                  wall_s: float) -> dict:
+    intervals = [(b - a) / 1e6 for a, b in zip(sample_ns, sample_ns[1:])]
+    med = percentile(intervals, 50)
+    p99 = percentile(intervals, 99)
+    return {
+        "interval_ms": interval_ms,
+        "ticks_expected": expected,
+        "ticks_present": present,
+        "ticks_missed": max(expected - present, 0),
+        "ticks_missed_late": missed_counted,
+        "ticks_present_fraction": (present / expected) if expected else None,
+        "interval_achieved_median_ms": round(med, 4) if med is not None else None,
+        "interval_achieved_p99_ms": round(p99, 4) if p99 is not None else None,
+        "interval_achieved_max_ms": round(max(intervals), 4) if intervals else None,
+        "tick_lag_p50_ms": percentile(lags_ms, 50),
+        "tick_lag_p99_ms": percentile(lags_ms, 99),
+        "sources": list(sources),
+        "source_samples": dict(counts),
+        "aligned_ticks": aligned,
+        "alignment_fraction": alignment_fraction(aligned, expected),
+        "collector_cpu_s": round(cpu_s, 4),
+        "wall_s": round(wall_s, 4),
+        "collector_cpu_pct_of_core": round(100.0 * cpu_s / wall_s, 4) if wall_s > 0 else None,
+    }

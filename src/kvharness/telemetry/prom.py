@@ -1,0 +1,455 @@
+"""Prometheus scrapes -> per-tick KV-tier records (SPEC ``dynkv.jsonl``).
+
+Three layers, each testable on fixture text:
+
+1. :func:`parse_text` — prometheus_client's text parser into a flat :class:`Snapshot` (counters keyed by
+   their base name without ``_total``, so KVBM's Rust counters and Python ``*_total`` counters look alike;
+   gauges; histogram buckets per label set).
+2. :class:`DeltaState` — counter deltas between consecutive snapshots of one source, per label set, where a
+   drop means the exporter restarted (delta = the new value, never negative), and histogram bucket deltas.
+3. :func:`map_tick` — the mapping tables (KVBM ``kvbm_*``, TRT-LLM ``trtllm_*``, vLLM ``vllm:*``, SGLang
+   ``sglang:*``, LMCache ``lmcache:*``, Dynamo ``dynamo_frontend_*``, simulator ``kvsim_*``) turn the deltas
+   into tier0/1/2 {hits, misses, bytes_in, bytes_out, fetch p50/p95/p99 ms}, evictions, prefetches.
+
+Tier convention (the SPEC's): tier0 = device/UMA (KVBM G1), tier1 = host DRAM (G2), tier2 = disk (G3).
+``bytes_in`` of a tier = bytes written into it, ``bytes_out`` = bytes read out of it. A hit on tier N>0 is a
+block onboarded from tier N back to tier0. Blocks become bytes through ``--kv-block-bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvharness.stats import percentile
+
+Labels = tuple  # sorted (name, value) pairs
+
+TIER_FIELDS = ("hits", "misses", "hit_tokens", "miss_tokens", "bytes_in", "bytes_out",
+               "fetch_p50_ms", "fetch_p95_ms", "fetch_p99_ms")
+QUANTILES = (50, 95, 99)
+
+
+@dataclass
+class Snapshot:
+    counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
+    gauges: dict[tuple[str, Labels], float] = field(default_factory=dict)
+    # histogram base name -> label set (without le) -> {le: cumulative count}
+    buckets: dict[str, dict[Labels, dict[float, float]]] = field(default_factory=dict)
+    # JSON iteration stats (TRT-LLM /metrics): list of dicts drained on read
+    iterations: list[dict] | None = None
+
+    def counter_names(self) -> set[str]:
+        return {k[0] for k in self.counters}
+
+    def gauge_sum(self, name: str) -> float | None:
+        vals = [v for (n, _l), v in self.gauges.items() if n == name]
+        return sum(vals) if vals else None
+
+
+def _labels(d: dict) -> Labels:
+    return tuple(sorted(d.items())) if d else ()
+
+
+def _strip_total(name: str) -> str:
+    return name[:-6] if name.endswith("_total") else name
+
+
+def parse_text(text: str) -> Snapshot:
+    """Parse Prometheus exposition text. Counter samples are keyed by the name without ``_total``;
+    ``_sum``/``_count`` of histograms and summaries are treated as counters (``name_sum``/``name_count``);
+    an untyped sample ending in ``_total`` is taken for a counter (prometheus_client's text parser does not
+    attach ``foo_total`` samples to a ``# TYPE foo counter`` family)."""
+    snap = Snapshot()
+    counter_families: set[str] = set()
+    for fam in text_string_to_metric_families(text):
+        ftype = fam.type
+        if ftype == "counter":
+            counter_families.add(fam.name)
+        for s in fam.samples:
+            name, labels, value = s.name, s.labels, s.value
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if ftype == "histogram" or (ftype == "unknown" and name.endswith("_bucket") and "le" in labels):
+                if name.endswith("_bucket"):
+                    base = name[:-7]
+                    le = labels.get("le")
+                    if le is None:
+                        continue
+                    rest = _labels({k: v for k, v in labels.items() if k != "le"})
+                    snap.buckets.setdefault(base, {}).setdefault(rest, {})[float(le)] = float(value)
+                    continue
+                if name.endswith("_sum") or name.endswith("_count"):
+                    snap.counters[(name, _labels(labels))] = float(value)
+                    continue
+                if name.endswith("_created"):
+                    continue
+            if ftype == "summary":
+                if name.endswith("_sum") or name.endswith("_count"):
+                    snap.counters[(name, _labels(labels))] = float(value)
+                continue
+            if ftype == "counter":
+                if name.endswith("_created"):
+                    continue
+                snap.counters[(_strip_total(name), _labels(labels))] = float(value)
+            elif ftype == "unknown" and (name.endswith("_total") and _strip_total(name) in counter_families
+                                         or name.endswith("_total")):
+                snap.counters[(_strip_total(name), _labels(labels))] = float(value)
+            elif ftype in ("gauge", "unknown", "info", "stateset"):
+                snap.gauges[(name, _labels(labels))] = float(value)
+    return snap
+
+
+def parse_body(body: str) -> Snapshot:
+    """Prometheus text, or TRT-LLM's JSON iteration list (``/metrics`` of trtllm-serve)."""
+    stripped = body.lstrip()
+    if stripped.startswith("["):
+        snap = Snapshot()
+        data = json.loads(stripped)
+        snap.iterations = [d for d in data if isinstance(d, dict)]
+        return snap
+    return parse_text(body)
+
+
+# ------------------------------------------------------------------------------------------ deltas
+
+def counter_delta(prev: float | None, cur: float) -> float:
+    """Delta of a monotonic counter. A drop means the exporter restarted from zero: delta = new value."""
+    if prev is None:
+        return cur
+    return cur - prev if cur >= prev else cur
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus ``histogram_quantile`` on cumulative bucket counts {upper bound: count}; q in 0..1.
+
+    Linear interpolation inside the bucket (lower bound 0 for the first bucket); a rank in the +Inf
+    bucket returns the highest finite bound. None when the histogram is empty.
+    """
+    if not buckets:
+        return None
+    les = sorted(buckets)
+    if not math.isinf(les[-1]):
+        return None  # malformed: no +Inf bucket
+    # enforce monotonic cumulative counts (bucket deltas can be jittery across label sets)
+    counts, running = [], 0.0
+    for le in les:
+        running = max(running, buckets[le])
+        counts.append(running)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    for i, le in enumerate(les):
+        if counts[i] >= rank:
+            if math.isinf(le):
+                return les[i - 1] if i > 0 else None
+            lo_bound = les[i - 1] if i > 0 else 0.0
+            lo_count = counts[i - 1] if i > 0 else 0.0
+            in_bucket = counts[i] - lo_count
+            if in_bucket <= 0:
+                return le
+            return lo_bound + (le - lo_bound) * (rank - lo_count) / in_bucket
+    return les[-2] if len(les) > 1 else None
+
+
+class DeltaState:
+    """Per-source memory of the previous snapshot; turns each new snapshot into deltas."""
+
+    def __init__(self) -> None:
+        self.prev: Snapshot | None = None
+        self.prev_iter_counters: dict[str, float] = {}
+        self.resets = 0
+
+    def update(self, snap: Snapshot) -> dict | None:
+        """Deltas since the previous snapshot, or None for the first one (the baseline)."""
+        prev, self.prev = self.prev, snap
+        if snap.iterations is not None:
+            return self._iter_update(snap, baseline=prev is None)
+        if prev is None:
+            return None
+        counters: dict[str, float] = {}
+        for key, value in snap.counters.items():
+            p = prev.counters.get(key)
+            if p is not None and value < p:
+                self.resets += 1
+            # A label set that first appears after the baseline started from zero: delta = value.
+            d = counter_delta(p, value)
+            counters[key[0]] = counters.get(key[0], 0.0) + d
+        hists: dict[str, dict[float, float]] = {}
+        for base, series in snap.buckets.items():
+            pseries = prev.buckets.get(base, {})
+            agg: dict[float, float] = {}
+            for lk, b in series.items():
+                pb = pseries.get(lk, {})
+                # a reset shows in the +Inf bucket; then take the new buckets whole
+                inf_now, inf_prev = b.get(math.inf, 0.0), pb.get(math.inf)
+                reset = inf_prev is not None and inf_now < inf_prev
+                for le, c in b.items():
+                    d = c if reset or le not in pb else c - pb[le]
+                    agg[le] = agg.get(le, 0.0) + max(d, 0.0)
+            hists[base] = agg
+        gauges: dict[str, float] = {}
+        for (name, _l), v in snap.gauges.items():
+            gauges[name] = gauges.get(name, 0.0) + v
+        return {"counters": counters, "hists": hists, "gauges": gauges, "samples": {}}
+
+    def _iter_update(self, snap: Snapshot, baseline: bool) -> dict:
+        """TRT-LLM iteration stats: the list is drained on read, so every scrape holds only new iterations.
+        kvCacheStats block counters are cumulative in the engine: delta between the last iteration seen
+        and the newest one (reset-aware); iterLatencyMS is kept as raw samples."""
+        its = snap.iterations or []
+        counters: dict[str, float] = {}
+        gauges: dict[str, float] = {}
+        samples: dict[str, list[float]] = {"trtllm_iter_latency_ms": []}
+        for it in its:
+            lat = it.get("iterLatencyMS")
+            if isinstance(lat, (int, float)):
+                samples["trtllm_iter_latency_ms"].append(float(lat))
+        if its:
+            last = its[-1]
+            kv = last.get("kvCacheStats") or {}
+            for k in ("allocTotalBlocks", "allocNewBlocks", "reusedBlocks", "missedBlocks"):
+                if isinstance(kv.get(k), (int, float)):
+                    name = f"trtllm_iter_{k}"
+                    cur = float(kv[k])
+                    p = self.prev_iter_counters.get(name)
+                    if p is not None:
+                        if cur < p:
+                            self.resets += 1
+                        counters[name] = counter_delta(p, cur)
+                    elif not baseline:
+                        counters[name] = 0.0
+                    self.prev_iter_counters[name] = cur
+            for k in ("maxNumBlocks", "freeNumBlocks", "usedNumBlocks", "tokensPerBlock", "cacheHitRate"):
+                if isinstance(kv.get(k), (int, float)):
+                    gauges[f"trtllm_iter_{k}"] = float(kv[k])
+            for k in ("numActiveRequests", "gpuMemUsage"):
+                if isinstance(last.get(k), (int, float)):
+                    gauges[f"trtllm_iter_{k}"] = float(last[k])
+        gauges["trtllm_iter_count"] = float(len(its))
+        return {"counters": counters, "hists": {}, "gauges": gauges, "samples": samples}
+
+
+# ----------------------------------------------------------------------------------------- mapping
+
+# Counter rules: (alternative names, first present wins), target "section.field", unit.
+# unit "blocks" -> also adds bytes via the block size to the byte targets listed in BLOCK_BYTES.
+COUNTER_RULES: list[tuple[tuple[str, ...], str]] = [
+    # --- Dynamo KVBM (Rust counters, no _total). Direction names: offload d2h = G1->G2, h2d = G2->G3,
+    # d2d = G1->G3; onboard h2d = G2->G1, d2d = G3->G1.
+    (("kvbm_offload_blocks_d2h",), "offload_blocks.t0_t1"),
+    (("kvbm_offload_blocks_h2d",), "offload_blocks.t1_t2"),
+    (("kvbm_offload_blocks_d2d",), "offload_blocks.t0_t2"),
+    (("kvbm_onboard_blocks_h2d",), "onboard_blocks.t1_t0"),
+    (("kvbm_onboard_blocks_d2d",), "onboard_blocks.t2_t0"),
+    (("kvbm_matched_tokens",), "server.matched_tokens"),
+    # --- TRT-LLM Prometheus (/prometheus/metrics)
+    (("trtllm_kv_cache_reused_blocks",), "tier0.hits"),
+    (("trtllm_kv_cache_missed_blocks",), "tier0.misses"),
+    (("trtllm_kv_cache_onboard_bytes",), "tier0.bytes_in"),
+    (("trtllm_kv_cache_offload_bytes",), "tier0.bytes_out"),
+    (("trtllm_prompt_cache_hit_tokens",), "tier0.hit_tokens"),
+    (("trtllm_prompt_tokens",), "server.prompt_tokens"),
+    (("trtllm_generation_tokens",), "server.generation_tokens"),
+    (("trtllm_request_success",), "server.requests"),
+    # --- TRT-LLM JSON iteration stats (/metrics, drained on read)
+    (("trtllm_iter_reusedBlocks",), "tier0.hits"),
+    (("trtllm_iter_missedBlocks",), "tier0.misses"),
+    # --- vLLM (tokens); deprecated gpu_prefix_cache_* only when the new names are absent
+    (("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"), "tier0.hit_tokens"),
+    (("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries"), "_vllm.queries"),
+    (("vllm:external_prefix_cache_hits",), "tier1.hit_tokens"),
+    (("vllm:external_prefix_cache_queries",), "_vllm.ext_queries"),
+    (("vllm:num_preemptions",), "server.preemptions"),
+    (("vllm:prompt_tokens",), "server.prompt_tokens"),
+    (("vllm:generation_tokens",), "server.generation_tokens"),
+    (("vllm:request_success",), "server.requests"),
+    # --- SGLang (tokens)
+    (("sglang:cached_tokens",), "tier0.hit_tokens"),
+    (("sglang:prompt_tokens",), "server.prompt_tokens"),
+    (("sglang:generation_tokens",), "server.generation_tokens"),
+    (("sglang:num_requests",), "server.requests"),
+    # --- LMCache (tokens; its local store is host memory = tier1 by default)
+    (("lmcache:num_hit_tokens",), "tier1.hit_tokens"),
+    (("lmcache:num_requested_tokens",), "_lmcache.requested"),
+    (("lmcache:num_stored_tokens",), "server.lmcache_stored_tokens"),
+    (("lmcache_mp_lookup_hit_tokens",), "tier1.hit_tokens"),
+    (("lmcache_mp_lookup_requested_tokens",), "_lmcache.requested"),
+    # --- Dynamo frontend
+    (("dynamo_frontend_requests",), "server.requests"),
+    (("dynamo_frontend_output_tokens",), "server.generation_tokens"),
+    (("dynamo_frontend_cached_tokens_sum",), "server.cached_tokens"),
+]
+
+# Histogram rules: (alternative base names), target prefix, scale to ms.
+HIST_RULES: list[tuple[tuple[str, ...], str, float]] = [
+    (("trtllm_time_to_first_token_seconds", "vllm:time_to_first_token_seconds",
+      "sglang:time_to_first_token_seconds", "dynamo_frontend_time_to_first_token_seconds"), "server.ttft", 1000.0),
+    (("trtllm_time_per_output_token_seconds", "vllm:inter_token_latency_seconds",
+      "vllm:time_per_output_token_seconds", "sglang:inter_token_latency_seconds",
+      "dynamo_frontend_inter_token_latency_seconds"), "server.itl", 1000.0),
+    (("trtllm_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds",
+      "sglang:e2e_request_latency_seconds", "dynamo_frontend_request_duration_seconds"), "server.e2e", 1000.0),
+    (("trtllm_request_queue_time_seconds", "vllm:request_queue_time_seconds"), "server.queue", 1000.0),
+    (("trtllm_iteration_latency_seconds",), "server.iter", 1000.0),
+    (("lmcache:time_to_retrieve",), "tier1.fetch", 1000.0),
+]
+
+GAUGE_RULES: list[tuple[tuple[str, ...], str]] = [
+    (("kvbm_host_cache_hit_rate",), "kvbm_host_cache_hit_rate"),
+    (("kvbm_disk_cache_hit_rate",), "kvbm_disk_cache_hit_rate"),
+    (("trtllm_kv_cache_hit_rate", "trtllm_iter_cacheHitRate"), "kv_cache_hit_rate"),
+    (("trtllm_kv_cache_utilization", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
+     "kv_cache_usage"),
+    (("trtllm_num_requests_running", "vllm:num_requests_running", "sglang:num_running_reqs",
+      "trtllm_iter_numActiveRequests"), "requests_running"),
+    (("trtllm_num_requests_waiting", "vllm:num_requests_waiting", "sglang:num_queue_reqs",
+      "dynamo_frontend_queued_requests"), "requests_waiting"),
+    (("dynamo_frontend_active_requests", "dynamo_frontend_inflight_requests"), "frontend_active_requests"),
+    (("trtllm_kv_cache_used_blocks", "trtllm_iter_usedNumBlocks"), "tier0_used_blocks"),
+    (("trtllm_kv_cache_max_blocks", "trtllm_iter_maxNumBlocks", "dynamo_frontend_model_total_kv_blocks"),
+     "tier0_total_blocks"),
+    (("trtllm_kv_cache_tokens_per_block", "trtllm_iter_tokensPerBlock", "dynamo_frontend_model_kv_cache_block_size"),
+     "tokens_per_block"),
+    (("sglang:cache_hit_rate",), "kv_cache_hit_rate"),
+    (("sglang:hicache_host_used_tokens",), "tier1_used_tokens"),
+    (("lmcache:local_cache_usage",), "tier1_used_bytes"),
+    (("lmcache:local_storage_usage",), "tier2_used_bytes"),
+]
+
+# Block movements -> tier hits and bytes (× kv_block_bytes)
+BLOCK_MOVES = {
+    "t0_t1": ("tier0", "tier1"),
+    "t1_t2": ("tier1", "tier2"),
+    "t0_t2": ("tier0", "tier2"),
+    "t1_t0": ("tier1", "tier0"),
+    "t2_t0": ("tier2", "tier0"),
+}
+
+
+def _first_present(names: tuple[str, ...], have) -> str | None:
+    for n in names:
+        if n in have:
+            return n
+    return None
+
+
+def empty_record() -> dict:
+    rec: dict = {f"tier{i}": {f: None for f in TIER_FIELDS} for i in range(3)}
+    rec["evictions"] = None
+    rec["prefetches"] = None
+    rec["server"] = {}
+    rec["gauges"] = {}
+    return rec
+
+
+def _add(d: dict, key: str, v: float | None) -> None:
+    if v is None:
+        return
+    d[key] = v if d.get(key) is None else d[key] + v
+
+
+def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | None) -> dict:
+    """One tick's mapped record from each source's deltas (None for a source still at its baseline or
+    without a sample this tick). Sums over sources; fields nobody reports stay None."""
+    rec = empty_record()
+    raw: dict[str, dict] = {}
+    onboard_tiers: set[str] = set()
+    merged_hists: dict[str, dict[float, float]] = {}
+    merged_samples: dict[str, list[float]] = {}
+    for src, deltas in deltas_by_source.items():
+        if deltas is None:
+            continue
+        counters, hists, gauges = deltas["counters"], deltas["hists"], deltas["gauges"]
+        mapped_raw: dict[str, float] = {}
+        for names, target in COUNTER_RULES:
+            n = _first_present(names, counters)
+            if n is None:
+                continue
+            v = counters[n]
+            mapped_raw[n] = v
+            section, fld = target.split(".", 1)
+            if section in ("offload_blocks", "onboard_blocks"):
+                a, b = BLOCK_MOVES[fld]
+                nbytes = v * kv_block_bytes if kv_block_bytes else None
+                _add(rec[a], "bytes_out", nbytes)
+                _add(rec[b], "bytes_in", nbytes)
+                if section == "onboard_blocks":
+                    _add(rec[a], "hits", v)
+                    onboard_tiers.add(a)
+                continue
+            if section.startswith("_"):
+                rec.setdefault(section, {})
+                _add(rec[section], fld, v)
+                continue
+            _add(rec[section], fld, v)
+        _map_kvsim(counters, rec, mapped_raw)
+        for base, b in hists.items():
+            merged_hists[base] = b
+        for k, vals in deltas.get("samples", {}).items():
+            merged_samples.setdefault(k, []).extend(vals)
+        for names, key in GAUGE_RULES:
+            n = _first_present(names, gauges)
+            if n is not None and key not in rec["gauges"]:
+                rec["gauges"][key] = gauges[n]
+        for n, v in gauges.items():
+            if n.startswith("kvsim_"):
+                rec["gauges"][n] = v
+        raw[src] = mapped_raw
+    # derived token misses
+    vq = rec.pop("_vllm", None)
+    if vq:
+        if vq.get("queries") is not None and rec["tier0"]["hit_tokens"] is not None:
+            rec["tier0"]["miss_tokens"] = max(vq["queries"] - rec["tier0"]["hit_tokens"], 0.0)
+        if vq.get("ext_queries") is not None and rec["tier1"]["hit_tokens"] is not None:
+            rec["tier1"]["miss_tokens"] = max(vq["ext_queries"] - rec["tier1"]["hit_tokens"], 0.0)
+    lm = rec.pop("_lmcache", None)
+    if lm and lm.get("requested") is not None and rec["tier1"]["hit_tokens"] is not None:
+        rec["tier1"]["miss_tokens"] = max(lm["requested"] - rec["tier1"]["hit_tokens"], 0.0)
+    if rec["server"].get("prompt_tokens") is not None and rec["tier0"]["hit_tokens"] is not None \
+            and rec["tier0"]["miss_tokens"] is None and "sglang:cached_tokens" in {k for r in raw.values() for k in r}:
+        rec["tier0"]["miss_tokens"] = max(rec["server"]["prompt_tokens"] - rec["tier0"]["hit_tokens"], 0.0)
+    # histograms -> quantiles
+    for names, target, scale in HIST_RULES:
+        n = _first_present(names, merged_hists)
+        if n is None:
+            continue
+        section, prefix = target.split(".", 1)
+        qs = {q: histogram_quantile(q / 100.0, merged_hists[n]) for q in QUANTILES}
+        for q, v in qs.items():
+            rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
+    for i in range(3):
+        base = f"kvsim_tier{i}_fetch_seconds"
+        if base in merged_hists:
+            for q in QUANTILES:
+                v = histogram_quantile(q / 100.0, merged_hists[base])
+                rec[f"tier{i}"][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
+    it = merged_samples.get("trtllm_iter_latency_ms")
+    if it:
+        for q in QUANTILES:
+            rec["server"][f"iter_p{q}_ms"] = percentile(it, q)
+    rec["raw"] = raw
+    return rec
+
+
+def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
+    """Simulator ground truth: ``kvsim_tier{N}_{hits,misses,bytes_in,bytes_out}``, ``kvsim_evictions``,
+    ``kvsim_prefetches`` (counters, already in the SPEC's units). Filled only where a real-name rule left
+    the field empty, so the sim's KVBM-named metrics and its ground truth never double count."""
+    for name, v in counters.items():
+        if not name.startswith("kvsim_"):
+            continue
+        mapped_raw[name] = v
+        rest = name[len("kvsim_"):]
+        if rest in ("evictions", "prefetches"):
+            _add(rec, rest, v)
+            continue
+        if rest.startswith("tier") and "_" in rest:
+            tier, fld = rest.split("_", 1)
+            if tier in ("tier0", "tier1", "tier2") and fld in ("hits", "misses", "bytes_in", "bytes_out"):
+                if rec[tier][fld] is None:
+                    rec[tier][fld] = v
