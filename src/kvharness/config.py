@@ -65,8 +65,8 @@ def _describe_error(err) -> str:
     if err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return f"{where}: missing required key '{missing}'"
-    if err.validator == "propertyNames":
-        return f"{where}: invalid name {err.instance!r} ({err.message})"
+    if err.validator == "propertyNames" or "propertyNames" in err.schema_path:
+        return f"{where}: invalid name {err.instance!r} (expected a name matching {err.schema.get('pattern', '?')})"
     expected = err.schema.get("description") or err.message
     detail = err.message
     return f"{where}: {detail} (expected {expected})" if expected != detail else f"{where}: {detail}"

@@ -1,0 +1,52 @@
+"""U_work and collapse point on hand-made tables with known answers."""
+
+from kvharness.analysis.knee import collapse_point, is_stable, u_work
+
+
+def steps(*pairs):
+    """(concurrency, p99/p50 ratio) pairs -> steps with p50 = 100 ms."""
+    return [{"concurrency": c, "ttft_ms_p50": 100.0, "ttft_ms_p99": 100.0 * ratio} for c, ratio in pairs]
+
+
+def test_never_stable_has_no_uwork():
+    result = u_work(steps((1, 2.5), (2, 3.0), (4, 4.0)))
+    assert result["u_work"] is None
+    assert result["censored"] is False
+
+
+def test_stable_to_the_end_is_censored_at_last_step():
+    result = u_work(steps((1, 1.1), (2, 1.2), (4, 1.3), (8, 1.9)))
+    assert result["u_work"] == 8
+    assert result["censored"] is True
+
+
+def test_one_unstable_blip_is_skipped_past():
+    # 8 is a blip; 16 and 32 are stable again, 64 and 128 not: highest confirmed step is 16.
+    result = u_work(steps((1, 1.0), (2, 1.0), (4, 1.0), (8, 2.4), (16, 1.5), (32, 1.6), (64, 2.2), (128, 3.0)))
+    assert result["u_work"] == 16
+    assert result["censored"] is False
+
+
+def test_stable_step_whose_next_is_not_does_not_count():
+    # 4 is stable but 8 is not: U_work is 2 (the last step confirmed by its successor).
+    result = u_work(steps((1, 1.0), (2, 1.5), (4, 1.9), (8, 2.1), (16, 5.0)))
+    assert result["u_work"] == 2
+
+
+def test_exactly_two_is_stable_and_order_does_not_matter():
+    assert is_stable(100.0, 200.0)
+    assert not is_stable(100.0, 200.01)
+    assert not is_stable(None, 10.0)
+    shuffled = steps((16, 3.0), (1, 1.0), (4, 2.0), (2, 1.0), (8, 2.5))
+    assert u_work(shuffled)["u_work"] == 2
+
+
+def test_collapse_point_on_latency_errors_and_throughput():
+    base = [{"concurrency": c, "ttft_ms_p99": 100.0 * c, "n_errors": 0, "req_s": 10.0 * c} for c in (1, 2, 4, 8, 16)]
+    assert collapse_point(base)["collapse_at"] == 16  # 1600 ms > 1000 ms
+    errs = [dict(s) for s in base[:3]]
+    errs[2]["n_errors"] = 3
+    assert collapse_point(errs)["collapse_at"] == 4
+    falling = [{"concurrency": 1, "ttft_ms_p99": 10, "req_s": 50}, {"concurrency": 2, "ttft_ms_p99": 10, "req_s": 40}]
+    assert collapse_point(falling)["collapse_at"] == 2
+    assert collapse_point(base[:3])["collapse_at"] is None
