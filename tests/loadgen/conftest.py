@@ -125,6 +125,9 @@ def sse_server():
 def server(sse_server):
     sse_server.behaviour.update({"ttft_s": 0.0, "itl_s": 0.0, "role_first": True, "status": 200, "usage": True,
                                  "cached_tokens": None, "drop_after": None, "garbage": False})
+    deadline = time.monotonic() + 5
+    while sse_server._open and time.monotonic() < deadline:  # handlers left over from a timed-out test
+        time.sleep(0.01)
     sse_server.requests.clear()
     sse_server.truth.clear()
     sse_server.max_open = 0

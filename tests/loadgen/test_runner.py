@@ -1,0 +1,195 @@
+"""End to end against the in-process SSE server: records, errors, caps, sessions."""
+
+import asyncio
+import io
+import json
+
+import pytest
+
+from kvharness.loadgen.runner import Runner
+from kvharness.loadgen.spec import validate_spec
+from kvharness.tokens import chat_prompt_text, count_tokens
+
+
+def run(spec_raw: dict):
+    spec = validate_spec(spec_raw)
+    out = io.StringIO()
+    runner = Runner(spec, out)
+    summary = asyncio.run(runner.run())
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    return runner, summary, lines
+
+
+def spec_for(server, **over):
+    s = {"base_url": server.base_url, "model": "m", "pattern": {"kind": "closed", "concurrency": 4},
+         "workload": {"kind": "fixed_context", "context_tokens": 64, "output_tokens": 4},
+         "max_requests": 20, "labels": {"stack": "test"}}
+    s.update(over)
+    return s
+
+
+CONTRACT_FIELDS = {"ts", "sched_ns", "sent_ns", "first_byte_ns", "first_token_ns", "end_ns", "lat_ttft_ms",
+                   "lat_ttfb_ms", "lat_e2e_ms", "lat_tpot_ms", "client_queue_ms", "itl_ms", "prompt_tokens",
+                   "output_tokens", "cached_tokens", "rc", "error_class", "stack", "model", "concurrency",
+                   "context_tokens", "bucket", "adapter_id", "session_id", "turn", "phase", "request_id"}
+
+
+def test_closed_loop_records_and_exact_prompt_length(server):
+    server.behaviour.update(ttft_s=0.02, itl_s=0.005)
+    runner, summary, recs = run(spec_for(server))
+    assert len(recs) == 20 and summary["n_ok"] == 20
+    for r in recs:
+        assert CONTRACT_FIELDS <= set(r)
+        assert r["rc"] == 0 and r["prompt_tokens"] == 64 and r["output_tokens"] == 4
+        assert r["stack"] == "test" and r["concurrency"] == 4
+        assert 20 <= r["lat_ttft_ms"] < 60 and len(r["itl_ms"]) == 3
+        assert r["lat_ttfb_ms"] <= r["lat_ttft_ms"] <= r["lat_e2e_ms"]
+    assert server.max_open <= 4
+    # the nonce is the FIRST word and differs per request
+    firsts = [req["prompt"].split()[0] for req in server.requests]
+    assert len(set(firsts)) == 20
+    assert all(req["stream_options"] == {"include_usage": True} for req in server.requests)
+
+
+def test_nonce_none_gives_identical_prompts(server):
+    run(spec_for(server, workload={"kind": "fixed_context", "context_tokens": 32, "output_tokens": 2,
+                                    "nonce": "none"}))
+    assert len({r["prompt"] for r in server.requests}) == 1
+
+
+def test_chat_role_first_event_ignored(server):
+    server.behaviour.update(ttft_s=0.03, role_first=True)
+    _, _, recs = run(spec_for(server, endpoint="chat", max_requests=4))
+    for r in recs:
+        assert r["lat_ttfb_ms"] < 20 < r["lat_ttft_ms"]
+        assert r["prompt_tokens"] == 64  # "<user>" + 63 words
+
+
+def test_mixed_context_buckets(server):
+    _, summary, recs = run(spec_for(server, workload={"kind": "mixed_context", "output_tokens": 2},
+                                    pattern={"kind": "closed", "concurrency": 8}, max_requests=200))
+    names = {"short": (200, 500), "medium": (800, 1500), "long": (2500, 3200)}
+    for r in recs:
+        lo, hi = names[r["bucket"]]
+        assert lo <= r["context_tokens"] <= hi and r["prompt_tokens"] == r["context_tokens"]
+    share = sum(r["bucket"] == "short" for r in recs) / len(recs)
+    assert 0.45 < share < 0.75
+
+
+@pytest.mark.parametrize("behaviour, cls", [({"status": 500}, "http_500"), ({"status": 429}, "http_429"),
+                                            ({"garbage": True}, "parse"), ({"drop_after": 1}, "disconnect")])
+def test_errors_are_classified_never_fatal(server, behaviour, cls):
+    server.behaviour.update(behaviour)
+    _, summary, recs = run(spec_for(server, max_requests=6))
+    assert len(recs) == 6
+    assert {r["error_class"] for r in recs} == {cls}
+    assert all(r["rc"] != 0 for r in recs)
+    assert summary["error_classes"] == {cls: 6}
+
+
+def test_timeout_and_connect_errors(server):
+    server.behaviour.update(ttft_s=0.5)
+    _, _, recs = run(spec_for(server, max_requests=2, request_timeout_s=0.1))
+    assert {r["error_class"] for r in recs} == {"timeout"} and all(r["rc"] == -1 for r in recs)
+    _, _, recs = run(spec_for(server, base_url="http://127.0.0.1:9", max_requests=2))
+    assert {r["error_class"] for r in recs} == {"connect"}
+
+
+def test_max_errors_stops_the_run(server):
+    server.behaviour.update(status=503)
+    runner, summary, recs = run(spec_for(server, max_requests=1000, max_errors=5,
+                                         pattern={"kind": "closed", "concurrency": 1}))
+    assert runner.stop_reason == "max_errors" and len(recs) == 5
+
+
+def test_bursty_pattern(server):
+    server.behaviour.update(ttft_s=0.01)
+    runner, summary, recs = run(spec_for(server, pattern={"kind": "bursty", "concurrency": 2, "burst_size": 4,
+                                                          "pause_s": 0.1}, max_requests=8))
+    assert len(recs) == 8 and server.max_open <= 2
+    recs.sort(key=lambda r: r["sched_ns"])
+    first_burst_end = max(r["end_ns"] for r in recs[:4])
+    assert recs[4]["sched_ns"] - first_burst_end == 100_000_000
+
+
+def test_duration_and_warmup_windows(server):
+    server.behaviour.update(ttft_s=0.01)
+    runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.5, warmup_s=0.2,
+                                         cooldown_s=0.1))
+    windows = {r["window"] for r in recs}
+    assert windows == {"warmup", "measure", "cooldown"}
+    assert summary["n_requests"] == sum(r["window"] == "measure" for r in recs)
+    assert runner.stop_reason == "duration"
+
+
+def test_usage_cached_tokens_and_kv_hit(server):
+    server.behaviour.update(cached_tokens=32)
+    _, summary, recs = run(spec_for(server, max_requests=4))
+    assert all(r["cached_tokens"] == 32 for r in recs)
+    assert summary["kv_hit_pct"] == 50.0
+
+
+def test_sessions_resume_turn_contains_full_history(server):
+    spec = spec_for(server, endpoint="chat", max_requests=None, pattern={"kind": "closed", "concurrency": 2},
+                    workload={"kind": "sessioned_chat", "sessions": 3, "turns": 2, "first_turn_tokens": 40,
+                              "turn_tokens": 10, "output_tokens": 3, "idle_s": 0.2, "resume_turns": 1,
+                              "pressure": {"rate": 50, "context_tokens": 30, "output_tokens": 1}})
+    runner, summary, recs = run(spec)
+    by_phase = {}
+    for r in recs:
+        by_phase.setdefault(r["phase"], []).append(r)
+    assert len(by_phase["build"]) == 6 and len(by_phase["resume"]) == 3
+    assert 2 <= len(by_phase["pressure"]) <= 25
+    last_build = max(r["end_ns"] for r in by_phase["build"])
+    assert min(r["sched_ns"] for r in by_phase["resume"]) >= last_build + 200_000_000
+    # find each session's requests on the server: the resume turn resends the whole history
+    per_session = {}
+    for body in server.requests:
+        per_session.setdefault(body["messages"][0]["content"], []).append(body["messages"])
+    sessions = [v for v in per_session.values() if len(v) == 3]
+    assert len(sessions) == 3
+    for turns in sessions:
+        turns.sort(key=len)
+        t0, t1, t2 = turns
+        assert len(t0) == 1 and len(t1) == 3 and len(t2) == 5
+        assert t1[:1] == t0
+        assert t2[:3] == t1  # resume = the full history (user, assistant, user) + its reply + new user text
+        assert t1[1]["role"] == "assistant" and t1[1]["content"] == "w0 w1 w2 "
+    for r in by_phase["resume"]:
+        assert r["context_tokens"] == r["prompt_tokens"]
+
+
+def test_lora_round_robin_as_model_and_adapter_id(server):
+    _, _, recs = run(spec_for(server, max_requests=6, pattern={"kind": "closed", "concurrency": 1},
+                              lora={"adapters": ["a", "b", "c"], "policy": "round_robin"}))
+    assert [r["model"] for r in server.requests] == ["a", "b", "c", "a", "b", "c"]
+    assert [r["adapter_id"] for r in recs] == ["a", "b", "c", "a", "b", "c"]
+    server.requests.clear()
+    run(spec_for(server, max_requests=3, pattern={"kind": "closed", "concurrency": 1},
+                 lora={"adapters": ["a", "b"], "send_as": "adapter_id"}))
+    assert [(r["model"], r["adapter_id"]) for r in server.requests] == [("m", "a"), ("m", "b"), ("m", "a")]
+
+
+def test_open_loop_cap_shows_client_queue(server):
+    server.behaviour.update(ttft_s=0.05)
+    _, summary, recs = run(spec_for(server, pattern={"kind": "constant", "rate": 200, "max_in_flight": 2},
+                                    max_requests=10))
+    assert server.max_open <= 2
+    assert max(r["client_queue_ms"] for r in recs) > 100
+    for r in recs:
+        assert r["lat_ttft_ms"] >= r["client_queue_ms"] + 45
+
+
+def test_shared_prefix_ratio(server):
+    run(spec_for(server, max_requests=8, workload={"kind": "fixed_context", "context_tokens": 100,
+                                                   "output_tokens": 1, "shared_prefix_ratio": 0.5,
+                                                   "prefix_groups": 2}))
+    prompts = [r["prompt"].split() for r in server.requests]
+    assert all(len(p) == 100 for p in prompts)
+    groups = {}
+    for p in prompts:
+        groups.setdefault(p[0], []).append(p)
+    assert len(groups) == 2
+    for members in groups.values():
+        assert all(m[:50] == members[0][:50] for m in members)
+        assert len({m[50] for m in members}) == len(members)  # the nonce follows the shared prefix
