@@ -5,12 +5,13 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-configfile: "configs/config.yaml"
+configfile: f"{workflow.basedir}/configs/config.yaml"
 
 
 include: "rules/common.smk"
 include: "rules/measure.smk"
 include: "rules/analyze.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
         "results/H0/uwork.csv",
         "results/H8/summary.csv",
         "results/H8/hero.png",
+        "results/report.html",

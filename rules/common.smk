@@ -13,9 +13,6 @@ except ConfigError as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)
 
-ANALYSIS_CODE = "src/kvharness/analysis"
-
-
 wildcard_constraints:
     hyp="H[0-9][A-Za-z0-9]*",
     cell="[A-Za-z0-9][A-Za-z0-9_-]*",
@@ -45,4 +42,4 @@ def cell_inputs(wildcards):
 
 def analysis_code(*modules):
     """Library modules an analysis depends on: editing them reruns that analysis, never a cell."""
-    return [f"src/kvharness/{m}.py" for m in modules]
+    return [f"{workflow.basedir}/src/kvharness/{m}.py" for m in modules]

@@ -1,0 +1,97 @@
+"""The whole pipeline through Snakemake on the simulated stacks (slow: real processes, real load)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny.yaml")
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    proc = snakemake(workdir, "--cores", "2", "results/H8/summary.csv")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_hero_table_has_both_stacks_without_errors(finished_run):
+    rows = {r["role"]: r for r in read_csv(finished_run / "results/H8/summary.csv")}
+    assert set(rows) == {"A", "B"}
+    for row in rows.values():
+        assert int(row["n_ok"]) > 0
+        assert int(row["n_errors"]) == 0
+        assert float(row["ttft_ms_p99"]) >= float(row["ttft_ms_p50"]) > 0
+        assert int(row["u_work"]) >= 1
+        assert row["memory_budget_bytes"] == rows["A"]["memory_budget_bytes"]
+    assert rows["A"]["vs_A_ttft_ms_p99_pct"] == "" and rows["B"]["vs_A_ttft_ms_p99_pct"] != ""
+    png = finished_run / "results/H8/hero.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cell_folders_hold_records_and_provenance(finished_run):
+    cell = finished_run / "results/H0/cells/sim-B_c2"
+    for name in ("metrics.jsonl", "sysmon.jsonl", "cell.json", "summary.json", "provenance.json", "server.log"):
+        assert (cell / name).is_file(), name
+    assert not list((finished_run / "results/H0/cells").glob("*.tmp"))
+
+
+def test_complete_run_has_nothing_to_do(finished_run):
+    t0 = time.monotonic()
+    proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 10
+
+
+def test_editing_h8_analysis_reruns_only_h8_analysis(finished_run):
+    code = ROOT / "src/kvharness/analysis/h8.py"
+    before = code.stat().st_mtime
+    try:
+        os.utime(code, None)  # as if edited
+        proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
+        out = proc.stdout + proc.stderr
+        assert "analyze_h8" in out
+        assert "measure_cell" not in out and "analyze_h0" not in out
+    finally:
+        os.utime(code, (before, before))
+
+
+def test_sigint_during_a_cell_leaves_no_process_and_no_complete_folder(tmp_path):
+    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "--cores", "1",
+                             "results/H0/cells/sim-B_c128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_cell = tmp_path / "results/H0/cells/sim-B_c128.tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_cell / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    assert (tmp_cell / "metrics.jsonl").exists(), "the cell never started its load"
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert any("sim" in " ".join(p.cmdline()) for p in family if p.is_running())
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    assert not (tmp_path / "results/H0/cells/sim-B_c128").exists()
+    kept = list((tmp_path / "results/H0/cells").glob("sim-B_c128.failed-*"))
+    assert kept and "interrupted" in (kept[0] / "reason.txt").read_text()
