@@ -64,6 +64,8 @@ BAD = [
                               [{"name": "x", "min_tokens": 900, "max_tokens": 100, "weight": 1}]), r"buckets.x: min_tokens 900 > max_tokens 100"),
     ("uwork without H0", _del(["hypotheses", "H0"]), r"'uwork' needs hypothesis H0"),
     ("speedup zero", _set(["sim", "speedup"], 0), r"sim.speedup: 0 is less than or equal to the minimum"),
+    ("setting of another pattern", _set(["hypotheses", "H0", "load", "pattern"], {"kind": "closed", "burst_size": 4}),
+     r"pattern.burst_size: not a setting of a closed pattern"),
     ("bool as int", _set(["telemetry", "interval_ms"], "fast"), r"telemetry.interval_ms"),
 ]
 

@@ -149,6 +149,14 @@ def _check_semantics(cfg: dict) -> None:
         if levels is not None and len(set(levels)) != len(levels):
             dup = sorted({c for c in levels if levels.count(c) > 1})
             raise ConfigError(f"config error: {where}.sweep.concurrency: duplicate cell for concurrency {dup[0]}")
+        pattern = h["load"].get("pattern") or {"kind": "closed"}
+        allowed = {"closed": {"kind", "think_time_s"}, "bursty": {"kind", "burst_size", "pause_s"}}[pattern["kind"]]
+        stray = sorted(set(pattern) - allowed)
+        if stray:
+            raise ConfigError(
+                f"config error: {where}.load.pattern.{stray[0]}: not a setting of a {pattern['kind']} pattern "
+                f"(allowed: {', '.join(sorted(allowed - {'kind'}))})"
+            )
         wl = h["load"]["workload"]
         for b in wl.get("buckets", []):
             if b["min_tokens"] > b["max_tokens"]:
