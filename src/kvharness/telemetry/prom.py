@@ -71,6 +71,8 @@ def parse_text(text: str) -> Snapshot:
             counter_families.add(fam.name)
         for s in fam.samples:
             name, labels, value = s.name, s.labels, s.value
+            if name.endswith("_created"):
+                continue  # prometheus_client's creation-time gauges, not data
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             if ftype == "histogram" or (ftype == "unknown" and name.endswith("_bucket") and "le" in labels):
@@ -433,7 +435,16 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
         for q in QUANTILES:
             rec["server"][f"iter_p{q}_ms"] = percentile(it, q)
     rec["raw"] = raw
-    return rec
+    return _ints(rec)
+
+
+def _ints(obj):
+    """Integral floats -> int (block and byte counts read as integers in JSON and CSV)."""
+    if isinstance(obj, dict):
+        return {k: _ints(v) for k, v in obj.items()}
+    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
+        return int(obj)
+    return obj
 
 
 def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
