@@ -66,6 +66,10 @@ BAD = [
     ("speedup zero", _set(["sim", "speedup"], 0), r"sim.speedup: 0 is less than or equal to the minimum"),
     ("setting of another pattern", _set(["hypotheses", "H0", "load", "pattern"], {"kind": "closed", "burst_size": 4}),
      r"pattern.burst_size: not a setting of a closed pattern"),
+    ("fixed context without length", _del(["hypotheses", "H0", "load", "workload", "context_tokens"]),
+     r"workload.context_tokens: a fixed_context workload needs it"),
+    ("mixed context with a length", _set(["hypotheses", "H8", "load", "workload", "context_tokens"], 100),
+     r"workload.context_tokens: not used by mixed_context"),
     ("bool as int", _set(["telemetry", "interval_ms"], "fast"), r"telemetry.interval_ms"),
 ]
 

@@ -27,6 +27,7 @@ from kvharness.provenance import provenance, scrub, utc_now
 from kvharness.stacks.launcher import RunningStack, StackLaunchError, child_popen_kwargs, plan_launch, terminate_group
 
 log = logging.getLogger("kvharness.cell")
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ALIGNMENT_GATE = 0.95
 

@@ -158,6 +158,12 @@ def _check_semantics(cfg: dict) -> None:
                 f"(allowed: {', '.join(sorted(allowed - {'kind'}))})"
             )
         wl = h["load"]["workload"]
+        if wl["kind"] == "fixed_context" and "context_tokens" not in wl:
+            raise ConfigError(f"config error: {where}.load.workload.context_tokens: a fixed_context workload needs it (an integer >= 1)")
+        if wl["kind"] == "mixed_context" and "context_tokens" in wl:
+            raise ConfigError(f"config error: {where}.load.workload.context_tokens: not used by mixed_context (give buckets instead)")
+        if wl["kind"] == "fixed_context" and "buckets" in wl:
+            raise ConfigError(f"config error: {where}.load.workload.buckets: only mixed_context uses buckets")
         for b in wl.get("buckets", []):
             if b["min_tokens"] > b["max_tokens"]:
                 raise ConfigError(

@@ -33,6 +33,14 @@ def test_stable_step_whose_next_is_not_does_not_count():
     assert result["u_work"] == 2
 
 
+def test_saturated_steps_past_the_knee_never_count():
+    # 16 and 32 are unstable (the knee); 64+ look stable again only because every request waits alike.
+    result = u_work(steps((1, 1.0), (2, 1.3), (4, 1.1), (8, 1.7), (16, 2.4), (32, 4.1), (64, 1.8), (128, 1.3), (256, 1.3)))
+    assert result["u_work"] == 4
+    assert result["knee_at"] == 16
+    assert result["censored"] is False
+
+
 def test_exactly_two_is_stable_and_order_does_not_matter():
     assert is_stable(100.0, 200.0)
     assert not is_stable(100.0, 200.01)

@@ -45,7 +45,7 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         elif knee["censored"]:
             note = f"stable to the end of the sweep: the knee lies above {used}"
         row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_used": used,
-               "censored": knee["censored"], "n_steps": knee["n_steps"], **collapse_point(steps), "note": note}
+               "censored": knee["censored"], "knee_at": knee["knee_at"], "n_steps": knee["n_steps"], **collapse_point(steps), "note": note}
         # Transparency (B vs A within +-5 %): median TTFT at the concurrency levels both stacks hold stably.
         if ref_stack and stack != ref_stack:
             ref = {s["concurrency"]: s for s in per_stack[ref_stack]}

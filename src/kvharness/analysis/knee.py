@@ -16,19 +16,25 @@ def is_stable(p50: float | None, p99: float | None, ratio: float = STABLE_RATIO)
 def u_work(steps: Sequence[dict], ratio: float = STABLE_RATIO) -> dict:
     """U_work of one stack from its concurrency sweep.
 
-    ``steps``: dicts with ``concurrency``, ``ttft_ms_p50``, ``ttft_ms_p99``. U_work is the highest swept
-    concurrency at which p99 <= ratio x p50 holds for that step and the next one. When the last two
-    steps are both stable the knee lies beyond the sweep: U_work is the last step, flagged ``censored``.
-    When no step qualifies, U_work is None.
+    ``steps``: dicts with ``concurrency``, ``ttft_ms_p50``, ``ttft_ms_p99``. A step is *stable* when
+    p99 <= ratio x p50. U_work is the highest swept concurrency at which the step and the next one are
+    both stable, searched below the **knee** = the first two consecutive unstable steps. One unstable
+    blip is stepped over; past the knee a saturated closed loop queues every request about equally, so
+    the ratio can fall back under 2 while the server is long past usable, and those steps never count.
+    When the sweep is stable to its end, U_work is the last step, flagged ``censored`` (the knee lies
+    beyond the sweep). When no step qualifies, U_work is None.
     """
     ordered = sorted(steps, key=lambda s: s["concurrency"])
     stable = [is_stable(s.get("ttft_ms_p50"), s.get("ttft_ms_p99"), ratio) for s in ordered]
+    knee = next((i for i in range(len(ordered) - 1) if not stable[i] and not stable[i + 1]), None)
     result = {"u_work": None, "censored": False, "n_steps": len(ordered),
+              "knee_at": ordered[knee]["concurrency"] if knee is not None else None,
               "stable": {s["concurrency"]: ok for s, ok in zip(ordered, stable)}}
-    if len(ordered) >= 2 and stable[-1] and stable[-2]:
+    end = knee if knee is not None else len(ordered)
+    if knee is None and len(ordered) >= 2 and stable[-1] and stable[-2]:
         result.update(u_work=ordered[-1]["concurrency"], censored=True)
         return result
-    for i in range(len(ordered) - 2, -1, -1):
+    for i in range(end - 2, -1, -1):
         if stable[i] and stable[i + 1]:
             result["u_work"] = ordered[i]["concurrency"]
             break
