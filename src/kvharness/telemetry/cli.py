@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, help="stop after T seconds (default: until SIGTERM/SIGINT)")
     parser.add_argument("--scrape-timeout-ms", type=float,
                         help="per-request scrape timeout (default 40%% of the interval, 50..1000 ms)")
+    parser.add_argument("--scrape-client", choices=("stdlib", "httpx"), default="stdlib",
+                        help="HTTP client for scrapes: keep-alive http.client (default; ~0.5 ms CPU per GET) "
+                             "or httpx (~1.8 ms)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
         watch_tree=args.watch_tree, scrapes=scrapes, kv_block_bytes=args.kv_block_bytes,
         duration_s=args.duration_s,
         scrape_timeout_s=(args.scrape_timeout_ms / 1000.0) if args.scrape_timeout_ms else None,
+        scrape_client=args.scrape_client,
     )
     summary = Collector(cfg, stop).run()
     keys = ("ticks_expected", "ticks_present", "ticks_missed", "interval_achieved_median_ms",

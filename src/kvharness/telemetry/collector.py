@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from kvharness.stats import percentile
 from kvharness.telemetry import host
 from kvharness.telemetry.gpu import GpuSampler
-from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, map_deltas, parse_body
+from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, SeriesCache, map_deltas, parse_body
 
 CSV_COLUMNS = (["ts", "mono_ns", "tick", "kv_block_size_bytes"]
                + [f"tier{i}_{f}" for i in range(3) for f in TIER_FIELDS]
@@ -41,6 +41,7 @@ class CollectorConfig:
     kv_block_bytes: int | None = None
     duration_s: float | None = None
     scrape_timeout_s: float | None = None
+    scrape_client: str = "stdlib"  # or "httpx"
     proc_refresh_s: float = 1.0
     late_fraction: float = 0.5  # a tick starting later than this share of an interval is missed
     gpu: object = None  # injected GpuSampler (tests); None = real NVML
@@ -70,15 +71,92 @@ class _ProcFile:
         os.close(self.fd)
 
 
+class StdlibGet:
+    """A keep-alive HTTP GET on ``http.client``: about 0.5 ms of CPU per scrape against 1.8 ms for
+    ``httpx.Client.get`` (measured on this 2-core box), which decides whether two or three sources fit in
+    1 % of a core at 200 ms. One retry, only when a kept-alive connection turns out to be stale."""
+
+    def __init__(self, url: str, timeout_s: float):
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        self._http = http.client
+        self.https = u.scheme == "https"
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (443 if self.https else 80)
+        self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self.timeout = timeout_s
+        self.conn = None
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def get(self) -> str:
+        hc = self._http
+        for attempt in (0, 1):
+            fresh = self.conn is None
+            if fresh:
+                cls = hc.HTTPSConnection if self.https else hc.HTTPConnection
+                self.conn = cls(self.host, self.port, timeout=self.timeout)
+            try:
+                self.conn.request("GET", self.path, headers={"Accept": "text/plain, */*"})
+                r = self.conn.getresponse()
+                body = r.read()
+                if r.will_close:
+                    self._close()
+                if r.status >= 400:
+                    raise RuntimeError(f"HTTP {r.status}")
+                charset = r.headers.get_content_charset() or "utf-8"
+                return body.decode(charset, "replace")
+            except (hc.RemoteDisconnected, ConnectionResetError, BrokenPipeError, hc.CannotSendRequest):
+                self._close()
+                if fresh or attempt:
+                    raise
+            except BaseException:
+                self._close()
+                raise
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self._close()
+
+
+class HttpxGet:
+    """The same GET through one shared ``httpx.Client`` (``--scrape-client httpx``)."""
+
+    def __init__(self, client, url: str):
+        self.client, self.url = client, url
+
+    def get(self) -> str:
+        r = self.client.get(self.url)
+        r.raise_for_status()
+        return r.text
+
+    def close(self) -> None:
+        pass
+
+
 class Scraper:
-    """Scrapes every configured source once per tick with one shared httpx client."""
+    """Scrapes every configured source once per tick (one kept-alive connection per source)."""
 
-    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str):
-        import httpx  # only when scraping is configured
-
+    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str, client: str = "stdlib"):
         self.sources = dict(sources)
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers={"Accept": "text/plain, */*"})
+        self.httpx_client = None
+        if client == "httpx":
+            import httpx
+
+            self.httpx_client = httpx.Client(timeout=httpx.Timeout(timeout_s),
+                                             headers={"Accept": "text/plain, */*"})
+            self.getters = {n: HttpxGet(self.httpx_client, u) for n, u in sources.items()}
+        elif client == "stdlib":
+            self.getters = {n: StdlibGet(u, timeout_s) for n, u in sources.items()}
+        else:
+            raise ValueError(f"unknown scrape client {client!r}")
         self.state = {name: DeltaState() for name in sources}
+        self.cache = {name: SeriesCache() for name in sources}
         self.last_body: dict[str, str | None] = {name: None for name in sources}
         self.last_snap: dict[str, object] = {}
         self.errors: dict[str, int] = {name: 0 for name in sources}
@@ -92,9 +170,7 @@ class Scraper:
         for name, url in self.sources.items():
             t = time.monotonic_ns()
             try:
-                r = self.client.get(url)
-                r.raise_for_status()
-                body = r.text
+                body = self.getters[name].get()
             except Exception as exc:  # timeout, refused, HTTP error: a missing sample, not a crash
                 self.errors[name] += 1
                 err = f"{type(exc).__name__}: {exc}"[:200]
@@ -106,7 +182,7 @@ class Scraper:
             ms = (time.monotonic_ns() - t) / 1e6
             same = body == self.last_body[name] and not body.lstrip().startswith("[")
             try:
-                snap = self.last_snap[name] if same else parse_body(body)
+                snap = self.last_snap[name] if same else parse_body(body, self.cache[name])
             except Exception as exc:
                 self.errors[name] += 1
                 err = f"parse: {type(exc).__name__}: {exc}"[:200]
@@ -131,7 +207,10 @@ class Scraper:
 
     def close(self) -> None:
         try:
-            self.client.close()
+            for g in self.getters.values():
+                g.close()
+            if self.httpx_client is not None:
+                self.httpx_client.close()
         finally:
             self.raw.close()
 
@@ -152,7 +231,8 @@ class Collector:
         timeout = cfg.scrape_timeout_s
         if timeout is None:
             timeout = min(1.0, max(0.05, 0.4 * cfg.interval_ms / 1000.0))
-        self.scraper = (Scraper(cfg.scrapes, timeout, os.path.join(cfg.out_dir, "scrapes.jsonl.gz"))
+        self.scraper = (Scraper(cfg.scrapes, timeout, os.path.join(cfg.out_dir, "scrapes.jsonl.gz"),
+                                cfg.scrape_client)
                         if cfg.scrapes else None)
         self.counts = {s: 0 for s in self.sources}
         if self.procs:
@@ -327,7 +407,7 @@ class Collector:
             "nvme_device": self.dev.device, "nvme_device_source": self.dev.source,
             "nvme_device_detail": self.dev.detail, "nvme_slaves": self.dev.slaves,
             "gpu_reason": self.gpu.reason, "gpu_unsupported": getattr(self.gpu, "unsupported", {}),
-            "scrape_sources": dict(cfg.scrapes),
+            "scrape_sources": dict(cfg.scrapes), "scrape_client": cfg.scrape_client,
             "scrape_errors": dict(self.scraper.errors) if self.scraper else {},
             "scrape_last_error": dict(self.scraper.last_error) if self.scraper else {},
             "counter_resets": ({n: st.resets for n, st in self.scraper.state.items()} if self.scraper else {}),
