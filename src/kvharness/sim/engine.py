@@ -77,7 +77,7 @@ class Sequence:
 
 class Engine:
     def __init__(self, timing, kv: KVCache, *, tokens_per_block: int, max_batch_size: int, max_num_tokens: int,
-                 speedup: float, seed: int, mode: str, metrics, jitter: float = 0.0, lora=None,
+                 speedup: float, seed: int, mode: str, metrics, jitter: float = 0.0, lora=None, watermark: float = 0.01,
                  loop: asyncio.AbstractEventLoop | None = None):
         self.timing = timing
         self.kv = kv
@@ -88,6 +88,8 @@ class Engine:
         self.mode = mode
         self.m = metrics
         self.jitter = jitter
+        # admission keeps this many blocks obtainable for the decode growth of running sequences
+        self.watermark = max(0, int(kv.t0.capacity * watermark))
         self.rng = random.Random(seed)
         self.seed = seed
         self.lora = lora
@@ -104,7 +106,7 @@ class Engine:
 
     # -- submission -------------------------------------------------------------------------------
     def submit(self, rid: str, prompt_ids: list[int], max_tokens: int, sink, adapter: str | None = None) -> Sequence:
-        now = self.loop.time()
+        now = time.monotonic()  # same clock as loop.time(), without uvloop's per-iteration caching
         hashes = block_hashes(prompt_ids, self.tpb, adapter)
         need = self.blocks_for(len(prompt_ids) + max(1, max_tokens))
         if need > self.kv.t0.capacity:
@@ -188,8 +190,8 @@ class Engine:
         n0, onboard = self.kv.match(seq.hashes, limit)
         hit = seq.hashes[:n0]
         self.kv.acquire_t0(hit)
-        need = self.blocks_for(target + 1) - n0
-        if not self.kv.alloc_private(need):
+        need = self.blocks_for(target) - n0  # the prompt only; decode grows on demand (vLLM-style)
+        if (self.running and self.kv.t0_available() - need < self.watermark) or not self.kv.alloc_private(need):
             self.kv.release_t0(hit)
             if seq.lora_pinned:
                 self.lora.unpin(seq.adapter)
@@ -219,7 +221,7 @@ class Engine:
     async def _load(self, seq: Sequence, n0: int, onboard: list, lora_wait) -> None:
         """Onboard matched T1/T2 blocks (real reads for T2 + modelled link transfer) and/or wait for the
         adapter, then the sequence proceeds to prefill with those tokens already computed."""
-        t_start = self.loop.time()
+        t_start = time.monotonic()
         try:
             if lora_wait is not None:
                 await lora_wait
@@ -241,7 +243,7 @@ class Engine:
                         if h in kv.t2.entries:
                             kv.t2.release(h)
                 # modelled transfers, FIFO-shared per link (processor sharing approximated)
-                now = self.loop.time()
+                now = time.monotonic()
                 done_at = now
                 if host:
                     done_at = max(done_at, self._link("g1g2", now, len(host) * bb / self.timing.bw_g1_g2))
@@ -262,14 +264,14 @@ class Engine:
                 st.onboard_d2d += len(disk)
                 st.matched_tokens += (len(host) + len(disk)) * self.tpb
                 seq.n_computed = len(seq.held_hashes) * self.tpb
-                dt = self.loop.time() - t_start
+                dt = time.monotonic() - t_start
                 seq.t_onboard_s = dt
                 tier = "2" if disk else "1"
                 seq.onboard_tier = tier
                 self.m.fetch_seconds.labels(tier).observe(dt * self.speedup)
                 self.m.fetch_real_io_seconds.observe(real_s)
         finally:
-            if seq.state == LOADING and not seq.cancelled:
+            if seq.state == LOADING:  # a cancelled one is dropped by the next schedule
                 seq.state = PREFILL
             self._wake.set()
 
@@ -294,27 +296,24 @@ class Engine:
         budget = self.max_num_tokens
         decode: list[Sequence] = []
         for s in list(self.running):
-            if s.state != DECODE or s not in self.running:
+            if s.state != DECODE:  # also skips sequences preempted earlier in this loop
                 continue
-            need = self.blocks_for(s.n_prompt + s.n_gen + 1) - self._held(s)
-            while need > 0 and not self.kv.alloc_private(need):
-                victim = self._pick_victim(exclude=s)
-                if victim is None:
-                    break
-                if victim in decode:
-                    decode.remove(victim)
-                self._preempt(victim)
-            if need > 0 and self._held(s) < self.blocks_for(s.n_prompt + s.n_gen + 1):
-                if self.kv.alloc_private(need):
-                    s.n_private += need
-                else:
+            # this step writes the KV of the latest generated token: context grows to n_prompt + n_gen
+            need = self.blocks_for(s.n_prompt + s.n_gen) - self._held(s)
+            if need > 0:
+                ok = self.kv.alloc_private(need)
+                while not ok:
+                    victim = self._pick_victim(exclude=s)
+                    if victim is None:
+                        break
+                    if victim.state == DECODE and victim in decode:
+                        decode.remove(victim)
+                        budget += 1
+                    self._preempt(victim)
+                    ok = self.kv.alloc_private(need)
+                if not ok:
                     self._preempt(s)
                     continue
-            elif need > 0:
-                pass
-            else:
-                pass
-            if need > 0 and s.state == DECODE and self._held(s) < self.blocks_for(s.n_prompt + s.n_gen + 1):
                 s.n_private += need
             decode.append(s)
             budget -= 1
@@ -327,10 +326,6 @@ class Engine:
             if head.t_ready > t_now:
                 break
             if not self._admit(head, t_now):
-                if not self.running and not self.kv.t0.n_evictable and self.kv.t0_free < self.blocks_for(head.n_prompt + 1):
-                    self.waiting.popleft()
-                    head.state = DONE
-                    head.sink.fail(503, "KV pool cannot hold the prompt")
                 break
             self.waiting.popleft()
 
@@ -356,10 +351,10 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = self.loop
-        t_start = loop.time()
+        t_start = time.monotonic()
         m = self.m
         while True:
-            now = loop.time()
+            now = time.monotonic()
             decode, prefill = self._schedule(max(t_start, now) if t_start > now else now)
             if not decode and not prefill:
                 # idle: wait for an arrival, an onboarding completion or the head's request overhead
@@ -376,7 +371,7 @@ class Engine:
                         await self._wake.wait()
                 except asyncio.TimeoutError:
                     pass
-                t_start = loop.time()
+                t_start = time.monotonic()
                 continue
 
             ctx = 0
@@ -401,7 +396,7 @@ class Engine:
                 raise
             self.steps += 1
             self.modelled_busy_s += dur
-            actual = loop.time()
+            actual = time.monotonic()
             lag = actual - t_end
             m.step_seconds.observe(dur)
             emitted = self._complete_step(decode, prefill, actual)
