@@ -144,14 +144,20 @@ def test_dynamo_frontend(fixture_text):
     assert rec["gauges"]["tokens_per_block"] == 32 and rec["gauges"]["frontend_active_requests"] == 6
 
 
-def test_kvsim_ground_truth_and_fetch_histogram(fixture_text):
+def test_kvsim_ground_truth_per_tier(fixture_text):
+    """Names as src/kvharness/sim/exporters.py exports them: per-tier label ``tier``."""
     (_, rec), _ = _ticks(fixture_text, ["kvsim_1.prom", "kvsim_2.prom"], 2 * MiB)
-    assert rec["tier0"]["hits"] == 20 and rec["tier0"]["misses"] == 5
-    assert rec["tier2"]["hits"] == 4 and rec["tier2"]["bytes_out"] == 8 * MiB
-    assert rec["evictions"] == 10
-    assert rec["tier2"]["fetch_p50_ms"] == pytest.approx(2.0)
-    assert rec["tier2"]["fetch_p95_ms"] == pytest.approx(3.8)
-    assert rec["gauges"]["kvsim_speedup"] == 1
+    assert rec["evictions"] == 10                      # tier 0, the device pool
+    assert rec["tier0"]["evictions"] == 10 and rec["tier1"]["evictions"] == 2 and rec["tier2"]["evictions"] == 0
+    assert rec["sim"]["tier2_file_read_bytes"] == 8 * MiB and rec["sim"]["tier2_file_write_bytes"] == 4 * MiB
+    assert rec["sim"]["cached_tokens"] == 1024 and rec["sim"]["preemptions"] == 0
+    # tier-2 fetch bucket deltas cumulative 0, 0, 2, 4, 4 over (0.5, 1, 2.5, 5 ms, +Inf)
+    assert rec["tier2"]["fetch_p50_ms"] == pytest.approx(2.5)
+    assert rec["tier2"]["fetch_p95_ms"] == pytest.approx(4.75)
+    assert rec["tier2"]["fetch_p99_ms"] == pytest.approx(4.95)
+    assert rec["tier1"]["fetch_p50_ms"] == pytest.approx(0.25)  # 4 new samples, all <= 0.5 ms
+    assert rec["tier0"]["fetch_p50_ms"] is None                 # no tier-0 series
+    assert rec["gauges"]["kvsim_speedup"] == 1 and rec["gauges"]["kvsim_tier_blocks{tier=0}"] == 1024
 
 
 def test_several_sources_sum_and_missing_source_is_none(fixture_text):
@@ -164,3 +170,34 @@ def test_several_sources_sum_and_missing_source_is_none(fixture_text):
     # tier0 bytes_in: KVBM onboard (3 + 4 blocks) + TRT-LLM onboard bytes (2 MiB)
     assert rec["tier0"]["bytes_in"] == 7 * 2 * MiB + 2 * MiB
     assert set(rec["raw"]) == {"kvbm", "engine"}
+
+
+def test_memoised_mapped_only_parse_gives_the_same_record(fixture_text):
+    """The collector's per-source SeriesCache(mapped_only=True) must not change any mapped value."""
+    from kvharness.telemetry.prom import SeriesCache
+
+    for pair in (("trtllm_1.prom", "trtllm_2.prom"), ("vllm_1.prom", "vllm_2_reset.prom"),
+                 ("kvsim_1.prom", "kvsim_2.prom"), ("dynamo_frontend_1.prom", "dynamo_frontend_2.prom"),
+                 ("sglang_1.prom", "sglang_2.prom"), ("lmcache_1.prom", "lmcache_2.prom")):
+        full, fast = DeltaState(), DeltaState()
+        cache = SeriesCache(mapped_only=True)
+        recs = []
+        for n in pair:
+            text = fixture_text(n)
+            a = full.update(parse_text(text))
+            parse_text(text, cache)  # a warm cache, like every tick after the first
+            b = fast.update(parse_text(text, cache))
+            recs.append((a, b))
+        a, b = recs[1]
+        assert map_deltas({"s": a}, 2 * MiB) == map_deltas({"s": b}, 2 * MiB), pair
+    snap = parse_text(fixture_text("trtllm_1.prom"), SeriesCache(mapped_only=True))
+    assert all(not k[0].endswith("_sum") for k in snap.counters)  # unmapped series skipped
+
+
+def test_series_changing_type_is_reclassified():
+    from kvharness.telemetry.prom import SeriesCache
+
+    cache = SeriesCache()
+    s1 = parse_text("# TYPE foo gauge\nfoo 3\n", cache)
+    s2 = parse_text("# TYPE foo counter\nfoo 4\n", cache)
+    assert ("foo", ()) in s1.gauges and ("foo", ()) in s2.counters

@@ -156,7 +156,7 @@ class Scraper:
         else:
             raise ValueError(f"unknown scrape client {client!r}")
         self.state = {name: DeltaState() for name in sources}
-        self.cache = {name: SeriesCache() for name in sources}
+        self.cache = {name: SeriesCache(mapped_only=True) for name in sources}
         self.last_body: dict[str, str | None] = {name: None for name in sources}
         self.last_snap: dict[str, object] = {}
         self.errors: dict[str, int] = {name: 0 for name in sources}
@@ -235,8 +235,19 @@ class Collector:
                                 cfg.scrape_client)
                         if cfg.scrapes else None)
         self.counts = {s: 0 for s in self.sources}
+        self.block_bytes = cfg.kv_block_bytes
+        self.block_bytes_source = "--kv-block-bytes" if cfg.kv_block_bytes else None
         if self.procs:
             self.counts["procs"] = 0
+
+    def _discover_block_bytes(self) -> None:
+        """Without --kv-block-bytes, take the simulator's own ``kvsim_kv_block_size_bytes`` gauge."""
+        for snap in self.scraper.last_snap.values():
+            v = snap.gauge_sum("kvsim_kv_block_size_bytes") if hasattr(snap, "gauge_sum") else None
+            if v:
+                self.block_bytes = int(v)
+                self.block_bytes_source = "kvsim_kv_block_size_bytes"
+                return
 
     # ------------------------------------------------------------------------------------ sampling
     def _sample(self, tick: int, due_ns: int, files: dict, prev: dict) -> tuple[dict, dict | None, set]:
@@ -289,9 +300,11 @@ class Collector:
             for name, st in status.items():
                 if st.get("ok"):
                     got.add(name)
-            mapped = map_deltas(deltas, self.cfg.kv_block_bytes)
+            if self.block_bytes is None:
+                self._discover_block_bytes()
+            mapped = map_deltas(deltas, self.block_bytes)
             dyn = {"ts": rec["ts"], "mono_ns": mono_ns, "tick": tick,
-                   "kv_block_size_bytes": self.cfg.kv_block_bytes, **mapped, "sources": status,
+                   "kv_block_size_bytes": self.block_bytes, **mapped, "sources": status,
                    "baseline": [n for n in status if status[n].get("ok") and deltas.get(n) is None]}
         return rec, dyn, got
 
@@ -411,7 +424,7 @@ class Collector:
             "scrape_errors": dict(self.scraper.errors) if self.scraper else {},
             "scrape_last_error": dict(self.scraper.last_error) if self.scraper else {},
             "counter_resets": ({n: st.resets for n, st in self.scraper.state.items()} if self.scraper else {}),
-            "kv_block_size_bytes": cfg.kv_block_bytes,
+            "kv_block_size_bytes": self.block_bytes, "kv_block_size_source": self.block_bytes_source,
             "watch_tree": cfg.watch_tree,
         })
         tmp = os.path.join(out, "collector_summary.json.tmp")

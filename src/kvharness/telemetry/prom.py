@@ -29,7 +29,7 @@ from kvharness.stats import percentile
 Labels = tuple  # sorted (name, value) pairs
 
 TIER_FIELDS = ("hits", "misses", "hit_tokens", "miss_tokens", "bytes_in", "bytes_out",
-               "fetch_p50_ms", "fetch_p95_ms", "fetch_p99_ms")
+               "fetch_p50_ms", "fetch_p95_ms", "fetch_p99_ms", "evictions")
 QUANTILES = (50, 95, 99)
 
 
@@ -71,7 +71,10 @@ class SeriesCache:
 
     MAX = 200_000
 
-    def __init__(self) -> None:
+    def __init__(self, mapped_only: bool = False) -> None:
+        """``mapped_only``: classify series that no mapping table reads as 'skip', so the per-tick delta
+        and mapping work covers only what ends up in dynkv.jsonl (the raw scrape keeps everything)."""
+        self.mapped_only = mapped_only
         self.series: dict[str, tuple[str, dict]] = {}
         self.kinds: dict[str, tuple] = {}  # series text -> classification (see _classify)
         self.types: dict[str, str] = {}    # family -> TYPE, as last seen
@@ -142,15 +145,6 @@ def parse_text(text: str, cache: SeriesCache | None = None) -> Snapshot:
             key_text, rest = line[:cut + 1], line[cut + 1:]
         else:
             key_text, _, rest = line.partition(" ")
-        vals = rest.split()
-        if not vals:
-            continue
-        try:
-            value = float(vals[0])
-        except ValueError:
-            continue
-        if value != value:  # NaN
-            continue
         kind = kinds.get(key_text)
         if kind is None:
             parsed = cache.parse_series(key_text)
@@ -163,8 +157,22 @@ def parse_text(text: str, cache: SeriesCache | None = None) -> Snapshot:
                     if name.endswith(suf) and name[:-len(suf)] in types:
                         family = name[:-len(suf)]
                         break
-            kind = kinds[key_text] = _classify(name, labels, types.get(family, "unknown"), family)
+            kind = _classify(name, labels, types.get(family, "unknown"), family)
+            if cache.mapped_only and not _is_mapped(kind):
+                kind = ("skip",)
+            kinds[key_text] = kind
         k0 = kind[0]
+        if k0 == "skip":
+            continue
+        vals = rest.split()
+        if not vals:
+            continue
+        try:
+            value = float(vals[0])
+        except ValueError:
+            continue
+        if value != value:  # NaN
+            continue
         if k0 == "counter":
             snap.counters[kind[1]] = value
         elif k0 == "gauge":
@@ -227,6 +235,13 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return les[-2] if len(les) > 1 else None
 
 
+def _tier_label(labels: Labels) -> str | None:
+    for k, v in labels:
+        if k == "tier":
+            return v
+    return None
+
+
 class DeltaState:
     """Per-source memory of the previous snapshot; turns each new snapshot into deltas."""
 
@@ -250,6 +265,10 @@ class DeltaState:
             # A label set that first appears after the baseline started from zero: delta = value.
             d = counter_delta(p, value)
             counters[key[0]] = counters.get(key[0], 0.0) + d
+            tier = _tier_label(key[1])
+            if tier is not None:
+                k = f"{key[0]}{{tier={tier}}}"
+                counters[k] = counters.get(k, 0.0) + d
         hists: dict[str, dict[float, float]] = {}
         for base, series in snap.buckets.items():
             pseries = prev.buckets.get(base, {})
@@ -259,13 +278,22 @@ class DeltaState:
                 # a reset shows in the +Inf bucket; then take the new buckets whole
                 inf_now, inf_prev = b.get(math.inf, 0.0), pb.get(math.inf)
                 reset = inf_prev is not None and inf_now < inf_prev
+                if reset:
+                    self.resets += 1
+                tier = _tier_label(lk)
+                per = hists.setdefault(f"{base}{{tier={tier}}}", {}) if tier is not None else None
                 for le, c in b.items():
-                    d = c if reset or le not in pb else c - pb[le]
-                    agg[le] = agg.get(le, 0.0) + max(d, 0.0)
+                    d = max(c if reset or le not in pb else c - pb[le], 0.0)
+                    agg[le] = agg.get(le, 0.0) + d
+                    if per is not None:
+                        per[le] = per.get(le, 0.0) + d
             hists[base] = agg
         gauges: dict[str, float] = {}
-        for (name, _l), v in snap.gauges.items():
+        for (name, lk), v in snap.gauges.items():
             gauges[name] = gauges.get(name, 0.0) + v
+            tier = _tier_label(lk)
+            if tier is not None:
+                gauges[f"{name}{{tier={tier}}}"] = v
         return {"counters": counters, "hists": hists, "gauges": gauges, "samples": {}}
 
     def _iter_update(self, snap: Snapshot, baseline: bool) -> dict:
@@ -392,6 +420,27 @@ GAUGE_RULES: list[tuple[tuple[str, ...], str]] = [
     (("lmcache:local_storage_usage",), "tier2_used_bytes"),
 ]
 
+_MAPPED: dict[str, frozenset] = {}
+
+
+def _is_mapped(kind: tuple) -> bool:
+    """Whether a classified series feeds any mapping table (or is simulator ground truth)."""
+    if not _MAPPED:
+        _MAPPED["counter"] = frozenset(n for names, _t in COUNTER_RULES for n in names)
+        _MAPPED["hist"] = frozenset(n for names, _t, _s in HIST_RULES for n in names) | {"kvsim_tier_fetch_seconds"}
+        _MAPPED["gauge"] = frozenset(n for names, _k in GAUGE_RULES for n in names)
+    k0 = kind[0]
+    if k0 == "counter":
+        name = kind[1][0]
+        return name in _MAPPED["counter"] or name.startswith("kvsim_") and not name.endswith(("_sum", "_count"))
+    if k0 == "bucket":
+        return kind[1] in _MAPPED["hist"]
+    if k0 == "gauge":
+        name = kind[1][0]
+        return name in _MAPPED["gauge"] or name.startswith("kvsim_")
+    return False
+
+
 # Block movements -> tier hits and bytes (× kv_block_bytes)
 BLOCK_MOVES = {
     "t0_t1": ("tier0", "tier1"),
@@ -494,7 +543,7 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
         for q, v in qs.items():
             rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
     for i in range(3):
-        base = f"kvsim_tier{i}_fetch_seconds"
+        base = f"kvsim_tier_fetch_seconds{{tier={i}}}"
         if base in merged_hists:
             for q in QUANTILES:
                 v = histogram_quantile(q / 100.0, merged_hists[base])
@@ -517,19 +566,37 @@ def _ints(obj):
 
 
 def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
-    """Simulator ground truth: ``kvsim_tier{N}_{hits,misses,bytes_in,bytes_out}``, ``kvsim_evictions``,
-    ``kvsim_prefetches`` (counters, already in the SPEC's units). Filled only where a real-name rule left
-    the field empty, so the sim's KVBM-named metrics and its ground truth never double count."""
+    """Simulator ground truth (``kvsim_*``, names from src/kvharness/sim/exporters.py): evictions per tier
+    (``kvsim_evictions_total{tier}``; top-level ``evictions`` = tier 0, the device pool), real tier-2 file
+    bytes, preemptions, prompt/cached tokens. Kept apart from the real-name fields (``sim`` section,
+    ``tierN.evictions``) so a simulated run is read exactly like a real one."""
+    sim: dict = {}
     for name, v in counters.items():
         if not name.startswith("kvsim_"):
             continue
-        mapped_raw[name] = v
-        rest = name[len("kvsim_"):]
-        if rest in ("evictions", "prefetches"):
-            _add(rec, rest, v)
+        if name.split("{", 1)[0].endswith(("_sum", "_count")):
             continue
-        if rest.startswith("tier") and "_" in rest:
-            tier, fld = rest.split("_", 1)
-            if tier in ("tier0", "tier1", "tier2") and fld in ("hits", "misses", "bytes_in", "bytes_out"):
-                if rec[tier][fld] is None:
-                    rec[tier][fld] = v
+        mapped_raw[name] = v
+        if name.startswith("kvsim_evictions{tier="):
+            tier = name[len("kvsim_evictions{tier="):-1]
+            if tier in ("0", "1", "2"):
+                rec[f"tier{tier}"]["evictions"] = v
+                if tier == "0":
+                    _add(rec, "evictions", v)
+            continue
+        if "{" in name:
+            continue
+        key = {"kvsim_tier2_read_bytes": "tier2_file_read_bytes", "kvsim_tier2_write_bytes": "tier2_file_write_bytes",
+               "kvsim_preemptions": "preemptions", "kvsim_prompt_tokens": "prompt_tokens",
+               "kvsim_cached_tokens": "cached_tokens", "kvsim_lora_loads": "lora_loads",
+               "kvsim_lora_hits": "lora_hits", "kvsim_tier2_verify_failures": "tier2_verify_failures",
+               "kvsim_prefetches": "prefetches"}.get(name)
+        if key == "prefetches":
+            _add(rec, "prefetches", v)
+        elif key is not None:
+            _add(sim, key, v)
+        elif name == "kvsim_evictions":
+            pass  # the per-tier split above is what is used
+    if sim:
+        for k, v in sim.items():
+            _add(rec.setdefault("sim", {}), k, v)
