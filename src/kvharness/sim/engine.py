@@ -268,7 +268,7 @@ class Engine:
                 seq.t_onboard_s = dt
                 tier = "2" if disk else "1"
                 seq.onboard_tier = tier
-                self.m.fetch_seconds.labels(tier).observe(dt * self.speedup)
+                self.m.fetch_seconds.labels(tier).observe(dt)
                 self.m.fetch_real_io_seconds.observe(real_s)
         finally:
             if seq.state == LOADING:  # a cancelled one is dropped by the next schedule

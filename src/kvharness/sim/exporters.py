@@ -94,7 +94,7 @@ class SimMetrics:
         for t, c in (("0", t0_blocks), ("1", t1_blocks), ("2", t2_blocks)):
             self.tier_capacity.labels(t).set(c)
             self.tier_blocks.labels(t).set(0)
-        self.fetch_seconds = g.histogram("kvsim_tier_fetch_seconds", "Onboarding latency of a prefix hit, by deepest tier (modelled seconds)", ("tier",), buckets=FETCH_BUCKETS)
+        self.fetch_seconds = g.histogram("kvsim_tier_fetch_seconds", "Onboarding latency of a prefix hit (real read + modelled transfer), by deepest tier, wall seconds", ("tier",), buckets=FETCH_BUCKETS)
         self.fetch_real_io_seconds = g.histogram("kvsim_tier2_read_io_seconds", "Real wall time of tier-2 file reads per onboarding", buckets=FETCH_BUCKETS)
         self.t2_write_io_seconds = g.histogram("kvsim_tier2_write_io_seconds", "Real wall time per tier-2 block write", buckets=FETCH_BUCKETS)
         self.t2_read_bytes = g.counter("kvsim_tier2_read_bytes_total", "Real bytes read from tier-2 files")

@@ -206,7 +206,7 @@ class KVCache:
             if victim is None:
                 return
             self.stats.t2_evictions += 1
-            self.store.free_slot(victim[1].slot)
+            self.store.free_slot(victim[1].slot, victim[1].ready)
         ne = self.t2.add(h)
         ne.slot = self.store.alloc_slot()
         ne.ready = self.store.write_block(ne.slot, h)

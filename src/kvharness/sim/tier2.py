@@ -55,6 +55,9 @@ class Tier2Store:
         self.bytes_written = 0
         self.bytes_read = 0
         self.verify_failures = 0
+        self.reads = 0
+        self.io_threads = io_threads
+        self._batch = None
 
     def _probe(self) -> None:
         buf = mmap.mmap(-1, ALIGN)
@@ -77,60 +80,92 @@ class Tier2Store:
             self._free.append(slot)
 
     # -- I/O (thread side) ------------------------------------------------------------------------
-    def _write_sync(self, slot: int, h: int) -> float:
-        buf = mmap.mmap(-1, self.slot_bytes)
-        buf[:8] = struct.pack("<q", h)
-        t = time.perf_counter()
-        os.pwritev(self.fd, [buf], slot * self.slot_bytes)
-        if not self.direct:
-            os.fdatasync(self.fd)
-            os.posix_fadvise(self.fd, slot * self.slot_bytes, self.slot_bytes, os.POSIX_FADV_DONTNEED)
-        dt = time.perf_counter() - t
-        buf.close()
-        return dt
+    @staticmethod
+    def _runs(items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Group (slot, hash) pairs into runs of consecutive slots: one syscall per run."""
+        runs: list[list[tuple[int, int]]] = []
+        for slot, h in sorted(items):
+            if runs and runs[-1][-1][0] + 1 == slot:
+                runs[-1].append((slot, h))
+            elif not (runs and runs[-1][-1][0] == slot):
+                runs.append([(slot, h)])
+        return runs
 
-    def _read_sync(self, slots_hashes: list[tuple[int, int]]) -> tuple[float, int]:
-        """Read each (slot, hash); returns (seconds, verify failures)."""
-        fails = 0
-        buf = mmap.mmap(-1, self.slot_bytes)
+    def _write_many_sync(self, items: list[tuple[int, int]]) -> float:
+        sb = self.slot_bytes
         t = time.perf_counter()
-        for slot, h in slots_hashes:
-            off = slot * self.slot_bytes
+        for run in self._runs(items):
+            buf = mmap.mmap(-1, sb * len(run))
+            for i, (_slot, h) in enumerate(run):
+                buf[i * sb:i * sb + 8] = struct.pack("<q", h)
+            off = run[0][0] * sb
+            os.pwritev(self.fd, [buf], off)
             if not self.direct:
-                os.posix_fadvise(self.fd, off, self.slot_bytes, os.POSIX_FADV_DONTNEED)
+                os.fdatasync(self.fd)
+                os.posix_fadvise(self.fd, off, sb * len(run), os.POSIX_FADV_DONTNEED)
+            buf.close()
+        return time.perf_counter() - t
+
+    def _read_sync(self, items: list[tuple[int, int]]) -> tuple[float, int]:
+        """Read each (slot, hash), verifying the hash; returns (seconds, verify failures)."""
+        sb = self.slot_bytes
+        fails = 0
+        t = time.perf_counter()
+        for run in self._runs(items):
+            buf = mmap.mmap(-1, sb * len(run))
+            off = run[0][0] * sb
+            if not self.direct:
+                os.posix_fadvise(self.fd, off, sb * len(run), os.POSIX_FADV_DONTNEED)
             os.preadv(self.fd, [buf], off)
-            if struct.unpack("<q", buf[:8])[0] != h:
-                fails += 1
-        dt = time.perf_counter() - t
-        buf.close()
-        return dt, fails
+            for i, (_slot, h) in enumerate(run):
+                if struct.unpack_from("<q", buf, i * sb)[0] != h:
+                    fails += 1
+            buf.close()
+        return time.perf_counter() - t, fails
 
     # -- loop side --------------------------------------------------------------------------------
     def write_block(self, slot: int, h: int) -> asyncio.Future:
-        fut = self.loop.run_in_executor(self.pool, self._write_sync, slot, h)
+        """Queue a block write; writes queued in one loop iteration go out as one batch (KVBM offloads in
+        batches too). Returns the batch's future."""
+        if self._batch is None:
+            self._batch = ([], self.loop.create_future())
+            self.loop.call_soon(self._flush)
+        self._batch[0].append((slot, h))
         self.bytes_written += self.slot_bytes
+        return self._batch[1]
+
+    def _flush(self) -> None:
+        items, fut = self._batch
+        self._batch = None
+        cf = self.loop.run_in_executor(self.pool, self._write_many_sync, items)
+        n = len(items) * self.slot_bytes
 
         def done(f):
-            if not f.cancelled() and f.exception() is None and self.on_io:
-                self.on_io("write", self.slot_bytes, f.result())
-        fut.add_done_callback(done)
-        return fut
+            if f.cancelled() or f.exception() is not None:
+                if not fut.done():
+                    fut.set_result(None)
+                return
+            if self.on_io:
+                self.on_io("write", n, f.result())
+            if not fut.done():
+                fut.set_result(None)
+        cf.add_done_callback(done)
 
     async def read_blocks(self, slots_hashes: list[tuple[int, int]], pending: list) -> float:
         """Read blocks (waiting first for their writes if still in flight); returns the real seconds."""
         t = time.perf_counter()
-        waits = [p for p in pending if p is not None and not p.done()]
+        waits = {id(p): p for p in pending if p is not None and not p.done()}
         if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
-        # split across the pool so reads run at a queue depth > 1 like a real loader
-        n = len(slots_hashes)
-        k = min(4, max(1, n // 4))
-        parts = [slots_hashes[i::k] for i in range(k)]
+            await asyncio.gather(*waits.values(), return_exceptions=True)
+        runs = self._runs(slots_hashes)
+        k = min(self.io_threads, len(runs))  # runs spread over the pool: queue depth > 1 like a real loader
+        parts = [[x for run in runs[i::k] for x in run] for i in range(k)]
         results = await asyncio.gather(*(self.loop.run_in_executor(self.pool, self._read_sync, p) for p in parts))
         fails = sum(r[1] for r in results)
         self.verify_failures += fails
-        nbytes = n * self.slot_bytes
+        nbytes = len(slots_hashes) * self.slot_bytes
         self.bytes_read += nbytes
+        self.reads += len(runs)
         dt = time.perf_counter() - t
         if self.on_io:
             self.on_io("read", nbytes, dt)
