@@ -33,6 +33,7 @@ def plot_hero(table: Sequence[dict], path: str | Path, title: str = "H8 hero: me
     ax.bar(range(len(rows)), [r.get("output_tok_s") or 0 for r in rows], color=colors)
     ax.set_xticks(range(len(rows)), [r["stack"] for r in rows])
     ax.set_ylabel("output tokens / s")
+    ax.set_ylim(0, 1.3 * max([r.get("output_tok_s") or 0 for r in rows] + [1]))
     ax.set_title("throughput")
     for i, r in enumerate(rows):
         err = r.get("error_rate") or 0
