@@ -39,7 +39,8 @@ class TransportError(Exception):
 class _Exchange:
     """One request/response on a connection."""
 
-    __slots__ = ("timer", "future", "status", "error_body", "stream", "got_bytes")
+    __slots__ = ("timer", "future", "status", "error_body", "stream", "got_bytes", "parts", "conn", "handle",
+                 "raw", "deadline", "reused", "sent_ns")
 
     def __init__(self, timer: StreamTimer, future: asyncio.Future, stream: bool):
         self.timer = timer
@@ -48,6 +49,24 @@ class _Exchange:
         self.error_body = b""
         self.stream = stream
         self.got_bytes = False
+        self.parts: list[tuple[int, bytes]] = []  # (read time ns, body bytes): SSE parsing is deferred
+        self.conn = None
+        self.handle = None
+        self.raw = b""
+        self.deadline = 0.0
+        self.reused = False
+        self.sent_ns = 0
+
+    def feed_timer(self) -> None:
+        """Parse the stored body parts into the timer (after the response, off the critical path)."""
+        feed = self.timer.feed
+        for t_ns, body in self.parts:
+            feed(body, t_ns)
+        self.parts = []
+
+    @property
+    def last_read_ns(self) -> int | None:
+        return self.parts[-1][0] if self.parts else None
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -97,7 +116,9 @@ class HTTPConnection(asyncio.Protocol):
             if body:
                 if ex.status == 200:
                     if ex.stream:
-                        ex.timer.feed(body, now)
+                        # only stamp and keep the bytes here: every read is stamped promptly even when
+                        # hundreds of streams deliver at once; parsing happens after the response
+                        ex.parts.append((now, body))
                     else:
                         self.body_parts.append(body)
                 elif len(ex.error_body) < _MAX_ERROR_BODY:
@@ -322,6 +343,22 @@ class HTTPPool:
         self.max_open = max(self.max_open, self.open)
         return conn
 
+    async def preconnect(self, n: int, timeout_s: float) -> int:
+        """Open ``n`` keep-alive connections before the run so no measured request pays a TCP connect;
+        returns how many opened (a failure is not an error here: requests will report it)."""
+        async def one():
+            try:
+                conn = await asyncio.wait_for(self._connect(), timeout_s)
+            except (TransportError, asyncio.TimeoutError):
+                return 0
+            self.idle.append(conn)
+            return 1
+
+        opened = 0
+        for start in range(0, n, 256):
+            opened += sum(await asyncio.gather(*(one() for _ in range(min(256, n - start)))))
+        return opened
+
     def release(self, conn: HTTPConnection) -> None:
         self.idle.append(conn)
 
@@ -334,44 +371,67 @@ class HTTPPool:
         except ValueError:
             pass
 
-    async def request(self, path: str, body: bytes, timer: StreamTimer, stream: bool,
-                      timeout_s: float) -> tuple[int, bytes]:
-        """Send one POST; body bytes are fed to ``timer`` as they arrive. Returns (status, error body).
+    def _idle_connection(self) -> HTTPConnection | None:
+        while self.idle:
+            c = self.idle.pop()
+            if not c.closed and c.transport is not None and not c.transport.is_closing():
+                return c
+        return None
 
-        Raises ``TransportError`` (``connect``, ``timeout``, ``disconnect``, ``parse``, ``server_error``).
+    def _start(self, conn: HTTPConnection, raw: bytes, timer: StreamTimer, stream: bool, deadline: float,
+               timeout_s: float, reused: bool) -> _Exchange:
+        loop = asyncio.get_running_loop()
+        ex = _Exchange(timer, loop.create_future(), stream)
+        ex.conn, ex.raw, ex.deadline, ex.reused = conn, raw, deadline, reused
+        ex.sent_ns = _ns()
+        conn.start(raw, ex)
+        ex.handle = loop.call_at(deadline, _expire, conn, ex.future, timeout_s)
+        return ex
+
+    def begin(self, path: str, body: bytes, timer: StreamTimer, stream: bool, timeout_s: float) -> _Exchange | None:
+        """Send now, synchronously, on an idle keep-alive connection; None when there is none."""
+        conn = self._idle_connection()
+        if conn is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return self._start(conn, self.request_bytes(path, body), timer, stream, loop.time() + timeout_s, timeout_s,
+                           True)
+
+    async def request(self, path: str, body: bytes, timer: StreamTimer, stream: bool, timeout_s: float,
+                      ex: _Exchange | None = None) -> _Exchange:
+        """Send one POST (or finish ``ex`` from ``begin``) and wait for the whole response.
+
+        Returns the exchange (``status``, ``error_body``, ``parts``); raises ``TransportError``
+        (``connect``, ``timeout``, ``disconnect``, ``parse``, ``server_error``).
         """
         loop = asyncio.get_running_loop()
-        raw = self.request_bytes(path, body)
-        deadline = loop.time() + timeout_s
+        raw = ex.raw if ex is not None else self.request_bytes(path, body)
+        deadline = ex.deadline if ex is not None else loop.time() + timeout_s
         for attempt in (0, 1):
-            conn = None
-            while self.idle:
-                c = self.idle.pop()
-                if not c.closed and c.transport is not None and not c.transport.is_closing():
-                    conn = c
-                    break
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = await asyncio.wait_for(self._connect(), max(0.001, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    raise TransportError("timeout", f"connect not done within {timeout_s} s") from None
-            fut = loop.create_future()
-            ex = _Exchange(timer, fut, stream)
-            conn.start(raw, ex)
-            handle = loop.call_at(deadline, _expire, conn, fut, timeout_s)
+            if ex is None:
+                conn = self._idle_connection()
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = await asyncio.wait_for(self._connect(), max(0.001, deadline - loop.time()))
+                    except asyncio.TimeoutError:
+                        raise TransportError("timeout", f"connect not done within {timeout_s} s") from None
+                ex = self._start(conn, raw, timer, stream, deadline, timeout_s, reused)
             try:
-                await fut
+                await ex.future
             except TransportError as exc:
-                if attempt == 0 and reused and not ex.got_bytes and exc.error_class == "disconnect":
+                if attempt == 0 and ex.reused and not ex.got_bytes and exc.error_class == "disconnect":
+                    ex.handle.cancel()
+                    ex = None
                     continue  # the server dropped an idle keep-alive connection: retry once, fresh
                 raise
             except asyncio.CancelledError:
-                conn.abort()
+                ex.conn.abort()
                 raise
             finally:
-                handle.cancel()
-            return ex.status, ex.error_body
+                if ex is not None:
+                    ex.handle.cancel()
+            return ex
         raise TransportError("disconnect", "connection closed before a response")  # pragma: no cover
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ pattern's end or a signal do).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -21,7 +22,7 @@ from typing import IO
 import aiohttp
 
 from kvharness import __version__
-from kvharness.loadgen.http import HTTPPool, TransportError
+from kvharness.loadgen.http import HTTPPool, TransportError, _Exchange
 from kvharness.loadgen.patterns import LoadPattern, Ticket, make_pattern
 from kvharness.loadgen.selfcheck import SelfCheck
 from kvharness.loadgen.stream import StreamError, StreamTimer
@@ -29,6 +30,7 @@ from kvharness.loadgen.workloads import Request, Workload, make_workload
 from kvharness.stats import is_ok, summarize_requests
 
 NS = 1_000_000_000
+SPIN_NS = 1_000_000  # the last millisecond before a due send is waited by yielding, not by a timer
 _monotonic_ns = time.monotonic_ns
 _dumps = json.dumps
 
@@ -54,7 +56,9 @@ class Runner:
         self.pattern = pattern or make_pattern(spec)
         self.workload = workload or make_workload(spec)
         self.progress = progress
-        self.records: list[dict] = []
+        # records are kept as their JSON lines: strings are not tracked by the garbage collector, so a
+        # long run does not make every collection slower (dicts would: full GCs of 10-60 ms stall timing)
+        self.lines: list[str] = []
         self.tasks: set[asyncio.Task] = set()
         self.n_sent = 0
         self.n_done = 0
@@ -89,36 +93,62 @@ class Runner:
             t.cancel()
 
     async def _sleep_until(self, t_ns: int) -> None:
-        delay = (t_ns - _monotonic_ns()) / NS
-        if delay <= 0:
+        """Wait until ``t_ns``: a timer to within SPIN_NS of it (event-loop timers are millisecond-grained),
+        then yield to the loop until due, so sends land within microseconds of their schedule while
+        responses keep being read."""
+        delay_ns = t_ns - _monotonic_ns()
+        if delay_ns <= 0:
             return
-        loop = asyncio.get_running_loop()
-        fut = self._sleeper = loop.create_future()
-        handle = loop.call_later(delay, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            self._sleeper = None
+        if delay_ns > SPIN_NS:
+            loop = asyncio.get_running_loop()
+            fut = self._sleeper = loop.create_future()
+            handle = loop.call_later((delay_ns - SPIN_NS) / NS, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                handle.cancel()
+                self._sleeper = None
+        while not self._stopping and _monotonic_ns() < t_ns:
+            await asyncio.sleep(0)
 
     # ---- one request ----
 
-    async def _one(self, ticket: Ticket, req: Request, dispatch_ns: int) -> None:
-        timer = StreamTimer(req.keep_text)
+    async def _one(self, ticket: Ticket, req: Request, dispatch_ns: int, timer: StreamTimer,
+                   ex: _Exchange | None = None) -> None:
         sem = self.sem
         if sem is not None:
             await sem.acquire()
         try:
-            sent_ns = _monotonic_ns()
+            sent_ns = ex.sent_ns if ex is not None else _monotonic_ns()
             self.selfcheck.record_send_lag((sent_ns - ticket.sched_ns) / 1e6 if sem is None
                                            else max(0.0, (dispatch_ns - ticket.sched_ns) / 1e6))
-            rc, error_class, error, end_ns = await self._send(req, timer)
+            rc, error_class, error, end_ns, ex = await self._send(req, timer, ex)
         finally:
             if sem is not None:
                 sem.release()
+        end_hint = end_ns
+        if end_hint is None:
+            end_hint = (ex.last_read_ns if ex is not None else None) or timer.last_event_ns or _monotonic_ns()
+        defer = not req.keep_text  # a session's next turn needs this reply in its history first
+        counted = rc != 0
+        if counted:
+            self._note_error()
+        if defer:
+            # the pattern learns the end now and the scheduler sends the next requests before this
+            # one's bookkeeping (SSE parsing, the record) runs: completions arriving together do not
+            # delay each other's successors
+            self.pattern.completed(ticket, end_hint, rc == 0)
+            await asyncio.sleep(0)
+        if ex is not None and ex.parts:
+            try:
+                ex.feed_timer()
+            except StreamError as exc:
+                rc, error_class, error, end_ns = -1, exc.error_class, str(exc), end_hint
+            if rc == 0 and not timer.done and timer.usage is None:
+                rc, error_class, error = -1, "disconnect", "stream ended before [DONE]"
         rec = timer.fields(ticket.sched_ns)
         if end_ns is not None or rec["end_ns"] is None:
-            rec["end_ns"] = end_ns if end_ns is not None else _monotonic_ns()
+            rec["end_ns"] = end_ns if end_ns is not None else end_hint
             if rc == 0:
                 rc, error_class, error = -1, "disconnect", "no event received"
             rec["lat_e2e_ms"] = (rec["end_ns"] - ticket.sched_ns) / 1e6
@@ -126,22 +156,30 @@ class Runner:
             rec["lat_tpot_ms"] = None
         if rc == 0 and rec["first_token_ns"] is None and (rec["output_tokens"] or 0) > 0:
             rc, error_class, error = -1, "parse", "usage reports output tokens but no event carried text"
+        if rc != 0 and not counted:  # found only while parsing the stream
+            self._note_error()
         self._finish(ticket, req, rec, sent_ns, rc, error_class, error, timer)
+        if not defer:
+            self.pattern.completed(ticket, rec["end_ns"], rc == 0)
 
-    async def _send_raw(self, req: Request, timer: StreamTimer):
-        """(rc, error_class, error, end_ns or None) over the raw protocol pool."""
+    async def _send_raw(self, req: Request, timer: StreamTimer, ex: _Exchange | None):
+        """(rc, error_class, error, end_ns or None, exchange) over the raw protocol pool."""
         try:
-            status, err_body = await self.pool.request(req.path, req.body, timer, self.stream, self.timeout_s)
+            ex = await self.pool.request(req.path, req.body, timer, self.stream, self.timeout_s, ex)
         except TransportError as exc:
-            return -1, exc.error_class, str(exc)[:200], _monotonic_ns()
-        if status != 200:
-            return status, f"http_{status}", err_body[:200].decode("utf-8", "replace"), _monotonic_ns()
-        if self.stream and not timer.done and timer.usage is None:
-            return -1, "disconnect", "stream ended before [DONE]", None
-        return 0, None, None, None
+            return -1, exc.error_class, str(exc)[:200], _monotonic_ns(), None
+        if ex.status != 200:
+            return ex.status, f"http_{ex.status}", ex.error_body[:200].decode("utf-8", "replace"), _monotonic_ns(), None
+        if not ex.parts and self.stream and not timer.done and timer.usage is None:
+            return -1, "disconnect", "stream ended before [DONE]", None, ex
+        return 0, None, None, None, ex
 
-    async def _send_aiohttp(self, req: Request, timer: StreamTimer):
-        """(rc, error_class, error, end_ns or None) through aiohttp (``transport: "aiohttp"``)."""
+    async def _send_aiohttp(self, req: Request, timer: StreamTimer, ex=None):
+        """(rc, error_class, error, end_ns or None, None) through aiohttp (``transport: "aiohttp"``)."""
+        rc, error_class, error, end_ns = await self._aiohttp_exchange(req, timer)
+        return rc, error_class, error, end_ns, None
+
+    async def _aiohttp_exchange(self, req: Request, timer: StreamTimer):
         try:
             async with self.session.post(self.url_base + req.path, data=req.body, headers=self.headers) as resp:
                 timer.first_byte_ns = _monotonic_ns()
@@ -192,14 +230,15 @@ class Runner:
         rec["window"] = self._window(sched)
         rec["client_bound"] = self.selfcheck.client_bound_now
         ok = rc == 0
-        self.records.append(rec)
-        self.out.write(_dumps(rec) + "\n")
+        line = _dumps(rec) + "\n"
+        self.lines.append(line)
+        self.out.write(line)
         self.out.flush()
         self.n_done += 1
-        if not ok:
-            self.n_errors += 1
-        self.pattern.completed(ticket, rec["end_ns"], ok)
         self.workload.completed(ticket, req, ok, timer.text if req.keep_text else "")
+
+    def _note_error(self) -> None:
+        self.n_errors += 1
         max_errors = self.spec["max_errors"]
         if max_errors is not None and self.n_errors >= max_errors:
             self.request_stop("max_errors")
@@ -241,6 +280,11 @@ class Runner:
         else:
             self.pool = HTTPPool(spec["base_url"], spec["headers"])
             self._send = self._send_raw
+        if self.session is None:
+            n = cap if cap is not None else 16
+            self.preconnected = await self.pool.preconnect(n, min(10.0, self.timeout_s))
+        gc.collect()
+        gc.freeze()  # start-up objects (imports, spec) never need scanning again
         self.selfcheck.start()
         try:
             self.t0_ns = _monotonic_ns() + 1_000_000
@@ -251,6 +295,7 @@ class Runner:
             self.measure_end_ns = (end_ns - int(spec["cooldown_s"] * NS)) if end_ns else None
             self.pattern.start(self.t0_ns)
             max_requests = spec["max_requests"]
+            presend = self.session is None and self.sem is None
             if self.progress is not None:
                 self.progress.start(self)
             while not self._stopping:
@@ -270,7 +315,10 @@ class Runner:
                 ticket.seq = self.n_sent
                 self.n_sent += 1
                 req = self.workload.build(ticket)
-                task = loop.create_task(self._one(ticket, req, _monotonic_ns()))
+                timer = StreamTimer(req.keep_text)
+                # send right here when a keep-alive connection is idle (no task hop before the write)
+                ex = self.pool.begin(req.path, req.body, timer, self.stream, self.timeout_s) if presend else None
+                task = loop.create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 if max_requests is not None and self.n_sent >= max_requests:
@@ -294,25 +342,31 @@ class Runner:
                 pass
         return self.summary()
 
+    @property
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines]
+
     def summary(self) -> dict:
-        measured = [r for r in self.records if r.get("window") == "measure"]
+        records = self.records
+        measured = [r for r in records if r.get("window") == "measure"]
         out = summarize_requests(measured, slo=self.spec["slo"])
         check = self.selfcheck.summary(self.n_done)
         out.update(check)
         out.update({
-            "n_records": len(self.records),
-            "n_excluded_warmup": sum(1 for r in self.records if r.get("window") == "warmup"),
-            "n_excluded_cooldown": sum(1 for r in self.records if r.get("window") == "cooldown"),
+            "n_records": len(records),
+            "n_excluded_warmup": sum(1 for r in records if r.get("window") == "warmup"),
+            "n_excluded_cooldown": sum(1 for r in records if r.get("window") == "cooldown"),
             "n_sent": self.n_sent,
             "n_cancelled": self.n_sent - self.n_done,
             "stop_reason": self.stop_reason,
             "interrupted": self.signal_name,
-            "achieved_send_rate": _send_rate(self.records),
+            "achieved_send_rate": _send_rate(records),
             "sched_lag_ms_p99": check["send_lag_ms_p99"],
-            "client_bound_records": sum(1 for r in self.records if r.get("client_bound")),
+            "client_bound_records": sum(1 for r in records if r.get("client_bound")),
             "loadgen_version": __version__,
             "transport": self.transport,
             "max_connections": self.pool.max_open if self.session is None else None,
+            "preconnected": getattr(self, "preconnected", None),
             "host": socket.gethostname(),
             "python": sys.version.split()[0],
             "spec": self.spec,
@@ -329,3 +383,4 @@ def _send_rate(records: list[dict]) -> float | None:
 
 def all_ok(records: list[dict]) -> bool:
     return all(is_ok(r) for r in records)
+
