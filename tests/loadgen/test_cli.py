@@ -61,3 +61,25 @@ def test_signal_flushes_and_summarizes(server, tmp_path, sig, code):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     s = json.loads(summ.read_text())
     assert s["n_records"] == len(recs) > 0 and s["interrupted"] in ("SIGTERM", "SIGINT")
+
+
+def test_missing_trace_file_exit_2(tmp_path):
+    spec = tmp_path / "load.json"
+    spec.write_text(json.dumps({"model": "m", "pattern": {"kind": "trace", "path": str(tmp_path / "nope.jsonl")},
+                                "workload": {"kind": "trace"}}))
+    r = loadgen("--spec", str(spec), "--out", str(tmp_path / "m.jsonl"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nope.jsonl" in r.stderr
+
+
+def test_slo_goodput_in_summary(server, tmp_path):
+    server.behaviour.update(ttft_s=0.03)
+    spec = tmp_path / "load.json"
+    spec.write_text(json.dumps({"base_url": server.base_url, "model": "m", "max_requests": 6,
+                                "pattern": {"kind": "closed", "concurrency": 2},
+                                "workload": {"kind": "fixed_context", "context_tokens": 8, "output_tokens": 2},
+                                "slo": {"ttft_ms": 10.0}}))
+    summ = tmp_path / "s.json"
+    r = loadgen("--spec", str(spec), "--out", str(tmp_path / "m.jsonl"), "--summary-out", str(summ))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(summ.read_text())
+    assert s["good_fraction"] == 0.0 and s["goodput_req_s"] == 0.0 and s["n_ok"] == 6

@@ -193,3 +193,53 @@ def test_shared_prefix_ratio(server):
     for members in groups.values():
         assert all(m[:50] == members[0][:50] for m in members)
         assert len({m[50] for m in members}) == len(members)  # the nonce follows the shared prefix
+
+
+def test_thousand_concurrent_users_no_cap_no_fd_error(server):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or hard == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))  # client + server share this process
+    server.behaviour.update(ttft_s=0.3, itl_s=0.01)
+    runner, summary, recs = run(spec_for(server, pattern={"kind": "closed", "concurrency": 1000},
+                                         workload={"kind": "fixed_context", "context_tokens": 8, "output_tokens": 2},
+                                         max_requests=1000))
+    assert summary["n_ok"] == 1000, summary["error_classes"]
+    assert server.max_open == 1000  # all in flight at once: no hidden connection cap
+    assert summary["max_connections"] == 1000
+
+
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_transports_agree(server, transport):
+    server.behaviour.update(ttft_s=0.02, itl_s=0.005, cached_tokens=0)
+    _, summary, recs = run(spec_for(server, transport=transport, max_requests=8, endpoint="chat"))
+    assert summary["n_ok"] == 8
+    for r in recs:
+        assert 20 <= r["lat_ttft_ms"] < 60 and len(r["itl_ms"]) == 3 and r["output_tokens"] == 4
+        assert r["lat_ttfb_ms"] < 15  # the role-only first event is the first byte, not the first token
+
+
+def test_poisson_open_loop_sends_on_schedule(server):
+    runner, summary, recs = run(spec_for(server, pattern={"kind": "poisson", "rate": 200.0}, max_requests=None,
+                                         duration_s=1.0, workload={"kind": "fixed_context", "context_tokens": 8,
+                                                                   "output_tokens": 1}))
+    assert 140 <= len(recs) <= 260
+    lags = sorted(r["client_queue_ms"] for r in recs)
+    assert lags[len(lags) // 2] < 2.0  # median scheduled -> sent, on a loaded CI machine
+    assert all(r["concurrency"] is None for r in recs)
+
+
+def test_trace_replay_end_to_end(server, tmp_path):
+    rows = [{"timestamp": 1000 + 100 * i, "input_length": 40, "output_length": 2, "hash_ids": [i % 2]}
+            for i in range(5)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runner, summary, recs = run({"base_url": server.base_url, "model": "m",
+                                 "pattern": {"kind": "trace", "path": str(path)},
+                                 "workload": {"kind": "trace", "block_tokens": 32}})
+    recs.sort(key=lambda r: r["sched_ns"])
+    assert [round((r["sched_ns"] - recs[0]["sched_ns"]) / 1e6) for r in recs] == [0, 100, 200, 300, 400]
+    assert [r["prompt_tokens"] for r in recs] == [40] * 5
+    prompts = [b["prompt"].split() for b in server.requests]
+    assert prompts[0][:32] == prompts[2][:32] != prompts[1][:32]
+    assert runner.stop_reason == "pattern_done"

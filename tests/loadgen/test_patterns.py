@@ -1,0 +1,141 @@
+"""Load patterns: arrival statistics, trace replay, ramp, the pattern interface."""
+
+import asyncio
+import json
+import random
+import statistics
+
+import pytest
+
+from kvharness.loadgen.patterns import (ClosedLoop, OpenLoop, TraceReplay, constant_gaps, gamma_gaps, make_pattern,
+                                        poisson_gaps, ramp_gaps, read_trace)
+from kvharness.loadgen.spec import validate_spec
+from kvharness.loadgen.workloads import TraceWorkload
+
+
+def take(gen, n):
+    return [next(gen) for _ in range(n)]
+
+
+def test_poisson_mean_and_cov():
+    gaps = take(poisson_gaps(200.0, random.Random(1)), 50_000)
+    mean = statistics.fmean(gaps)
+    cov = statistics.pstdev(gaps) / mean
+    assert mean == pytest.approx(1 / 200, rel=0.02)
+    assert cov == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("cov", [0.5, 2.0, 4.0])
+def test_gamma_mean_and_cov(cov):
+    gaps = take(gamma_gaps(100.0, cov, random.Random(2)), 100_000)
+    mean = statistics.fmean(gaps)
+    assert mean == pytest.approx(0.01, rel=0.03)
+    assert statistics.pstdev(gaps) / mean == pytest.approx(cov, rel=0.05)
+
+
+def test_constant_gaps_exact():
+    assert take(constant_gaps(250.0), 3) == [0.004, 0.004, 0.004]
+
+
+def test_ramp_linear_and_steps():
+    # constant arrivals, rate 10 -> 30 over 10 s: the rate in the last second is ~28-30
+    gen = ramp_gaps(10.0, 30.0, 10.0, "linear", 5, "constant", random.Random(0))
+    t, times = 0.0, []
+    while t < 12.0:
+        t += next(gen)
+        times.append(t)
+    in_first = sum(1 for x in times if x < 1.0)
+    in_last = sum(1 for x in times if 9.0 <= x < 10.0)
+    after = sum(1 for x in times if 10.0 <= x < 11.0)
+    assert 9 <= in_first <= 11 and 27 <= in_last <= 30 and after == 30
+    gen = ramp_gaps(10.0, 50.0, 10.0, "steps", 5, "constant", random.Random(0))
+    t, times = 0.0, []
+    while t < 10.0:
+        t += next(gen)
+        times.append(t)
+    per_step = [sum(1 for x in times if 2 * k <= x < 2 * (k + 1)) for k in range(5)]
+    assert per_step == pytest.approx([20, 40, 60, 80, 100], abs=1)
+
+
+def test_open_loop_tickets_ignore_completions():
+    async def go():
+        p = OpenLoop(constant_gaps(100.0))
+        p.start(1_000)
+        return [(await p.next()).sched_ns for _ in range(4)]
+
+    assert asyncio.run(go()) == [1_000, 10_001_000, 20_001_000, 30_001_000]
+
+
+def test_closed_loop_next_due_at_completion_plus_think():
+    async def go():
+        p = ClosedLoop(2, think_time_s=0.5)
+        p.start(0)
+        a, b = await p.next(), await p.next()
+        p.completed(b, 7_000, True)
+        c = await p.next()
+        return a.sched_ns, b.sched_ns, c.sched_ns, c.user
+
+    assert asyncio.run(go()) == (0, 0, 7_000 + 500_000_000, 1)
+
+
+TRACE = [
+    {"timestamp": 0, "input_length": 1030, "output_length": 5, "hash_ids": [0, 1, 2]},
+    {"timestamp": 250, "input_length": 700, "output_length": 3, "hash_ids": [0, 1]},
+    {"timestamp": 1000, "input_length": 600, "output_length": 2, "hash_ids": [7, 8]},
+]
+
+
+def write_trace(tmp_path, rows):
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def trace_spec(path, **pattern):
+    return validate_spec({"model": "m", "pattern": {"kind": "trace", "path": path, **pattern},
+                          "workload": {"kind": "trace", "block_tokens": 512}})
+
+
+def test_trace_replay_timestamps(tmp_path):
+    path = write_trace(tmp_path, TRACE)
+    spec = trace_spec(path, time_scale=0.5)
+
+    async def go():
+        p = make_pattern(spec)
+        p.start(10)
+        out = []
+        while (t := await p.next()) is not None:
+            out.append(t.sched_ns)
+        return out
+
+    assert asyncio.run(go()) == [10, 10 + 125_000_000, 10 + 500_000_000]
+
+
+def test_trace_prompts_share_blocks_by_hash_id(tmp_path):
+    spec = trace_spec(write_trace(tmp_path, TRACE))
+    w = TraceWorkload(spec)
+
+    class T:
+        def __init__(self, row):
+            self.item, self.session_id, self.turn, self.phase = row, None, None, None
+
+    prompts = [json.loads(w.build(T(r)).body)["prompt"].split() for r in TRACE]
+    assert [len(p) for p in prompts] == [1030, 700, 600]  # exact input lengths
+    assert prompts[0][:700] == prompts[1]  # hash ids 0,1 -> the same 1024 tokens, cut at 700
+    assert prompts[0][:512] != prompts[2][:512] and prompts[2][0] != prompts[0][0]
+    bodies = [json.loads(w.build(T(r)).body) for r in TRACE]
+    assert [b["max_tokens"] for b in bodies] == [5, 3, 2]
+
+
+def test_trace_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: timestamp"):
+        read_trace(str(path))
+
+
+def test_trace_pattern_requires_trace_workload():
+    from kvharness.loadgen.spec import SpecError
+    with pytest.raises(SpecError, match="workload.kind"):
+        validate_spec({"model": "m", "pattern": {"kind": "trace", "path": "x"},
+                       "workload": {"kind": "fixed_context", "context_tokens": 5}})
