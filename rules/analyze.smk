@@ -30,3 +30,15 @@ rule analyze_h8:
         "results/H8/logs/analyze.log",
     script:
         "../workflow/scripts/analyze_h8.py"
+
+
+rule analyze_h7:
+    input:
+        cells=cell_dirs("H7"),
+        code=analysis_code("analysis/h7", "analysis/cells", "telemetry/read", "stats"),
+    output:
+        summary="results/H7/summary.csv",
+    log:
+        "results/H7/logs/analyze.log",
+    script:
+        "../workflow/scripts/analyze_h7.py"

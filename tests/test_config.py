@@ -101,7 +101,12 @@ def test_stack_config_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"kind.yaml: kind: expected one of"):
         load_stack("kind", tmp_path)
     with pytest.raises(ConfigError, match="invalid stack name"):
-        load_stack("../etc/passwd", tmp_path)
+        load_stack("sim A;rm", tmp_path)
+    with pytest.raises(ConfigError, match="stack config file '../nope.yaml' not found"):
+        load_stack("../nope.yaml", tmp_path)
+    ok = tmp_path / "my-stack.yaml"
+    ok.write_text("kind: external\n")
+    assert load_stack(str(ok))["name"] == "my-stack"
 
 
 def test_default_config_expands_h0_and_h8():

@@ -103,20 +103,18 @@ def template_names(spec: dict, tier2_dir: Path) -> dict:
         **{k.replace("_bytes", "_gb"): f"{tiers[k] / gib:.3f}".rstrip("0").rstrip(".") for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
         **spec["engine"], **spec["sim"],
     }
-    kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"])
+    kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
     return names
 
 
-def kv_bytes_per_token(model: str, precision: str) -> int | None:
-    """KV bytes per token of a model profile (configs/models.yaml), None if unknown."""
+def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
+    """KV bytes per token of a model profile (configs/models.yaml, owned by the simulator), None if unknown."""
+    from kvharness.sim.profiles import build_timing_model
+
     try:
-        from kvharness.sim.profiles import kv_bytes_per_token as lookup  # the simulator owns the profiles
-    except ImportError:
-        return None
-    try:
-        return int(lookup(model, precision))
-    except (KeyError, ValueError, TypeError):
+        return int(build_timing_model(hardware, model, precision).kv_bytes_per_token)
+    except (KeyError, ValueError, TypeError, OSError):
         return None
 
 
@@ -197,7 +195,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
-        kvpt = kv_bytes_per_token(spec["model"], spec["precision"])
+        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
         if kvpt:
             block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
         argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),

@@ -29,7 +29,7 @@ STACK_KEYS = {
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # Short names used in cell ids for swept keys: sim-B_c16.
-SWEEP_ABBREV = {"concurrency": "c"}
+SWEEP_ABBREV = {"concurrency": "c", "context_tokens": "ctx", "telemetry_interval_ms": "tel"}
 H8_DEFAULT_BUCKETS = [
     {"name": "short", "min_tokens": 200, "max_tokens": 500, "weight": 0.6},
     {"name": "medium", "min_tokens": 800, "max_tokens": 1500, "weight": 0.3},
@@ -145,10 +145,11 @@ def _check_semantics(cfg: dict) -> None:
             raise ConfigError(
                 f"config error: {where}.profile: unknown profile {h['profile']!r} (defined: {', '.join(cfg['profiles'])})"
             )
+        for key, swept in (h.get("sweep") or {}).items():
+            if len(set(swept)) != len(swept):
+                dup = sorted({c for c in swept if swept.count(c) > 1})
+                raise ConfigError(f"config error: {where}.sweep.{key}: duplicate cell for {key} {dup[0]}")
         levels = h.get("sweep", {}).get("concurrency")
-        if levels is not None and len(set(levels)) != len(levels):
-            dup = sorted({c for c in levels if levels.count(c) > 1})
-            raise ConfigError(f"config error: {where}.sweep.concurrency: duplicate cell for concurrency {dup[0]}")
         pattern = h["load"].get("pattern") or {"kind": "closed"}
         allowed = {"closed": {"kind", "think_time_s"}, "bursty": {"kind", "burst_size", "pause_s"}}[pattern["kind"]]
         stray = sorted(set(pattern) - allowed)
@@ -158,7 +159,7 @@ def _check_semantics(cfg: dict) -> None:
                 f"(allowed: {', '.join(sorted(allowed - {'kind'}))})"
             )
         wl = h["load"]["workload"]
-        if wl["kind"] == "fixed_context" and "context_tokens" not in wl:
+        if wl["kind"] == "fixed_context" and "context_tokens" not in wl and "context_tokens" not in h.get("sweep", {}):
             raise ConfigError(f"config error: {where}.load.workload.context_tokens: a fixed_context workload needs it (an integer >= 1)")
         if wl["kind"] == "mixed_context" and "context_tokens" in wl:
             raise ConfigError(f"config error: {where}.load.workload.context_tokens: not used by mixed_context (give buckets instead)")
@@ -181,13 +182,24 @@ def _check_semantics(cfg: dict) -> None:
 
 
 def load_stack(name: str, stack_dir: Path | None = None) -> dict:
-    """Read and check configs/stacks/<name>.yaml; ConfigError names the file and the key."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ConfigError(f"config error: stacks: invalid stack name {name!r}")
-    path = (stack_dir or STACK_DIR) / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (stack_dir or STACK_DIR).glob("*.yaml"))
-        raise ConfigError(f"config error: stacks: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
+    """Read and check a stack config; ConfigError names the file and the key.
+
+    ``name`` is a file stem in configs/stacks/ (``sim-A``) or a path to a ``.yaml`` file; either way the
+    stack's name (used in cell ids) is the file stem and must be ``[A-Za-z0-9][A-Za-z0-9_-]*``.
+    """
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"config error: stacks: stack config file {name!r} not found")
+    else:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"config error: stacks: invalid stack name {name!r} (letters, digits, _ and -)")
+        path = (stack_dir or STACK_DIR) / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (stack_dir or STACK_DIR).glob("*.yaml"))
+            raise ConfigError(f"config error: stacks: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", path.stem):
+        raise ConfigError(f"{path}: the file name must be a stack name (letters, digits, _ and -)")
     try:
         stack = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -220,7 +232,7 @@ def load_stack(name: str, stack_dir: Path | None = None) -> dict:
     stack.setdefault("health_path", "/health")
     stack.setdefault("startup_timeout_s", 60)
     stack.setdefault("tiered", False)
-    stack["name"] = name
+    stack["name"] = path.stem
     return stack
 
 
@@ -259,7 +271,13 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 raise ConfigError(f"config error: hypotheses.{hyp}: duplicate cell {cid!r} (two roles use the same stack?)")
             seen.add(cid)
             load = copy.deepcopy(h["load"])
-            load.update({k: v for k, v in values.items() if k == "concurrency"})
+            telemetry = dict(cfg["telemetry"])
+            if "concurrency" in values:
+                load["concurrency"] = values["concurrency"]
+            if "context_tokens" in values:
+                load["workload"]["context_tokens"] = values["context_tokens"]
+            if "telemetry_interval_ms" in values:
+                telemetry["interval_ms"] = values["telemetry_interval_ms"]
             if load["workload"]["kind"] == "mixed_context" and not load["workload"].get("buckets"):
                 load["workload"]["buckets"] = copy.deepcopy(H8_DEFAULT_BUCKETS)
             cells.append({
@@ -273,7 +291,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "load": load,
                 "engine": dict(cfg["engine"]),
                 "sim": dict(cfg["sim"]),
-                "telemetry": dict(cfg["telemetry"]),
+                "telemetry": telemetry,
                 "host": cfg["host"],
                 "model": cfg["model"],
                 "model_path": cfg.get("model_path") or cfg["model"],

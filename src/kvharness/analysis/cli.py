@@ -10,7 +10,7 @@ from kvharness.analysis.records import RecordError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hyp", choices=["H0", "H8"], help="hypothesis to analyse")
+    p.add_argument("hyp", choices=["H0", "H7", "H8"], help="hypothesis to analyse")
     p.add_argument("cells", nargs="*", help="cell folders (default: results/<hyp>/cells/*, skipping .tmp/.failed)")
     p.add_argument("--out-dir", help="where the tables go (default results/<hyp>)")
     p.add_argument("--uwork", help="H0 uwork.csv (H8: adds the U_work column)")
@@ -32,6 +32,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.hyp == "H0":
             written = run.analyze_h0(cells, out_dir / "summary.csv", out_dir / "uwork.csv")
+        elif args.hyp == "H7":
+            written = run.analyze_h7(cells, out_dir / "summary.csv")
         else:
             written = run.analyze_h8(cells, out_dir / "summary.csv", out_dir / "hero.png", args.uwork)
     except RecordError as exc:

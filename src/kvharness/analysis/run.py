@@ -17,6 +17,12 @@ def analyze_h0(cell_dirs: Sequence[str | Path], summary_csv: str | Path, uwork_c
     return [write_csv(summary, summary_csv, H0_COLUMNS), write_csv(uwork, uwork_csv, ["stack", "role", "u_work", "u_work_used"])]
 
 
+def analyze_h7(cell_dirs: Sequence[str | Path], summary_csv: str | Path) -> list[Path]:
+    from kvharness.analysis.h7 import H7_COLUMNS, cadence_row, h7_table
+
+    return [write_csv(h7_table([cadence_row(d) for d in cell_dirs]), summary_csv, H7_COLUMNS)]
+
+
 def analyze_h8(cell_dirs: Sequence[str | Path], summary_csv: str | Path, hero_png: str | Path,
                uwork_csv: str | Path | None = None) -> list[Path]:
     from kvharness.report.hero import plot_hero

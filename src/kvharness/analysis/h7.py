@@ -1,0 +1,65 @@
+"""H7: telemetry cadence. What does sampling cost (collector CPU, p99 TTFT impact), and at which
+cadence do tail requests stay attributable to what the machine was doing?
+
+Per cadence: the collector's CPU as % of one core and its achieved interval; p99 TTFT and its change
+against the slowest cadence measured (the least-observed run is the reference); and, for the requests
+at or above the cell's p99 TTFT, the share whose span is covered by present ticks (``tail_covered``)
+and the share that last at least one sampling window, so a tick can resolve them (``tail_resolved``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from kvharness.analysis.cells import cell_row
+from kvharness.analysis.records import read_json, read_jsonl
+from kvharness.stats import pct_delta, percentile
+
+OVERHEAD_LIMIT_PCT = 3.0
+H7_COLUMNS = [
+    "stack", "telemetry_interval_ms", "interval_achieved_median_ms", "interval_achieved_p99_ms", "ticks_missed",
+    "alignment", "collector_cpu_pct_of_core", "overhead_ok", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
+    "p99_impact_pct", "tail_requests", "tail_covered", "tail_resolved",
+]
+
+
+def cadence_row(cell_dir: str | Path) -> dict:
+    from kvharness.telemetry.read import TickIndex, attributable_fraction
+
+    cell_dir = Path(cell_dir)
+    row = cell_row(cell_dir)
+    spec = read_json(cell_dir / "cell.json")
+    collector = read_json(cell_dir / "collector_summary.json")
+    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    ok = [r for r in records if r.get("rc") == 0 and r.get("lat_ttft_ms") is not None]
+    p99 = percentile([r["lat_ttft_ms"] for r in ok], 99)
+    tail = [r for r in ok if p99 is not None and r["lat_ttft_ms"] >= p99]
+    interval_ms = float(spec["telemetry"]["interval_ms"])
+    ticks = TickIndex.from_cell(cell_dir)
+    cpu = collector.get("collector_cpu_pct_of_core")
+    return {
+        **row,
+        "telemetry_interval_ms": interval_ms,
+        "interval_achieved_median_ms": collector.get("interval_achieved_median_ms"),
+        "interval_achieved_p99_ms": collector.get("interval_achieved_p99_ms"),
+        "ticks_missed": collector.get("ticks_missed"),
+        "collector_cpu_pct_of_core": cpu,
+        "overhead_ok": cpu is not None and cpu < OVERHEAD_LIMIT_PCT,
+        "tail_requests": len(tail),
+        "tail_covered": attributable_fraction(tail, ticks) if tail else None,
+        "tail_resolved": (sum(1 for r in tail if r["lat_ttft_ms"] >= interval_ms) / len(tail)) if tail else None,
+    }
+
+
+def h7_table(rows: Sequence[dict]) -> list[dict]:
+    """Rows per stack x cadence, with p99 impact against the stack's slowest cadence."""
+    table = []
+    for stack in sorted({r["stack"] for r in rows}):
+        mine = sorted((r for r in rows if r["stack"] == stack), key=lambda r: r["telemetry_interval_ms"])
+        reference = mine[-1]
+        for r in mine:
+            table.append({**{k: r.get(k) for k in H7_COLUMNS},
+                          "p99_impact_pct": pct_delta(r.get("ttft_ms_p99"), reference.get("ttft_ms_p99")),
+                          "reference_interval_ms": reference["telemetry_interval_ms"]})
+    return table
