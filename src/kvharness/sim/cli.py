@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import os
 import signal
@@ -131,9 +132,18 @@ async def _serve(cfg) -> int:
     server = SimServer(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if os.environ.get("KVSIM_SLOW_CALLBACK_MS"):  # diagnostics: asyncio debug mode logs slower callbacks
+        loop.slow_callback_duration = float(os.environ["KVSIM_SLOW_CALLBACK_MS"]) / 1000
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    # The KV index holds ~10^5 long-lived objects; full collections over them stall the loop for tens of
+    # ms. Nothing in the engine relies on cycle collection, so collect rarely and never the startup heap.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+    # tier-2 I/O threads run a little Python between syscalls; hand the GIL back to the loop quickly
+    sys.setswitchinterval(0.0005)
     try:
         await stop.wait()
     finally:
@@ -147,11 +157,14 @@ def main(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"kvharness sim: {e}", file=sys.stderr)
         return 2
-    try:
-        import uvloop  # noqa: F401
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+    runner = asyncio.run
+    if os.environ.get("KVSIM_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:  # pragma: no cover
+            pass
     try:
         return runner(_serve(cfg))
     except OSError as e:

@@ -40,15 +40,14 @@ class RejectedError(Exception):
 
 
 class Sequence:
-    __slots__ = ("rid", "prompt_ids", "n_prompt", "max_tokens", "hashes", "adapter", "sink", "t_arrival",
+    __slots__ = ("rid", "n_prompt", "max_tokens", "hashes", "adapter", "sink", "t_arrival",
                  "t_ready", "state", "n_computed", "n_gen", "held_hashes", "n_private", "cached_tokens",
                  "cached_set", "t_first", "t_last", "t_admitted", "word_base", "cancelled", "preemptions",
                  "onboard_blocks", "t_queue_s", "lora_pinned", "t_onboard_s", "onboard_tier")
 
-    def __init__(self, rid, prompt_ids, max_tokens, hashes, adapter, sink, t_arrival, t_ready, word_base):
+    def __init__(self, rid, n_prompt, max_tokens, hashes, adapter, sink, t_arrival, t_ready, word_base):
         self.rid = rid
-        self.prompt_ids = prompt_ids
-        self.n_prompt = len(prompt_ids)
+        self.n_prompt = n_prompt
         self.max_tokens = max_tokens
         self.hashes = hashes
         self.adapter = adapter
@@ -102,19 +101,22 @@ class Engine:
         self.modelled_busy_s = 0.0
         self.link_free = {"g1g2": 0.0, "g2g3": 0.0}
         self.completed = 0
-        self.on_complete = None  # callback(seq) after a sequence finished (fault injection hooks in)
+        self.on_complete = None
+        self._t_end = 0.0  # callback(seq) after a sequence finished (fault injection hooks in)
 
     # -- submission -------------------------------------------------------------------------------
-    def submit(self, rid: str, prompt_ids: list[int], max_tokens: int, sink, adapter: str | None = None) -> Sequence:
+    def submit(self, rid: str, tokens: list, max_tokens: int, sink, adapter: str | None = None) -> Sequence:
+        """Queue a request; ``tokens`` are the prompt's words (kvharness.tokens contract) or token ids."""
         now = time.monotonic()  # same clock as loop.time(), without uvloop's per-iteration caching
-        hashes = block_hashes(prompt_ids, self.tpb, adapter)
-        need = self.blocks_for(len(prompt_ids) + max(1, max_tokens))
+        n_prompt = len(tokens)
+        hashes = block_hashes(tokens, self.tpb, adapter)
+        need = self.blocks_for(n_prompt + max(1, max_tokens))
         if need > self.kv.t0.capacity:
             raise RejectedError(400, f"request needs {need} KV blocks of {self.tpb} tokens "
-                                     f"(prompt {len(prompt_ids)} + {max_tokens} output tokens); the device pool "
+                                     f"(prompt {n_prompt} + {max_tokens} output tokens); the device pool "
                                      f"holds {self.kv.t0.capacity}")
         word_base = (hash((self.seed, rid)) & 0xFFFF)
-        seq = Sequence(rid, prompt_ids, max_tokens, hashes, adapter, sink, now,
+        seq = Sequence(rid, n_prompt, max_tokens, hashes, adapter, sink, now,
                        now + self.timing.request_overhead_s / self.speedup, word_base)
         self.waiting.append(seq)
         self._wake.set()
@@ -320,26 +322,31 @@ class Engine:
             if len(decode) >= self.max_batch:
                 break
 
-        # admit from the queue (FIFO, head-of-line)
-        while self.waiting and len(self.running) < self.max_batch:
+        # chunks for sequences already in prefill, in admission order
+        prefill: list[tuple[Sequence, int]] = []
+        for s in self.running:
+            if budget <= 0:
+                break
+            if s.state == PREFILL:
+                chunk = min(s.n_prompt + s.n_gen - s.n_computed, budget)
+                if chunk > 0:
+                    prefill.append((s, chunk))
+                    budget -= chunk
+
+        # admit from the queue (FIFO, head-of-line) only while this step has token budget left, so a
+        # step never admits (and evicts blocks for) more work than it can start
+        while budget > 0 and self.waiting and len(self.running) < self.max_batch:
             head = self.waiting[0]
             if head.t_ready > t_now:
                 break
             if not self._admit(head, t_now):
                 break
             self.waiting.popleft()
-
-        # prefill chunks within the token budget
-        prefill: list[tuple[Sequence, int]] = []
-        for s in self.running:
-            if budget <= 0:
-                break
-            if s.state == PREFILL:
-                target = s.n_prompt + s.n_gen
-                chunk = min(target - s.n_computed, budget)
-                if chunk > 0:
-                    prefill.append((s, chunk))
-                    budget -= chunk
+            remaining = head.n_prompt + head.n_gen - head.n_computed
+            chunk = min(remaining, budget)
+            budget -= chunk  # a loading sequence reserves its share too (it prefills once loaded)
+            if head.state == PREFILL and chunk > 0:
+                prefill.append((head, chunk))
         return decode, prefill
 
     def _pick_victim(self, exclude: Sequence):
@@ -399,36 +406,45 @@ class Engine:
             actual = time.monotonic()
             lag = actual - t_end
             m.step_seconds.observe(dur)
-            emitted = self._complete_step(decode, prefill, actual)
-            m.emission_lag.observe_n(lag, emitted)
+            m.wake_lag.observe(lag)
+            self._t_end = t_end
+            self._complete_step(decode, prefill, actual)
             m.queue_depth.set(len(self.waiting))
             m.running.set(len(self.running))
             m.iteration_latency.observe(dur)
             # next step starts at the modelled end (no drift); rebase only after a gross overrun
             t_start = t_end if lag < 0.050 else actual
 
-    def _complete_step(self, decode, prefill, now: float) -> int:
-        emitted = 0
+    def _complete_step(self, decode, prefill, now: float) -> None:
+        """Write every token of the step first (that is the latency a client sees), then do the
+        bookkeeping: block commits of prefill chunks and the release of finished sequences."""
+        finished: list[Sequence] = []
+        emit = self._emit
+        for s in decode:
+            if s.state == DECODE and not s.cancelled:
+                emit(s, now, finished)
         for s, c in prefill:
             if s.cancelled or s.state != PREFILL:
                 continue
             s.n_computed += c
-            self._commit_blocks(s)
             if s.n_computed >= s.n_prompt + s.n_gen:
                 s.state = DECODE
-                self._emit(s, now)
-                emitted += 1
-        for s in decode:
-            if s.cancelled or s.state != DECODE:
-                continue
-            self._emit(s, now)
-            emitted += 1
-        return emitted
+                emit(s, now, finished)
+        for s, _c in prefill:
+            if not s.cancelled and s.state != DONE:
+                self._commit_blocks(s)
+        for s in finished:
+            self._commit_blocks(s)
+            self._release(s)
+            self.running.remove(s)
+            self.completed += 1
+            self.m.on_finish(s, now)
+            if self.on_complete is not None:
+                self.on_complete(s)
 
-    def _emit(self, s: Sequence, now: float) -> None:
+    def _emit(self, s: Sequence, now: float, finished: list) -> None:
         i = s.n_gen
         s.n_gen += 1
-        word = VOCAB[(s.word_base + i * 7) % len(VOCAB)]
         last = s.n_gen >= s.max_tokens
         if s.t_first is None:
             s.t_first = now
@@ -436,13 +452,8 @@ class Engine:
         else:
             self.m.itl(now - s.t_last)
         s.t_last = now
-        s.sink.token(word, last)
         if last:
             s.state = DONE
-            self._release(s)
-            self.running.remove(s)
-            self.completed += 1
-            self.m.on_finish(s, now)
-            s.sink.finish(s)
-            if self.on_complete is not None:
-                self.on_complete(s)
+            finished.append(s)
+        s.sink.token(VOCAB[(s.word_base + i * 7) % len(VOCAB)], last, s)
+        self.m.emission_lag.observe(time.monotonic() - self._t_end)  # after the write: what the client gets

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from kvharness.sim.metrics import DEFAULT_LATENCY_BUCKETS, TOKEN_BUCKETS, Registry
 
-LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01,
+               0.025, 0.05, 0.1, 0.5, 1.0)
 FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -104,6 +105,7 @@ class SimMetrics:
         self.preemptions = g.counter("kvsim_preemptions_total", "Sequences preempted (recomputed later)")
         self.step_seconds = g.histogram("kvsim_step_seconds", "Modelled engine step time (real-time seconds, before speedup)")
         self.emission_lag = g.histogram("kvsim_emission_lag_seconds", "Actual minus modelled token emission time", buckets=LAG_BUCKETS)
+        self.wake_lag = g.histogram("kvsim_step_wake_lag_seconds", "Engine wake-up minus the modelled end of a step (timer + loop latency)", buckets=LAG_BUCKETS)
         self.queue_seconds = g.histogram("kvsim_queue_seconds", "Arrival to admission (wall seconds)")
         self.prompt_tokens_sim = g.counter("kvsim_prompt_tokens_total", "Prompt tokens received")
         self.cached_tokens_sim = g.counter("kvsim_cached_tokens_total", "Prompt tokens found in any KV tier")

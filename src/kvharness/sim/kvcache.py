@@ -7,26 +7,35 @@ the block is gone. Mode B: it is offloaded to T1 (host, G2); T1's victims go to 
 blocks are real bytes in a file (see ``tier2.py``). Lower tiers are inclusive: an onboarded block stays
 there, so evicting it from T0 again costs nothing.
 
-Block identity is a chained hash: ``h_i = hash((h_{i-1}, tokens of block i))`` with the root seeded by
-the LoRA adapter, so equal prefixes give equal hashes and different adapters never share KV. Python's
-hash of int tuples is not salted per process, so the hashes are stable across runs.
+Block identity is a chained hash: ``h_i = blake2b(h_{i-1} || tokens of block i)`` with the root seeded by
+the LoRA adapter, so equal prefixes give equal hashes, different adapters never share KV, and the
+hashes are the same in every run (no per-process salt).
 """
 
 from __future__ import annotations
 
 import heapq
-import zlib
+from hashlib import blake2b
 from collections import deque
 
 
-def block_hashes(token_ids: list[int], tokens_per_block: int, adapter: str | None = None) -> list[int]:
-    """Chained hashes of every *full* block of ``token_ids``."""
-    h = zlib.crc32(adapter.encode()) if adapter else 0
-    out = []
-    n_full = len(token_ids) // tokens_per_block
+def block_hashes(tokens: list, tokens_per_block: int, adapter: str | None = None) -> list[int]:
+    """Chained 64-bit hashes of every *full* block of ``tokens`` (words per kvharness.tokens, or token ids).
+
+    ``h_i = blake2b(h_{i-1} || block i)``; hashing a block's words directly is equivalent to hashing their
+    CRC32 token ids and ~4x cheaper per request. The root is seeded by the LoRA adapter.
+    """
+    prev = blake2b(adapter.encode(), digest_size=8).digest() if adapter else bytes(8)
+    n_full = len(tokens) // tokens_per_block
+    out: list[int] = []
+    if not n_full:
+        return out
+    words = isinstance(tokens[0], str)
     for i in range(n_full):
-        h = hash((h, tuple(token_ids[i * tokens_per_block:(i + 1) * tokens_per_block])))
-        out.append(h)
+        blk = tokens[i * tokens_per_block:(i + 1) * tokens_per_block]
+        data = "\x1f".join(blk).encode() if words else repr(blk).encode()
+        prev = blake2b(prev + data, digest_size=8).digest()
+        out.append(int.from_bytes(prev, "little", signed=True))
     return out
 
 

@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from kvharness.sim.kvcache import KVCache
 from kvharness.sim.lora import LoraManager, valid_adapter_id
 from kvharness.sim.profiles import TimingModel
 from kvharness.sim.tier2 import Tier2Store
-from kvharness.tokens import chat_prompt_text, token_ids
+from kvharness.tokens import chat_prompt_text, split_words
 
 
 @dataclass
@@ -128,7 +129,7 @@ class StreamSink:
         else:
             self.conn.write_chunk(data)
 
-    def token(self, word: str, last: bool) -> None:
+    def token(self, word: str, last: bool, seq=None) -> None:
         self.n += 1
         if self.n == 1 and self.role_event is not None:
             data = self.role_event + b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last if last else self.tail)
@@ -137,14 +138,14 @@ class StreamSink:
             self.server.metrics.faults.labels("malformed").inc()
         else:
             data = b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last if last else self.tail)
-        self._out(data)
-
-    def finish(self, seq) -> None:
-        tail = b""
+        if not last:
+            self._out(data)
+            return
+        # the last token, the usage chunk and [DONE] leave in one write
         if self.include_usage:
-            tail = b"data: " + (self.usage_head + json.dumps(_usage(seq), separators=(",", ":")) + "}\n\n").encode()
+            data += b"data: " + (self.usage_head + json.dumps(_usage(seq), separators=(",", ":")) + "}\n\n").encode()
         self.conn.lost_callbacks.clear()
-        self._out(tail + b"data: [DONE]\n\n", end=True)
+        self._out(data + b"data: [DONE]\n\n", end=True)
         self.server.request_done(self.endpoint, "stream", "success")
 
 
@@ -157,10 +158,12 @@ class FullSink:
         self.server, self.conn, self.rid, self.model, self.created, self.chat = server, conn, rid, model, created, chat
         self.words: list[str] = []
 
-    def token(self, word: str, last: bool) -> None:
+    def token(self, word: str, last: bool, seq=None) -> None:
         self.words.append(word)
+        if last:
+            self._finish(seq)
 
-    def finish(self, seq) -> None:
+    def _finish(self, seq) -> None:
         text = "".join(w + " " for w in self.words)
         if self.chat:
             body = {"id": self.rid, "object": "chat.completion", "created": self.created, "model": self.model,
@@ -188,6 +191,8 @@ class SimServer:
         self.servers = []
         self.store: Tier2Store | None = None
         self._hanging: list = []
+        self._intake: deque = deque()
+        self._intake_scheduled = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _blocks(self, nbytes: int) -> int:
@@ -262,7 +267,11 @@ class SimServer:
             if req.method != "POST":
                 conn.respond(405, _error_body(405, "use POST"))
                 return
-            self._generate(conn, req, chat=path.endswith("chat/completions"))
+            # parsed later, one request per loop iteration, so a burst of arrivals never delays a step
+            self._intake.append((conn, req, path.endswith("chat/completions")))
+            if not self._intake_scheduled:
+                self._intake_scheduled = True
+                self.loop.call_soon(self._drain_intake)
         elif path == "/health":
             if self.ready:
                 conn.respond(200, json.dumps(self.health()).encode())
@@ -282,6 +291,15 @@ class SimServer:
             conn.respond(200, b'{"status":"live"}')
         else:
             conn.respond(404, _error_body(404, f"no route {path}"))
+
+    def _drain_intake(self) -> None:
+        conn, req, chat = self._intake.popleft()
+        if not conn.closed:
+            self._generate(conn, req, chat)
+        if self._intake:
+            self.loop.call_soon(self._drain_intake)
+        else:
+            self._intake_scheduled = False
 
     def handle_kvbm(self, conn: Connection, req) -> None:
         if req.path == "/metrics":
@@ -355,18 +373,18 @@ class SimServer:
                 msgs = body.get("messages")
                 if not isinstance(msgs, list) or not msgs:
                     raise ValueError("'messages' must be a non-empty list")
-                ids = token_ids(chat_prompt_text(msgs))
+                ids = split_words(chat_prompt_text(msgs))
             else:
                 prompt = body.get("prompt")
                 if isinstance(prompt, list):
                     if prompt and all(isinstance(x, int) for x in prompt):
                         ids = [int(x) & 0xFFFFFFFF for x in prompt]
                     elif len(prompt) == 1 and isinstance(prompt[0], str):
-                        ids = token_ids(prompt[0])
+                        ids = split_words(prompt[0])
                     else:
                         raise ValueError("'prompt' must be a string, a list of one string, or a list of token ids")
                 elif isinstance(prompt, str):
-                    ids = token_ids(prompt)
+                    ids = split_words(prompt)
                 else:
                     raise ValueError("'prompt' is required")
             if not ids:
