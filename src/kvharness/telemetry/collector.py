@@ -41,7 +41,7 @@ class CollectorConfig:
     kv_block_bytes: int | None = None
     duration_s: float | None = None
     scrape_timeout_s: float | None = None
-    scrape_client: str = "stdlib"  # or "httpx"
+    scrape_client: str = "raw"  # raw socket HTTP/1.1 (https falls back to stdlib), "stdlib", "httpx"
     proc_refresh_s: float = 1.0
     late_fraction: float = 0.5  # a tick starting later than this share of an interval is missed
     gpu: object = None  # injected GpuSampler (tests); None = real NVML
@@ -71,10 +71,148 @@ class _ProcFile:
         os.close(self.fd)
 
 
+class RawGet:
+    """A minimal keep-alive HTTP/1.1 GET on a plain socket, for ``http://`` metrics endpoints.
+
+    Per scrape of a 23 kB exposition: ~0.05 ms of CPU against ~0.3 ms for ``http.client`` and ~1.8 ms
+    for ``httpx`` (measured on the 2-core development VM), which is what keeps several sources at 200 ms
+    under 1 % of a core. Handles Content-Length, chunked and read-to-close bodies, an overall deadline,
+    and one retry when a kept-alive connection turns out to be closed by the server.
+    """
+
+    MAX_HEADER = 1 << 16
+
+    def __init__(self, url: str, timeout_s: float):
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        if u.scheme != "http":
+            raise ValueError(f"RawGet speaks plain http only, not {u.scheme!r}")
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or 80
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/plain, */*\r\n"
+                        f"User-Agent: kvharness-sysmon\r\n\r\n").encode("latin-1")
+        self.timeout = timeout_s
+        self.sock = None
+        self._deadline = 0.0
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    def _recv(self) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"scrape exceeded {self.timeout:.3f} s")
+        return self.sock.recv(1 << 18)
+
+    def get(self) -> str:
+        import socket
+
+        for attempt in (0, 1):
+            fresh = self.sock is None
+            if fresh:
+                self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._deadline = time.monotonic() + self.timeout
+            try:
+                self.sock.sendall(self.request)
+                return self._response()
+            except (_PeerClosed, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()  # a kept-alive connection the server had closed: one retry on a fresh one
+                if fresh or attempt:
+                    raise ConnectionError(f"connection closed by the server ({type(exc).__name__})") from None
+            except BaseException:
+                self.close()
+                raise
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    def _response(self) -> str:
+        buf = b""
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(buf) > self.MAX_HEADER:
+                raise ValueError("response header too large")
+            chunk = self._recv()
+            if not chunk:
+                if not buf:
+                    raise _PeerClosed()
+                raise ConnectionError("connection closed inside the response header")
+            buf += chunk
+        head = buf[:end].decode("latin-1").split("\r\n")
+        body = buf[end + 4:]
+        parts = head[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise ValueError(f"bad status line {head[0][:80]!r}")
+        version, status = parts[0], int(parts[1])
+        headers = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        conn = headers.get("connection", "").lower()
+        close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._chunked(body)
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(body) < n:
+                chunk = self._recv()
+                if not chunk:
+                    raise ConnectionError("connection closed inside the response body")
+                body += chunk
+            body = body[:n]
+        else:
+            while True:
+                chunk = self._recv()
+                if not chunk:
+                    break
+                body += chunk
+            close = True
+        if close:
+            self.close()
+        if status >= 400:
+            raise RuntimeError(f"HTTP {status}")
+        charset = "utf-8"
+        ctype = headers.get("content-type", "")
+        if "charset=" in ctype:
+            charset = ctype.split("charset=", 1)[1].split(";")[0].strip().strip('"') or "utf-8"
+        return body.decode(charset, "replace")
+
+    def _chunked(self, buf: bytes) -> bytes:
+        out = []
+        while True:
+            while b"\r\n" not in buf:
+                buf += self._more()
+            line, buf = buf.split(b"\r\n", 1)
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while not (buf.startswith(b"\r\n") or b"\r\n\r\n" in buf):
+                    buf += self._more()
+                return b"".join(out)
+            while len(buf) < size + 2:
+                buf += self._more()
+            out.append(buf[:size])
+            buf = buf[size + 2:]
+
+    def _more(self) -> bytes:
+        chunk = self._recv()
+        if not chunk:
+            raise ConnectionError("connection closed inside a chunked body")
+        return chunk
+
+
+class _PeerClosed(Exception):
+    pass
+
+
 class StdlibGet:
-    """A keep-alive HTTP GET on ``http.client``: about 0.5 ms of CPU per scrape against 1.8 ms for
-    ``httpx.Client.get`` (measured on this 2-core box), which decides whether two or three sources fit in
-    1 % of a core at 200 ms. One retry, only when a kept-alive connection turns out to be stale."""
+    """A keep-alive HTTP GET on ``http.client`` (``--scrape-client stdlib``, and https under ``raw``).
+    One retry, only when a kept-alive connection turns out to be stale."""
 
     def __init__(self, url: str, timeout_s: float):
         import http.client
@@ -142,7 +280,7 @@ class HttpxGet:
 class Scraper:
     """Scrapes every configured source once per tick (one kept-alive connection per source)."""
 
-    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str, client: str = "stdlib"):
+    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str, client: str = "raw"):
         self.sources = dict(sources)
         self.httpx_client = None
         if client == "httpx":
@@ -153,6 +291,9 @@ class Scraper:
             self.getters = {n: HttpxGet(self.httpx_client, u) for n, u in sources.items()}
         elif client == "stdlib":
             self.getters = {n: StdlibGet(u, timeout_s) for n, u in sources.items()}
+        elif client == "raw":
+            self.getters = {n: (RawGet(u, timeout_s) if u.startswith("http://") else StdlibGet(u, timeout_s))
+                            for n, u in sources.items()}
         else:
             raise ValueError(f"unknown scrape client {client!r}")
         self.state = {name: DeltaState() for name in sources}

@@ -31,6 +31,7 @@ Labels = tuple  # sorted (name, value) pairs
 TIER_FIELDS = ("hits", "misses", "hit_tokens", "miss_tokens", "bytes_in", "bytes_out",
                "fetch_p50_ms", "fetch_p95_ms", "fetch_p99_ms", "evictions")
 QUANTILES = (50, 95, 99)
+_QS = tuple(q / 100.0 for q in QUANTILES)
 
 
 @dataclass
@@ -202,17 +203,17 @@ def counter_delta(prev: float | None, cur: float) -> float:
     return cur - prev if cur >= prev else cur
 
 
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus ``histogram_quantile`` on cumulative bucket counts {upper bound: count}; q in 0..1.
+def histogram_quantiles(qs: tuple[float, ...], buckets: dict[float, float]) -> list[float | None]:
+    """Prometheus ``histogram_quantile`` for several q (0..1) on cumulative bucket counts {upper bound: count}.
 
     Linear interpolation inside the bucket (lower bound 0 for the first bucket); a rank in the +Inf
-    bucket returns the highest finite bound. None when the histogram is empty.
+    bucket returns the highest finite bound. None when the histogram is empty or has no +Inf bucket.
     """
     if not buckets:
-        return None
+        return [None] * len(qs)
     les = sorted(buckets)
     if not math.isinf(les[-1]):
-        return None  # malformed: no +Inf bucket
+        return [None] * len(qs)  # malformed: no +Inf bucket
     # enforce monotonic cumulative counts (bucket deltas can be jittery across label sets)
     counts, running = [], 0.0
     for le in les:
@@ -220,19 +221,28 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
         counts.append(running)
     total = counts[-1]
     if total <= 0:
-        return None
-    rank = q * total
-    for i, le in enumerate(les):
-        if counts[i] >= rank:
-            if math.isinf(le):
-                return les[i - 1] if i > 0 else None
-            lo_bound = les[i - 1] if i > 0 else 0.0
-            lo_count = counts[i - 1] if i > 0 else 0.0
-            in_bucket = counts[i] - lo_count
-            if in_bucket <= 0:
-                return le
-            return lo_bound + (le - lo_bound) * (rank - lo_count) / in_bucket
-    return les[-2] if len(les) > 1 else None
+        return [None] * len(qs)
+    out: list[float | None] = []
+    for q in qs:
+        rank = q * total
+        val = les[-2] if len(les) > 1 else None
+        for i, le in enumerate(les):
+            if counts[i] >= rank:
+                if math.isinf(le):
+                    val = les[i - 1] if i > 0 else None
+                else:
+                    lo_bound = les[i - 1] if i > 0 else 0.0
+                    lo_count = counts[i - 1] if i > 0 else 0.0
+                    in_bucket = counts[i] - lo_count
+                    val = le if in_bucket <= 0 else lo_bound + (le - lo_bound) * (rank - lo_count) / in_bucket
+                break
+        out.append(val)
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """One quantile (q in 0..1); see :func:`histogram_quantiles`."""
+    return histogram_quantiles((q,), buckets)[0]
 
 
 def _tier_label(labels: Labels) -> str | None:
@@ -539,14 +549,14 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
         if n is None:
             continue
         section, prefix = target.split(".", 1)
-        qs = {q: histogram_quantile(q / 100.0, merged_hists[n]) for q in QUANTILES}
-        for q, v in qs.items():
+        vals = histogram_quantiles(_QS, merged_hists[n])
+        for q, v in zip(QUANTILES, vals):
             rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
     for i in range(3):
         base = f"kvsim_tier_fetch_seconds{{tier={i}}}"
         if base in merged_hists:
-            for q in QUANTILES:
-                v = histogram_quantile(q / 100.0, merged_hists[base])
+            vals = histogram_quantiles(_QS, merged_hists[base])
+            for q, v in zip(QUANTILES, vals):
                 rec[f"tier{i}"][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
     it = merged_samples.get("trtllm_iter_latency_ms")
     if it:
@@ -556,13 +566,26 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
     return _ints(rec)
 
 
-def _ints(obj):
-    """Integral floats -> int (block and byte counts read as integers in JSON and CSV)."""
-    if isinstance(obj, dict):
-        return {k: _ints(v) for k, v in obj.items()}
-    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
-        return int(obj)
-    return obj
+def _int(v):
+    return int(v) if type(v) is float and v.is_integer() and abs(v) < 2**53 else v
+
+
+def _ints(rec: dict) -> dict:
+    """Integral floats -> int in the count/byte sections (block and byte counts read as integers in
+    JSON and CSV); a flat pass over the known sections, not a recursive walk."""
+    for key in ("tier0", "tier1", "tier2", "server", "sim"):
+        d = rec.get(key)
+        if d:
+            for k, v in d.items():
+                if type(v) is float:
+                    d[k] = _int(v)
+    for key in ("evictions", "prefetches"):
+        rec[key] = _int(rec[key])
+    for d in rec["raw"].values():
+        for k, v in d.items():
+            if type(v) is float:
+                d[k] = _int(v)
+    return rec
 
 
 def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
