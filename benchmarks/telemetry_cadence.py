@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--fake-scrape", action="store_true", help="also scrape a local changing /metrics")
     ap.add_argument("--out-dir", help="keep the collector's outputs here (default: a temporary folder)")
     ap.add_argument("--cpu-limit-pct", type=float, default=1.0)
+    ap.add_argument("--scrape-client", choices=("raw", "stdlib", "httpx"), default="raw")
     args = ap.parse_args()
 
     srv = None
@@ -87,7 +88,7 @@ def main() -> int:
     for s in scrapes:
         argv += ["--scrape", s]
     if scrapes:
-        argv += ["--kv-block-bytes", "2MiB"]
+        argv += ["--kv-block-bytes", "2MiB", "--scrape-client", args.scrape_client]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
@@ -112,7 +113,8 @@ def main() -> int:
         "cpu": cpu_pct is not None and cpu_pct < args.cpu_limit_pct,
     }
     print(f"collector cadence: {args.seconds:g} s at {target:g} ms, sources {s['sources']}"
-          f"{' + procs' if 'procs' in s['source_samples'] else ''}")
+          f"{' + procs' if 'procs' in s['source_samples'] else ''}"
+          f"{f' (scrape client {args.scrape_client})' if scrapes else ''}")
     print(f"  interval median  {med:.3f} ms   (target {target:g} ms +-1 %)   {'ok' if checks['median'] else 'MISS'}")
     print(f"  interval p99     {p99:.3f} ms   (+-10 %)                     {'ok' if checks['p99'] else 'MISS'}"
           f"   max {s['interval_achieved_max_ms']:.3f} ms")

@@ -397,6 +397,7 @@ class Collector:
         got: set[str] = set()
         rec: dict = {"ts": round(ts, 6), "mono_ns": mono_ns, "tick": tick,
                      "lag_ms": round((mono_ns - due_ns) / 1e6, 3)}
+        rec["cpu"] = rec["mem"] = None
         try:
             cpu = host.parse_proc_stat_cpu(files["stat"].read())
             rec["cpu"] = host.cpu_percent(prev["cpu"], cpu) if prev.get("cpu") else None
@@ -404,8 +405,7 @@ class Collector:
             rec["mem"] = host.parse_meminfo(files["meminfo"].read())
             got.add("host")
         except (OSError, ValueError) as exc:
-            rec["cpu"] = rec.get("cpu")
-            rec["host_error"] = str(exc)
+            rec["host_error"] = str(exc)[:200]
         if self.dev.device:
             try:
                 line = host.diskstats_line(files["diskstats"].read(), self.dev.device)
