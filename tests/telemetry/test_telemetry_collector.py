@@ -104,7 +104,7 @@ def test_late_tick_is_missed_not_bunched(tmp_path):
     assert s["ticks_missed"] >= 2 and s["ticks_present"] + s["ticks_missed"] == 12
     assert len(set(ticks)) == len(ticks) and ticks == sorted(ticks)
     # every sample sits near its own due time: no tick was taken late or two ticks back to back
-    assert all(r["lag_ms"] < 50 for r in recs)
+    assert all(r["lag_ms"] <= 25 for r in recs)  # late window = a quarter interval
     gaps = [(b["mono_ns"] - a["mono_ns"]) / 1e6 for a, b in zip(recs, recs[1:])]
     assert min(gaps) > 50
     assert s["alignment_fraction"] == pytest.approx(s["ticks_present"] / 12)

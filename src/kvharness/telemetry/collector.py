@@ -2,7 +2,7 @@
 
 Tick k is due at ``t0 + k * interval`` on the monotonic clock (k = 1, 2, ...; t0 is the priming read, so
 every tick carries a full-interval delta). Sleeping targets the due time, never "interval after the last
-tick", so there is no drift. A tick that cannot start within half an interval of its due time is
+tick", so there is no drift. A tick that cannot start within a quarter interval of its due time is
 **missed**: counted, never written late and never bunched with the next one.
 
 Outputs in ``--out-dir`` (each line flushed as written):
@@ -43,7 +43,7 @@ class CollectorConfig:
     scrape_timeout_s: float | None = None
     scrape_client: str = "raw"  # raw socket HTTP/1.1 (https falls back to stdlib), "stdlib", "httpx"
     proc_refresh_s: float = 1.0
-    late_fraction: float = 0.5  # a tick starting later than this share of an interval is missed
+    late_fraction: float = 0.25  # a tick starting later than this share of an interval is missed
     gpu: object = None  # injected GpuSampler (tests); None = real NVML
 
 
