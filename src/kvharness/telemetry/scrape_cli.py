@@ -38,8 +38,12 @@ def main(args: argparse.Namespace) -> int:
                 return 1
             snap = parse_body(r.text)
             deltas = state.update(snap)
-    rec = map_deltas({"src": deltas}, args.kv_block_bytes)
-    out = {"url": args.url, "interval_ms": args.interval_ms, "kv_block_size_bytes": args.kv_block_bytes, **rec}
+    block = args.kv_block_bytes
+    if block is None and snap is not None and snap.iterations is None:
+        g = snap.gauge_sum("kvsim_kv_block_size_bytes")  # the simulator says its own block size
+        block = int(g) if g else None
+    rec = map_deltas({"src": deltas}, block)
+    out = {"url": args.url, "interval_ms": args.interval_ms, "kv_block_size_bytes": block, **rec}
     if args.raw and snap is not None:
         out["parsed"] = {
             "counters": sorted({k[0] for k in snap.counters}),
