@@ -23,13 +23,15 @@ from pathlib import Path
 from kvharness import stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
-from kvharness.provenance import provenance, scrub, utc_now
+from kvharness.provenance import provenance, scrub, secret_values, utc_now
+from kvharness.units import format_bytes
 from kvharness.stacks.launcher import RunningStack, StackLaunchError, child_popen_kwargs, plan_launch, terminate_group
 
 log = logging.getLogger("kvharness.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ALIGNMENT_GATE = 0.95
+ITL_STALL_SHARE = 0.01  # a cell is flagged when more than 1 % of its token gaps are stalls
 
 
 class CellFailed(RuntimeError):
@@ -118,6 +120,47 @@ def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> in
         return None
 
 
+def check_tier2_space(spec: dict, tier2_dir: Path) -> None:
+    """Refuse to start a tiered stack whose disk tier cannot fit on the tier-2 filesystem.
+
+    Real KVBM allocates its disk cache up front; the simulator writes ``block_bytes_scale`` of it.
+    """
+    if not spec["stack"].get("tiered"):
+        return
+    scale = float(spec["sim"].get("block_bytes_scale", 1.0)) if spec["stack"]["kind"] == "sim" else 1.0
+    need = int(spec["tiers"]["tier2_bytes"] * scale)
+    probe = tier2_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ConfigError(
+            f"tier-2 disk full: {probe} has {format_bytes(free)} free but profile {spec['profile']!r} needs "
+            f"{format_bytes(need)} of tier-2 files (tier2 {format_bytes(spec['tiers']['tier2_bytes'])} x scale {scale:g}); "
+            f"free space, move tier2_root, or shrink profiles.{spec['profile']}.tier2"
+        )
+
+
+def scrub_logs(folder: Path) -> None:
+    """Remove the values of secret-looking environment variables from every log in ``folder``."""
+    if not secret_values():
+        return
+    for log_path in folder.glob("*.log"):
+        text = log_path.read_text(errors="replace")
+        clean = scrub(text)
+        if clean != text:
+            log_path.write_text(clean)
+
+
+def itl_flags(records: list[dict], stall_ms: float) -> dict:
+    """Token gaps longer than ``stall_ms`` (a slow drip, a stalled stream), counted over ok requests."""
+    gaps = [g for r in records if r.get("rc") == 0 for g in (r.get("itl_ms") or [])]
+    stalls = sum(1 for g in gaps if g > stall_ms)
+    share = stalls / len(gaps) if gaps else 0.0
+    return {"itl_stall_ms": stall_ms, "itl_stalls": stalls, "itl_stall_share": round(share, 4),
+            "itl_stalled": share > ITL_STALL_SHARE}
+
+
 def _python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "kvharness", module, *args]
 
@@ -183,6 +226,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
     try:
         load = resolve_load(spec, uwork_csv, h0_cells)
         shutil.rmtree(tier2_dir, ignore_errors=True)
+        check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir)}
@@ -221,12 +265,12 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         log.info("cell %s: load %s x%s for %.1f s", spec["cell"], load["pattern"]["kind"], load["concurrency"], load["duration_s"])
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
-        budget = float(load["duration_s"]) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        budget = load.get("cell_timeout_s") or float(load["duration_s"]) + float(load.get("request_timeout_s", 60.0)) + 30.0
         try:
             loadgen_rc = loadgen.wait(timeout=budget)
         except subprocess.TimeoutExpired:
             loadgen_rc = None
-            failure = f"load generator did not finish within {budget:.0f} s (duration + request timeout + 30 s)"
+            failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
         summary["loadgen_rc"] = loadgen_rc
         dead = stack.dead_process()
         if dead is not None:
@@ -266,6 +310,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         except RecordError:
             collector_summary = None
     summary["quality"] = _quality(collector_summary, summary["collector_rc"])
+    summary["quality"].update(itl_flags(records, float(spec.get("quality", {}).get("itl_stall_ms", 1000.0))))
     if (tmp / "loadgen_summary.json").exists():
         try:
             lg = read_json(tmp / "loadgen_summary.json")
@@ -281,6 +326,8 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         failure = f"no successful request ({summary['requests']['n_requests']} sent, errors: {summary['requests']['error_classes']})"
     if failure is None:
         degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        if summary["quality"]["itl_stalled"]:
+            degraded.append("itl_stalled")
         summary["status"] = "degraded" if degraded else "ok"
         summary["degraded_because"] = degraded
     else:
@@ -289,6 +336,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
     summary["started_utc"] = started
     summary["finished_utc"] = utc_now()
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
+    scrub_logs(tmp)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"],
                                                                         "sim": spec.get("sim")}), indent=2))

@@ -145,6 +145,13 @@ def _check_semantics(cfg: dict) -> None:
             raise ConfigError(
                 f"config error: {where}.profile: unknown profile {h['profile']!r} (defined: {', '.join(cfg['profiles'])})"
             )
+        prof = cfg["profiles"][h["profile"]]
+        tiered = any(load_stack(cfg["stacks"][role]).get("tiered") for role in h["stacks"])
+        if tiered and parse_bytes(prof["tier2"]) < parse_bytes(prof["tier1"]):
+            raise ConfigError(
+                f"config error: profiles.{h['profile']}: impossible tier split for a tiered stack in {hyp}: tier2 "
+                f"({prof['tier2']}) < tier1 ({prof['tier1']}); KVBM is write-through, so the disk tier must hold the host tier"
+            )
         for key, swept in (h.get("sweep") or {}).items():
             if len(set(swept)) != len(swept):
                 dup = sorted({c for c in swept if swept.count(c) > 1})
@@ -292,6 +299,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "engine": dict(cfg["engine"]),
                 "sim": dict(cfg["sim"]),
                 "telemetry": telemetry,
+                "quality": dict(cfg["quality"]),
                 "host": cfg["host"],
                 "model": cfg["model"],
                 "model_path": cfg.get("model_path") or cfg["model"],

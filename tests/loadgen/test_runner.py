@@ -42,7 +42,7 @@ def test_closed_loop_records_and_exact_prompt_length(server):
         assert CONTRACT_FIELDS <= set(r)
         assert r["rc"] == 0 and r["prompt_tokens"] == 64 and r["output_tokens"] == 4
         assert r["stack"] == "test" and r["concurrency"] == 4
-        assert 20 <= r["lat_ttft_ms"] < 60 and len(r["itl_ms"]) == 3
+        assert 20 <= r["lat_ttft_ms"] < 1000 and len(r["itl_ms"]) == 3  # wide: CI machines are shared
         assert r["lat_ttfb_ms"] <= r["lat_ttft_ms"] <= r["lat_e2e_ms"]
     assert server.max_open <= 4
     # the nonce is the FIRST word and differs per request
@@ -58,10 +58,10 @@ def test_nonce_none_gives_identical_prompts(server):
 
 
 def test_chat_role_first_event_ignored(server):
-    server.behaviour.update(ttft_s=0.03, role_first=True)
+    server.behaviour.update(ttft_s=0.1, role_first=True)
     _, _, recs = run(spec_for(server, endpoint="chat", max_requests=4))
     for r in recs:
-        assert r["lat_ttfb_ms"] < 20 < r["lat_ttft_ms"]
+        assert r["lat_ttfb_ms"] + 30 < r["lat_ttft_ms"] and r["lat_ttft_ms"] >= 100
         assert r["prompt_tokens"] == 64  # "<user>" + 63 words
 
 
@@ -211,12 +211,13 @@ def test_thousand_concurrent_users_no_cap_no_fd_error(server):
 
 @pytest.mark.parametrize("transport", ["raw", "aiohttp"])
 def test_transports_agree(server, transport):
-    server.behaviour.update(ttft_s=0.02, itl_s=0.005, cached_tokens=0)
+    server.behaviour.update(ttft_s=0.1, itl_s=0.005, cached_tokens=0)
     _, summary, recs = run(spec_for(server, transport=transport, max_requests=8, endpoint="chat"))
     assert summary["n_ok"] == 8
     for r in recs:
-        assert 20 <= r["lat_ttft_ms"] < 60 and len(r["itl_ms"]) == 3 and r["output_tokens"] == 4
-        assert r["lat_ttfb_ms"] < 15  # the role-only first event is the first byte, not the first token
+        assert 100 <= r["lat_ttft_ms"] < 2000 and len(r["itl_ms"]) == 3 and r["output_tokens"] == 4
+        # the role-only first event is the first byte, not the first token
+        assert r["lat_ttfb_ms"] + 30 < r["lat_ttft_ms"]
 
 
 def test_poisson_open_loop_sends_on_schedule(server):
