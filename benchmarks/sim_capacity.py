@@ -52,11 +52,13 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--output", type=int, default=16)
+    ap.add_argument("--tier1", default="8GiB")
+    ap.add_argument("--tier2", default="64GiB")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kvsim-cap-") as t2:
         mport = free_port()
         args = ["--mode", "B", "--speedup", str(a.speedup), "--max-batch-size", str(a.streams),
-                "--tier0-bytes", "40GiB", "--tier1-bytes", "8GiB", "--tier2-bytes", "64GiB", "--tier2-dir", t2,
+                "--tier0-bytes", "40GiB", "--tier1-bytes", a.tier1, "--tier2-bytes", a.tier2, "--tier2-dir", t2,
                 "--metrics-port", str(mport)]
         with sim_process(args) as (base, proc, _):
             p = psutil.Process(proc.pid)
@@ -70,6 +72,8 @@ def main() -> int:
     lag50, _ = hist_quantile(before, after, "kvsim_emission_lag_seconds", 0.50)
     wake99, _ = hist_quantile(before, after, "kvsim_step_wake_lag_seconds", 0.99)
     cores = (cpu1 - cpu0) / (w1 - w0)
+    work99, _ = hist_quantile(before, after, "kvsim_step_work_seconds", 0.99)
+    late99, _ = hist_quantile(before, after, "kvsim_timer_late_seconds", 0.99)
     tokens = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in ok)
     print(f"sim-B, {a.streams} closed-loop streams, {a.context}-token prompts, {a.output} output tokens, "
           f"speedup {a.speedup:g}, {w1 - w0:.1f} s")
@@ -77,7 +81,8 @@ def main() -> int:
           f"TTFT p50 {pct([r['ttft'] for r in ok], 50) * 1e3:.0f} ms")
     print(f"  emission lag (actual - modelled) over {n} tokens: p50 {lag50 * 1e3:.2f} ms, p99 {lag99 * 1e3:.2f} ms "
           f"(limit 5 ms); step wake-up lag p99 {wake99 * 1e3:.2f} ms")
-    print(f"  sim CPU: {cores:.2f} cores (limit 1.0)")
+    print(f"  sim CPU: {cores:.2f} cores (limit 1.0); engine work per step p99 {work99 * 1e3:.2f} ms; "
+          f"loop timer lateness p99 {late99 * 1e3:.2f} ms")
     passed = lag99 < 0.005 and cores < 1.0 and len(ok) == len(recs) and n > 0
     print("capacity:", "OK" if passed else "FAIL")
     return 0 if passed else 1

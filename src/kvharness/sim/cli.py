@@ -142,6 +142,8 @@ async def _serve(cfg) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+    if os.environ.get("KVSIM_GC") == "off":
+        gc.disable()
     # tier-2 I/O threads run a little Python between syscalls; hand the GIL back to the loop quickly
     sys.setswitchinterval(0.0005)
     try:

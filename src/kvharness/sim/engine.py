@@ -23,6 +23,7 @@ from collections import deque
 from kvharness.sim.kvcache import KVCache, block_hashes
 
 WAITING, LOADING, PREFILL, DECODE, DONE = range(5)
+WAKE_EARLY_S = 0.0015
 
 VOCAB = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by",
          "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had",
@@ -102,7 +103,8 @@ class Engine:
         self.link_free = {"g1g2": 0.0, "g2g3": 0.0}
         self.completed = 0
         self.on_complete = None
-        self._t_end = 0.0  # callback(seq) after a sequence finished (fault injection hooks in)
+        self._t_end = 0.0
+        self._t_woke = 0.0  # callback(seq) after a sequence finished (fault injection hooks in)
 
     # -- submission -------------------------------------------------------------------------------
     def submit(self, rid: str, tokens: list, max_tokens: int, sink, adapter: str | None = None) -> Sequence:
@@ -379,6 +381,7 @@ class Engine:
                 except asyncio.TimeoutError:
                     pass
                 t_start = time.monotonic()
+                self._t_woke = 0.0
                 continue
 
             ctx = 0
@@ -394,13 +397,23 @@ class Engine:
             if self.jitter:
                 dur *= min(1.7, max(0.3, self.rng.gauss(1.0, self.jitter)))
             t_end = t_start + dur / self.speedup
+            if self._t_woke:
+                m.step_work.observe(time.monotonic() - self._t_woke)
             fut = loop.create_future()
-            h = loop.call_at(t_end, fut.set_result, None)
+            # event-loop timers are millisecond-granular (libuv) and fire late by up to ~1 ms: wake a
+            # little early, then sleep the last stretch precisely (blocks the loop < WAKE_EARLY_S)
+            h = loop.call_at(t_end - WAKE_EARLY_S, fut.set_result, None)
             try:
                 await fut
             except asyncio.CancelledError:
                 h.cancel()
                 raise
+            t_fired = time.monotonic()
+            m.timer_late.observe(t_fired - (t_end - WAKE_EARLY_S))
+            rest = t_end - t_fired
+            if rest > 0:
+                time.sleep(rest)
+            self._t_woke = time.monotonic()
             self.steps += 1
             self.modelled_busy_s += dur
             actual = time.monotonic()

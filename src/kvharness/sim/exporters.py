@@ -106,6 +106,8 @@ class SimMetrics:
         self.step_seconds = g.histogram("kvsim_step_seconds", "Modelled engine step time (real-time seconds, before speedup)")
         self.emission_lag = g.histogram("kvsim_emission_lag_seconds", "Actual minus modelled token emission time", buckets=LAG_BUCKETS)
         self.wake_lag = g.histogram("kvsim_step_wake_lag_seconds", "Engine wake-up minus the modelled end of a step (timer + loop latency)", buckets=LAG_BUCKETS)
+        self.step_work = g.histogram("kvsim_step_work_seconds", "Engine CPU work between waking from a step and sleeping for the next (writes, bookkeeping, scheduling)", buckets=LAG_BUCKETS)
+        self.timer_late = g.histogram("kvsim_timer_late_seconds", "How late the event loop fired the engine's step timer", buckets=LAG_BUCKETS)
         self.queue_seconds = g.histogram("kvsim_queue_seconds", "Arrival to admission (wall seconds)")
         self.prompt_tokens_sim = g.counter("kvsim_prompt_tokens_total", "Prompt tokens received")
         self.cached_tokens_sim = g.counter("kvsim_cached_tokens_total", "Prompt tokens found in any KV tier")

@@ -15,8 +15,8 @@ hashes are the same in every run (no per-process salt).
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict, deque
 from hashlib import blake2b
-from collections import deque
 
 
 def block_hashes(tokens: list, tokens_per_block: int, adapter: str | None = None) -> list[int]:
@@ -53,14 +53,21 @@ class Entry:
 
 
 class TierIndex:
-    """Hashed blocks of one tier; unreferenced ones form the eviction order (lazy-deletion heap)."""
+    """Hashed blocks of one tier; unreferenced ones form the eviction order.
+
+    LRU keeps that order in an OrderedDict (O(1) per operation, the hot path: a full pool evicts and
+    offloads a block per allocated block). LFU and FIFO use a lazy-deletion heap keyed by (hits, last
+    use) and insertion order respectively.
+    """
 
     def __init__(self, name: str, capacity: int, policy: str):
         if policy not in ("lru", "lfu", "fifo"):
             raise ValueError(f"eviction policy must be lru, lfu or fifo, got {policy!r}")
         self.name, self.capacity, self.policy = name, int(capacity), policy
         self.entries: dict[int, Entry] = {}
-        self._heap: list = []
+        self._lru = policy == "lru"
+        self._order: OrderedDict = OrderedDict()   # lru: evictable hashes, oldest first
+        self._heap: list = []                      # lfu/fifo
         self.n_evictable = 0
         self._tick = 0
 
@@ -71,15 +78,17 @@ class TierIndex:
         return h in self.entries
 
     def _key(self, e: Entry):
-        if self.policy == "lru":
-            return e.last
         if self.policy == "lfu":
             return (e.hits, e.last)
         return e.inserted
 
     def _push(self, h: int, e: Entry) -> None:
-        e.ver += 1
-        heapq.heappush(self._heap, (self._key(e), e.ver, h))
+        if self._lru:
+            self._order[h] = None
+            self._order.move_to_end(h)
+        else:
+            e.ver += 1
+            heapq.heappush(self._heap, (self._key(e), e.ver, h))
 
     def add(self, h: int, ref: int = 0) -> Entry:
         self._tick += 1
@@ -99,7 +108,10 @@ class TierIndex:
         e.last = self._tick
         if e.ref == 0:
             self.n_evictable -= 1
-            e.ver += 1  # invalidates its heap item
+            if self._lru:
+                del self._order[h]
+            else:
+                e.ver += 1  # invalidates its heap item
         e.ref += 1
         return e
 
@@ -120,6 +132,12 @@ class TierIndex:
             self._push(h, e)
 
     def pop_victim(self):
+        if self._lru:
+            if not self._order:
+                return None
+            h, _ = self._order.popitem(last=False)
+            self.n_evictable -= 1
+            return h, self.entries.pop(h)
         heap = self._heap
         while heap:
             _, ver, h = heapq.heappop(heap)
@@ -131,7 +149,7 @@ class TierIndex:
         return None
 
     def compact(self) -> None:
-        if len(self._heap) > 4 * (self.n_evictable + 64):
+        if not self._lru and len(self._heap) > 4 * (self.n_evictable + 64):
             self._heap = [(k, v, h) for (k, v, h) in self._heap
                           if (e := self.entries.get(h)) is not None and e.ref == 0 and e.ver == v]
             heapq.heapify(self._heap)

@@ -14,6 +14,7 @@ import asyncio
 import mmap
 import os
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,7 @@ class Tier2Store:
         self.reads = 0
         self.io_threads = io_threads
         self._batch = None
+        self._tls = threading.local()
 
     def _probe(self) -> None:
         buf = mmap.mmap(-1, ALIGN)
@@ -80,47 +82,59 @@ class Tier2Store:
             self._free.append(slot)
 
     # -- I/O (thread side) ------------------------------------------------------------------------
-    @staticmethod
-    def _runs(items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """Group (slot, hash) pairs into runs of consecutive slots: one syscall per run."""
+    IO_BATCH = 32  # blocks per syscall at most (KVBM's offload batch size)
+
+    def _runs(self, items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Group (slot, hash) pairs into runs of consecutive slots (<= IO_BATCH): one syscall per run."""
         runs: list[list[tuple[int, int]]] = []
+        cap = self.IO_BATCH
         for slot, h in sorted(items):
-            if runs and runs[-1][-1][0] + 1 == slot:
+            if runs and runs[-1][-1][0] + 1 == slot and len(runs[-1]) < cap:
                 runs[-1].append((slot, h))
             elif not (runs and runs[-1][-1][0] == slot):
                 runs.append([(slot, h)])
         return runs
 
+    def _buffer(self) -> mmap.mmap:
+        """A page-aligned buffer per I/O thread, allocated and faulted in once: no mmap/munmap per I/O
+        (those take the address-space lock and stall the event-loop thread)."""
+        buf = getattr(self._tls, "buf", None)
+        if buf is None:
+            buf = mmap.mmap(-1, self.slot_bytes * self.IO_BATCH)
+            buf.write(bytes(len(buf)))
+            self._tls.buf = buf
+        return buf
+
     def _write_many_sync(self, items: list[tuple[int, int]]) -> float:
         sb = self.slot_bytes
+        buf = self._buffer()
         t = time.perf_counter()
         for run in self._runs(items):
-            buf = mmap.mmap(-1, sb * len(run))
             for i, (_slot, h) in enumerate(run):
-                buf[i * sb:i * sb + 8] = struct.pack("<q", h)
+                struct.pack_into("<q", buf, i * sb, h)
             off = run[0][0] * sb
-            os.pwritev(self.fd, [buf], off)
+            n = sb * len(run)
+            os.pwritev(self.fd, [memoryview(buf)[:n]], off)
             if not self.direct:
                 os.fdatasync(self.fd)
-                os.posix_fadvise(self.fd, off, sb * len(run), os.POSIX_FADV_DONTNEED)
-            buf.close()
+                os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
         return time.perf_counter() - t
 
     def _read_sync(self, items: list[tuple[int, int]]) -> tuple[float, int]:
         """Read each (slot, hash), verifying the hash; returns (seconds, verify failures)."""
         sb = self.slot_bytes
+        buf = self._buffer()
         fails = 0
         t = time.perf_counter()
         for run in self._runs(items):
-            buf = mmap.mmap(-1, sb * len(run))
             off = run[0][0] * sb
+            n = sb * len(run)
             if not self.direct:
-                os.posix_fadvise(self.fd, off, sb * len(run), os.POSIX_FADV_DONTNEED)
-            os.preadv(self.fd, [buf], off)
+                os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
+            os.preadv(self.fd, [memoryview(buf)[:n]], off)
             for i, (_slot, h) in enumerate(run):
                 if struct.unpack_from("<q", buf, i * sb)[0] != h:
                     fails += 1
-            buf.close()
         return time.perf_counter() - t, fails
 
     # -- loop side --------------------------------------------------------------------------------
