@@ -17,6 +17,8 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
+from functools import partial
 from typing import IO
 
 import aiohttp
@@ -30,6 +32,7 @@ from kvharness.loadgen.workloads import Request, Workload, make_workload
 from kvharness.stats import is_ok, summarize_requests
 
 NS = 1_000_000_000
+BOOKKEEP_PER_TURN = 8  # completed requests parsed and recorded per event-loop turn
 SPIN_NS = 1_000_000  # the last millisecond before a due send is waited by yielding, not by a timer
 _monotonic_ns = time.monotonic_ns
 _dumps = json.dumps
@@ -67,6 +70,14 @@ class Runner:
         self.signal_name: str | None = None
         self.selfcheck = SelfCheck()
         self._sleeper: asyncio.Future | None = None
+        self._backlog: deque = deque()
+        self._backlog_wakeup: asyncio.Future | None = None
+        self._last_end_ns = 0
+        self.in_flight: set = set()  # exchanges written by the scheduler, completed by callback
+        self._idle_waiter: asyncio.Future | None = None
+        self._aborted = False
+        self.prebuild_target = 0
+        self.max_backlog = 0
         self._stopping = False
         self.labels = dict(spec.get("labels") or {})
         if "concurrency" not in self.labels:
@@ -89,8 +100,13 @@ class Runner:
     def on_signal(self, signame: str) -> None:
         self.signal_name = signame
         self.request_stop(f"signal {signame}")
+        self._aborted = True
         for t in list(self.tasks):
             t.cancel()
+        for ex in list(self.in_flight):
+            ex.future.cancel()  # its callback drops it: an interrupted request is not a record
+            ex.conn.abort()
+        self._check_idle()
 
     async def _sleep_until(self, t_ns: int) -> None:
         """Wait until ``t_ns``: a timer to within SPIN_NS of it (event-loop timers are millisecond-grained),
@@ -126,6 +142,46 @@ class Runner:
         finally:
             if sem is not None:
                 sem.release()
+        self._after_response(ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns)
+
+    def _on_sent_done(self, ticket: Ticket, req: Request, timer: StreamTimer, ex: _Exchange,
+                      fut: asyncio.Future) -> None:
+        """Completion callback of a request the scheduler wrote itself (no task per request)."""
+        self.in_flight.discard(ex)
+        ex.handle.cancel()
+        if self._aborted or fut.cancelled():
+            self._check_idle()
+            return
+        exc = fut.exception()
+        if exc is None:
+            if ex.status != 200:
+                rc, cls, err, end_ns = (ex.status, f"http_{ex.status}",
+                                        ex.error_body[:200].decode("utf-8", "replace"), _monotonic_ns())
+            elif not ex.parts and self.stream and not timer.done and timer.usage is None:
+                rc, cls, err, end_ns = -1, "disconnect", "stream ended before [DONE]", None
+            else:
+                rc, cls, err, end_ns = 0, None, None, None
+            self._after_response(ticket, req, timer, ex, ex.sent_ns, rc, cls, err, end_ns)
+        elif isinstance(exc, TransportError):
+            if ex.reused and not ex.got_bytes and exc.error_class == "disconnect":
+                # the server had closed this idle keep-alive connection: once more on a fresh one
+                task = asyncio.get_running_loop().create_task(
+                    self._one(ticket, req, _monotonic_ns(), StreamTimer(req.keep_text), None))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            else:
+                self._after_response(ticket, req, timer, None, ex.sent_ns, -1, exc.error_class, str(exc)[:200],
+                                     _monotonic_ns())
+        else:  # pragma: no cover - the protocol only raises TransportError
+            self._after_response(ticket, req, timer, None, ex.sent_ns, -1, "client_error", repr(exc)[:200],
+                                 _monotonic_ns())
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.in_flight and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    def _after_response(self, ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns) -> None:
         end_hint = end_ns
         if end_hint is None:
             end_hint = (ex.last_read_ns if ex is not None else None) or timer.last_event_ns or _monotonic_ns()
@@ -134,11 +190,42 @@ class Runner:
         if counted:
             self._note_error()
         if defer:
-            # the pattern learns the end now and the scheduler sends the next requests before this
-            # one's bookkeeping (SSE parsing, the record) runs: completions arriving together do not
-            # delay each other's successors
+            # The pattern learns the end now and the scheduler sends the next requests before this
+            # one's bookkeeping (SSE parsing, the record) runs; the bookkeeping queue is worked off a
+            # few records per loop turn so that reads of other streams are stamped in between.
             self.pattern.completed(ticket, end_hint, rc == 0)
+            self._backlog.append((ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted))
+            if len(self._backlog) > self.max_backlog:
+                self.max_backlog = len(self._backlog)
+            if self._backlog_wakeup is not None and not self._backlog_wakeup.done():
+                self._backlog_wakeup.set_result(None)
+            return
+        self._bookkeep(ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted)
+        self.pattern.completed(ticket, self._last_end_ns, rc == 0)
+
+    async def _backlog_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        backlog = self._backlog
+        while True:
+            if not backlog:
+                self._backlog_wakeup = loop.create_future()
+                await self._backlog_wakeup
+                self._backlog_wakeup = None
+                await asyncio.sleep(0)  # let the scheduler send first
+            # a few per turn keeps reads of other streams promptly stamped; a growing backlog (the
+            # client is saturated) is worked off faster, which throttles sending instead of hiding debt
+            n = len(backlog)
+            for _ in range(n if n <= BOOKKEEP_PER_TURN else max(BOOKKEEP_PER_TURN, n // 2)):
+                self._bookkeep(*backlog.popleft())
+            if not backlog and self.prebuild_target:
+                self.workload.prebuild(min(self.prebuild_target, len(self.workload._prebuilt) + BOOKKEEP_PER_TURN))
             await asyncio.sleep(0)
+
+    def _drain_backlog(self) -> None:
+        while self._backlog:
+            self._bookkeep(*self._backlog.popleft())
+
+    def _bookkeep(self, ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted) -> None:
         if ex is not None and ex.parts:
             try:
                 ex.feed_timer()
@@ -158,9 +245,8 @@ class Runner:
             rc, error_class, error = -1, "parse", "usage reports output tokens but no event carried text"
         if rc != 0 and not counted:  # found only while parsing the stream
             self._note_error()
+        self._last_end_ns = rec["end_ns"]
         self._finish(ticket, req, rec, sent_ns, rc, error_class, error, timer)
-        if not defer:
-            self.pattern.completed(ticket, rec["end_ns"], rc == 0)
 
     async def _send_raw(self, req: Request, timer: StreamTimer, ex: _Exchange | None):
         """(rc, error_class, error, end_ns or None, exchange) over the raw protocol pool."""
@@ -283,9 +369,13 @@ class Runner:
         if self.session is None:
             n = cap if cap is not None else 16
             self.preconnected = await self.pool.preconnect(n, min(10.0, self.timeout_s))
+        if self.workload.ticket_free:
+            self.prebuild_target = min(256, max(16, cap or 64))
+            self.workload.prebuild(self.prebuild_target)
         gc.collect()
         gc.freeze()  # start-up objects (imports, spec) never need scanning again
         self.selfcheck.start()
+        worker = loop.create_task(self._backlog_worker())
         try:
             self.t0_ns = _monotonic_ns() + 1_000_000
             self.wall0 = time.time() + 0.001
@@ -314,20 +404,37 @@ class Runner:
                     break
                 ticket.seq = self.n_sent
                 self.n_sent += 1
-                req = self.workload.build(ticket)
+                req = self.workload.next_request(ticket)
                 timer = StreamTimer(req.keep_text)
-                # send right here when a keep-alive connection is idle (no task hop before the write)
+                # send right here when a keep-alive connection is idle: no task, no loop turn before the write
                 ex = self.pool.begin(req.path, req.body, timer, self.stream, self.timeout_s) if presend else None
-                task = loop.create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                if ex is not None and not req.keep_text:
+                    self.selfcheck.record_send_lag((ex.sent_ns - ticket.sched_ns) / 1e6)
+                    self.in_flight.add(ex)
+                    ex.future.add_done_callback(partial(self._on_sent_done, ticket, req, timer, ex))
+                else:
+                    task = loop.create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
                 if max_requests is not None and self.n_sent >= max_requests:
                     self.stop_reason = "max_requests"
                     break
             self.pattern.stop()
-            if self.tasks:
-                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            while self.tasks or self.in_flight:
+                if self.in_flight:
+                    self._idle_waiter = loop.create_future()
+                    await self._idle_waiter
+                    self._idle_waiter = None
+                if self.tasks:
+                    await asyncio.gather(*list(self.tasks), return_exceptions=True)
         finally:
+            worker.cancel()
+            try:
+                await worker
+            except asyncio.CancelledError:
+                pass
+            self._drain_backlog()
+            self.run_wall_s = (_monotonic_ns() - self.t0_ns) / NS
             if self.session is not None:
                 await self.session.close()
             else:
@@ -357,6 +464,8 @@ class Runner:
             "n_excluded_warmup": sum(1 for r in records if r.get("window") == "warmup"),
             "n_excluded_cooldown": sum(1 for r in records if r.get("window") == "cooldown"),
             "n_sent": self.n_sent,
+            "run_wall_s": getattr(self, "run_wall_s", None),
+            "max_backlog": self.max_backlog,
             "n_cancelled": self.n_sent - self.n_done,
             "stop_reason": self.stop_reason,
             "interrupted": self.signal_name,

@@ -16,6 +16,7 @@ import bisect
 import itertools
 import json
 import random
+from collections import deque
 from typing import Any
 
 VOCAB = (
@@ -186,19 +187,45 @@ class Workload:
             labels["prefix_group"] = group
         return Request(self.path, json.dumps(body).encode(), labels)
 
+    #: True when a request does not depend on its ticket, so requests can be built ahead of time
+    ticket_free = False
+
     def build(self, ticket) -> Request:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def next_request(self, ticket) -> Request:
+        """The request for ``ticket``: a prebuilt one when available (keeps JSON encoding off the
+        send path), else built now."""
+        pre = getattr(self, "_prebuilt", None)
+        if pre:
+            return pre.popleft()
+        return self.build(ticket)
+
+    def prebuild(self, n: int) -> int:
+        """Build up to ``n`` requests ahead (ticket-free workloads only); returns how many are ready."""
+        if not self.ticket_free:
+            return 0
+        pre = getattr(self, "_prebuilt", None)
+        if pre is None:
+            pre = self._prebuilt = deque()
+        while len(pre) < n:
+            pre.append(self.build(None))
+        return len(pre)
 
     def completed(self, ticket, request: Request, ok: bool, text: str) -> None:
         """Called when a request finished (sessions append the reply to their history)."""
 
 
 class FixedContext(Workload):
+    ticket_free = True
+
     def build(self, ticket) -> Request:
         return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": None})
 
 
 class MixedContext(Workload):
+    ticket_free = True
+
     def __init__(self, spec: dict):
         super().__init__(spec)
         self.buckets = self.w["buckets"]
