@@ -83,3 +83,37 @@ def test_slo_goodput_in_summary(server, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(summ.read_text())
     assert s["good_fraction"] == 0.0 and s["goodput_req_s"] == 0.0 and s["n_ok"] == 6
+
+
+@pytest.mark.parametrize("pattern", [{"kind": "closed", "concurrency": 5}, {"kind": "poisson", "rate": 100.0}])
+def test_workers_split_the_load(server, tmp_path, pattern):
+    spec = tmp_path / "load.json"
+    spec.write_text(json.dumps({"base_url": server.base_url, "model": "m", "workers": 2, "duration_s": 1.0,
+                                "pattern": pattern, "labels": {"stack": "w"},
+                                "workload": {"kind": "fixed_context", "context_tokens": 8, "output_tokens": 2}}))
+    out, summ = tmp_path / "m.jsonl", tmp_path / "s.json"
+    r = loadgen("--spec", str(spec), "--out", str(out), "--summary-out", str(summ))
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]  # every line is whole JSON
+    s = json.loads(summ.read_text())
+    assert s["workers"] == 2 and s["n_records"] == len(recs) > 0 and s["n_errors"] == 0
+    assert len({x["request_id"].split("-")[0] for x in recs}) == 2
+    if pattern["kind"] == "closed":
+        assert sorted({x["concurrency"] for x in recs}) == [2, 3]
+    else:
+        assert 60 <= len(recs) <= 140
+
+
+def test_workers_trace_keeps_timestamps(server, tmp_path):
+    rows = [{"timestamp": 50 * i, "input_length": 10, "output_length": 1, "hash_ids": [i]} for i in range(6)]
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    spec = tmp_path / "load.json"
+    spec.write_text(json.dumps({"base_url": server.base_url, "model": "m", "workers": 2,
+                                "pattern": {"kind": "trace", "path": str(trace)}, "workload": {"kind": "trace"}}))
+    out = tmp_path / "m.jsonl"
+    r = loadgen("--spec", str(spec), "--out", str(out), "--summary-out", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    recs = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda x: x["sched_ns"])
+    assert [x["trace_ts_ms"] for x in recs] == [0, 50, 100, 150, 200, 250]
+    assert [round((x["sched_ns"] - recs[0]["sched_ns"]) / 1e6) for x in recs] == [0, 50, 100, 150, 200, 250]

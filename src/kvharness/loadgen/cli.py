@@ -125,14 +125,20 @@ def main(args: argparse.Namespace) -> int:
     from kvharness.loadgen.progress import RichProgress, want_progress
     from kvharness.loadgen.runner import Runner
 
-    progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     runner_ctx, loop_name = _event_loop_runner()
-    with open(args.out, "w", encoding="utf-8") as out:
-        runner = Runner(spec, out, pattern=pattern, progress=progress)
-        with runner_ctx as loop_runner:
-            summary = loop_runner.run(runner.run())
+    if spec["workers"] > 1:
+        from kvharness.loadgen.workers import run_workers
+
+        summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
+    else:
+        progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
+        with open(args.out, "w", encoding="utf-8") as out:
+            runner = Runner(spec, out, pattern=pattern, progress=progress)
+            with runner_ctx as loop_runner:
+                summary = loop_runner.run(runner.run())
+        signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
     if args.summary_out:
         _write_json_atomic(args.summary_out, summary)
@@ -143,11 +149,11 @@ def main(args: argparse.Namespace) -> int:
         print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
               f"{summary.get('send_lag_ms_p99')} ms, CPU {summary.get('client_cpu_pct'):.0f} % of a core); "
               "latencies include client delay", file=sys.stderr)
-    if runner.signal_name == "SIGINT":
+    if signal_name == "SIGINT":
         return 130
-    if runner.signal_name == "SIGTERM":
+    if signal_name == "SIGTERM":
         return 143
-    if runner.stop_reason == "max_errors":
-        print(f"kvharness loadgen: stopped after {runner.n_errors} errors (max_errors)", file=sys.stderr)
+    if stop_reason == "max_errors":
+        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors (max_errors)", file=sys.stderr)
         return 3
     return 0

@@ -53,8 +53,9 @@ def raise_nofile_limit(needed: int) -> tuple[int, int]:
 
 class Runner:
     def __init__(self, spec: dict, out: IO[str], pattern: LoadPattern | None = None,
-                 workload: Workload | None = None, progress=None):
+                 workload: Workload | None = None, progress=None, start_at_ns: int | None = None):
         self.spec = spec
+        self.start_at_ns = start_at_ns  # a common start for the workers of one run
         self.out = out
         self.pattern = pattern or make_pattern(spec)
         self.workload = workload or make_workload(spec)
@@ -377,8 +378,10 @@ class Runner:
         self.selfcheck.start()
         worker = loop.create_task(self._backlog_worker())
         try:
-            self.t0_ns = _monotonic_ns() + 1_000_000
-            self.wall0 = time.time() + 0.001
+            now = _monotonic_ns()
+            self.t0_ns = max(self.start_at_ns or 0, now + 1_000_000)
+            self.wall0 = time.time() + (self.t0_ns - now) / NS
+            await self._sleep_until(self.t0_ns)
             duration = spec["duration_s"]
             end_ns = self.t0_ns + int(duration * NS) if duration else None
             self.measure_start_ns = self.t0_ns + int(spec["warmup_s"] * NS)

@@ -328,6 +328,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "extra_body": (mapping(), {}),
     "progress": (string(("auto", "on", "off")), "auto"),
     "transport": (string(("raw", "aiohttp")), "raw"),
+    "workers": (integer(1), 1),
 }
 
 
