@@ -99,7 +99,8 @@ def test_workers_split_the_load(server, tmp_path, pattern):
     assert s["workers"] == 2 and s["n_records"] == len(recs) > 0 and s["n_errors"] == 0
     assert len({x["request_id"].split("-")[0] for x in recs}) == 2
     if pattern["kind"] == "closed":
-        assert sorted({x["concurrency"] for x in recs}) == [2, 3]
+        assert {x["concurrency"] for x in recs} == {5}
+        assert sorted(w["max_connections"] for w in s["per_worker"]) == [2, 3]
     else:
         assert 60 <= len(recs) <= 140
 

@@ -51,6 +51,7 @@ def split_spec(spec: dict, i: int, n: int) -> dict | None:
     if s["max_errors"] is not None:
         s["max_errors"] = max(1, -(-spec["max_errors"] // n))
     if "concurrency" in p:
+        s["labels"].setdefault("concurrency", p["concurrency"])  # records carry the run's, not the share
         p["concurrency"] = _share(p["concurrency"], i, n)
         if p["concurrency"] == 0:
             return None
