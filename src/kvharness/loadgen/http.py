@@ -19,6 +19,7 @@ import asyncio
 import socket
 import ssl as ssl_module
 import time
+import traceback
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -40,7 +41,7 @@ class _Exchange:
     """One request/response on a connection."""
 
     __slots__ = ("timer", "future", "status", "error_body", "stream", "got_bytes", "parts", "conn", "handle",
-                 "raw", "deadline", "reused", "sent_ns")
+                 "raw", "deadline", "reused", "sent_ns", "on_done")
 
     def __init__(self, timer: StreamTimer, future: asyncio.Future, stream: bool):
         self.timer = timer
@@ -56,6 +57,7 @@ class _Exchange:
         self.deadline = 0.0
         self.reused = False
         self.sent_ns = 0
+        self.on_done = None  # called synchronously when the exchange ends (saves a loop turn)
 
     def feed_timer(self) -> None:
         """Parse the stored body parts into the timer (after the response, off the critical path)."""
@@ -279,25 +281,30 @@ class HTTPConnection(asyncio.Protocol):
         self.ex = None
         if ex is None:
             return
+        error = None
         if ex.status == 200 and not ex.stream:
             try:
                 ex.timer.feed_body(b"".join(self.body_parts), ex.timer.first_byte_ns or _ns(), _ns())
             except StreamError as exc:
-                if not ex.future.done():
-                    ex.future.set_exception(TransportError(exc.error_class, str(exc)))
-                return
-        if not ex.future.done():
-            ex.future.set_result(None)
-        if self.keep_alive and not self.closed and self.state == _DONE:
+                error = TransportError(exc.error_class, str(exc))
+        # the connection is idle again before anyone hears of the completion
+        if error is None and self.keep_alive and not self.closed and self.state == _DONE:
             self.pool.release(self)
         elif self.transport is not None:
             self.transport.close()
+        if not ex.future.done():
+            if error is None:
+                ex.future.set_result(None)
+            else:
+                ex.future.set_exception(error)
+        _notify(ex)
 
     def _fail(self, exc: TransportError) -> None:
         ex = self.ex
         self.ex = None
         if ex is not None and not ex.future.done():
             ex.future.set_exception(exc)
+            _notify(ex)
 
     def abort(self) -> None:
         self.ex = None
@@ -385,7 +392,7 @@ class HTTPPool:
         ex.conn, ex.raw, ex.deadline, ex.reused = conn, raw, deadline, reused
         ex.sent_ns = _ns()
         conn.start(raw, ex)
-        ex.handle = loop.call_at(deadline, _expire, conn, ex.future, timeout_s)
+        ex.handle = loop.call_at(deadline, _expire, conn, ex, timeout_s)
         return ex
 
     def begin(self, path: str, body: bytes, timer: StreamTimer, stream: bool, timeout_s: float) -> _Exchange | None:
@@ -441,7 +448,18 @@ class HTTPPool:
                 c.transport.close()
 
 
-def _expire(conn: HTTPConnection, fut: asyncio.Future, timeout_s: float) -> None:
-    if not fut.done():
-        fut.set_exception(TransportError("timeout", f"no complete response within {timeout_s} s"))
+def _expire(conn: HTTPConnection, ex: _Exchange, timeout_s: float) -> None:
+    if not ex.future.done():
+        ex.future.set_exception(TransportError("timeout", f"no complete response within {timeout_s} s"))
     conn.abort()
+    _notify(ex)
+
+
+def _notify(ex: _Exchange) -> None:
+    cb = ex.on_done
+    if cb is not None:
+        ex.on_done = None
+        try:
+            cb(ex.future)
+        except Exception:  # pragma: no cover - a bug in the caller must not break the protocol
+            traceback.print_exc()

@@ -105,8 +105,11 @@ class Runner:
         for t in list(self.tasks):
             t.cancel()
         for ex in list(self.in_flight):
-            ex.future.cancel()  # its callback drops it: an interrupted request is not a record
+            ex.on_done = None  # an interrupted request is not a record
+            ex.future.cancel()
+            ex.handle.cancel()
             ex.conn.abort()
+        self.in_flight.clear()
         self._check_idle()
 
     async def _sleep_until(self, t_ns: int) -> None:
@@ -414,7 +417,7 @@ class Runner:
                 if ex is not None and not req.keep_text:
                     self.selfcheck.record_send_lag((ex.sent_ns - ticket.sched_ns) / 1e6)
                     self.in_flight.add(ex)
-                    ex.future.add_done_callback(partial(self._on_sent_done, ticket, req, timer, ex))
+                    ex.on_done = partial(self._on_sent_done, ticket, req, timer, ex)
                 else:
                     task = loop.create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
                     self.tasks.add(task)
