@@ -9,6 +9,14 @@ configfile: f"{workflow.basedir}/configs/config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    hyp="H[0-9][A-Za-z0-9]*",
+    cell="[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+
 include: "rules/measure.smk"
 include: "rules/analyze.smk"
 include: "rules/report.smk"

@@ -8,6 +8,8 @@ rule analyze_h0:
     output:
         summary="results/H0/summary.csv",
         uwork="results/H0/uwork.csv",
+    conda:
+        "../envs/kvharness.yaml"
     log:
         "results/H0/logs/analyze.log",
     script:
@@ -26,6 +28,8 @@ rule analyze_h8:
             caption="../docs/captions/hero.rst",
             category="H8 hero",
         ),
+    conda:
+        "../envs/kvharness.yaml"
     log:
         "results/H8/logs/analyze.log",
     script:
@@ -38,6 +42,8 @@ rule analyze_h7:
         code=analysis_code("analysis/h7", "analysis/cells", "telemetry/read", "stats"),
     output:
         summary="results/H7/summary.csv",
+    conda:
+        "../envs/kvharness.yaml"
     log:
         "results/H7/logs/analyze.log",
     script:

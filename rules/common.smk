@@ -13,11 +13,6 @@ except ConfigError as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)
 
-wildcard_constraints:
-    hyp="H[0-9][A-Za-z0-9]*",
-    cell="[A-Za-z0-9][A-Za-z0-9_-]*",
-
-
 def cells_of(hyp):
     """Cell ids of one hypothesis, in config order."""
     return [cell for (h, cell) in CELLS if h == hyp]

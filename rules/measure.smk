@@ -8,6 +8,8 @@ rule measure_cell:
         directory("results/{hyp}/cells/{cell}"),
     params:
         spec=cell_spec,
+    conda:
+        "../envs/kvharness.yaml"
     log:
         "results/{hyp}/logs/{cell}.log",
     benchmark:

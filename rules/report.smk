@@ -9,6 +9,8 @@ rule html_report:
         "results/H8/hero.png",
     output:
         "results/report.html",
+    conda:
+        "../envs/kvharness.yaml"
     log:
         "results/logs/report.log",
     script:

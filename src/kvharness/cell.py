@@ -25,7 +25,14 @@ from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
-from kvharness.stacks.launcher import RunningStack, StackLaunchError, child_popen_kwargs, plan_launch, terminate_group
+from kvharness.stacks.launcher import (
+    RunningStack,
+    StackLaunchError,
+    child_env,
+    child_popen_kwargs,
+    plan_launch,
+    terminate_group,
+)
 
 log = logging.getLogger("kvharness.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -168,7 +175,8 @@ def _python_module_argv(module: str, *args: str) -> list[str]:
 def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
     fh = open(log_path, "ab", buffering=0)
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, **child_popen_kwargs())
+        return subprocess.Popen(argv, env=child_env(), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                **child_popen_kwargs())
     finally:
         fh.close()
 

@@ -2,7 +2,9 @@
 
 import logging
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
 from kvharness.analysis.run import analyze_h8
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821

@@ -1,7 +1,9 @@
 """Snakemake adapter: results/ -> results/report.html."""
 
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
 from kvharness.report.html import build_report
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821

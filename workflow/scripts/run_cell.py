@@ -2,7 +2,9 @@
 
 import logging
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
 from kvharness.cell import CellFailed, run_cell
 
 log_fh = open(snakemake.log[0], "a")  # noqa: F821 (snakemake is injected)

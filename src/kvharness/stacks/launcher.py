@@ -49,6 +49,16 @@ def child_popen_kwargs() -> dict:
     return kwargs
 
 
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of a child: ours, plus ``extra``, with this package importable even when not installed."""
+    env = dict(os.environ)
+    env.update(extra or {})
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -204,9 +214,7 @@ class RunningStack:
         if self.plan.kind == "external":
             return self
         self._log = open(self.plan.log_path, "ab", buffering=0)
-        env = dict(os.environ)
-        env.update(self.plan.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = child_env(self.plan.env)
         for argv in self.plan.argvs:
             try:
                 proc = subprocess.Popen(
