@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from kvharness.loadgen.patterns import (ClosedLoop, OpenLoop, TraceReplay, constant_gaps, gamma_gaps, make_pattern,
+from kvharness.loadgen.patterns import (ClosedLoop, OpenLoop, constant_gaps, gamma_gaps, make_pattern,
                                         poisson_gaps, ramp_gaps, read_trace)
 from kvharness.loadgen.spec import validate_spec
 from kvharness.loadgen.workloads import TraceWorkload

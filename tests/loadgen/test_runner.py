@@ -8,7 +8,6 @@ import pytest
 
 from kvharness.loadgen.runner import Runner
 from kvharness.loadgen.spec import validate_spec
-from kvharness.tokens import chat_prompt_text, count_tokens
 
 
 def run(spec_raw: dict):

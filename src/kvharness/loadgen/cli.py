@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from kvharness.loadgen.spec import SpecError, load_spec_file, validate_spec
+from kvharness.loadgen.spec import SpecError, validate_spec
 
 EPILOG = """\
 Examples:

@@ -29,7 +29,7 @@ from kvharness.loadgen.patterns import LoadPattern, Ticket, make_pattern
 from kvharness.loadgen.selfcheck import SelfCheck
 from kvharness.loadgen.stream import StreamError, StreamTimer
 from kvharness.loadgen.workloads import Request, Workload, make_workload
-from kvharness.stats import is_ok, summarize_requests
+from kvharness.stats import summarize_requests
 
 NS = 1_000_000_000
 BOOKKEEP_PER_TURN = 8  # completed requests parsed and recorded per event-loop turn
@@ -494,8 +494,4 @@ def _send_rate(records: list[dict]) -> float | None:
     if len(sent) < 2 or sent[-1] == sent[0]:
         return None
     return (len(sent) - 1) / ((sent[-1] - sent[0]) / NS)
-
-
-def all_ok(records: list[dict]) -> bool:
-    return all(is_ok(r) for r in records)
 
