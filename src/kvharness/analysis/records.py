@@ -1,7 +1,7 @@
 """Reading per-cell records strictly: a malformed line is an error naming file and line.
 
-The one tolerated defect is a truncated *last* line (a process killed mid-write); it is counted,
-never silently dropped.
+The one tolerated defect is a cut *last* line (a process killed mid-write, so no final newline); it is
+counted, never silently dropped. Shared by the analysis, the cell runner and the telemetry read-back.
 """
 
 from __future__ import annotations
@@ -15,26 +15,32 @@ class RecordError(ValueError):
 
 
 def read_jsonl(path: str | Path, tolerate_truncated_tail: bool = True) -> tuple[list[dict], int]:
-    """Records of a JSONL file and the number of truncated tail lines skipped (0 or 1)."""
+    """Records of a JSONL file and the number of cut tail lines skipped (0 or 1).
+
+    Only a last line without its newline counts as cut (the writer was killed mid-write); a malformed
+    line that ends in a newline was written that way and raises, naming file and line.
+    """
     path = Path(path)
-    records: list[dict] = []
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         raise RecordError(f"{path}: missing") from None
+    lines = text.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records: list[dict] = []
     truncated = 0
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            if tolerate_truncated_tail and i == len(lines):
+            if tolerate_truncated_tail and i == last and not text.endswith("\n"):
                 truncated = 1
-                continue
-            raise RecordError(f"{path}:{i}: malformed JSON line ({exc.msg})") from None
+                break
+            raise RecordError(f"{path}:{i + 1}: malformed JSON line ({exc.msg})") from None
         if not isinstance(rec, dict):
-            raise RecordError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
+            raise RecordError(f"{path}:{i + 1}: expected a JSON object per line, got {type(rec).__name__}")
         records.append(rec)
     return records, truncated
 

@@ -12,28 +12,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvharness.analysis.records import RecordError
+from kvharness.analysis.records import read_jsonl as read_records
 
-class TelemetryFormatError(ValueError):
-    pass
+
+TelemetryFormatError = RecordError  # a malformed collector line: the message names file and line
 
 
 def read_jsonl(path: str | Path, allow_partial_last: bool = True) -> list[dict]:
-    """Every record of a collector JSONL file. A malformed line raises (naming file and line), except a
-    truncated final line of a collector that was killed mid-write when ``allow_partial_last``."""
-    text = Path(path).read_text(encoding="utf-8")
-    lines = text.split("\n")
-    last = max((i for i, x in enumerate(lines) if x.strip()), default=-1)
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if allow_partial_last and i == last and not text.endswith("\n"):
-                break  # the collector was killed mid-write: the last line has no newline
-            raise TelemetryFormatError(f"{path}:{i + 1}: not JSON ({exc.msg})") from None
-    return out
+    """Every record of a collector JSONL file (see ``analysis.records.read_jsonl``)."""
+    return read_records(path, tolerate_truncated_tail=allow_partial_last)[0]
 
 
 @dataclass
