@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed for every random choice")
     g.add_argument("--stack", help="label copied into every record as 'stack'")
     g.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto = only on a TTY)")
+    g.add_argument("--workers", type=int, help="spread the load over this many processes (spec key 'workers')")
 
 
 def build_spec(args: argparse.Namespace) -> dict:
@@ -71,7 +72,7 @@ def build_spec(args: argparse.Namespace) -> dict:
         }
     for flag, key in (("base_url", "base_url"), ("model", "model"), ("endpoint", "endpoint"),
                       ("duration_s", "duration_s"), ("max_requests", "max_requests"), ("seed", "seed"),
-                      ("progress", "progress")):
+                      ("progress", "progress"), ("workers", "workers")):
         value = getattr(args, flag, None)
         if value is not None:
             raw[key] = value
