@@ -100,7 +100,10 @@ async def _one(session, url: str, body: dict, rec: dict) -> None:
 
 
 async def closed_loop(base: str, concurrency: int, duration_s: float, context_tokens: int, output_tokens: int,
-                      model: str = "llama-3.1-8b", chat: bool = False, nonce_prefix: str = "") -> list[dict]:
+                      model: str = "llama-3.1-8b", chat: bool = False, nonce_prefix: str = "",
+                      reuse: bool = False) -> list[dict]:
+    """Closed loop: each user sends its next request when the previous one ends. ``reuse``: every
+    request of a user repeats that user's prompt (a per-user nonce), else each prompt is new."""
     import aiohttp
 
     url = base + ("/v1/chat/completions" if chat else "/v1/completions")
@@ -112,7 +115,7 @@ async def closed_loop(base: str, concurrency: int, duration_s: float, context_to
         async def user(u: int):
             i = 0
             while time.perf_counter() < stop_at:
-                text = prompt_words(context_tokens, f"{nonce_prefix}{u}x{i}")
+                text = prompt_words(context_tokens, f"{nonce_prefix}{u}" if reuse else f"{nonce_prefix}{u}x{i}")
                 body = {"model": model, "max_tokens": output_tokens, "stream": True,
                         "stream_options": {"include_usage": True}}
                 if chat:

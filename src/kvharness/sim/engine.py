@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
 from collections import deque
 
@@ -138,6 +139,18 @@ class Engine:
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._run())
+        self._task.add_done_callback(self._engine_died)
+
+    @staticmethod
+    def _engine_died(task) -> None:
+        """An engine bug must crash the server loudly (the launcher sees the exit), never hang it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        import os
+        import traceback
+        traceback.print_exception(task.exception(), file=sys.stderr)
+        print("kvharness sim: engine loop failed; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
 
     async def stop(self) -> None:
         if self._task:
@@ -191,12 +204,24 @@ class Engine:
             if not self.lora.try_pin(seq.adapter):
                 return False
             seq.lora_pinned = True
-        n0, onboard = self.kv.match(seq.hashes, limit)
+        kv = self.kv
+        n0, onboard = kv.match(seq.hashes, limit)
         hit = seq.hashes[:n0]
-        self.kv.acquire_t0(hit)
+        kv.acquire_t0(hit)
+        # pin the lower-tier copies before allocating: the allocation's evictions must not take them
+        host = [h for h, t in onboard if t == "h"]
+        disk = [h for h, t in onboard if t == "d"]
+        for h in host:
+            kv.t1.acquire(h)
+        for h in disk:
+            kv.t2.acquire(h)
         need = self.blocks_for(target) - n0  # the prompt only; decode grows on demand (vLLM-style)
-        if (self.running and self.kv.t0_available() - need < self.watermark) or not self.kv.alloc_private(need):
-            self.kv.release_t0(hit)
+        if (self.running and kv.t0_available() - need < self.watermark) or not kv.alloc_private(need):
+            kv.release_t0(hit)
+            for h in host:
+                kv.t1.release(h)
+            for h in disk:
+                kv.t2.release(h)
             if seq.lora_pinned:
                 self.lora.unpin(seq.adapter)
                 seq.lora_pinned = False
@@ -217,35 +242,34 @@ class Engine:
         if onboard or lora_wait is not None:
             seq.state = LOADING
             seq.onboard_blocks = len(onboard)
-            self.loop.create_task(self._load(seq, n0, onboard, lora_wait))
+            self.loop.create_task(self._load(seq, onboard, host, [(h, kv.t2.entries[h]) for h in disk], lora_wait))
         else:
             seq.state = PREFILL
         return True
 
-    async def _load(self, seq: Sequence, n0: int, onboard: list, lora_wait) -> None:
+    async def _load(self, seq: Sequence, onboard: list, host: list, disk: list, lora_wait) -> None:
         """Onboard matched T1/T2 blocks (real reads for T2 + modelled link transfer) and/or wait for the
         adapter, then the sequence proceeds to prefill with those tokens already computed."""
         t_start = time.monotonic()
+        disk_pinned = bool(disk)
+        host_pinned = bool(host)
         try:
             if lora_wait is not None:
                 await lora_wait
             if onboard:
                 kv, st = self.kv, self.kv.stats
-                host = [h for h, t in onboard if t == "h"]
-                disk = [(h, kv.t2.entries[h]) for h, t in onboard if t == "d" and h in kv.t2.entries]
-                for h in host:
-                    kv.t1.touch(h)
-                for h, e in disk:
-                    kv.t2.acquire(h)
                 bb = self.timing.kv_bytes_per_token * self.tpb
                 real_s = 0.0
                 try:
                     if disk:
                         real_s = await kv.store.read_blocks([(e.slot, h) for h, e in disk], [e.ready for _, e in disk])
                 finally:
-                    for h, e in disk:
-                        if h in kv.t2.entries:
-                            kv.t2.release(h)
+                    for h, _e in disk:
+                        kv.t2.release(h)
+                    disk_pinned = False
+                for h in host:
+                    kv.t1.release(h)
+                host_pinned = False
                 # modelled transfers, FIFO-shared per link (processor sharing approximated)
                 now = time.monotonic()
                 done_at = now
@@ -274,7 +298,16 @@ class Engine:
                 seq.onboard_tier = tier
                 self.m.fetch_seconds.labels(tier).observe(dt)
                 self.m.fetch_real_io_seconds.observe(real_s)
+        except Exception as e:  # pragma: no cover - never leave a sequence stuck in LOADING
+            print(f"kvharness sim: onboarding failed for {seq.rid}: {e!r}; recomputing", file=sys.stderr, flush=True)
+            seq.cached_tokens = len(seq.held_hashes) * self.tpb
         finally:
+            if disk_pinned:
+                for h, _e in disk:
+                    self.kv.t2.release(h)
+            if host_pinned:
+                for h in host:
+                    self.kv.t1.release(h)
             if seq.state == LOADING:  # a cancelled one is dropped by the next schedule
                 seq.state = PREFILL
             self._wake.set()
