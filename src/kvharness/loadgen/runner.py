@@ -53,16 +53,21 @@ def raise_nofile_limit(needed: int) -> tuple[int, int]:
 
 class Runner:
     def __init__(self, spec: dict, out: IO[str], pattern: LoadPattern | None = None,
-                 workload: Workload | None = None, progress=None, start_at_ns: int | None = None):
+                 workload: Workload | None = None, progress=None, start_at_ns: int | None = None,
+                 summarize: bool = True):
         self.spec = spec
         self.start_at_ns = start_at_ns  # a common start for the workers of one run
         self.out = out
         self.pattern = pattern or make_pattern(spec)
         self.workload = workload or make_workload(spec)
         self.progress = progress
-        # records are kept as their JSON lines: strings are not tracked by the garbage collector, so a
-        # long run does not make every collection slower (dicts would: full GCs of 10-60 ms stall timing)
-        self.lines: list[str] = []
+        # The summary reads the records back from the flushed file; only an output without a file
+        # (tests) keeps them, as JSON lines: strings are not tracked by the garbage collector, so
+        # collections stay cheap however long the run (dicts would not)
+        name = getattr(out, "name", None)
+        self.out_path = name if isinstance(name, str) and os.path.isfile(name) else None
+        self.lines: list[str] | None = None if self.out_path else []
+        self.summarize = summarize  # False in a worker: the parent summarizes the merged records
         self.tasks: set[asyncio.Task] = set()
         self.n_sent = 0
         self.n_done = 0
@@ -321,7 +326,8 @@ class Runner:
         rec["client_bound"] = self.selfcheck.client_bound_now
         ok = rc == 0
         line = _dumps(rec) + "\n"
-        self.lines.append(line)
+        if self.lines is not None:
+            self.lines.append(line)
         self.out.write(line)
         self.out.flush()
         self.n_done += 1
@@ -457,16 +463,20 @@ class Runner:
 
     @property
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.lines]
+        if self.lines is not None:
+            return [json.loads(line) for line in self.lines]
+        self.out.flush()
+        with open(self.out_path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
 
     def summary(self) -> dict:
-        records = self.records
+        records = self.records if self.summarize else []
         measured = [r for r in records if r.get("window") == "measure"]
         out = summarize_requests(measured, slo=self.spec["slo"])
         check = self.selfcheck.summary(self.n_done)
         out.update(check)
         out.update({
-            "n_records": len(records),
+            "n_records": len(records) if self.summarize else self.n_done,
             "n_excluded_warmup": sum(1 for r in records if r.get("window") == "warmup"),
             "n_excluded_cooldown": sum(1 for r in records if r.get("window") == "cooldown"),
             "n_sent": self.n_sent,

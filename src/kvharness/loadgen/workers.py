@@ -90,7 +90,7 @@ def _child(spec: dict, out_path: str, start_at_ns: int, offset_ns: int, conn) ->
     if rows:  # this worker's first row is due at its offset from the trace's first row
         offset_ns += int((rows[0]["timestamp"] - t_first) * spec["pattern"]["time_scale"] * 1_000_000)
     with open(out_path, "a", buffering=1 << 20, encoding="utf-8") as out:
-        runner = Runner(spec, out, pattern=pattern, start_at_ns=start_at_ns + offset_ns)
+        runner = Runner(spec, out, pattern=pattern, start_at_ns=start_at_ns + offset_ns, summarize=False)
         try:
             import uvloop
 
