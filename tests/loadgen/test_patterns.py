@@ -139,3 +139,33 @@ def test_trace_pattern_requires_trace_workload():
     with pytest.raises(SpecError, match="workload.kind"):
         validate_spec({"model": "m", "pattern": {"kind": "trace", "path": "x"},
                        "workload": {"kind": "fixed_context", "context_tokens": 5}})
+
+
+@pytest.mark.parametrize("workload", [
+    {"kind": "fixed_context", "context_tokens": 300},
+    {"kind": "fixed_context", "context_tokens": 300, "shared_prefix_ratio": 0.3, "prefix_groups": 3},
+    {"kind": "mixed_context"},
+])
+def test_prompts_use_only_vocabulary_words_and_unique_nonces(workload):
+    from kvharness.loadgen.workloads import VOCAB, make_workload
+
+    spec = validate_spec({"model": "m", "pattern": {"kind": "closed", "concurrency": 1}, "workload": workload,
+                          "max_requests": 1})
+    w = make_workload(spec)
+    prompts = [json.loads(w.build(None).body)["prompt"].split() for _ in range(400)]
+    vocab = set(VOCAB)
+    assert all(word in vocab for p in prompts for word in p)  # one token each, on real tokenizers too
+    start = 90 if workload.get("shared_prefix_ratio") else 0
+    assert len({tuple(p[start:start + 6]) for p in prompts}) == 400
+
+
+def test_trace_blocks_are_vocabulary_words(tmp_path):
+    from kvharness.loadgen.workloads import VOCAB
+
+    spec = trace_spec(write_trace(tmp_path, TRACE))
+    w = TraceWorkload(spec)
+
+    class T:
+        item, session_id, turn, phase = TRACE[0], None, None, None
+
+    assert set(json.loads(w.build(T()).body)["prompt"].split()) <= set(VOCAB)

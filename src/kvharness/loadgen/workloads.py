@@ -30,6 +30,19 @@ VOCAB = (
 ).split()
 
 
+def id_words(value: int, k: int) -> list[str]:
+    """``value`` as ``k`` vocabulary words, least significant first (a unique, tokenizer-friendly id:
+    each word is one token for the simulator and for the usual BPE vocabularies)."""
+    out = []
+    for _ in range(k):
+        value, digit = divmod(value, len(VOCAB))
+        out.append(VOCAB[digit])
+    return out
+
+
+NONCE_WORDS = 6  # 4 words of request number (140**4 ~ 384 M per run) + 2 words of run tag
+
+
 class Corpus:
     """A deterministic word sequence with O(1) 'first n words' slicing."""
 
@@ -108,7 +121,7 @@ class Workload:
         self.stream = spec["stream"]
         self.rng = random.Random(spec["seed"])
         self.corpus = Corpus(spec["seed"] + 1)
-        self.run_tag = f"{random.Random().getrandbits(32):08x}"  # differs per run: defeats caches across runs
+        self.run_tag = random.Random().getrandbits(32)  # differs per run: defeats caches across runs
         self.nonce = w.get("nonce", "prefix") == "prefix"
         self.lora = AdapterPicker(spec["lora"], spec["seed"]) if spec.get("lora") else None
         self.extra = dict(spec.get("extra_body") or {})
@@ -121,8 +134,10 @@ class Workload:
 
     # ---- prompt text ----
 
-    def nonce_word(self, seq: int) -> str:
-        return f"n{self.run_tag}x{seq:x}"
+    def nonce_words(self, seq: int, max_words: int = NONCE_WORDS) -> tuple[str, int]:
+        """The request's nonce: up to NONCE_WORDS words, the first varying fastest; (text, words)."""
+        words = (id_words(seq, 4) + id_words(self.run_tag, 2))[:max(0, max_words)]
+        return " ".join(words), len(words)
 
     def text_of(self, n_words: int, seq: int) -> tuple[str, int | None]:
         """``n_words`` words: [group prefix] [nonce] body; returns (text, prefix group or None)."""
@@ -136,11 +151,13 @@ class Workload:
                 c = self._prefix_corpora.get(group)
                 if c is None:
                     c = self._prefix_corpora[group] = Corpus(10_000 + group)
-                parts.append(f"g{group}" + (" " + c.words(k - 1) if k > 1 else ""))
+                gw = id_words(group, 2)[:k]
+                parts.append(" ".join(gw) + (" " + c.words(k - len(gw)) if k > len(gw) else ""))
                 left -= k
         if self.nonce and left > 0:
-            parts.append(self.nonce_word(seq))
-            left -= 1
+            text, used = self.nonce_words(seq, left)
+            parts.append(text)
+            left -= used
         if left > 0:
             parts.append(self.corpus.words(left))
         return " ".join(parts), group
@@ -246,7 +263,8 @@ class TraceWorkload(Workload):
     def __init__(self, spec: dict):
         super().__init__(spec)
         self.block = self.w["block_tokens"]
-        self.block_body = self.corpus.words(self.block - 1)
+        self.id_k = min(3, self.block)  # words naming the block's hash id (140**3 ~ 2.7 M ids)
+        self.block_body = self.corpus.words(self.block - self.id_k)
 
     def prompt_words(self, row: dict, seq: int) -> str:
         n = int(row["input_length"])
@@ -255,14 +273,18 @@ class TraceWorkload(Workload):
         for hid in row.get("hash_ids") or ():
             if left <= 0:
                 break
+            head = " ".join(id_words(hid, self.id_k))
             if left >= self.block:
-                parts.append(f"h{hid} {self.block_body}" if self.block > 1 else f"h{hid}")
+                parts.append(f"{head} {self.block_body}" if self.block_body else head)
                 left -= self.block
             else:
-                parts.append(f"h{hid}" + (" " + self.corpus.words(left - 1) if left > 1 else ""))
+                head = " ".join(head.split()[:left])
+                k = len(head.split())
+                parts.append(head + (" " + self.corpus.words(left - k) if left > k else ""))
                 left = 0
         if left > 0:  # no hash id covers the tail: unique words
-            parts.append(self.nonce_word(seq) + (" " + self.corpus.words(left - 1) if left > 1 else ""))
+            text, used = self.nonce_words(seq, left)
+            parts.append(text + (" " + self.corpus.words(left - used) if left > used else ""))
         return " ".join(parts)
 
     def build(self, ticket) -> Request:
@@ -306,12 +328,11 @@ class SessionedChat(Workload):
         seq = self.seq
         self.seq += 1
         if not hist:
-            n = self.w["first_turn_tokens"] - 1
-            nonce = f"{self.nonce_word(seq)} " if self.nonce else ""
-            text = nonce + self.corpus.words(n - (1 if self.nonce else 0))
+            n = max(1, self.w["first_turn_tokens"] - 1)  # "<user>" is the first token
+            nonce, used = self.nonce_words(seq, n) if self.nonce else ("", 0)
+            text = " ".join(x for x in (nonce, self.corpus.words(n - used)) if x)
         else:
-            n = self.w["turn_tokens"] - 1
-            text = f"turn{ticket.turn} " + self.corpus.words(n - 1) if n > 1 else f"turn{ticket.turn}"
+            text = self.corpus.words(max(1, self.w["turn_tokens"] - 1))
         msg = {"role": "user", "content": text}
         messages = hist + [msg]
         body, adapter = self.body(messages, self.w["output_tokens"])
