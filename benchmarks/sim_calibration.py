@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 
-import yaml
 
 from sim_common import ROOT, prompt_words, sim_process
 

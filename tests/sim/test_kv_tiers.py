@@ -83,3 +83,26 @@ def test_mode_a_loses_evicted_blocks_and_writes_no_file(start_sim, tmp_path):
     assert os.listdir(t2) == []
     h = json.loads(sim.get("/health")[1])
     assert h["tiers"]["t1"]["blocks"] == 0 and h["tiers"]["t2"]["blocks"] == 0
+
+
+def test_concurrent_reuse_under_spill_completes_and_onboards(start_sim):
+    """Many users re-sending their own long prompts through a small pool: every request completes,
+    hits are onboarded from host and disk while evictions run (regression: a prefix hit evicted by the
+    same admission's allocation killed the engine loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim = start_sim("--mode", "B", "--speedup", "50", "--tier0-bytes", "256MiB", "--tier1-bytes", "256MiB",
+                    "--tier2-bytes", "1GiB", "--max-batch-size", "16")
+
+    def user(u):
+        out = []
+        for _ in range(6):
+            out.append(complete(sim, words(1024, f"user{u}"), max_tokens=4)[0])
+        return out
+
+    with ThreadPoolExecutor(12) as ex:
+        results = [u for r in ex.map(user, range(12)) for u in r]
+    assert len(results) == 72 and all(u["completion_tokens"] == 4 for u in results)
+    k = sim.metrics(kvbm=True)
+    assert k["kvbm_onboard_blocks_d2d"] > 0 and k["kvbm_onboard_blocks_h2d"] + k["kvbm_onboard_blocks_d2d"] > 100
+    assert sim.proc.poll() is None

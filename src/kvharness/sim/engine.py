@@ -15,10 +15,10 @@ still cached -- in mode B that includes blocks onboarded from host or disk).
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import sys
 import time
+import zlib
 from collections import deque
 
 from kvharness.sim.kvcache import KVCache, block_hashes
@@ -118,7 +118,7 @@ class Engine:
             raise RejectedError(400, f"request needs {need} KV blocks of {self.tpb} tokens "
                                      f"(prompt {n_prompt} + {max_tokens} output tokens); the device pool "
                                      f"holds {self.kv.t0.capacity}")
-        word_base = (hash((self.seed, rid)) & 0xFFFF)
+        word_base = zlib.crc32(f"{self.seed}:{rid}".encode()) & 0xFFFF  # deterministic (str hash is salted)
         seq = Sequence(rid, n_prompt, max_tokens, hashes, adapter, sink, now,
                        now + self.timing.request_overhead_s / self.speedup, word_base)
         self.waiting.append(seq)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from kvharness.sim.metrics import DEFAULT_LATENCY_BUCKETS, TOKEN_BUCKETS, Registry
+from kvharness.sim.metrics import TOKEN_BUCKETS, Registry
 
 LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01,
                0.025, 0.05, 0.1, 0.5, 1.0)
