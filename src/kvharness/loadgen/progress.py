@@ -29,7 +29,8 @@ class RichProgress:
         total = self.duration_s if self.duration_s else (self.max_requests or None)
         self.by_time = bool(self.duration_s)
         self.progress = Progress(TextColumn("loadgen"), BarColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), transient=False)
+                                 TimeElapsedColumn(), transient=False, auto_refresh=False)
+        # no refresh thread: rendering happens in the loop twice a second, never mid-burst on the GIL
         self.task_id = self.progress.add_task("", total=total)
         self.progress.start()
         self.t0 = time.monotonic()
@@ -43,8 +44,9 @@ class RichProgress:
             done = elapsed if self.by_time else r.n_done
             rate = r.n_done / elapsed if elapsed > 0 else 0.0
             self.progress.update(self.task_id, completed=done,
-                                 description=f"{r.n_done} done, {r.n_errors} errors, {len(r.tasks)} in flight, "
+                                 description=f"{r.n_done} done, {r.n_errors} errors, {len(r.tasks) + len(r.in_flight)} in flight, "
                                              f"{rate:.0f} req/s" + (" CLIENT-BOUND" if r.selfcheck.client_bound_now else ""))
+            self.progress.refresh()
 
     def stop(self) -> None:
         if self._task is not None:

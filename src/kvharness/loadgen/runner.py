@@ -386,6 +386,8 @@ class Runner:
         gc.freeze()  # start-up objects (imports, spec) never need scanning again
         self.selfcheck.start()
         worker = loop.create_task(self._backlog_worker())
+        if self.progress is not None:  # before t0: starting rich takes tens of ms
+            self.progress.start(self)
         try:
             now = _monotonic_ns()
             self.t0_ns = max(self.start_at_ns or 0, now + 1_000_000)
@@ -398,8 +400,6 @@ class Runner:
             self.pattern.start(self.t0_ns)
             max_requests = spec["max_requests"]
             presend = self.session is None and self.sem is None
-            if self.progress is not None:
-                self.progress.start(self)
             while not self._stopping:
                 ticket = await self.pattern.next()
                 if ticket is None:
