@@ -224,10 +224,10 @@ class Runner:
             # a few per turn keeps reads of other streams promptly stamped; a growing backlog (the
             # client is saturated) is worked off faster, which throttles sending instead of hiding debt
             n = len(backlog)
-            for _ in range(n if n <= BOOKKEEP_PER_TURN else max(BOOKKEEP_PER_TURN, n // 2)):
+            for _ in range(min(n, max(BOOKKEEP_PER_TURN, n // 16))):
                 self._bookkeep(*backlog.popleft())
-            if not backlog and self.prebuild_target:
-                self.workload.prebuild(min(self.prebuild_target, len(self.workload._prebuilt) + BOOKKEEP_PER_TURN))
+            if self.prebuild_target:  # keep requests encoded ahead, a few per turn, even when saturated
+                self.workload.prebuild(min(self.prebuild_target, len(self.workload._prebuilt) + 2 * BOOKKEEP_PER_TURN))
             await asyncio.sleep(0)
 
     def _drain_backlog(self) -> None:
