@@ -87,6 +87,8 @@ async def _one(session, url: str, body: dict, rec: dict) -> None:
                 data = ev[6:]
                 if data == b"[DONE]":
                     continue
+                if first is not None and b'"usage":{' not in data:
+                    continue  # keep the client light: only the first token and the usage need parsing
                 obj = json.loads(data)
                 if obj.get("usage"):
                     rec["usage"] = obj["usage"]

@@ -144,8 +144,11 @@ async def _serve(cfg) -> int:
     gc.set_threshold(50_000, 50, 1000)
     if os.environ.get("KVSIM_GC") == "off":
         gc.disable()
-    # tier-2 I/O threads run a little Python between syscalls; hand the GIL back to the loop quickly
-    sys.setswitchinterval(0.0005)
+    # The tier-2 I/O threads run only short stretches of Python between syscalls and release the GIL in
+    # every syscall; the loop thread releases it whenever it sleeps. A long switch interval means the
+    # I/O threads never force the loop thread off the GIL in the middle of a step (the convoy effect
+    # on a busy 2-core box cost up to 20 ms per step with the 5 ms default or shorter).
+    sys.setswitchinterval(0.05)
     try:
         await stop.wait()
     finally:

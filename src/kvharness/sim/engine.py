@@ -492,14 +492,15 @@ class Engine:
         i = s.n_gen
         s.n_gen += 1
         last = s.n_gen >= s.max_tokens
-        if s.t_first is None:
-            s.t_first = now
-            self.m.on_first_token(s, now)
-        else:
-            self.m.itl(now - s.t_last)
-        s.t_last = now
         if last:
             s.state = DONE
             finished.append(s)
-        s.sink.token(VOCAB[(s.word_base + i * 7) % len(VOCAB)], last, s)
-        self.m.emission_lag.observe(time.monotonic() - self._t_end)  # after the write: what the client gets
+        s.sink.token(VOCAB[(s.word_base + i * 7) % len(VOCAB)], last, s)  # the write first
+        m = self.m
+        m.emission_lag.observe(time.monotonic() - self._t_end)  # after the write: what the client gets
+        if s.t_first is None:
+            s.t_first = now
+            m.on_first_token(s, now)
+        else:
+            m.itl(now - s.t_last)
+        s.t_last = now
