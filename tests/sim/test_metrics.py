@@ -45,3 +45,26 @@ def test_mode_b_dynamo_and_kvbm_names(start_sim):
     _, text = sim.get("/metrics", port=sim.metrics_port)
     assert b"# TYPE kvbm_offload_blocks_d2h counter" in text
     assert b"_total" not in text
+
+
+def test_exposition_parses_and_histograms_are_cumulative():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kvharness.sim.exporters import SimMetrics
+
+    m = SimMetrics("B", "m", speedup=20, block_bytes=2 << 20, block_bytes_scale=1 / 32, tokens_per_block=32,
+                   t0_blocks=10, t1_blocks=10, t2_blocks=10, max_batch=4, max_num_tokens=64)
+    for v in (0.002, 0.02, 0.2, 2.0, 200.0):
+        m.ttft.observe(v)
+    m.itl_hist.observe_n(0.01, 5)
+    fams = {f.name: f for f in text_string_to_metric_families(m.main.render().decode())}
+    ttft = fams["dynamo_frontend_time_to_first_token_seconds"]
+    buckets = [s for s in ttft.samples if s.name.endswith("_bucket")]
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts) and counts[-1] == 5 and buckets[-1].labels["le"] == "+Inf"
+    assert [s.value for s in ttft.samples if s.name.endswith("_count")] == [5]
+    itl = fams["dynamo_frontend_inter_token_latency_seconds"]
+    assert [s.value for s in itl.samples if s.name.endswith("_count")] == [5]
+    kfams = {f.name: f for f in text_string_to_metric_families(m.kvbm.render().decode())}
+    assert kfams["kvbm_offload_blocks_d2h"].type == "counter"
+    assert kfams["kvbm_host_cache_hit_rate"].type == "gauge"

@@ -104,9 +104,10 @@ class Gauge(Counter):
 
 
 class _Hist:
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "counts", "sum", "count", "prefixes")
 
     def __init__(self, bounds):
+        self.prefixes = None  # rendered series names, built on the first scrape
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
@@ -142,16 +143,23 @@ class Histogram(_Metric):
         self.labels().observe_n(v, n)
 
     def _render_child(self, out, values, h):
-        names = self.const_names + self.labelnames + ("le",)
-        base = self.const_values + values
+        if h.prefixes is None:  # series names never change: build them once per child
+            names = self.const_names + self.labelnames + ("le",)
+            base = self.const_values + values
+            lp = self._label_prefix(values)
+            h.prefixes = ([f"{self.name}_bucket{_labelstr(names, base + (_fmt(b),))} " for b in self.bounds]
+                          + [f"{self.name}_bucket{_labelstr(names, base + ('+Inf',))} ",
+                             f"{self.name}_sum{lp} ", f"{self.name}_count{lp} "])
+        pre = h.prefixes
         acc = 0
-        for b, c in zip(self.bounds, h.counts):
+        i = 0
+        for c in h.counts[:-1]:
             acc += c
-            out.append(f"{self.name}_bucket{_labelstr(names, base + (_fmt(b),))} {acc}")
-        out.append(f"{self.name}_bucket{_labelstr(names, base + ('+Inf',))} {h.count}")
-        lp = self._label_prefix(values)
-        out.append(f"{self.name}_sum{lp} {_fmt(h.sum)}")
-        out.append(f"{self.name}_count{lp} {h.count}")
+            out.append(pre[i] + str(acc))
+            i += 1
+        out.append(pre[i] + str(h.count))
+        out.append(pre[i + 1] + _fmt(h.sum))
+        out.append(pre[i + 2] + str(h.count))
 
 
 class Registry:
