@@ -149,3 +149,28 @@ def test_refuses_non_loopback_host(start_sim):
     sim = start_sim("--mode", "A", "--host", "0.0.0.0", wait_ready=False)
     assert sim.proc.wait(20) == 2
     assert "--allow-remote" in sim.log()
+
+
+def test_client_disconnect_mid_stream_frees_the_sequence(start_sim):
+    sim = start_sim("--mode", "B", "--speedup", "2")
+    body = json.dumps({"prompt": "a b c", "max_tokens": 200, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", sim.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    data = b""
+    while b"data: {" not in data:
+        chunk = s.recv(65536)
+        assert chunk
+        data += chunk
+    s.close()
+    import time
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        m = sim.metrics()
+        if m["kvsim_running_requests"] == 0 and m['dynamo_frontend_disconnected_clients{model="llama-3.1-8b"}'] == 1:
+            break
+        time.sleep(0.05)
+    assert m["kvsim_running_requests"] == 0
+    assert m['kvsim_tier_blocks{tier="0"}'] == 0
+    st, _ = sim.post("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1}).encode())
+    assert st == 200

@@ -39,6 +39,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.lost_callbacks: list = []
+        self._continued = False
 
     # -- protocol --------------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -88,7 +89,11 @@ class Connection(asyncio.Protocol):
                 self._fail_close(413, "request body too large")
                 return
             if len(buf) < idx + 4 + clen:
+                if not self._continued and headers.get("expect", "").lower() == "100-continue":
+                    self._continued = True  # curl sends this for bodies > 1 KiB and waits for it
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
+            self._continued = False
             body = bytes(buf[idx + 4: idx + 4 + clen])
             del buf[: idx + 4 + clen]
             conn_hdr = headers.get("connection", "").lower()
