@@ -66,6 +66,7 @@ def test_mode_b_spills_to_tier2_files_and_onboards_from_disk(start_sim):
     assert m["kvsim_tier2_read_bytes_total"] > 0 and m["kvsim_tier2_write_bytes_total"] > 0
     assert m["kvsim_tier2_verify_failures_total"] == 0
     assert m['kvsim_tier_fetch_seconds_count{tier="2"}'] >= 1
+    assert m['kvsim_tier_hit_blocks_total{tier="2"}'] >= 32 and m['kvsim_tier_hit_blocks_total{tier="0"}'] >= 63
     assert warm < resumed < cold, (warm, resumed, cold)
 
 

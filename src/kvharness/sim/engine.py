@@ -232,8 +232,7 @@ class Engine:
         if not seq.cached_set:
             seq.cached_tokens = matched
             seq.cached_set = True
-            self.kv.stats.t0_hit_blocks += n0
-            self.kv.stats.t0_miss_blocks += len(seq.hashes) - n0
+            kv.record_lookup(len(seq.hashes), n0, onboard)
             seq.t_queue_s = t_now - seq.t_arrival
         seq.t_admitted = t_now
         seq.n_computed = n0 * self.tpb

@@ -263,11 +263,25 @@ class KVCache:
                 else:
                     break
                 i += 1
-            queried = limit - n0
-            if queried > 0:
-                nh = sum(1 for _, t in onboard if t == "h")
-                self._record_window(queried, nh, len(onboard) - nh)
         return n0, onboard
+
+    def record_lookup(self, n_blocks: int, n0: int, onboard: list) -> None:
+        """Count one admitted lookup (not every head-of-line retry): per-tier hits and misses, and the
+        sliding window behind the kvbm hit-rate gauges (share of blocks past the T0 match found in
+        T1 / T2)."""
+        st = self.stats
+        nh = sum(1 for _, t in onboard if t == "h")
+        nd = len(onboard) - nh
+        st.t0_hit_blocks += n0
+        st.t0_miss_blocks += n_blocks - n0
+        if self.t1.capacity or self.t2.capacity:
+            queried = n_blocks - n0
+            st.t1_hit_blocks += nh
+            st.t1_miss_blocks += queried - nh
+            st.t2_hit_blocks += nd
+            st.t2_miss_blocks += queried - nh - nd
+            if queried > 0:
+                self._record_window(queried, nh, nd)
 
     def _record_window(self, queried: int, host: int, disk: int) -> None:
         if len(self._window) == self._window.maxlen:
@@ -307,7 +321,8 @@ class KVCache:
 
 class KVStats:
     __slots__ = ("offload_d2h", "offload_h2d", "offload_d2d", "onboard_h2d", "onboard_d2d", "matched_tokens",
-                 "t0_evictions", "t1_evictions", "t2_evictions", "t0_hit_blocks", "t0_miss_blocks")
+                 "t0_evictions", "t1_evictions", "t2_evictions", "t0_hit_blocks", "t0_miss_blocks",
+                 "t1_hit_blocks", "t1_miss_blocks", "t2_hit_blocks", "t2_miss_blocks")
 
     def __init__(self):
         for s in self.__slots__:
