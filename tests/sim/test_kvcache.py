@@ -1,0 +1,111 @@
+"""Unit tests of the block KV index: chained hashes, eviction policies, the offload cascade."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kvharness.sim.kvcache import KVCache, TierIndex, block_hashes
+
+
+def test_chained_hashes_share_prefixes_only():
+    a = [f"w{i}" for i in range(100)]
+    b = a[:64] + ["other"] + a[65:]
+    ha, hb = block_hashes(a, 32), block_hashes(b, 32)
+    assert len(ha) == 3  # full blocks only
+    assert ha[:2] == hb[:2] and ha[2] != hb[2]
+    # a change in block 0 changes every later hash (chaining), an adapter changes the root
+    c = ["x"] + a[1:]
+    assert all(x != y for x, y in zip(block_hashes(c, 32), ha))
+    assert block_hashes(a, 32, adapter="ad") != ha
+    assert block_hashes(a, 32) == ha  # deterministic
+    assert block_hashes([1, 2, 3, 4], 2) == block_hashes([1, 2, 3, 4], 2)
+
+
+@pytest.mark.parametrize("policy,expected", [("lru", [3, 1, 2]), ("fifo", [1, 2, 3]), ("lfu", [3, 2, 1])])
+def test_eviction_policies(policy, expected):
+    t = TierIndex("t", 10, policy)
+    for h in (1, 2, 3):
+        t.add(h)
+    t.touch(1)
+    t.touch(1)
+    t.touch(2)          # hits: 1 -> 2, 2 -> 1, 3 -> 0; recency: 3 < 1 < 2; insertion: 1 < 2 < 3
+    order = [t.pop_victim()[0] for _ in range(3)]
+    assert order == expected
+    assert t.pop_victim() is None
+
+
+def test_referenced_blocks_are_never_evicted():
+    t = TierIndex("t", 10, "lru")
+    t.add(1)
+    t.add(2)
+    t.acquire(1)
+    assert t.pop_victim()[0] == 2 and t.pop_victim() is None
+    t.release(1)
+    assert t.pop_victim()[0] == 1
+
+
+class FakeStore:
+    def __init__(self):
+        self.writes, self.freed, self.next = [], [], 0
+
+    def alloc_slot(self):
+        self.next += 1
+        return self.next
+
+    def free_slot(self, slot, pending=None):
+        self.freed.append(slot)
+
+    def write_block(self, slot, h):
+        self.writes.append((slot, h))
+        return None
+
+
+def test_mode_b_cascade_offloads_to_host_then_disk():
+    store = FakeStore()
+    kv = KVCache(4, 2, 3, "lru", store=store)
+    for h in range(4):
+        kv.t0.add(h)            # four cached, unreferenced blocks fill T0
+    assert kv.alloc_private(4)  # evicts all four: 0,1 -> T1 then pushed on to T2 by 2,3
+    st = kv.stats
+    assert st.t0_evictions == 4 and st.offload_d2h == 4 and st.offload_h2d == 2
+    assert set(kv.t1.entries) == {2, 3} and set(kv.t2.entries) == {0, 1}
+    assert [h for _, h in store.writes] == [0, 1]
+    n0, onboard = kv.match([0, 1, 2, 3], 4)
+    assert n0 == 0 and onboard == [(0, "d"), (1, "d"), (2, "h"), (3, "h")]
+    kv.record_lookup(4, n0, onboard)
+    assert kv.host_hit_rate == 0.5 and kv.disk_hit_rate == 0.5
+
+
+def test_mode_a_evictions_are_lost():
+    kv = KVCache(2, 0, 0, "lru")
+    kv.t0.add(7)
+    kv.t0.add(8)
+    assert kv.alloc_private(2)
+    assert kv.stats.t0_evictions == 2 and kv.stats.offload_d2h == 0
+    assert kv.match([7, 8], 2) == (0, [])
+    assert not kv.alloc_private(1)  # private blocks are not evictable
+
+
+def test_tier2_store_writes_and_verifies_real_bytes(tmp_path):
+    from kvharness.sim.tier2 import Tier2Store
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        st = Tier2Store(str(tmp_path), block_bytes=2 << 20, scale=1 / 32, capacity_blocks=8, loop=loop)
+        try:
+            slots = [st.alloc_slot() for _ in range(5)]
+            futs = [st.write_block(s, 1000 + s) for s in slots]
+            await asyncio.gather(*set(futs))
+            secs = await st.read_blocks([(s, 1000 + s) for s in slots], futs)
+            bad = await st.read_blocks([(slots[0], 42)], [])
+            return st, secs, bad
+        finally:
+            st.close(remove=False)
+
+    st, secs, _ = asyncio.run(run())
+    assert st.slot_bytes == 65536
+    assert (tmp_path / st.path.split("/")[-1]).stat().st_size == 5 * 65536
+    assert st.bytes_written == 5 * 65536 and st.bytes_read == 6 * 65536
+    assert st.verify_failures == 1 and secs > 0
