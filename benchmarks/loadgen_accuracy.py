@@ -34,13 +34,13 @@ def truth_stats(truth: list[dict]) -> dict:
     return {"ttft_mean": mean(ttft), "ttft_p99": percentile(ttft, 99), "itl_p99": percentile(itl, 99), "n": len(ttft)}
 
 
-def measure(pattern: dict, duration_s: float) -> tuple[dict, dict, list[dict]]:
+def measure(pattern: dict, duration_s: float, timestamps: str = "loop") -> tuple[dict, dict, list[dict]]:
     tmp = tempfile.mkdtemp(prefix="loadgen-acc-")
     truth_path = os.path.join(tmp, "truth.jsonl")
     with RefServer(tokens=TOKENS, ttft_ms=TTFT_MS, itl_ms=ITL_MS, truth=truth_path) as server:
         spec = {"base_url": server.base_url, "model": "bench", "pattern": pattern,
                 "workload": {"kind": "fixed_context", "context_tokens": 32, "output_tokens": TOKENS},
-                "duration_s": duration_s, "seed": 1}
+                "duration_s": duration_s, "seed": 1, "timestamps": timestamps}
         summary, records = run_loadgen(spec, tmp)
     return summary, truth_stats(read_truth(truth_path)), records
 
@@ -48,16 +48,19 @@ def measure(pattern: dict, duration_s: float) -> tuple[dict, dict, list[dict]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration-s", type=float, default=5.0)
+    ap.add_argument("--timestamps", choices=("loop", "kernel"), default="loop",
+                    help="the generator's read stamps: event loop (default) or kernel SO_TIMESTAMPNS")
     args = ap.parse_args()
     failures = []
     print(f"reference server: TTFT {TTFT_MS} ms, ITL {ITL_MS} ms, {TOKENS} tokens; {args.duration_s} s per run; "
+          f"timestamps {args.timestamps}; "
           f"{load_average()}")
     print("'other load' = CPU the client's core gave to OTHER processes during the run; timing is only trustworthy "
           "when it is near 0")
     print(f"{'closed loop':14s} {'n':>6s} {'TTFT mean':>10s} {'truth':>8s} {'d':>6s} {'TTFT p99':>9s} {'truth':>8s} "
           f"{'d':>6s} {'ITL p99':>8s} {'truth':>7s} {'d':>6s} {'client-bound':>12s} {'other load':>10s}")
     for c in (1, 64, 256):
-        s, t, _ = measure({"kind": "closed", "concurrency": c}, args.duration_s)
+        s, t, _ = measure({"kind": "closed", "concurrency": c}, args.duration_s, args.timestamps)
         d_mean = s["ttft_ms_mean"] - t["ttft_mean"]
         d_p99 = s["ttft_ms_p99"] - t["ttft_p99"]
         d_itl = s["itl_ms_p99"] - t["itl_p99"]
@@ -77,7 +80,7 @@ def main() -> int:
     print(f"{'poisson':14s} {'n':>6s} {'target':>8s} {'sched':>8s} {'sent':>8s} {'err %':>6s} {'lag p99':>8s} "
           f"{'TTFT mean':>10s} {'truth':>8s} {'d':>6s} {'client-bound':>12s} {'other load':>10s}")
     for rate in (50, 200, 500):
-        s, t, recs = measure({"kind": "poisson", "rate": float(rate)}, args.duration_s)
+        s, t, recs = measure({"kind": "poisson", "rate": float(rate)}, args.duration_s, args.timestamps)
         sched = sorted(r["sched_ns"] for r in recs)
         sched_rate = (len(sched) - 1) / ((sched[-1] - sched[0]) / 1e9)
         sent_rate = s["achieved_send_rate"]

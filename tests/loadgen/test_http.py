@@ -43,8 +43,9 @@ def run_against(handler, **over):
     return asyncio.run(go())
 
 
+@pytest.mark.parametrize("stamps", ["loop", "kernel"])
 @pytest.mark.parametrize("framing", ["chunked-split", "content-length", "close"])
-def test_framings(framing):
+def test_framings(framing, stamps):
     async def handler(reader, writer):
         while await read_request(reader):
             body = b"".join(EVENTS)
@@ -67,12 +68,15 @@ def test_framings(framing):
             await writer.drain()
         writer.close()
 
-    summary, recs = run_against(handler)
+    summary, recs = run_against(handler, timestamps=stamps)
     assert summary["n_ok"] == 4, summary["error_classes"]
     assert all(r["output_tokens"] == 2 and len(r["itl_ms"]) == 1 for r in recs)
+    if framing == "chunked-split":  # the server sleeps 2 ms inside every event: ITL >= 2 ms either way
+        assert all(r["itl_ms"][0] >= 1.5 for r in recs)
 
 
-def test_stale_keepalive_connection_is_retried_once():
+@pytest.mark.parametrize("stamps", ["loop", "kernel"])
+def test_stale_keepalive_connection_is_retried_once(stamps):
     async def handler(reader, writer):
         if await read_request(reader):  # answer one request, then drop the connection at the next one
             body = b"".join(EVENTS)
@@ -81,7 +85,7 @@ def test_stale_keepalive_connection_is_retried_once():
         await read_request(reader)
         writer.close()
 
-    summary, recs = run_against(handler)
+    summary, recs = run_against(handler, timestamps=stamps)
     assert summary["n_ok"] == 4 and summary["n_errors"] == 0
 
 

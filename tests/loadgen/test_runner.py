@@ -86,11 +86,12 @@ def test_errors_are_classified_never_fatal(server, behaviour, cls):
     assert summary["error_classes"] == {cls: 6}
 
 
-def test_timeout_and_connect_errors(server):
+@pytest.mark.parametrize("stamps", ["loop", "kernel"])
+def test_timeout_and_connect_errors(server, stamps):
     server.behaviour.update(ttft_s=0.5)
-    _, _, recs = run(spec_for(server, max_requests=2, request_timeout_s=0.1))
+    _, _, recs = run(spec_for(server, max_requests=2, request_timeout_s=0.1, timestamps=stamps))
     assert {r["error_class"] for r in recs} == {"timeout"} and all(r["rc"] == -1 for r in recs)
-    _, _, recs = run(spec_for(server, base_url="http://127.0.0.1:9", max_requests=2))
+    _, _, recs = run(spec_for(server, base_url="http://127.0.0.1:9", max_requests=2, timestamps=stamps))
     assert {r["error_class"] for r in recs} == {"connect"}
 
 
@@ -208,10 +209,10 @@ def test_thousand_concurrent_users_no_cap_no_fd_error(server):
     assert summary["max_connections"] == 1000
 
 
-@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
-def test_transports_agree(server, transport):
+@pytest.mark.parametrize("transport, stamps", [("raw", "loop"), ("raw", "kernel"), ("aiohttp", "loop")])
+def test_transports_agree(server, transport, stamps):
     server.behaviour.update(ttft_s=0.1, itl_s=0.005, cached_tokens=0)
-    _, summary, recs = run(spec_for(server, transport=transport, max_requests=8, endpoint="chat"))
+    _, summary, recs = run(spec_for(server, transport=transport, timestamps=stamps, max_requests=8, endpoint="chat"))
     assert summary["n_ok"] == 8
     for r in recs:
         assert 100 <= r["lat_ttft_ms"] < 2000 and len(r["itl_ms"]) == 3 and r["output_tokens"] == 4

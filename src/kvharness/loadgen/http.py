@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as ssl_module
+import struct
+import sys
 import time
 import traceback
 from collections import deque
@@ -83,6 +85,7 @@ class HTTPConnection(asyncio.Protocol):
         self.closed = False
         self.used = 0
         self.body_parts: list[bytes] = []
+        self._now = 0
 
     # ---- asyncio.Protocol ----
 
@@ -107,11 +110,15 @@ class HTTPConnection(asyncio.Protocol):
         self.pool.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        self.on_data(data, _ns())
+
+    def on_data(self, data: bytes, now: int) -> None:
+        """Response bytes read at monotonic time ``now`` (the kernel's receive time when available)."""
         ex = self.ex
         if ex is None:  # bytes outside an exchange: the server is confused; drop the connection
             self.transport.close()
             return
-        now = _ns()
+        self._now = now
         ex.got_bytes = True
         try:
             body = self._parse(data)
@@ -239,7 +246,7 @@ class HTTPConnection(asyncio.Protocol):
             self.state = _HEAD
             return
         self.ex.status = status
-        self.ex.timer.first_byte_ns = self.ex.timer.first_byte_ns or _ns()
+        self.ex.timer.first_byte_ns = self.ex.timer.first_byte_ns or self._now
         chunked = False
         length = None
         keep_alive = parts[0] == b"HTTP/1.1"
@@ -312,10 +319,134 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: SCM_TIMESTAMPNS == SO_TIMESTAMPNS == 35
+_TS = struct.Struct("qq")
+
+
+class KernelClock:
+    """Converts the kernel's CLOCK_REALTIME receive stamps to the monotonic clock of the records."""
+
+    def __init__(self):
+        self.refresh()
+
+    def refresh(self) -> None:
+        m0 = _ns()
+        r = time.time_ns()
+        m1 = _ns()
+        self.offset = r - (m0 + m1) // 2
+        self.at = m1
+
+    def to_monotonic(self, real_ns: int, now: int) -> int:
+        if now - self.at > 500_000_000:  # follow NTP slewing
+            self.refresh()
+        t = real_ns - self.offset
+        # a stamp from the future or from long ago means the wall clock stepped: use the read time
+        return t if now - 1_000_000_000 < t <= now else now
+
+
+class _SocketTransport:
+    """The slice of asyncio.Transport that HTTPConnection uses, over a non-blocking socket."""
+
+    def __init__(self, conn: "StampedConnection", sock: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.conn = conn
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = loop
+        self.wbuf = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.wbuf:
+            self.wbuf += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.shutdown(exc)
+            return
+        if n < len(data):
+            self.wbuf = data[n:]
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.shutdown(exc)
+            return
+        self.wbuf = self.wbuf[n:]
+        if not self.wbuf:
+            self.loop.remove_writer(self.fd)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.shutdown(None)
+
+    def abort(self) -> None:
+        self.shutdown(None)
+
+    def get_extra_info(self, name, default=None):
+        return self.sock if name == "socket" else default
+
+    def shutdown(self, exc) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.remove_reader(self.fd)
+        if self.wbuf:
+            self.loop.remove_writer(self.fd)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.loop.call_soon(self.conn.connection_lost, exc)
+
+
+class StampedConnection(HTTPConnection):
+    """The same HTTP client over a raw non-blocking socket read with ``recvmsg``: every read carries
+    the kernel's receive time (SO_TIMESTAMPNS), so a busy event loop or a slow process wake-up does
+    not delay the stamps of TTFB, TTFT and ITL."""
+
+    def __init__(self, pool: "HTTPPool", sock: socket.socket, loop: asyncio.AbstractEventLoop, clock: KernelClock):
+        super().__init__(pool)
+        self.sock = sock
+        self.clock = clock
+        self.transport = self.sock_transport = _SocketTransport(self, sock, loop)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        t = self.sock_transport
+        try:
+            data, anc, _flags, _addr = self.sock.recvmsg(262144, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            t.shutdown(exc)
+            return
+        now = _ns()
+        if not data:
+            t.shutdown(None)
+            return
+        stamp = now
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = _TS.unpack_from(payload)
+                stamp = self.clock.to_monotonic(sec * 1_000_000_000 + nsec, now)
+        self.on_data(data, stamp)
+
+
 class HTTPPool:
     """Keep-alive connections to one origin; opens one whenever none is idle (no cap of its own)."""
 
-    def __init__(self, base_url: str, headers: dict[str, str]):
+    def __init__(self, base_url: str, headers: dict[str, str], kernel_stamps: bool = False):
         u = urlsplit(base_url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or (443 if u.scheme == "https" else 80)
@@ -328,6 +459,10 @@ class HTTPPool:
         if not any(k.lower() == "content-type" for k in headers):
             extra += "Content-Type: application/json\r\n"
         self._head_tail = f"Host: {host_header}\r\nAccept: text/event-stream\r\n{extra}".encode("latin-1")
+        # kernel receive stamps need a plain TCP socket we read ourselves (not TLS)
+        self.kernel_stamps = kernel_stamps and self.ssl is None and sys.platform.startswith("linux")
+        self.clock = KernelClock()
+        self._addr = None
         self.idle: deque[HTTPConnection] = deque()
         self.open = 0
         self.max_open = 0
@@ -341,11 +476,38 @@ class HTTPPool:
 
     async def _connect(self) -> HTTPConnection:
         loop = asyncio.get_running_loop()
+        if self.kernel_stamps:
+            return await self._connect_stamped(loop)
         try:
             _, conn = await loop.create_connection(lambda: HTTPConnection(self), self.host, self.port, ssl=self.ssl,
                                                    server_hostname=self.host if self.ssl else None)
         except (OSError, ssl_module.SSLError) as exc:
             raise TransportError("connect", f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        return conn
+
+    async def _connect_stamped(self, loop) -> HTTPConnection:
+        try:
+            if self._addr is None:
+                infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                self._addr = infos[0]
+            family, type_, proto, _, addr = self._addr
+            sock = socket.socket(family, type_, proto)
+        except OSError as exc:
+            raise TransportError("connect", f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            raise TransportError("connect", f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        conn = StampedConnection(self, sock, loop, self.clock)
         self.open += 1
         self.max_open = max(self.max_open, self.open)
         return conn

@@ -374,7 +374,7 @@ class Runner:
                                                  auto_decompress=False, skip_auto_headers=("User-Agent",))
             self._send = self._send_aiohttp
         else:
-            self.pool = HTTPPool(spec["base_url"], spec["headers"])
+            self.pool = HTTPPool(spec["base_url"], spec["headers"], kernel_stamps=spec["timestamps"] == "kernel")
             self._send = self._send_raw
         if self.session is None:
             n = cap if cap is not None else 16

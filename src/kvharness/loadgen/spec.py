@@ -329,6 +329,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "progress": (string(("auto", "on", "off")), "auto"),
     "transport": (string(("raw", "aiohttp")), "raw"),
     "workers": (integer(1), 1),
+    "timestamps": (string(("loop", "kernel")), "loop"),
 }
 
 

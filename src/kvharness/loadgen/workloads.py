@@ -122,6 +122,7 @@ class Workload:
         self.rng = random.Random(spec["seed"])
         self.corpus = Corpus(spec["seed"] + 1)
         self.run_tag = random.Random().getrandbits(32)  # differs per run: defeats caches across runs
+        self._tag_words = None
         self.nonce = w.get("nonce", "prefix") == "prefix"
         self.lora = AdapterPicker(spec["lora"], spec["seed"]) if spec.get("lora") else None
         self.extra = dict(spec.get("extra_body") or {})
@@ -136,7 +137,10 @@ class Workload:
 
     def nonce_words(self, seq: int, max_words: int = NONCE_WORDS) -> tuple[str, int]:
         """The request's nonce: up to NONCE_WORDS words, the first varying fastest; (text, words)."""
-        words = (id_words(seq, 4) + id_words(self.run_tag, 2))[:max(0, max_words)]
+        tag = self._tag_words
+        if tag is None:
+            tag = self._tag_words = id_words(self.run_tag, 2)
+        words = (id_words(seq, 4) + tag)[:max(0, max_words)]
         return " ".join(words), len(words)
 
     def text_of(self, n_words: int, seq: int) -> tuple[str, int | None]:
