@@ -109,3 +109,21 @@ def test_tier2_store_writes_and_verifies_real_bytes(tmp_path):
     assert (tmp_path / st.path.split("/")[-1]).stat().st_size == 5 * 65536
     assert st.bytes_written == 5 * 65536 and st.bytes_read == 6 * 65536
     assert st.verify_failures == 1 and secs > 0
+
+
+def test_disk_offload_filter_keeps_never_reused_blocks_off_disk():
+    store = FakeStore()
+    kv = KVCache(2, 1, 4, "lru", store=store, disk_offload_filter=True)
+    kv.t0.add(1)
+    kv.t0.add(2)
+    kv.t0.acquire(2)   # block 2 is reused once ...
+    kv.t0.release(2)
+    assert kv.alloc_private(2)  # both leave T0; T1 holds one, the other must go down
+    assert kv.alloc_private(0)
+    kv.t0.add(3)
+    kv.t0.add(4)
+    kv.free_private(2)
+    assert kv.alloc_private(2)
+    written = {h for _, h in store.writes}
+    assert 1 not in written and kv.stats.t2_filtered >= 1
+    assert 2 in written  # ... so it may reach disk

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-time-s", type=float, default=0.0, help="/health answers 503 for this long")
     p.add_argument("--io-threads", type=int, default=4, help="threads doing tier-2 file I/O")
     p.add_argument("--keep-tier2-file", action="store_true", help="do not delete the tier-2 file on exit")
+    p.add_argument("--disk-offload-filter", choices=("auto", "on", "off"), default="auto",
+                   help="mode B: KVBM's filter (a block reaches disk only after a reuse). auto = on only when "
+                        "DYN_KVBM_DISABLE_DISK_OFFLOAD_FILTER is set to false/0; benchmarks disable it")
     g = p.add_argument_group("LoRA")
     g.add_argument("--max-loras", type=int, default=0, help="resident adapter slots (0 = LoRA off)")
     g.add_argument("--lora-dir", default=None, help="adapter files (default <tier2-dir>/lora in mode B)")
@@ -100,8 +103,12 @@ def build_config(args):
         mport = args.metrics_port
         if mport is None:
             mport = int(os.environ.get("DYN_KVBM_METRICS_PORT") or 6880)
+        flt = args.disk_offload_filter
+        if flt == "auto":
+            flt = "on" if os.environ.get("DYN_KVBM_DISABLE_DISK_OFFLOAD_FILTER", "").strip().lower() in ("false", "0") else "off"
+        disk_filter = flt == "on"
     else:
-        t1, t2, t2dir, mport = 0, 0, None, 0
+        t1, t2, t2dir, mport, disk_filter = 0, 0, None, 0, False
     for name in ("tokens_per_block", "max_batch_size", "max_num_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -123,6 +130,7 @@ def build_config(args):
         fault_crash_after=args.fault_crash_after, fault_hang=args.fault_hang, fault_error_rate=args.fault_error_rate,
         fault_error_status=args.fault_error_status, fault_malformed_every=args.fault_malformed_every,
         fault_slow_drip_ms=args.fault_slow_drip_ms, keep_tier2_file=args.keep_tier2_file,
+        disk_offload_filter=disk_filter,
     )
 
 

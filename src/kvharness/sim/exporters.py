@@ -104,6 +104,7 @@ class SimMetrics:
         self.evictions = g.counter("kvsim_evictions_total", "Blocks evicted per tier", ("tier",))
         self.tier_hits = g.counter("kvsim_tier_hit_blocks_total", "Prompt blocks found per tier at admission (T1/T2: continuing the T0 match)", ("tier",))
         self.tier_misses = g.counter("kvsim_tier_miss_blocks_total", "Prompt blocks looked up in a tier and not found there", ("tier",))
+        self.t2_filtered = g.counter("kvsim_disk_offload_filtered_total", "Blocks the disk offload filter kept off tier 2 (never reused)")
         self.preemptions = g.counter("kvsim_preemptions_total", "Sequences preempted (recomputed later)")
         self.step_seconds = g.histogram("kvsim_step_seconds", "Modelled engine step time (real-time seconds, before speedup)")
         self.emission_lag = g.histogram("kvsim_emission_lag_seconds", "Actual minus modelled token emission time", buckets=LAG_BUCKETS)
@@ -159,6 +160,7 @@ class SimMetrics:
         self.evictions.labels("0").set(st.t0_evictions)
         self.evictions.labels("1").set(st.t1_evictions)
         self.evictions.labels("2").set(st.t2_evictions)
+        self.t2_filtered.labels().set(st.t2_filtered)
         for t, hit, miss in (("0", st.t0_hit_blocks, st.t0_miss_blocks), ("1", st.t1_hit_blocks, st.t1_miss_blocks),
                              ("2", st.t2_hit_blocks, st.t2_miss_blocks)):
             self.tier_hits.labels(t).set(hit)

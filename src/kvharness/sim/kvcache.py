@@ -159,7 +159,10 @@ class KVCache:
     """Tier bookkeeping; the engine owns timing. ``store`` (tier 2 file store) may be None."""
 
     def __init__(self, t0_blocks: int, t1_blocks: int, t2_blocks: int, policy: str, store=None,
-                 stats=None, hit_window: int = 256):
+                 stats=None, hit_window: int = 256, disk_offload_filter: bool = False):
+        # KVBM's disk offload filter: a block goes to disk only once its frequency (1, doubling per hit)
+        # is >= 2, i.e. after it was reused at least once (decay is not modelled)
+        self.disk_offload_filter = disk_offload_filter
         self.t0 = TierIndex("t0", t0_blocks, policy)
         self.t1 = TierIndex("t1", t1_blocks, policy)
         self.t2 = TierIndex("t2", t2_blocks if store is not None else 0, policy)
@@ -220,13 +223,16 @@ class KVCache:
             self.stats.t1_evictions += 1
             if self.t2.capacity > 0:
                 self._offload_to_t2(vh, ve, from_device=False)
-        self.t1.add(h)
+        self.t1.add(h).hits = e0.hits  # the block's reuse history travels with it
         self.stats.offload_d2h += 1
         self.t1.compact()
 
     def _offload_to_t2(self, h: int, e: Entry, from_device: bool) -> None:
         if h in self.t2:
             self.t2.touch(h)
+            return
+        if self.disk_offload_filter and e.hits < 1:
+            self.stats.t2_filtered += 1
             return
         while len(self.t2) >= self.t2.capacity:
             victim = self.t2.pop_victim()
@@ -322,7 +328,7 @@ class KVCache:
 class KVStats:
     __slots__ = ("offload_d2h", "offload_h2d", "offload_d2d", "onboard_h2d", "onboard_d2d", "matched_tokens",
                  "t0_evictions", "t1_evictions", "t2_evictions", "t0_hit_blocks", "t0_miss_blocks",
-                 "t1_hit_blocks", "t1_miss_blocks", "t2_hit_blocks", "t2_miss_blocks")
+                 "t1_hit_blocks", "t1_miss_blocks", "t2_hit_blocks", "t2_miss_blocks", "t2_filtered")
 
     def __init__(self):
         for s in self.__slots__:

@@ -55,6 +55,7 @@ class SimConfig:
     fault_malformed_every: int = 0
     fault_slow_drip_ms: float = 0.0
     keep_tier2_file: bool = False
+    disk_offload_filter: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -214,7 +215,8 @@ class SimServer:
         if t2_blocks:
             self.store = Tier2Store(cfg.tier2_dir, cfg.block_bytes, cfg.block_bytes_scale, t2_blocks, loop,
                                     io_threads=cfg.io_threads, on_io=self._on_io)
-        self.kv = KVCache(t0_blocks, t1_blocks, t2_blocks, cfg.eviction_policy, store=self.store)
+        self.kv = KVCache(t0_blocks, t1_blocks, t2_blocks, cfg.eviction_policy, store=self.store,
+                          disk_offload_filter=cfg.disk_offload_filter)
         self.lora = None
         if cfg.max_loras > 0:
             lora_dir = cfg.lora_dir or (os.path.join(cfg.tier2_dir, "lora") if cfg.tier2_dir and cfg.mode == "B" else None)
@@ -324,7 +326,7 @@ class SimServer:
                       "t2": {"bytes": cfg.tier2_bytes if t2 else 0, "blocks": t2, "dir": cfg.tier2_dir if t2 else None,
                              "file": self.store.path if self.store else None,
                              "o_direct": self.store.direct if self.store else None}},
-            "max_loras": cfg.max_loras, "metrics_port": cfg.metrics_port if cfg.mode == "B" else None,
+            "disk_offload_filter": cfg.disk_offload_filter, "max_loras": cfg.max_loras, "metrics_port": cfg.metrics_port if cfg.mode == "B" else None,
             "pid": os.getpid(),
         }
 
