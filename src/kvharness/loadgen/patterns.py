@@ -133,6 +133,17 @@ class ClosedLoop(LoadPattern):
         think = draw(self.rng, self.think_dist, self.think_s)
         self.free.put((end_ns + int(think * NS), ticket.user))
 
+    def poll(self, now_ns: int) -> Ticket | None:
+        """A ticket already due, without waiting (None if none is due yet)."""
+        items = self.free.items
+        if items and items[0][0] <= now_ns and not self.free.stopped:
+            t, user = items.popleft()
+            return Ticket(t, user=user)
+        return None
+
+    def unpoll(self, ticket: Ticket) -> None:
+        self.free.items.appendleft((ticket.sched_ns, ticket.user))
+
     def stop(self) -> None:
         self.free.stop()
 

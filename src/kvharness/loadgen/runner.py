@@ -76,6 +76,9 @@ class Runner:
         self.signal_name: str | None = None
         self.selfcheck = SelfCheck()
         self._sleeper: asyncio.Future | None = None
+        self.inline = False
+        self.presend = False
+        self.end_ns = None
         self._backlog: deque = deque()
         self._backlog_wakeup: asyncio.Future | None = None
         self._last_end_ns = 0
@@ -190,6 +193,35 @@ class Runner:
         if not self.in_flight and self._idle_waiter is not None and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
 
+    def _send_ticket(self, ticket: Ticket) -> None:
+        """Number, build and send one due ticket (from the scheduler loop or a completion callback)."""
+        ticket.seq = self.n_sent
+        self.n_sent += 1
+        req = self.workload.next_request(ticket)
+        timer = StreamTimer(req.keep_text)
+        # send right here when a keep-alive connection is idle: no task, no loop turn before the write
+        ex = self.pool.begin(req.path, req.body, timer, self.stream, self.timeout_s) if self.presend else None
+        if ex is not None and not req.keep_text:
+            self.selfcheck.record_send_lag((ex.sent_ns - ticket.sched_ns) / 1e6)
+            self.in_flight.add(ex)
+            ex.on_done = partial(self._on_sent_done, ticket, req, timer, ex)
+        else:
+            task = asyncio.get_running_loop().create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        max_requests = self.spec["max_requests"]
+        if max_requests is not None and self.n_sent >= max_requests:
+            self.request_stop("max_requests")
+
+    def _send_inline(self) -> None:
+        ticket = self.pattern.poll(_monotonic_ns())
+        if ticket is None:
+            return
+        if self._stopping or (self.end_ns is not None and ticket.sched_ns >= self.end_ns):
+            self.pattern.unpoll(ticket)  # the scheduler ends the run
+            return
+        self._send_ticket(ticket)
+
     def _after_response(self, ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns) -> None:
         end_hint = end_ns
         if end_hint is None:
@@ -203,6 +235,8 @@ class Runner:
             # one's bookkeeping (SSE parsing, the record) runs; the bookkeeping queue is worked off a
             # few records per loop turn so that reads of other streams are stamped in between.
             self.pattern.completed(ticket, end_hint, rc == 0)
+            if self.inline:
+                self._send_inline()
             self._backlog.append((ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted))
             if len(self._backlog) > self.max_backlog:
                 self.max_backlog = len(self._backlog)
@@ -398,8 +432,11 @@ class Runner:
             self.measure_start_ns = self.t0_ns + int(spec["warmup_s"] * NS)
             self.measure_end_ns = (end_ns - int(spec["cooldown_s"] * NS)) if end_ns else None
             self.pattern.start(self.t0_ns)
-            max_requests = spec["max_requests"]
-            presend = self.session is None and self.sem is None
+            self.end_ns = end_ns
+            self.presend = self.session is None and self.sem is None
+            # closed loop without think time: a completion sends its user's next request right in its
+            # callback, not one event-loop turn later through the scheduler
+            self.inline = self.presend and hasattr(self.pattern, "poll")
             while not self._stopping:
                 ticket = await self.pattern.next()
                 if ticket is None:
@@ -414,23 +451,7 @@ class Runner:
                 await self._sleep_until(ticket.sched_ns)
                 if self._stopping:
                     break
-                ticket.seq = self.n_sent
-                self.n_sent += 1
-                req = self.workload.next_request(ticket)
-                timer = StreamTimer(req.keep_text)
-                # send right here when a keep-alive connection is idle: no task, no loop turn before the write
-                ex = self.pool.begin(req.path, req.body, timer, self.stream, self.timeout_s) if presend else None
-                if ex is not None and not req.keep_text:
-                    self.selfcheck.record_send_lag((ex.sent_ns - ticket.sched_ns) / 1e6)
-                    self.in_flight.add(ex)
-                    ex.on_done = partial(self._on_sent_done, ticket, req, timer, ex)
-                else:
-                    task = loop.create_task(self._one(ticket, req, _monotonic_ns(), timer, ex))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-                if max_requests is not None and self.n_sent >= max_requests:
-                    self.stop_reason = "max_requests"
-                    break
+                self._send_ticket(ticket)
             self.pattern.stop()
             while self.tasks or self.in_flight:
                 if self.in_flight:
