@@ -127,3 +127,18 @@ def test_disk_offload_filter_keeps_never_reused_blocks_off_disk():
     written = {h for _, h in store.writes}
     assert 1 not in written and kv.stats.t2_filtered >= 1
     assert 2 in written  # ... so it may reach disk
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo"])
+def test_bulk_commit_and_release_keep_counts_consistent(policy):
+    kv = KVCache(8, 0, 0, policy)
+    assert kv.alloc_private(6)
+    kv.commit_blocks([1, 2, 3])       # a prefill chunk completed three blocks
+    kv.commit_blocks([1])             # another sequence computed block 1 too: shared, not duplicated
+    assert kv.private == 2 and len(kv.t0) == 3 and kv.t0.entries[1].ref == 2
+    kv.release_t0([1, 2, 3])
+    assert kv.t0.n_evictable == 2 and kv.t0_available() == 8 - 3 - 2 + 2
+    kv.release_t0([1])
+    assert kv.t0.n_evictable == 3
+    victims = {kv.t0.pop_victim()[0] for _ in range(3)}
+    assert victims == {1, 2, 3} and kv.t0.pop_victim() is None

@@ -176,12 +176,12 @@ class Engine:
         """Prompt blocks completed by prefill become shared, hashed blocks (prefix reuse for others)."""
         full = min(seq.n_computed, seq.n_prompt) // self.tpb
         i = len(seq.held_hashes)
-        while i < full and seq.n_private > 0:
-            h = seq.hashes[i]
-            self.kv.commit_block(h)
-            seq.n_private -= 1
-            seq.held_hashes.append(h)
-            i += 1
+        n = min(full - i, seq.n_private)
+        if n > 0:
+            new = seq.hashes[i:i + n]
+            self.kv.commit_blocks(new)
+            seq.n_private -= n
+            seq.held_hashes.extend(new)
 
     def _held(self, seq: Sequence) -> int:
         return len(seq.held_hashes) + seq.n_private

@@ -313,8 +313,21 @@ class KVCache:
             self.t0.acquire(h)
 
     def release_t0(self, hashes) -> None:
+        t0 = self.t0
+        if not t0._lru:
+            for h in hashes:
+                t0.release(h)
+            return
+        # the hot path (a finished sequence releases all its blocks), inlined for LRU
+        entries, order = t0.entries, t0._order
+        n = 0
         for h in hashes:
-            self.t0.release(h)
+            e = entries[h]
+            e.ref -= 1
+            if e.ref == 0:
+                order[h] = None  # absent while referenced: appended as most recently used
+                n += 1
+        t0.n_evictable += n
 
     def commit_block(self, h: int) -> None:
         """A private block of a sequence has become a complete, hashed block: share it."""
@@ -323,6 +336,23 @@ class KVCache:
             self.t0.acquire(h)
         else:
             self.t0.add(h, ref=1)
+
+    def commit_blocks(self, hashes) -> None:
+        """``commit_block`` for each of ``hashes`` (a prefill chunk completes many blocks at once)."""
+        t0 = self.t0
+        entries = t0.entries
+        tick = t0._tick
+        for h in hashes:
+            e = entries.get(h)
+            if e is not None:
+                t0.acquire(h)
+            else:
+                tick += 1
+                e = Entry(tick)
+                e.ref = 1
+                entries[h] = e
+        t0._tick = max(t0._tick, tick)
+        self.private -= len(hashes)
 
 
 class KVStats:
