@@ -103,9 +103,10 @@ class Engine:
         self.modelled_busy_s = 0.0
         self.link_free = {"g1g2": 0.0, "g2g3": 0.0}
         self.completed = 0
-        self.on_complete = None
+        self.on_complete = None  # callback(seq) after a sequence finished (fault injection hooks in)
         self._t_end = 0.0
-        self._t_woke = 0.0  # callback(seq) after a sequence finished (fault injection hooks in)
+        self._t_woke = 0.0
+        self._draining = False
 
     # -- submission -------------------------------------------------------------------------------
     def submit(self, rid: str, tokens: list, max_tokens: int, sink, adapter: str | None = None) -> Sequence:
@@ -311,6 +312,14 @@ class Engine:
                 seq.state = PREFILL
             self._wake.set()
 
+    def _drain_offloads(self) -> None:
+        """The offload cascade of evicted blocks, in small chunks between other loop work."""
+        self.kv.flush_offloads(32)
+        if self.kv.pending_offloads:
+            self.loop.call_soon(self._drain_offloads)
+        else:
+            self._draining = False
+
     def _link(self, link: str, now: float, modelled_s: float) -> float:
         start = max(now, self.link_free[link])
         end = start + modelled_s / self.speedup
@@ -431,6 +440,9 @@ class Engine:
             t_end = t_start + dur / self.speedup
             if self._t_woke:
                 m.step_work.observe(time.monotonic() - self._t_woke)
+            if self.kv.pending_offloads and not self._draining:
+                self._draining = True
+                loop.call_soon(self._drain_offloads)  # runs while this step "computes"
             fut = loop.create_future()
             # event-loop timers are millisecond-granular (libuv) and fire late by up to ~1 ms: wake a
             # little early, then sleep the last stretch precisely (blocks the loop < WAKE_EARLY_S)

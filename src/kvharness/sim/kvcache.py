@@ -159,7 +159,13 @@ class KVCache:
     """Tier bookkeeping; the engine owns timing. ``store`` (tier 2 file store) may be None."""
 
     def __init__(self, t0_blocks: int, t1_blocks: int, t2_blocks: int, policy: str, store=None,
-                 stats=None, hit_window: int = 256, disk_offload_filter: bool = False):
+                 stats=None, hit_window: int = 256, disk_offload_filter: bool = False,
+                 defer_offload: bool = False):
+        # defer_offload: a T0 eviction only queues the block; the T1/T2 cascade runs later in small
+        # chunks (flush_offloads), off the engine's critical path, as KVBM offloads asynchronously.
+        # A lookup that meets a queued block flushes the queue first, so no hit is ever missed.
+        self.defer_offload = defer_offload
+        self._pending: dict[int, Entry] = {}
         # KVBM's disk offload filter: a block goes to disk only once its frequency (1, doubling per hit)
         # is >= 2, i.e. after it was reused at least once (decay is not modelled)
         self.disk_offload_filter = disk_offload_filter
@@ -205,11 +211,32 @@ class KVCache:
             raise RuntimeError("no evictable T0 block")
         h, e = victim
         self.stats.t0_evictions += 1
+        if self.defer_offload and (self.t1.capacity or self.t2.capacity):
+            self._pending[h] = e
+        else:
+            self._offload(h, e)
+        self.t0.compact()
+
+    def _offload(self, h: int, e: Entry) -> None:
         if self.t1.capacity > 0:
             self._offload_to_t1(h, e)
         elif self.t2.capacity > 0:
             self._offload_to_t2(h, e, from_device=True)
-        self.t0.compact()
+
+    @property
+    def pending_offloads(self) -> int:
+        return len(self._pending)
+
+    def flush_offloads(self, limit: int | None = None) -> int:
+        """Run the queued T0 -> T1 -> T2 cascade, oldest first; at most ``limit`` blocks."""
+        pending = self._pending
+        n = 0
+        while pending and (limit is None or n < limit):
+            h = next(iter(pending))
+            e = pending.pop(h)
+            self._offload(h, e)
+            n += 1
+        return n
 
     def _offload_to_t1(self, h: int, e0: Entry) -> None:
         if h in self.t1:
@@ -260,8 +287,11 @@ class KVCache:
         onboard: list[tuple[int, str]] = []
         if self.t1.capacity or self.t2.capacity:
             i = n0
+            pending = self._pending
             while i < limit:
                 h = hashes[i]
+                if pending and h in pending:  # on its way to host: land it first
+                    self.flush_offloads()
                 if h in self.t1.entries:
                     onboard.append((h, "h"))
                 elif h in self.t2.entries:

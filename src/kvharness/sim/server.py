@@ -216,7 +216,7 @@ class SimServer:
             self.store = Tier2Store(cfg.tier2_dir, cfg.block_bytes, cfg.block_bytes_scale, t2_blocks, loop,
                                     io_threads=cfg.io_threads, on_io=self._on_io)
         self.kv = KVCache(t0_blocks, t1_blocks, t2_blocks, cfg.eviction_policy, store=self.store,
-                          disk_offload_filter=cfg.disk_offload_filter)
+                          disk_offload_filter=cfg.disk_offload_filter, defer_offload=True)
         self.lora = None
         if cfg.max_loras > 0:
             lora_dir = cfg.lora_dir or (os.path.join(cfg.tier2_dir, "lora") if cfg.tier2_dir and cfg.mode == "B" else None)
@@ -280,6 +280,7 @@ class SimServer:
             else:
                 conn.respond(503, b'{"status":"starting"}')
         elif path in ("/metrics", "/prometheus/metrics"):
+            self.kv.flush_offloads()  # report settled tiers (normally already drained)
             self.metrics.refresh(self.engine, self.kv, self.store, self.active, self.disconnected)
             conn.respond(200, self.metrics.main.render(), ctype="text/plain; version=0.0.4; charset=utf-8")
         elif path == "/v1/models":
@@ -305,6 +306,7 @@ class SimServer:
 
     def handle_kvbm(self, conn: Connection, req) -> None:
         if req.path == "/metrics":
+            self.kv.flush_offloads()
             self.metrics.refresh(self.engine, self.kv, self.store, self.active, self.disconnected)
             conn.respond(200, self.metrics.kvbm.render(), ctype="text/plain; version=0.0.4; charset=utf-8")
         else:
