@@ -327,6 +327,10 @@ class Engine:
         return end
 
     def _schedule(self, t_now: float):
+        # Offloads queued by the previous step land before this step touches any tier (normally the
+        # drain already did it while that step ran), so decisions do not depend on drain progress.
+        if self.kv.pending_offloads:
+            self.kv.flush_offloads()
         # drop cancelled sequences
         if any(s.cancelled for s in self.running):
             for s in [s for s in self.running if s.cancelled]:
