@@ -142,3 +142,26 @@ def test_bulk_commit_and_release_keep_counts_consistent(policy):
     assert kv.t0.n_evictable == 3
     victims = {kv.t0.pop_victim()[0] for _ in range(3)}
     assert victims == {1, 2, 3} and kv.t0.pop_victim() is None
+
+
+def test_tier2_store_removes_files_of_dead_sims_only(tmp_path):
+    import os
+    import subprocess
+
+    from kvharness.sim.tier2 import Tier2Store
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"kvsim-g3-{dead.pid}.bin").write_bytes(b"x")
+    (tmp_path / f"kvsim-g3-{os.getppid()}.bin").write_bytes(b"x")  # a live process: kept
+    (tmp_path / "kvsim-g3-notapid.bin").write_bytes(b"x")
+    (tmp_path / "other.bin").write_bytes(b"x")
+
+    async def run():
+        st = Tier2Store(str(tmp_path), 2 << 20, 1 / 32, 4, asyncio.get_running_loop())
+        st.close()
+        return st
+
+    st = asyncio.run(run())
+    assert st.removed_orphans == [f"kvsim-g3-{dead.pid}.bin"]
+    assert sorted(os.listdir(tmp_path)) == sorted([f"kvsim-g3-{os.getppid()}.bin", "kvsim-g3-notapid.bin", "other.bin"])

@@ -215,6 +215,9 @@ class SimServer:
         if t2_blocks:
             self.store = Tier2Store(cfg.tier2_dir, cfg.block_bytes, cfg.block_bytes_scale, t2_blocks, loop,
                                     io_threads=cfg.io_threads, on_io=self._on_io)
+            if self.store.removed_orphans:
+                print(f"kvharness sim: removed tier-2 files of dead simulators: {', '.join(self.store.removed_orphans)}",
+                      file=sys.stderr, flush=True)
         self.kv = KVCache(t0_blocks, t1_blocks, t2_blocks, cfg.eviction_policy, store=self.store,
                           disk_offload_filter=cfg.disk_offload_filter, defer_offload=True)
         self.lora = None

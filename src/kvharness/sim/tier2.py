@@ -30,6 +30,7 @@ class Tier2Store:
                  loop: asyncio.AbstractEventLoop, io_threads: int = 4, prefix: str = "kvsim-g3",
                  on_io=None):
         os.makedirs(directory, exist_ok=True)
+        self.removed_orphans = self._remove_orphans(directory, prefix)
         self.path = os.path.join(directory, f"{prefix}-{os.getpid()}.bin")
         self.slot_bytes = _round_up(int(block_bytes * scale))
         self.capacity = capacity_blocks
@@ -60,6 +61,34 @@ class Tier2Store:
         self.io_threads = io_threads
         self._batch = None
         self._tls = threading.local()
+
+    @staticmethod
+    def _remove_orphans(directory: str, prefix: str) -> list[str]:
+        """Delete tier-2 files left by simulator processes that no longer exist (a SIGKILLed sim cannot
+        clean up); a file whose pid is alive, or whose name does not parse, is left alone."""
+        removed = []
+        for name in os.listdir(directory):
+            if not (name.startswith(prefix + "-") and name.endswith(".bin")):
+                continue
+            try:
+                pid = int(name[len(prefix) + 1:-4])
+            except ValueError:
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # alive (or not ours to judge)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+        return removed
 
     def _probe(self) -> None:
         buf = mmap.mmap(-1, ALIGN)
