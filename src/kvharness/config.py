@@ -158,7 +158,7 @@ def _check_semantics(cfg: dict) -> None:
                 raise ConfigError(f"config error: {where}.sweep.{key}: duplicate cell for {key} {dup[0]}")
         levels = h.get("sweep", {}).get("concurrency")
         pattern = h["load"].get("pattern") or {"kind": "closed"}
-        allowed = {"closed": {"kind", "think_time_s"}, "bursty": {"kind", "burst_size", "pause_s"}}[pattern["kind"]]
+        allowed = {"closed": {"kind", "think_time_s", "think_dist"}, "bursty": {"kind", "burst_size", "pause_s"}}[pattern["kind"]]
         stray = sorted(set(pattern) - allowed)
         if stray:
             raise ConfigError(
