@@ -18,9 +18,13 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 pytestmark = pytest.mark.slow
 
 
+PLANTED = "hf_e2ePlantedToken987654321"
+
+
 def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_TOKEN": PLANTED, "MY_API_KEY": PLANTED}
     return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,11 @@ def test_cell_folders_hold_records_and_provenance(finished_run):
     for name in ("metrics.jsonl", "sysmon.jsonl", "cell.json", "summary.json", "provenance.json", "server.log"):
         assert (cell / name).is_file(), name
     assert not list((finished_run / "results/H0/cells").glob("*.tmp"))
+
+
+def test_planted_secret_is_nowhere_in_results_or_logs(finished_run):
+    leaks = [str(p) for p in finished_run.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()]
+    assert not leaks
 
 
 def test_complete_run_has_nothing_to_do(finished_run):
