@@ -191,17 +191,22 @@ PATTERN_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
 }
 
 
-def check_pattern(value: Any) -> dict:
+def _check_kinded(section: str, value: Any, tables: dict[str, dict]) -> dict:
+    """An object whose ``kind`` picks the table of its other fields (a pattern, a workload)."""
     if not isinstance(value, dict):
-        _fail("pattern", "an object", value)
+        _fail(section, "an object", value)
     kind = value.get("kind", REQUIRED)
     if kind is REQUIRED:
-        raise SpecError("load spec: pattern.kind: required key is missing")
-    if kind not in PATTERN_FIELDS:
-        _fail("pattern.kind", "one of " + ", ".join(repr(k) for k in PATTERN_FIELDS), kind)
-    fields = dict(PATTERN_FIELDS[kind])
-    fields["kind"] = (string(tuple(PATTERN_FIELDS)), REQUIRED)
-    return _check_object("pattern", value, fields)
+        raise SpecError(f"load spec: {section}.kind: required key is missing")
+    if kind not in tables:
+        _fail(f"{section}.kind", "one of " + ", ".join(repr(k) for k in tables), kind)
+    fields = dict(tables[kind])
+    fields["kind"] = (string(tuple(tables)), REQUIRED)
+    return _check_object(section, value, fields)
+
+
+def check_pattern(value: Any) -> dict:
+    return _check_kinded("pattern", value, PATTERN_FIELDS)
 
 
 # ---- workload ---------------------------------------------------------------------------------
@@ -266,16 +271,7 @@ WORKLOAD_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
 
 
 def check_workload(value: Any) -> dict:
-    if not isinstance(value, dict):
-        _fail("workload", "an object", value)
-    kind = value.get("kind", REQUIRED)
-    if kind is REQUIRED:
-        raise SpecError("load spec: workload.kind: required key is missing")
-    if kind not in WORKLOAD_FIELDS:
-        _fail("workload.kind", "one of " + ", ".join(repr(k) for k in WORKLOAD_FIELDS), kind)
-    fields = dict(WORKLOAD_FIELDS[kind])
-    fields["kind"] = (string(tuple(WORKLOAD_FIELDS)), REQUIRED)
-    return _check_object("workload", value, fields)
+    return _check_kinded("workload", value, WORKLOAD_FIELDS)
 
 
 def check_lora(path: str, v: Any) -> Any:
@@ -329,7 +325,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "progress": (string(("auto", "on", "off")), "auto"),
     "transport": (string(("raw", "aiohttp")), "raw"),
     "workers": (integer(1), 1),
-    "timestamps": (string(("loop", "kernel")), "loop"),
+    "timestamps": (string(("loop", "kernel")), "kernel"),
 }
 
 
