@@ -20,8 +20,9 @@ MIN_REQ_S = 3000.0
 MAX_CPU_MS_PER_REQ = 0.3
 
 
-def spec(base_url: str, concurrency: int, duration_s: float, transport: str) -> dict:
-    return {"base_url": base_url, "model": "bench", "transport": transport,
+def spec(base_url: str, concurrency: int, duration_s: float, transport: str, timestamps: str | None = None) -> dict:
+    extra = {"timestamps": timestamps} if timestamps else {}
+    return {**extra, "base_url": base_url, "model": "bench", "transport": transport,
             "pattern": {"kind": "closed", "concurrency": concurrency},
             "workload": {"kind": "fixed_context", "context_tokens": 32, "output_tokens": 16},
             "duration_s": duration_s, "warmup_s": 1.0, "labels": {"stack": "refserver"}}
@@ -32,6 +33,8 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=6.0)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--skip-aiohttp", action="store_true")
+    ap.add_argument("--timestamps", choices=("loop", "kernel"), default=None,
+                    help="the generator's read stamps (default: the generator's default)")
     args = ap.parse_args()
     client_core, server_core = cores()
     print(f"client core {client_core}, server core {server_core}, concurrency {args.concurrency}, "
@@ -40,13 +43,14 @@ def main() -> int:
     with RefServer(tokens=16) as server:
         ceiling = run_minimal_client(server.port, args.concurrency, args.duration_s)
         rows.append(("minimal raw-asyncio client (ceiling)", ceiling["req_s"], ceiling["cpu_ms_per_req"], None, 0))
-        ours, recs = run_loadgen(spec(server.base_url, args.concurrency, args.duration_s, "raw"))
+        ours, recs = run_loadgen(spec(server.base_url, args.concurrency, args.duration_s, "raw", args.timestamps))
         cpu_ours = ours["client_cpu_ms_per_req"]
         # sustained = every request fully recorded: records written after the last send count too
         ours["req_s"] = min(ours["req_s"] or 0.0, ours["n_records"] / ours["run_wall_s"])
         rows.append(("kvharness loadgen (raw protocol)", ours["req_s"], cpu_ours, ours["max_connections"],
                      ours["n_errors"]))
-        print(f"other processes used {ours['bench_other_load_pct']:.0f} % of the client core during our run")
+        print(f"other processes used {ours['bench_other_load_pct']:.0f} % of the client core during our run "
+              f"(timestamps {ours['spec']['timestamps']})")
         if not args.skip_aiohttp:
             aio, _ = run_loadgen(spec(server.base_url, args.concurrency, args.duration_s, "aiohttp"))
             rows.append(("kvharness loadgen (transport aiohttp)", aio["req_s"], aio["client_cpu_ms_per_req"], None,

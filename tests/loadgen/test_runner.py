@@ -244,3 +244,21 @@ def test_trace_replay_end_to_end(server, tmp_path):
     prompts = [b["prompt"].split() for b in server.requests]
     assert prompts[0][:32] == prompts[2][:32] != prompts[1][:32]
     assert runner.stop_reason == "pattern_done"
+
+
+def test_kernel_stamps_by_default_with_read_lag_in_summary(server, tmp_path):
+    import sys
+
+    spec = validate_spec(spec_for(server, max_requests=12))
+    assert spec["timestamps"] == "kernel"
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "w", encoding="utf-8") as out:  # a real file: records are written per loop turn
+        runner = Runner(spec, out)
+        summary = asyncio.run(runner.run())
+    lines = path.read_text().splitlines()
+    assert len(lines) == summary["n_records"] == 12 and all(json.loads(x)["rc"] == 0 for x in lines)
+    if sys.platform.startswith("linux"):
+        assert runner.pool.kernel_stamps
+        assert summary["read_lag_ms_p99"] is not None and summary["read_lag_ms_p99"] >= 0
+    for r in (json.loads(x) for x in lines):  # kernel stamps keep the order of a request's events
+        assert r["sched_ns"] <= r["sent_ns"] <= r["first_byte_ns"] <= r["first_token_ns"] <= r["end_ns"]

@@ -126,3 +126,33 @@ def test_fast_path_agrees_with_full_decode(event, carries, indent):
     body = json.dumps(event, indent=indent).replace("\n", " ").encode()
     t.feed(b"data: " + body + b"\n\n", 2)
     assert (t.token_ns == [1, 2]) is carries
+
+
+MIXED = [text_ev("a"), chat_ev(role="assistant"), text_ev(""), b": keep-alive\n\n", text_ev("b\\n\"x\""),
+         chat_ev(tool_calls=[{"index": 0, "function": {"name": "f"}}]), chat_ev(content=""),
+         b'data: {"choices":[{"index":0,\ndata: "text":"m"}]}\n\n', chat_ev(reasoning_content="r"),
+         b"event: ping\n\n", text_ev("c"), USAGE, b"data: [DONE]\n\n"]
+
+
+def test_events_in_one_read_count_like_events_one_per_read():
+    """The inlined per-event test of ``feed`` gives what one event per read gives (``_event``)."""
+    one = StreamTimer()
+    for i, e in enumerate(MIXED):
+        one.feed(e, i * MS)
+    together = StreamTimer()
+    together.feed(MIXED[0], 0)  # the first text event is decoded in full either way
+    for i in range(1, len(MIXED), 3):  # several events per read, some split across reads
+        blob = b"".join(MIXED[i:i + 3])
+        together.feed(blob[:7], i * MS)
+        together.feed(blob[7:], i * MS)
+    assert len(one.token_ns) == len(together.token_ns) == 6  # a, b, tool_calls, m, r, c
+    assert one.n_events == together.n_events
+    assert one.usage == together.usage and one.done and together.done
+
+
+def test_crlf_events_in_one_read():
+    t = StreamTimer()
+    blob = (text_ev("a") + text_ev("b") + USAGE).replace(b"\n", b"\r\n")
+    t.feed(blob[:20], 1 * MS)
+    t.feed(blob[20:], 2 * MS)
+    assert t.token_ns == [2 * MS, 2 * MS] and t.usage["completion_tokens"] == 4

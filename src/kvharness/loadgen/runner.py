@@ -32,7 +32,10 @@ from kvharness.loadgen.workloads import Request, Workload, make_workload
 from kvharness.stats import summarize_requests
 
 NS = 1_000_000_000
-BOOKKEEP_PER_TURN = 8  # completed requests parsed and recorded per event-loop turn
+BOOKKEEP_PER_TURN = 8  # requests prebuilt per event-loop turn: 2x this
+BOOKKEEP_TURN_NS = 400_000  # completed requests parsed and recorded per loop turn: for this long (or 1/64 of the backlog)
+INLINE_TURN_NS = 1_500_000  # completion callbacks send inline for this long per batch of reads
+SEND_SLICE_NS = 1_500_000  # the scheduler yields to the loop after sending for this long
 SPIN_NS = 1_000_000  # the last millisecond before a due send is waited by yielding, not by a timer
 _monotonic_ns = time.monotonic_ns
 _dumps = json.dumps
@@ -77,9 +80,12 @@ class Runner:
         self.selfcheck = SelfCheck()
         self._sleeper: asyncio.Future | None = None
         self.inline = False
+        self._turn_mark: int | None = None  # when the current batch of reads began sending inline
+        self._sending = False  # the scheduler has due requests left after a slice: bookkeeping waits
         self.presend = False
         self.end_ns = None
         self._backlog: deque = deque()
+        self._pending: list[str] | None = None  # records of the current bookkeeping turn, written at its end
         self._backlog_wakeup: asyncio.Future | None = None
         self._last_end_ns = 0
         self.in_flight: set = set()  # exchanges written by the scheduler, completed by callback
@@ -226,6 +232,9 @@ class Runner:
         end_hint = end_ns
         if end_hint is None:
             end_hint = (ex.last_read_ns if ex is not None else None) or timer.last_event_ns or _monotonic_ns()
+        if ex is not None and end_ns is None and ex.seen_ns and ex.parts:
+            # kernel stamps: how long the last bytes waited before the event loop handed them over
+            self.selfcheck.record_read_lag((ex.seen_ns - ex.parts[-1][0]) / 1e6)
         defer = not req.keep_text  # a session's next turn needs this reply in its history first
         counted = rc != 0
         if counted:
@@ -236,7 +245,16 @@ class Runner:
             # few records per loop turn so that reads of other streams are stamped in between.
             self.pattern.completed(ticket, end_hint, rc == 0)
             if self.inline:
-                self._send_inline()
+                # Sending inline saves a loop turn, but a whole cohort of streams can end within the
+                # same batch of reads; past a budget per batch the scheduler sends the rest in
+                # slices, so that reads of the other streams are not held up for milliseconds.
+                mark = self._turn_mark
+                if mark is None:
+                    self._turn_mark = _monotonic_ns()
+                    asyncio.get_running_loop().call_soon(self._end_turn)
+                    self._send_inline()
+                elif _monotonic_ns() - mark < INLINE_TURN_NS:
+                    self._send_inline()
             self._backlog.append((ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted))
             if len(self._backlog) > self.max_backlog:
                 self.max_backlog = len(self._backlog)
@@ -245,6 +263,9 @@ class Runner:
             return
         self._bookkeep(ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted)
         self.pattern.completed(ticket, self._last_end_ns, rc == 0)
+
+    def _end_turn(self) -> None:
+        self._turn_mark = None
 
     async def _backlog_worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -255,18 +276,39 @@ class Runner:
                 await self._backlog_wakeup
                 self._backlog_wakeup = None
                 await asyncio.sleep(0)  # let the scheduler send first
-            # a few per turn keeps reads of other streams promptly stamped; a growing backlog (the
-            # client is saturated) is worked off faster, which throttles sending instead of hiding debt
+            # a bounded slice per turn keeps reads of other streams (and the sends they trigger)
+            # prompt; a growing backlog (the client is saturated) is worked off faster, which throttles
+            # sending instead of hiding debt. The turn's records go out in one write, flushed before
+            # the turn ends.
             n = len(backlog)
-            for _ in range(min(n, max(BOOKKEEP_PER_TURN, n // 16))):
-                self._bookkeep(*backlog.popleft())
+            if self._sending:  # sends first: they are timed, bookkeeping is not
+                todo, deadline = 1, 0
+            else:
+                todo, deadline = n // 64, _monotonic_ns() + BOOKKEEP_TURN_NS
+            self._pending = []
+            try:
+                while todo > 0 or (backlog and _monotonic_ns() < deadline):
+                    self._bookkeep(*backlog.popleft())
+                    todo -= 1
+            finally:
+                self._write_pending()
             if self.prebuild_target:  # keep requests encoded ahead, a few per turn, even when saturated
                 self.workload.prebuild(min(self.prebuild_target, len(self.workload._prebuilt) + 2 * BOOKKEEP_PER_TURN))
             await asyncio.sleep(0)
 
     def _drain_backlog(self) -> None:
-        while self._backlog:
-            self._bookkeep(*self._backlog.popleft())
+        self._pending = []
+        try:
+            while self._backlog:
+                self._bookkeep(*self._backlog.popleft())
+        finally:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            self.out.write("".join(pending))
+            self.out.flush()
 
     def _bookkeep(self, ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted) -> None:
         if ex is not None and ex.parts:
@@ -362,8 +404,11 @@ class Runner:
         line = _dumps(rec) + "\n"
         if self.lines is not None:
             self.lines.append(line)
-        self.out.write(line)
-        self.out.flush()
+        if self._pending is not None:
+            self._pending.append(line)
+        else:
+            self.out.write(line)
+            self.out.flush()
         self.n_done += 1
         self.workload.completed(ticket, req, ok, timer.text if req.keep_text else "")
 
@@ -437,8 +482,17 @@ class Runner:
             # closed loop without think time: a completion sends its user's next request right in its
             # callback, not one event-loop turn later through the scheduler
             self.inline = self.presend and hasattr(self.pattern, "poll")
+            slice_start = last_send = 0
             while not self._stopping:
                 ticket = await self.pattern.next()
+                now = _monotonic_ns()
+                if now - last_send > 50_000:  # the scheduler waited: a new slice of sends
+                    slice_start = now
+                    self._sending = False
+                elif now - slice_start > SEND_SLICE_NS:  # many due at once: let reads in between
+                    self._sending = True
+                    await asyncio.sleep(0)
+                    slice_start = _monotonic_ns()
                 if ticket is None:
                     if self.stop_reason is None:
                         self.stop_reason = "pattern_done"
@@ -452,6 +506,7 @@ class Runner:
                 if self._stopping:
                     break
                 self._send_ticket(ticket)
+                last_send = _monotonic_ns()
             self.pattern.stop()
             while self.tasks or self.in_flight:
                 if self.in_flight:

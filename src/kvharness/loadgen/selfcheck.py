@@ -22,6 +22,7 @@ class SelfCheck:
         self.probe_s = probe_s
         self.loop_lag_ms: list[float] = []
         self.send_lag_ms: list[float] = []
+        self.read_lag_ms: list[float] = []  # kernel receive stamp -> read handed over (one per request)
         self.window_send_lag: list[float] = []
         self.client_bound_now = False
         self.windows_bound = 0
@@ -30,6 +31,9 @@ class SelfCheck:
         self._task: asyncio.Task | None = None
         self._cpu0 = time.process_time()
         self._wall0 = time.monotonic()
+
+    def record_read_lag(self, lag_ms: float) -> None:
+        self.read_lag_ms.append(lag_ms)
 
     def record_send_lag(self, lag_ms: float) -> None:
         self.send_lag_ms.append(lag_ms)
@@ -83,6 +87,9 @@ class SelfCheck:
             "send_lag_ms_p50": percentile(self.send_lag_ms, 50),
             "send_lag_ms_p99": send_p99,
             "send_lag_ms_max": max(self.send_lag_ms) if self.send_lag_ms else None,
+            "read_lag_ms_p50": percentile(self.read_lag_ms, 50),
+            "read_lag_ms_p99": percentile(self.read_lag_ms, 99),
+            "read_lag_ms_max": max(self.read_lag_ms) if self.read_lag_ms else None,
             "client_bound_windows": self.windows_bound,
             "selfcheck_windows": self.windows,
             "client_bound": bool(bound),

@@ -103,14 +103,24 @@ class StreamTimer:
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(buf[start:end], t_ns)
-            start = end + 2
-        self._buf = buf[start:] if start < len(buf) else b""
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return
+        self._buf = buf[end + 2:]
+        token_ns = self.token_ns
+        has_text = _HAS_TEXT
+        for raw in buf[:end].split(b"\n\n"):
+            # the common later event, inlined: one `data:` line holding an object without usage/error
+            # (the same test as in _event, without a call per event)
+            if (raw[:7] == b"data: {" and raw[-1:] == b"}" and token_ns and not self.keep_text
+                    and b"\n" not in raw and b'"usage"' not in raw and b'"error"' not in raw):
+                self.n_events += 1
+                self.last_event_ns = t_ns
+                if has_text(raw, 6) is not None:
+                    token_ns.append(t_ns)
+                continue
+            self._event(raw, t_ns)
 
     def _event(self, raw: bytes, t_ns: int) -> None:
         if raw[:6] == b"data: " and b"\n" not in raw:  # the usual one-line event

@@ -189,6 +189,8 @@ def combine_selfchecks(ws: list[dict]) -> dict:
         "send_lag_ms_p99": mx("send_lag_ms_p99"),
         "sched_lag_ms_p99": mx("send_lag_ms_p99"),
         "send_lag_ms_max": mx("send_lag_ms_max"),
+        "read_lag_ms_p99": mx("read_lag_ms_p99"),
+        "read_lag_ms_max": mx("read_lag_ms_max"),
         "client_bound": any(w.get("client_bound") for w in ws),
         "client_bound_windows": sum(w.get("client_bound_windows", 0) for w in ws),
         "max_connections": sum(w.get("max_connections") or 0 for w in ws),
