@@ -72,6 +72,15 @@ class RefServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far (Linux /proc; 0 elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -84,7 +93,7 @@ class RefServer:
         self.stop()
 
 
-def run_loadgen(spec: dict, workdir: str | None = None) -> tuple[dict, list[dict]]:
+def run_loadgen(spec: dict, workdir: str | None = None, server: "RefServer | None" = None) -> tuple[dict, list[dict]]:
     """Our generator as the CLI runs it (own process, pinned to the client core): (summary, records)."""
     workdir = workdir or tempfile.mkdtemp(prefix="loadgen-bench-")
     spec_path = os.path.join(workdir, "load.json")
@@ -95,7 +104,8 @@ def run_loadgen(spec: dict, workdir: str | None = None) -> tuple[dict, list[dict
     src = os.environ.get("LOADGEN_BENCH_SRC", str(ROOT / "src"))  # to compare another checkout of the generator
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with Interference() as interference:
+    srv_cpu0 = server.cpu_s() if server is not None else 0.0
+    with Interference(cores()[1]) as srv_interference, Interference() as interference:
         r = subprocess.run([PY, "-m", "kvharness", "loadgen", "--spec", spec_path, "--out", out, "--summary-out", summ],
                            capture_output=True, text=True, preexec_fn=pinned(cores()[0]), env=env, timeout=600)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -105,6 +115,8 @@ def run_loadgen(spec: dict, workdir: str | None = None) -> tuple[dict, list[dict
     with open(summ) as fh:
         summary = json.load(fh)
     summary["bench_other_load_pct"] = interference.other_pct(proc_cpu)
+    if server is not None:  # the same for the server's core: a disturbed server writes in bursts
+        summary["bench_server_other_load_pct"] = srv_interference.other_pct(server.cpu_s() - srv_cpu0)
     with open(out) as fh:
         records = [json.loads(line) for line in fh]
     return summary, records
@@ -151,8 +163,8 @@ class Interference:
     busy(core) - our client's CPU, as a fraction of the wall time. Timing on a shared machine is only
     as good as this number is small."""
 
-    def __init__(self):
-        self.core = cores()[0]
+    def __init__(self, core: set[int] | None = None):
+        self.core = core if core is not None else cores()[0]
 
     def __enter__(self):
         self.t0 = time.monotonic()
