@@ -482,14 +482,15 @@ class Runner:
             # closed loop without think time: a completion sends its user's next request right in its
             # callback, not one event-loop turn later through the scheduler
             self.inline = self.presend and hasattr(self.pattern, "poll")
-            slice_start = last_send = 0
+            slice_start = last_send = slice_busy = 0
             while not self._stopping:
                 ticket = await self.pattern.next()
                 now = _monotonic_ns()
                 if now - last_send > 50_000:  # the scheduler waited: a new slice of sends
                     slice_start = now
+                    slice_busy = len(self.in_flight)  # streams that may have bytes to read
                     self._sending = False
-                elif now - slice_start > SEND_SLICE_NS:  # many due at once: let reads in between
+                elif slice_busy and now - slice_start > SEND_SLICE_NS:  # many due at once: let reads in between
                     self._sending = True
                     await asyncio.sleep(0)
                     slice_start = _monotonic_ns()
