@@ -97,6 +97,15 @@ def parse_diskstats(text: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+
+def _read_or_empty(path: str) -> str:
+    """A /proc file's text, or "" where it cannot be read (the caller then reports why)."""
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
 def diskstats_line(text: str, device: str) -> tuple[int, ...] | None:
     """Counters of one device without parsing the whole file (cheap per-tick path)."""
     key = f" {device} "
@@ -211,11 +220,7 @@ def resolve_block_device(path: str | None, override: str | None = None, sys_root
     without a block source), so the caller writes ``nvme: null`` rather than crashing.
     """
     if diskstats_text is None:
-        try:
-            with open("/proc/diskstats") as fh:
-                diskstats_text = fh.read()
-        except OSError:
-            diskstats_text = ""
+        diskstats_text = _read_or_empty("/proc/diskstats")
     known = set(parse_diskstats(diskstats_text))
 
     def finish(name: str | None, source: str, detail: str = "") -> DeviceChoice:
@@ -247,11 +252,7 @@ def resolve_block_device(path: str | None, override: str | None = None, sys_root
             return finish(name, "st_dev", f"{p} on {major}:{minor}")
     # Anonymous device (btrfs subvolume, overlayfs, tmpfs, ...): ask mountinfo for the mount's source.
     if mountinfo_text is None:
-        try:
-            with open("/proc/self/mountinfo") as fh:
-                mountinfo_text = fh.read()
-        except OSError:
-            mountinfo_text = ""
+        mountinfo_text = _read_or_empty("/proc/self/mountinfo")
     m = _mount_for(p, mountinfo_text)
     if m is None:
         return DeviceChoice(None, "none", f"no mount found for {p}")
