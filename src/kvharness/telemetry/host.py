@@ -97,7 +97,6 @@ def parse_diskstats(text: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-
 def _read_or_empty(path: str) -> str:
     """A /proc file's text, or "" where it cannot be read (the caller then reports why)."""
     try:
@@ -105,6 +104,7 @@ def _read_or_empty(path: str) -> str:
             return fh.read()
     except OSError:
         return ""
+
 
 def diskstats_line(text: str, device: str) -> tuple[int, ...] | None:
     """Counters of one device without parsing the whole file (cheap per-tick path)."""
