@@ -480,17 +480,30 @@ class Engine:
         """Write every token of the step first (that is the latency a client sees), then do the
         bookkeeping: block commits of prefill chunks and the release of finished sequences."""
         finished: list[Sequence] = []
+        emitted: list[Sequence] = []
+        written: list[float] = []
         emit = self._emit
         for s in decode:
             if s.state == DECODE and not s.cancelled:
-                emit(s, now, finished)
+                emit(s, finished, emitted, written)
         for s, c in prefill:
             if s.cancelled or s.state != PREFILL:
                 continue
             s.n_computed += c
             if s.n_computed >= s.n_prompt + s.n_gen:
                 s.state = DECODE
-                emit(s, now, finished)
+                emit(s, finished, emitted, written)
+        # metrics only after every token of the step is on the wire (observing is not free)
+        m = self.m
+        t_end = self._t_end
+        for s, t_written in zip(emitted, written):
+            m.emission_lag.observe(t_written - t_end)
+            if s.t_first is None:
+                s.t_first = now
+                m.on_first_token(s, now)
+            else:
+                m.itl(now - s.t_last)
+            s.t_last = now
         for s, _c in prefill:
             if not s.cancelled and s.state != DONE:
                 self._commit_blocks(s)
@@ -503,7 +516,7 @@ class Engine:
             if self.on_complete is not None:
                 self.on_complete(s)
 
-    def _emit(self, s: Sequence, now: float, finished: list) -> None:
+    def _emit(self, s: Sequence, finished: list, emitted: list, written: list) -> None:
         i = s.n_gen
         s.n_gen += 1
         last = s.n_gen >= s.max_tokens
@@ -511,11 +524,5 @@ class Engine:
             s.state = DONE
             finished.append(s)
         s.sink.token(VOCAB[(s.word_base + i * 7) % len(VOCAB)], last, s)  # the write first
-        m = self.m
-        m.emission_lag.observe(time.monotonic() - self._t_end)  # after the write: what the client gets
-        if s.t_first is None:
-            s.t_first = now
-            m.on_first_token(s, now)
-        else:
-            m.itl(now - s.t_last)
-        s.t_last = now
+        emitted.append(s)
+        written.append(time.monotonic())  # after the write: what the client gets
