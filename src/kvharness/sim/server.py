@@ -69,6 +69,12 @@ def _usage(seq) -> dict:
             "prompt_tokens_details": {"cached_tokens": seq.cached_tokens}}
 
 
+def _usage_json(seq) -> str:
+    """``json.dumps(_usage(seq), separators=(",", ":"))`` without the encoder (the hot last-token path)."""
+    return (f'{{"prompt_tokens":{seq.n_prompt},"completion_tokens":{seq.n_gen},'
+            f'"total_tokens":{seq.n_prompt + seq.n_gen},"prompt_tokens_details":{{"cached_tokens":{seq.cached_tokens}}}}}')
+
+
 def _error_body(status: int, message: str, etype: str | None = None) -> bytes:
     etype = etype or {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error",
                       503: "service_unavailable"}.get(status, "server_error")
@@ -144,10 +150,11 @@ class StreamSink:
             return
         # the last token, the usage chunk and [DONE] leave in one write
         if self.include_usage:
-            data += b"data: " + (self.usage_head + json.dumps(_usage(seq), separators=(",", ":")) + "}\n\n").encode()
+            data += b"data: " + (self.usage_head + _usage_json(seq) + "}\n\n").encode()
         self.conn.lost_callbacks.clear()
         self._out(data + b"data: [DONE]\n\n", end=True)
-        self.server.request_done(self.endpoint, "stream", "success")
+        # counted once the engine's step has written every stream (a metric is not worth a client's wait)
+        self.loop.call_soon(self.server.request_done, self.endpoint, "stream", "success")
 
 
 class FullSink:
