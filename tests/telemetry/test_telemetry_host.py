@@ -128,8 +128,10 @@ def test_proc_watcher_sees_children_not_itself():
     import sys
     import time
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline().strip() == "up"  # the interpreter is running, its memory mapped
         w = host.ProcWatcher(os.getpid(), refresh_s=0.0)
         t = time.monotonic_ns()
         first = w.sample(t)
