@@ -177,8 +177,3 @@ class Interference:
 
     def other_pct(self, own_cpu_s: float) -> float:
         return max(0.0, 100.0 * (self.busy - own_cpu_s) / self.wall) if self.wall > 0 else 0.0
-
-
-def load_average() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs"
