@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kvharness import __version__
-from kvharness.sim.engine import Engine, RejectedError
+from kvharness.sim.engine import VOCAB, Engine, RejectedError
 from kvharness.sim.exporters import SimMetrics
 from kvharness.sim.httpserver import Connection
 from kvharness.sim.kvcache import KVCache
@@ -75,6 +75,9 @@ def _usage_json(seq) -> str:
             f'"total_tokens":{seq.n_prompt + seq.n_gen},"prompt_tokens_details":{{"cached_tokens":{seq.cached_tokens}}}}}')
 
 
+_WORD_BYTES = {w: w.encode() for w in VOCAB}  # the engine's words, encoded once
+
+
 def _error_body(status: int, message: str, etype: str | None = None) -> bytes:
     etype = etype or {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error",
                       503: "service_unavailable"}.get(status, "server_error")
@@ -85,7 +88,8 @@ class StreamSink:
     """Writes SSE events straight into the connection (called by the engine, synchronously)."""
 
     __slots__ = ("conn", "chat", "head", "tail", "tail_last", "role_event", "include_usage", "usage_head",
-                 "n", "malformed", "drip", "loop", "_t_next", "server", "endpoint", "rid")
+                 "n", "malformed", "drip", "loop", "_t_next", "server", "endpoint", "rid", "_mid_fmt", "_mid_len",
+                 "_fast")
 
     def __init__(self, server, conn, rid, model, created, chat, include_usage, malformed, drip_s):
         self.server = server
@@ -113,6 +117,11 @@ class StreamSink:
             self.role_event = None
             self.usage_head = '{"id":"%s","object":"text_completion","created":%d,"model":%s,"choices":[],"usage":' % (
                 rid, created, json.dumps(model))
+        # a middle token as one chunk in one formatting step: b"%x\r\ndata: HEAD\"word \"TAIL\r\n"
+        mid = b"data: " + self.head + b'"'
+        self._mid_len = len(mid) + 2 + len(self.tail)
+        self._mid_fmt = b"%x\r\n" + mid.replace(b"%", b"%%") + b'%b "' + self.tail.replace(b"%", b"%%") + b"\r\n"
+        self._fast = not malformed and not drip_s
         self.include_usage = include_usage
         self.n = 0
         self.malformed = malformed
@@ -138,6 +147,12 @@ class StreamSink:
 
     def token(self, word: str, last: bool, seq=None) -> None:
         self.n += 1
+        if self._fast and not last and self.n > 1:  # the hot path: most tokens of most streams
+            conn = self.conn
+            if not conn.closed:
+                wb = _WORD_BYTES.get(word) or word.encode()
+                conn.transport.write(self._mid_fmt % (self._mid_len + len(wb), wb))
+            return
         if self.n == 1 and self.role_event is not None:
             data = self.role_event + b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last if last else self.tail)
         elif self.malformed and self.n == 2:
