@@ -78,6 +78,34 @@ def test_closed_loop_next_due_at_completion_plus_think():
     assert asyncio.run(go()) == (0, 0, 7_000 + 500_000_000, 1)
 
 
+def test_closed_loop_spawns_users_at_spawn_rate():
+    async def go():
+        p = ClosedLoop(4, spawn_rate=1000.0)  # 1 ms apart
+        p.start(0)
+        first = await p.next()
+        p.completed(first, 1_500_000, True)  # user 0 done before users 2 and 3 have started
+        return [(t.sched_ns, t.user) for t in [await p.next() for _ in range(4)]]
+
+    # due order is kept while spawning: user 0's second request (1.5 ms) comes between users 1 and 2
+    assert asyncio.run(go()) == [(1_000_000, 1), (1_500_000, 0), (2_000_000, 2), (3_000_000, 3)]
+
+
+def test_closed_loop_spawn_rate_default_and_null():
+    spec = validate_spec({"model": "m", "pattern": {"kind": "closed", "concurrency": 3},
+                          "workload": {"kind": "fixed_context", "context_tokens": 8}, "duration_s": 1})
+    assert spec["pattern"]["spawn_rate"] == 10_000.0
+    p = make_pattern(spec)
+    p.start(0)
+    assert [t for t, _u in p.free.items] == [0, 100_000, 200_000]
+    spec["pattern"]["spawn_rate"] = None
+    p = make_pattern(spec)
+    p.start(0)
+    assert [t for t, _u in p.free.items] == [0, 0, 0]
+    with pytest.raises(ValueError, match="spawn_rate"):
+        validate_spec({"model": "m", "pattern": {"kind": "closed", "concurrency": 3, "spawn_rate": 0},
+                       "workload": {"kind": "fixed_context", "context_tokens": 8}, "duration_s": 1})
+
+
 TRACE = [
     {"timestamp": 0, "input_length": 1030, "output_length": 5, "hash_ids": [0, 1, 2]},
     {"timestamp": 250, "input_length": 700, "output_length": 3, "hash_ids": [0, 1]},

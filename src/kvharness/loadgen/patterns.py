@@ -108,20 +108,44 @@ class _Waiter:
 
 
 class ClosedLoop(LoadPattern):
-    """N users, each sending its next request when the previous ended (+ think time)."""
+    """N users, each sending its next request when the previous ended (+ think time).
+
+    Users start at ``spawn_rate`` per second (Locust's term): user i's first request is due at
+    t0 + i / spawn_rate. All N due at t0 would be a schedule no client can keep (every send costs tens
+    of microseconds), and the first wave would report the client's own send queue as server latency.
+    ``spawn_rate=None`` starts every user at t0.
+    """
 
     def __init__(self, concurrency: int, think_time_s: float = 0.0, think_dist: str = "fixed",
-                 seed: int = 0):
+                 seed: int = 0, spawn_rate: float | None = None):
         self.concurrency = self.in_flight_cap = concurrency
         self.think_s = think_time_s
         self.think_dist = think_dist
         self.rng = random.Random(seed)
         self.free = _Waiter()
+        self.spawn_gap_ns = int(NS / spawn_rate) if spawn_rate else 0
+        self.last_spawn_ns = 0
 
     def start(self, t0_ns: int) -> None:
         super().start(t0_ns)
+        gap = self.spawn_gap_ns
         for user in range(self.concurrency):
-            self.free.put((t0_ns, user))
+            self.free.put((t0_ns + user * gap, user))
+        self.last_spawn_ns = t0_ns + (self.concurrency - 1) * gap
+
+    def _due(self, item: tuple[int, int]) -> None:
+        items = self.free.items
+        if item[0] < self.last_spawn_ns and items and items[-1][0] > item[0]:
+            # still spawning: keep the queue in due order (a completion can be due before a later start)
+            i = len(items)
+            while i > 0 and items[i - 1][0] > item[0]:
+                i -= 1
+            items.insert(i, item)
+            w = self.free.waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+            return
+        self.free.put(item)
 
     async def next(self) -> Ticket | None:
         item = await self.free.get()
@@ -131,7 +155,7 @@ class ClosedLoop(LoadPattern):
 
     def completed(self, ticket: Ticket, end_ns: int, ok: bool) -> None:
         think = draw(self.rng, self.think_dist, self.think_s)
-        self.free.put((end_ns + int(think * NS), ticket.user))
+        self._due((end_ns + int(think * NS), ticket.user))
 
     def poll(self, now_ns: int) -> Ticket | None:
         """A ticket already due, without waiting (None if none is due yet)."""
@@ -468,7 +492,7 @@ def make_pattern(spec: dict) -> LoadPattern:
         return SessionPhases(p["concurrency"], w["sessions"], w["turns"], w["idle_s"], w["resume_turns"],
                              p["think_time_s"], p["think_dist"], pressure.get("rate"), seed)
     if kind == "closed":
-        return ClosedLoop(p["concurrency"], p["think_time_s"], p["think_dist"], seed)
+        return ClosedLoop(p["concurrency"], p["think_time_s"], p["think_dist"], seed, p["spawn_rate"])
     if kind == "bursty":
         return Bursty(p["concurrency"], p["burst_size"], p["pause_s"], p["burst_size_dist"], p["pause_dist"], seed)
     if kind == "constant":

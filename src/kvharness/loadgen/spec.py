@@ -153,12 +153,15 @@ def _join(path: str, key: str) -> str:
 # ---- pattern ----------------------------------------------------------------------------------
 
 _DIST = ("fixed", "exponential", "uniform")
+#: closed loop: users started per second (100 us apart: a 256-user start takes 25.6 ms)
+DEFAULT_SPAWN_RATE = 10_000.0
 
 PATTERN_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     "closed": {
         "concurrency": (integer(1), REQUIRED),
         "think_time_s": (number(0.0), 0.0),
         "think_dist": (string(_DIST), "fixed"),
+        "spawn_rate": (number(0.0, exclusive=True, nullable=True), DEFAULT_SPAWN_RATE),
     },
     "bursty": {
         "concurrency": (integer(1), REQUIRED),

@@ -61,8 +61,8 @@ def split_spec(spec: dict, i: int, n: int) -> dict | None:
             return None
         if w.get("pressure"):
             w["pressure"]["rate"] = w["pressure"]["rate"] / n
-    for key in ("rate", "start_rate", "end_rate"):
-        if key in p:
+    for key in ("rate", "start_rate", "end_rate", "spawn_rate"):
+        if p.get(key) is not None:
             p[key] = p[key] / n
     if p.get("max_in_flight") is not None:
         p["max_in_flight"] = max(1, _share(p["max_in_flight"], i, n))
@@ -115,8 +115,9 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
         share = split_spec(spec, i, n)
         if share is None:
             continue
-        # constant arrivals: phase-shift the workers so their sends interleave evenly
-        offset = int(i / spec["pattern"]["rate"] * 1e9) if kind == "constant" else 0
+        # constant arrivals and spawning users: phase-shift the workers so their sends interleave evenly
+        every = spec["pattern"].get("rate") if kind == "constant" else spec["pattern"].get("spawn_rate")
+        offset = int(i / every * 1e9) if every else 0
         parent_conn, child_conn = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(share, out_path, start_at, offset, child_conn), daemon=False)
         proc.start()
