@@ -37,6 +37,7 @@ BOOKKEEP_TURN_NS = 400_000  # completed requests parsed and recorded per loop tu
 INLINE_TURN_NS = 1_500_000  # completion callbacks send inline for this long per batch of reads
 SEND_SLICE_NS = 1_500_000  # the scheduler yields to the loop after sending for this long
 SPIN_NS = 1_000_000  # the last millisecond before a due send is waited by yielding, not by a timer
+GC_FREEZE_S = 0.25  # how often survivors are frozen out of the collector's scans during a run
 _monotonic_ns = time.monotonic_ns
 _dumps = json.dumps
 
@@ -267,6 +268,15 @@ class Runner:
     def _end_turn(self) -> None:
         self._turn_mark = None
 
+    async def _gc_tender(self) -> None:
+        """Keep the collector's pauses short while timing: every GC_FREEZE_S, move what survived so far
+        (mostly finished records) out of the generations the collector scans. Without it a gen-1/gen-2
+        pass over thousands of records stalled the loop for 5-13 ms at c=256, and a token read in that
+        stall looked like server latency. Reference counting still frees frozen objects."""
+        while True:
+            await asyncio.sleep(GC_FREEZE_S)
+            gc.freeze()
+
     async def _backlog_worker(self) -> None:
         loop = asyncio.get_running_loop()
         backlog = self._backlog
@@ -465,6 +475,7 @@ class Runner:
         gc.freeze()  # start-up objects (imports, spec) never need scanning again
         self.selfcheck.start()
         worker = loop.create_task(self._backlog_worker())
+        tender = loop.create_task(self._gc_tender())
         if self.progress is not None:  # before t0: starting rich takes tens of ms
             self.progress.start(self)
         try:
@@ -517,11 +528,13 @@ class Runner:
                 if self.tasks:
                     await asyncio.gather(*list(self.tasks), return_exceptions=True)
         finally:
+            tender.cancel()
             worker.cancel()
             try:
                 await worker
             except asyncio.CancelledError:
                 pass
+            gc.unfreeze()  # everything collectable again once the timed part is over
             self._drain_backlog()
             self.run_wall_s = (_monotonic_ns() - self.t0_ns) / NS
             if self.session is not None:
