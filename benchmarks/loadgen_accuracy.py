@@ -59,9 +59,11 @@ def main() -> int:
           f"timestamps {args.timestamps}; "
           f"{load_average()}")
     print("'other load' = CPU the client's core gave to OTHER processes during the run; timing is only trustworthy "
-          "when it is near 0; 'srv' = the same on the server's core (a disturbed server writes in bursts)")
+          "when it is near 0; 'srv' = the same on the server's core (a disturbed server writes in bursts); "
+          "'steal' = CPU time the hypervisor took from this VM (tails measured during steal are the host's)")
     print(f"{'closed loop':14s} {'n':>6s} {'TTFT mean':>10s} {'truth':>8s} {'d':>6s} {'TTFT p99':>9s} {'truth':>8s} "
-          f"{'d':>6s} {'ITL p99':>8s} {'truth':>7s} {'d':>6s} {'client-bound':>12s} {'other load':>10s} {'srv':>5s}")
+          f"{'d':>6s} {'ITL p99':>8s} {'truth':>7s} {'d':>6s} {'client-bound':>12s} {'other load':>10s} {'srv':>5s} "
+          f"{'steal':>6s}")
     for c in (1, 64, 256):
         s, t, _ = measure({"kind": "closed", "concurrency": c}, args.duration_s, args.timestamps)
         d_mean = s["ttft_ms_mean"] - t["ttft_mean"]
@@ -70,7 +72,7 @@ def main() -> int:
         print(f"{'c=' + str(c):14s} {s['n_ok']:>6d} {s['ttft_ms_mean']:>10.2f} {t['ttft_mean']:>8.2f} {d_mean:>6.2f} "
               f"{s['ttft_ms_p99']:>9.2f} {t['ttft_p99']:>8.2f} {d_p99:>6.2f} {s['itl_ms_p99']:>8.2f} "
               f"{t['itl_p99']:>7.2f} {d_itl:>6.2f} {str(s['client_bound']):>12s} "
-              f"{s['bench_other_load_pct']:>9.0f}% {s['bench_server_other_load_pct']:>4.0f}%")
+              f"{s['bench_other_load_pct']:>9.0f}% {s['bench_server_other_load_pct']:>4.0f}% {s['bench_steal_pct']:>5.1f}%")
         p99_limit = 3.0 if c <= 64 else 15.0
         if abs(d_mean) > 1.5:
             failures.append(f"c={c}: TTFT mean off by {d_mean:.2f} ms (> 1.5)")
@@ -81,7 +83,7 @@ def main() -> int:
         if s["n_errors"]:
             failures.append(f"c={c}: {s['n_errors']} errors")
     print(f"{'poisson':14s} {'n':>6s} {'target':>8s} {'sched':>8s} {'sent':>8s} {'err %':>6s} {'lag p99':>8s} "
-          f"{'TTFT mean':>10s} {'truth':>8s} {'d':>6s} {'client-bound':>12s} {'other load':>10s} {'srv':>5s}")
+          f"{'TTFT mean':>10s} {'truth':>8s} {'d':>6s} {'client-bound':>12s} {'other load':>10s} {'srv':>5s} {'steal':>6s}")
     for rate in (50, 200, 500):
         s, t, recs = measure({"kind": "poisson", "rate": float(rate)}, args.duration_s, args.timestamps)
         sched = sorted(r["sched_ns"] for r in recs)
@@ -98,7 +100,7 @@ def main() -> int:
         print(f"{str(rate) + ' req/s':14s} {s['n_ok']:>6d} {rate:>8.1f} {sched_rate:>8.1f} {sent_rate:>8.1f} "
               f"{rate_err:>6.2f} {lag:>8.3f} {s['ttft_ms_mean']:>10.2f} {t['ttft_mean']:>8.2f} {d_mean:>6.2f} "
               f"{str(s['client_bound']):>12s} {s['bench_other_load_pct']:>9.0f}% "
-              f"{s['bench_server_other_load_pct']:>4.0f}%")
+              f"{s['bench_server_other_load_pct']:>4.0f}% {s['bench_steal_pct']:>5.1f}%")
         if not in_band:
             failures.append(f"poisson {rate}: {len(sched)} arrivals in {args.duration_s} s is outside the 99 % "
                             f"Poisson band around {expected:.0f}")

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import StealMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 REFSERVER = str(Path(__file__).with_name("loadgen_refserver.py"))
@@ -105,7 +107,7 @@ def run_loadgen(spec: dict, workdir: str | None = None, server: "RefServer | Non
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv_cpu0 = server.cpu_s() if server is not None else 0.0
-    with Interference(cores()[1]) as srv_interference, Interference() as interference:
+    with Interference(cores()[1]) as srv_interference, Interference() as interference, StealMeter() as steal:
         r = subprocess.run([PY, "-m", "kvharness", "loadgen", "--spec", spec_path, "--out", out, "--summary-out", summ],
                            capture_output=True, text=True, preexec_fn=pinned(cores()[0]), env=env, timeout=600)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -115,6 +117,7 @@ def run_loadgen(spec: dict, workdir: str | None = None, server: "RefServer | Non
     with open(summ) as fh:
         summary = json.load(fh)
     summary["bench_other_load_pct"] = interference.other_pct(proc_cpu)
+    summary["bench_steal_pct"] = steal.percent
     if server is not None:  # the same for the server's core: a disturbed server writes in bursts
         summary["bench_server_other_load_pct"] = srv_interference.other_pct(server.cpu_s() - srv_cpu0)
     with open(out) as fh:
