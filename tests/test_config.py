@@ -59,3 +59,13 @@ def test_default_config_expands_h0_and_h8():
 def test_paper_config_is_valid():
     cfg = load_config_file(ROOT / "configs" / "paper.yaml")
     assert all(h["load"]["duration_s"] >= 120 for h in cfg["hypotheses"].values())
+
+
+def test_load_tokenizer_is_accepted_and_reaches_the_cell():
+    cfg = copy.deepcopy(BASE)
+    cfg["hypotheses"]["H8"]["load"]["tokenizer"] = "models/llama/tokenizer.json"
+    cells = {c["cell"]: c for c in expand_cells(validate_config(cfg), "H8")}
+    assert cells["sim-A"]["load"]["tokenizer"] == "models/llama/tokenizer.json"
+    cfg["hypotheses"]["H8"]["load"]["tokenizer"] = 7
+    with pytest.raises(ConfigError, match="tokenizer"):
+        validate_config(cfg)

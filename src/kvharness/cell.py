@@ -268,6 +268,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
             "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
             "request_timeout_s": load.get("request_timeout_s", 60.0),
             "labels": {"stack": plan.name, "concurrency": load["concurrency"]},
+            "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
         }
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
         log.info("cell %s: load %s x%s for %.1f s", spec["cell"], load["pattern"]["kind"], load["concurrency"], load["duration_s"])

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stack", help="label copied into every record as 'stack'")
     g.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto = only on a TTY)")
     g.add_argument("--workers", type=int, help="spread the load over this many processes (spec key 'workers')")
+    g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="a model's tokenizer.json: fit each prompt to its token count (spec key 'tokenizer'; "
+                        "needs pip install 'kvharness[tokenizer]')")
 
 
 def build_spec(args: argparse.Namespace) -> dict:
@@ -72,7 +75,7 @@ def build_spec(args: argparse.Namespace) -> dict:
         }
     for flag, key in (("base_url", "base_url"), ("model", "model"), ("endpoint", "endpoint"),
                       ("duration_s", "duration_s"), ("max_requests", "max_requests"), ("seed", "seed"),
-                      ("progress", "progress"), ("workers", "workers")):
+                      ("progress", "progress"), ("workers", "workers"), ("tokenizer", "tokenizer")):
         value = getattr(args, flag, None)
         if value is not None:
             raw[key] = value

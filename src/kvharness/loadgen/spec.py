@@ -329,6 +329,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "transport": (string(("raw", "aiohttp")), "raw"),
     "workers": (integer(1), 1),
     "timestamps": (string(("loop", "kernel")), "kernel"),
+    "tokenizer": (string(nullable=True), None),
 }
 
 
@@ -342,6 +343,9 @@ def validate_spec(raw: Any) -> dict:
         _fail("workload.kind", "'trace' with a trace pattern", spec["workload"]["kind"])
     if spec["workload"]["kind"] == "trace" and spec["pattern"]["kind"] != "trace":
         _fail("pattern.kind", "'trace' with a trace workload", spec["pattern"]["kind"])
+    if spec["tokenizer"]:
+        from kvharness.loadgen.tokenizer import PromptTokenizer
+        PromptTokenizer(spec["tokenizer"])  # a missing file, package or a bad file fails here, naming the key
     if spec["workload"]["kind"] == "sessioned_chat" and spec["pattern"]["kind"] != "closed":
         _fail("pattern.kind", "'closed' with a sessioned_chat workload (concurrency = sessions in flight)",
               spec["pattern"]["kind"])

@@ -132,6 +132,10 @@ class Workload:
         self.prefix_ratio = ratio
         self.prefix_groups = w.get("prefix_groups", 1)
         self._prefix_corpora: dict[int, Corpus] = {}
+        self.tokenizer = None
+        if spec.get("tokenizer"):
+            from kvharness.loadgen.tokenizer import PromptTokenizer
+            self.tokenizer = PromptTokenizer(spec["tokenizer"])
 
     # ---- prompt text ----
 
@@ -194,12 +198,11 @@ class Workload:
     def simple_request(self, n_tokens: int, output_tokens: int, labels: dict) -> Request:
         seq = self.seq
         self.seq += 1
-        if self.chat:  # "<user>" counts as one token of the chat prompt
-            text, group = self.text_of(max(1, n_tokens - 1), seq)
-            payload: Any = [{"role": "user", "content": text}]
-        else:
-            text, group = self.text_of(n_tokens, seq)
-            payload = text
+        want = max(1, n_tokens - 1) if self.chat else n_tokens  # chat: "<user>" counts as one token
+        if self.tokenizer is not None:  # as many words as make `want` tokens for the model's tokenizer
+            _t, want, labels["client_prompt_tokens"] = self.tokenizer.fit(want, lambda n: self.text_of(n, seq)[0])
+        text, group = self.text_of(want, seq)
+        payload: Any = [{"role": "user", "content": text}] if self.chat else text
         body, adapter = self.body(payload, output_tokens)
         labels["context_tokens"] = n_tokens
         labels["adapter_id"] = adapter
