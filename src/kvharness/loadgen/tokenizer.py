@@ -32,14 +32,17 @@ class PromptTokenizer:
             raise TokenizerError(f"tokenizer: {path} is not a readable tokenizer.json: {e}") from None
         self.path = path
         self.tokens_per_word = 1.0  # learned from the last fit: the next one starts close
+        # a short word that is one token after a space: tops up a prompt that a multi-token word
+        # would otherwise leave a few tokens short
+        self.filler = next((f" {w}" for w in ("a", "I", "the", "of", "and", "to") if self.count(f" {w}") == 1), None)
 
     def count(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids)
 
     def fit(self, target: int, text_of, max_rounds: int = 24) -> tuple[str, int, int]:
-        """Words n such that ``text_of(n)`` counts ``target`` tokens, or the closest count below it when
-        no word count gives it exactly (a word of several tokens straddles the target): returns
-        (text, n_words, tokens). ``text_of(n)`` must be deterministic and grow with n. Proportional
+        """Words n such that ``text_of(n)`` counts ``target`` tokens; when a word of several tokens
+        straddles the target, the closest count below it topped up with one-token filler words (or, if
+        that does not count exactly, left below): returns (text, n_words, tokens). ``text_of(n)`` must be deterministic and grow with n. Proportional
         steps (from the last fit's tokens per word) until the target is bracketed, then bisection."""
         n = max(1, round(target / self.tokens_per_word))
         under = None  # (n, count, text) with count < target, the largest n seen
@@ -72,4 +75,10 @@ class PromptTokenizer:
         if under is None:  # even one word counts more than the target
             text = text_of(1)
             return text, 1, self.count(text)
-        return under[2], under[0], under[1]
+        n, c, text = under
+        if self.filler:
+            topped = text + self.filler * (target - c)
+            c2 = self.count(topped)
+            if c2 == target:
+                return topped, n, c2
+        return text, n, c

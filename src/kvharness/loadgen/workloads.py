@@ -200,8 +200,16 @@ class Workload:
         self.seq += 1
         want = max(1, n_tokens - 1) if self.chat else n_tokens  # chat: "<user>" counts as one token
         if self.tokenizer is not None:  # as many words as make `want` tokens for the model's tokenizer
-            _t, want, labels["client_prompt_tokens"] = self.tokenizer.fit(want, lambda n: self.text_of(n, seq)[0])
-        text, group = self.text_of(want, seq)
+            groups = {}
+
+            def words(n: int) -> str:
+                t, groups[n] = self.text_of(n, seq)
+                return t
+
+            text, n, labels["client_prompt_tokens"] = self.tokenizer.fit(want, words)
+            group = groups[n]
+        else:
+            text, group = self.text_of(want, seq)
         payload: Any = [{"role": "user", "content": text}] if self.chat else text
         body, adapter = self.body(payload, output_tokens)
         labels["context_tokens"] = n_tokens
