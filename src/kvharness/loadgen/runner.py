@@ -244,7 +244,11 @@ class Runner:
             # The pattern learns the end now and the scheduler sends the next requests before this
             # one's bookkeeping (SSE parsing, the record) runs; the bookkeeping queue is worked off a
             # few records per loop turn so that reads of other streams are stamped in between.
-            self.pattern.completed(ticket, end_hint, rc == 0)
+            # A closed-loop user can only act once the client has read the end: its next request is
+            # due then, not at the kernel's earlier receive stamp (that gap is the client's read lag,
+            # reported as read_lag_ms; the finished request's own latencies keep the kernel stamps).
+            seen = ex.seen_ns if ex is not None and end_ns is None else 0
+            self.pattern.completed(ticket, seen if seen > end_hint else end_hint, rc == 0)
             if self.inline:
                 # Sending inline saves a loop turn, but a whole cohort of streams can end within the
                 # same batch of reads; past a budget per batch the scheduler sends the rest in
