@@ -51,8 +51,8 @@ def measure(pattern: dict, duration_s: float, timestamps: str = "loop") -> tuple
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration-s", type=float, default=5.0)
-    ap.add_argument("--timestamps", choices=("loop", "kernel"), default="loop",
-                    help="the generator's read stamps: event loop (default) or kernel SO_TIMESTAMPNS")
+    ap.add_argument("--timestamps", choices=("loop", "kernel"), default="kernel",
+                    help="the generator's read stamps: kernel SO_TIMESTAMPNS (the generator's default) or event loop")
     args = ap.parse_args()
     failures = []
     print(f"reference server: TTFT {TTFT_MS} ms, ITL {ITL_MS} ms, {TOKENS} tokens; {args.duration_s} s per run; "
