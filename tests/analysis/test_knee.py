@@ -58,3 +58,13 @@ def test_collapse_point_on_latency_errors_and_throughput():
     falling = [{"concurrency": 1, "ttft_ms_p99": 10, "req_s": 50}, {"concurrency": 2, "ttft_ms_p99": 10, "req_s": 40}]
     assert collapse_point(falling)["collapse_at"] == 2
     assert collapse_point(base[:3])["collapse_at"] is None
+
+
+def test_h0_note_names_the_unstable_steps_when_no_pair_is_stable():
+    from kvharness.analysis.h0 import h0_tables
+
+    rows = [{**s, "stack": "sim-A", "role": "A"} for s in steps((1, 1.0), (2, 2.2), (4, 1.1), (8, 2.1), (16, 2.5))]
+    _summary, uwork_rows = h0_tables(rows)
+    row = uwork_rows[0]
+    assert row["u_work"] is None and row["u_work_used"] == 1
+    assert "p99 > 2 x p50 at concurrency 2, 8, 16" in row["note"]

@@ -41,7 +41,10 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         used, note = knee["u_work"], ""
         if used is None:
             used = steps[0]["concurrency"]
-            note = f"no two consecutive stable steps (p99 > 2 x p50 throughout); using the lowest swept concurrency {used}"
+            unstable = [c for c, ok in sorted(knee["stable"].items()) if not ok]
+            note = (f"no two consecutive stable steps below the knee (p99 > 2 x p50 at concurrency "
+                    f"{', '.join(str(c) for c in unstable[:4])}{', ...' if len(unstable) > 4 else ''}); "
+                    f"using the lowest swept concurrency {used}")
         elif knee["censored"]:
             note = f"stable to the end of the sweep: the knee lies above {used}"
         row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_used": used,
