@@ -13,22 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import StealMeter
+from machine import StealMeter, cores, cpu_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 REFSERVER = str(Path(__file__).with_name("loadgen_refserver.py"))
-
-
-def cores() -> tuple[set[int] | None, set[int] | None]:
-    """(client core, server core): two different CPUs when the machine has them."""
-    try:
-        avail = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return None, None
-    if len(avail) < 2:
-        return None, None
-    return {avail[0]}, {avail[1]}
 
 
 NICE = int(os.environ.get("LOADGEN_BENCH_NICE", "-10"))
@@ -149,8 +138,8 @@ def wait(seconds: float) -> None:
 
 def core_busy_s(core: set[int] | None) -> float:
     """Busy CPU seconds (everything but idle and iowait) of one core since boot, from /proc/stat."""
-    if not core:
-        return 0.0
+    f = cpu_fields(next(iter(core))) if core else None
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK") if f else 0.0
     name = f"cpu{next(iter(core))} "
     with open("/proc/stat") as fh:
         for line in fh:

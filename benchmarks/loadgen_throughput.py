@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadgen_common import RefServer, cores, fmt, run_loadgen, run_minimal_client
-from machine import load_average
+from loadgen_common import RefServer, fmt, run_loadgen, run_minimal_client
+from machine import cores, load_average
 
 MIN_REQ_S = 3000.0
 MAX_CPU_MS_PER_REQ = 0.3

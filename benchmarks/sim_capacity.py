@@ -8,7 +8,7 @@ Runs sim-B (max batch 256, a device pool that holds every stream) under a closed
 the step that produced it). Two cases: "cold", every prompt new, so 2k-token prefills bound the
 decoding batch (~64 streams written per step); "warm", every user resends its own prompt, so prefix
 hits leave all streams decoding (~200-256 written per step). The sim and this client are pinned to
-separate CPUs (see ``sim_common.split_cores``). Passes when, in each case, p99 lag < 5 ms and the sim
+separate CPUs (see ``machine.cores``). Passes when, in each case, p99 lag < 5 ms and the sim
 process used < 1 core.
 """
 
@@ -23,32 +23,20 @@ import time
 
 import psutil
 
-from machine import StealMeter
-from sim_common import closed_loop, free_port, pct, scrape, sim_process, split_cores
+from kvharness.telemetry.prom import histogram_quantile
+from machine import StealMeter, cores
+from sim_common import closed_loop, free_port, pct, scrape, sim_process
 
 
 def hist_quantile(before: dict, after: dict, name: str, q: float) -> tuple[float, int]:
-    """Quantile from the delta of a Prometheus histogram's cumulative buckets (linear within a bucket)."""
-    buckets = []
+    """(quantile, observations) of what a Prometheus histogram counted between two scrapes."""
+    buckets = {}
     for k, v in after.items():
         if k.startswith(name + "_bucket{") and 'le="' in k:
             le = k.split('le="')[1].split('"')[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets.append((bound, v - before.get(k, 0.0)))
-    buckets.sort()
-    total = buckets[-1][1]
-    if total <= 0:
-        return float("nan"), 0
-    target = q * total
-    prev_b, prev_c = 0.0, 0.0
-    for b, c in buckets:
-        if c >= target:
-            if b == float("inf"):
-                return prev_b, int(total)
-            frac = (target - prev_c) / (c - prev_c) if c > prev_c else 1.0
-            return prev_b + (b - prev_b) * frac, int(total)
-        prev_b, prev_c = b, c
-    return prev_b, int(total)
+            buckets[float("inf") if le == "+Inf" else float(le)] = v - before.get(k, 0.0)
+    value = histogram_quantile(q, buckets)
+    return (float("nan"), 0) if value is None else (value, int(buckets[float("inf")]))
 
 
 def run_case(a, reuse: bool, cpus) -> dict:
@@ -100,7 +88,7 @@ def main() -> int:
     ap.add_argument("--case", choices=("cold", "warm", "both"), default="both")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the sim and this client to separate CPUs")
     a = ap.parse_args()
-    cpus = (None, None) if a.no_pin else split_cores()
+    cpus = (None, None) if a.no_pin else cores()
     where = (f"sim pinned to CPUs {sorted(cpus[1])}, client to {sorted(cpus[0])}" if cpus[1] else "unpinned")
     print(f"sim-B, {a.streams} closed-loop streams, {a.context}-token prompts, {a.output} output tokens, "
           f"speedup {a.speedup:g}; {where}")

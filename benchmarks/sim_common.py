@@ -28,23 +28,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def split_cores() -> tuple[set[int] | None, set[int] | None]:
-    """(client CPUs, simulator CPUs): disjoint halves of this process's CPUs, or (None, None) on one CPU.
-
-    Pinning matters on a small machine: Linux wakes a socket's reader on the CPU of its writer
-    ("wake-affine"), so an unpinned client keeps preempting the simulator in the middle of a step's
-    write burst (measured on 2 cores: ~18 us per SSE write pinned, 80-120 us in the bad steps unpinned).
-    """
-    try:
-        avail = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return None, None
-    if len(avail) < 2:
-        return None, None
-    half = len(avail) // 2
-    return set(avail[:half]), set(avail[half:])
-
-
 @contextlib.contextmanager
 def sim_process(args: list[str], log_path: str | None = None, startup_timeout: float = 20.0,
                 cpus: set[int] | None = None):

@@ -84,6 +84,19 @@ class _Waiter:
 
     def put(self, item) -> None:
         self.items.append(item)
+        self._wake()
+
+    def put_in_order(self, item) -> None:
+        """Insert keeping the FIFO sorted by its first field (scans back from the end: cheap when
+        ``item`` belongs near the end, which is the only way it is used)."""
+        items = self.items
+        i = len(items)
+        while i > 0 and items[i - 1][0] > item[0]:
+            i -= 1
+        items.insert(i, item)
+        self._wake()
+
+    def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -99,9 +112,7 @@ class _Waiter:
 
     def stop(self) -> None:
         self.stopped = True
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
 
 
 # ---- closed loop --------------------------------------------------------------------------------
@@ -133,20 +144,6 @@ class ClosedLoop(LoadPattern):
             self.free.put((t0_ns + user * gap, user))
         self.last_spawn_ns = t0_ns + (self.concurrency - 1) * gap
 
-    def _due(self, item: tuple[int, int]) -> None:
-        items = self.free.items
-        if item[0] < self.last_spawn_ns and items and items[-1][0] > item[0]:
-            # still spawning: keep the queue in due order (a completion can be due before a later start)
-            i = len(items)
-            while i > 0 and items[i - 1][0] > item[0]:
-                i -= 1
-            items.insert(i, item)
-            w = self.free.waiter
-            if w is not None and not w.done():
-                w.set_result(None)
-            return
-        self.free.put(item)
-
     async def next(self) -> Ticket | None:
         item = await self.free.get()
         if item is None:
@@ -155,7 +152,11 @@ class ClosedLoop(LoadPattern):
 
     def completed(self, ticket: Ticket, end_ns: int, ok: bool) -> None:
         think = draw(self.rng, self.think_dist, self.think_s)
-        self._due((end_ns + int(think * NS), ticket.user))
+        item = (end_ns + int(think * NS), ticket.user)
+        if item[0] < self.last_spawn_ns:  # still spawning: a completion can be due before a later start
+            self.free.put_in_order(item)
+        else:
+            self.free.put(item)
 
     def poll(self, now_ns: int) -> Ticket | None:
         """A ticket already due, without waiting (None if none is due yet)."""

@@ -248,7 +248,7 @@ class Runner:
             # due then, not at the kernel's earlier receive stamp (that gap is the client's read lag,
             # reported as read_lag_ms; the finished request's own latencies keep the kernel stamps).
             seen = ex.seen_ns if ex is not None and end_ns is None else 0
-            self.pattern.completed(ticket, seen if seen > end_hint else end_hint, rc == 0)
+            self.pattern.completed(ticket, max(seen, end_hint), rc == 0)
             if self.inline:
                 # Sending inline saves a loop turn, but a whole cohort of streams can end within the
                 # same batch of reads; past a budget per batch the scheduler sends the rest in

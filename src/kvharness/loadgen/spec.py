@@ -344,8 +344,8 @@ def validate_spec(raw: Any) -> dict:
     if spec["workload"]["kind"] == "trace" and spec["pattern"]["kind"] != "trace":
         _fail("pattern.kind", "'trace' with a trace workload", spec["pattern"]["kind"])
     if spec["tokenizer"]:
-        from kvharness.loadgen.tokenizer import PromptTokenizer
-        PromptTokenizer(spec["tokenizer"])  # a missing file, package or a bad file fails here, naming the key
+        from kvharness.loadgen.tokenizer import load_tokenizer
+        load_tokenizer(spec["tokenizer"])  # a missing file, package or a bad file fails here, naming the key
     if spec["workload"]["kind"] == "sessioned_chat" and spec["pattern"]["kind"] != "closed":
         _fail("pattern.kind", "'closed' with a sessioned_chat workload (concurrency = sessions in flight)",
               spec["pattern"]["kind"])

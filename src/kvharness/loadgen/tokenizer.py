@@ -9,6 +9,7 @@ counts the requested number of tokens (special tokens and chat templates not inc
 
 from __future__ import annotations
 
+import functools
 import os
 
 from kvharness.loadgen.spec import SpecError
@@ -82,3 +83,9 @@ class PromptTokenizer:
             if c2 == target:
                 return topped, n, c2
         return text, n, c
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str) -> PromptTokenizer:
+    """One tokenizer per file per process: validating a spec and building its workload read it once."""
+    return PromptTokenizer(path)

@@ -134,8 +134,8 @@ class Workload:
         self._prefix_corpora: dict[int, Corpus] = {}
         self.tokenizer = None
         if spec.get("tokenizer"):
-            from kvharness.loadgen.tokenizer import PromptTokenizer
-            self.tokenizer = PromptTokenizer(spec["tokenizer"])
+            from kvharness.loadgen.tokenizer import load_tokenizer
+            self.tokenizer = load_tokenizer(spec["tokenizer"])
 
     # ---- prompt text ----
 

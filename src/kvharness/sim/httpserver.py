@@ -137,6 +137,12 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
+    def write_framed(self, chunk: bytes) -> None:
+        """A chunk the caller framed itself (``size\r\ndata\r\n``): the simulator's per-token hot path
+        formats event and framing in one step."""
+        if not self.closed:
+            self.transport.write(chunk)
+
     def end_stream(self, data: bytes = b"") -> None:
         if not self.closed:
             if data:

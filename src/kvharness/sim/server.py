@@ -148,10 +148,8 @@ class StreamSink:
     def token(self, word: str, last: bool, seq=None) -> None:
         self.n += 1
         if self._fast and not last and self.n > 1:  # the hot path: most tokens of most streams
-            conn = self.conn
-            if not conn.closed:
-                wb = _WORD_BYTES.get(word) or word.encode()
-                conn.transport.write(self._mid_fmt % (self._mid_len + len(wb), wb))
+            wb = _WORD_BYTES.get(word) or word.encode()
+            self.conn.write_framed(self._mid_fmt % (self._mid_len + len(wb), wb))
             return
         if self.n == 1 and self.role_event is not None:
             data = self.role_event + b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last if last else self.tail)
