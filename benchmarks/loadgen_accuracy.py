@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 from loadgen_common import RefServer, read_truth, run_loadgen
-from machine import StealMeter, load_average
+from machine import load_average
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from kvharness.stats import mean, percentile  # noqa: E402

@@ -1,7 +1,6 @@
 """The command line: exit codes, one-line spec errors, signals flush what completed."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

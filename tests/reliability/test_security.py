@@ -3,8 +3,6 @@ an HTML report that escapes every value."""
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
