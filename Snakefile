@@ -25,8 +25,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        "results/H0/summary.csv",
-        "results/H0/uwork.csv",
-        "results/H8/summary.csv",
-        "results/H8/hero.png",
+        all_outputs(),
         "results/report.html",

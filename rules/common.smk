@@ -1,17 +1,25 @@
-# Helpers shared by every rule module: config validation, cell expansion, wildcard constraints.
+# Helpers shared by every rule module: config validation, cell expansion, the hypothesis registry.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from kvharness.config import ConfigError, cell_index, validate_config  # noqa: E402
+from kvharness.analysis import registry  # noqa: E402
+from kvharness.config import ConfigError, cell_index, needs_uwork, validate_config  # noqa: E402
 
 try:
     CFG = validate_config(config)
     CELLS = cell_index(CFG)
-except ConfigError as _exc:
+    HYPS = registry.load(CFG["hypothesis_modules"])
+    for _hyp in CFG["hypotheses"]:
+        registry.get(_hyp)
+except (ConfigError, registry.RegistryError) as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)
+
+PRESENT = list(CFG["hypotheses"])
+RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
+
 
 def cells_of(hyp):
     """Cell ids of one hypothesis, in config order."""
@@ -27,14 +35,77 @@ def cell_spec(wildcards):
     return CELLS[(wildcards.hyp, wildcards.cell)]
 
 
-def cell_inputs(wildcards):
-    """A cell measured at U_work needs H0's cells (U_work is computed from them at run time)."""
+def uses_uwork(wildcards):
     spec = cell_spec(wildcards)
-    if spec["load"].get("concurrency") == "uwork" and wildcards.hyp != "H0":
-        return {"h0_cells": cell_dirs("H0")}
-    return {}
+    return spec["load"].get("concurrency") == "uwork"
 
 
-def analysis_code(*modules):
-    """Library modules an analysis depends on: editing them reruns that analysis, never a cell."""
-    return [f"{workflow.basedir}/src/kvharness/{m}.py" for m in modules]
+def uwork_checkpoint():
+    """The checkpoint job whose table provides `uwork` (H0's analysis): cells wait for it."""
+    hyp, _ = registry.provider("uwork", PRESENT)
+    return getattr(checkpoints, f"analyze_{hyp}").get()
+
+
+def cell_inputs(wildcards):
+    """A cell measured at U_work needs the `uwork` result; its mtime never re-measures (ancient)."""
+    if not uses_uwork(wildcards):
+        return {}
+    uwork_checkpoint()
+    return {"uwork": ancient(registry.result_path("uwork", PRESENT))}
+
+
+def cell_uwork(wildcards):
+    """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
+    U_work re-measures exactly the cells that used the old value, and an unchanged one re-measures none."""
+    if not uses_uwork(wildcards):
+        return None
+    uwork_checkpoint()
+    import csv
+
+    path = registry.result_path("uwork", PRESENT)
+    stack = cell_spec(wildcards)["stack"]["name"]
+    with open(path) as fh:
+        for row in csv.DictReader(fh):
+            if row["stack"] == stack and row.get("u_work_used"):
+                return {"value": int(float(row["u_work_used"])), "from": path}
+    raise ConfigError(f"{path}: no U_work for stack {stack!r}: add its role to the stacks of the U_work hypothesis")
+
+
+def analysis_code(hyp):
+    """Library files the analysis of `hyp` can run (import closure): editing them reruns it, never a cell."""
+    h = registry.get(hyp)
+    return sorted(set(registry.code_closure(h.module)) | set(registry.code_closure(RUNNER)))
+
+
+def analysis_outputs(hyp):
+    """Declared outputs of `hyp`, figures registered for Snakemake's report."""
+    h = registry.get(hyp)
+    out = {}
+    for name, path in h.outputs().items():
+        fig = next((f for f in h.figures if f.name == name), None)
+        table = next((t for t in h.tables if t.name == name), None)
+        if fig is not None:
+            out[name] = report(path, caption=caption_file(hyp, name, fig.caption), category=hyp)
+        elif table is not None and name == "summary":
+            out[name] = report(path, caption=caption_file(hyp, name, table.description or h.question), category=hyp)
+        else:
+            out[name] = path
+    return out
+
+
+def caption_file(hyp, name, text):
+    """Snakemake's report wants captions as files: one per output under .snakemake/, rewritten only on change."""
+    path = Path(".snakemake/kvharness-captions") / f"{hyp}_{name}.rst"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text + "\n":
+        path.write_text(text + "\n")
+    return str(path.resolve())
+
+
+def upstream_inputs(hyp):
+    return {f"up_{name}": registry.result_path(name, PRESENT) for name in registry.get(hyp).needs}
+
+
+def all_outputs():
+    """Every declared output of every hypothesis in the config (what `rule all` and the report need)."""
+    return [path for hyp in PRESENT for path in registry.get(hyp).outputs().values()]

@@ -8,6 +8,7 @@ rule measure_cell:
         directory("results/{hyp}/cells/{cell}"),
     params:
         spec=cell_spec,
+        uwork=cell_uwork,
     conda:
         "../envs/kvharness.yaml"
     log:

@@ -1,12 +1,9 @@
-# The browsable one-page report of every analysed hypothesis.
+# The browsable one-page report of every analysed hypothesis in the config.
 
 
 rule html_report:
     input:
-        "results/H0/summary.csv",
-        "results/H0/uwork.csv",
-        "results/H8/summary.csv",
-        "results/H8/hero.png",
+        all_outputs(),
     output:
         "results/report.html",
     conda:

@@ -23,7 +23,7 @@ from pathlib import Path
 from kvharness import stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
-from kvharness.provenance import provenance, scrub, secret_values, utc_now
+from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.launcher import (
     RunningStack,
@@ -71,29 +71,24 @@ def read_uwork(path: str | Path, stack_name: str) -> int:
     raise ConfigError(f"{path}: no U_work row for stack {stack_name!r} (stacks: {[r.get('stack') for r in rows]})")
 
 
-def uwork_from_cells(h0_cells, stack_name: str) -> int:
-    """U_work of ``stack_name`` computed from H0's cell folders (so analysis edits never re-measure)."""
-    from kvharness.analysis.cells import cell_rows
-    from kvharness.analysis.h0 import h0_tables
+def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
+    """The concrete load of a cell: `uwork` concurrency from the `uwork` result, burst size defaulted.
 
-    _, rows = h0_tables(cell_rows(h0_cells))
-    for row in rows:
-        if row["stack"] == stack_name:
-            return int(row["u_work_used"])
-    raise ConfigError(f"H0 has no cell for stack {stack_name!r}: add its role to hypotheses.H0.stacks")
-
-
-def resolve_load(spec: dict, uwork_csv: str | None = None, h0_cells=None) -> dict:
-    """The concrete load of a cell: `uwork` concurrency from H0 (cells or uwork.csv), burst size defaulted."""
+    ``uwork`` is what the workflow resolved (``{"value": 4, "from": "results/H0/uwork.csv"}``); ``uwork_csv``
+    is read instead when it is not given (``kvharness cell --uwork``). The cell records which it used.
+    """
     load = json.loads(json.dumps(spec["load"]))
     if load.get("concurrency") == "uwork":
-        if h0_cells:
-            load["concurrency"] = uwork_from_cells(h0_cells, spec["stack"]["name"])
+        if isinstance(uwork, dict):
+            value, source = int(uwork["value"]), str(uwork.get("from"))
+        elif isinstance(uwork, int):
+            value, source = uwork, "given"
         elif uwork_csv:
-            load["concurrency"] = read_uwork(uwork_csv, spec["stack"]["name"])
+            value, source = read_uwork(uwork_csv, spec["stack"]["name"]), str(uwork_csv)
         else:
-            raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs H0's cells or uwork.csv")
-        load["concurrency_source"] = "uwork"
+            raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs the uwork result (H0's uwork.csv)")
+        load["concurrency"] = value
+        load["concurrency_source"] = {"result": "uwork", "from": source, "value": value}
     pattern = load.setdefault("pattern", {"kind": "closed"})
     if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
         pattern["burst_size"] = load["concurrency"]
@@ -215,7 +210,7 @@ def _quality(collector_summary: dict | None, collector_rc: int | None) -> dict:
     }
 
 
-def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_cells=None) -> dict:
+def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
     """Measure one cell into ``out_dir``; returns the cell summary. Raises CellFailed (folder kept)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -232,7 +227,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
     stack = loadgen = collector = None
     failure: str | None = None
     try:
-        load = resolve_load(spec, uwork_csv, h0_cells)
+        load = resolve_load(spec, uwork_csv, uwork)
         shutil.rmtree(tier2_dir, ignore_errors=True)
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
@@ -263,18 +258,21 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
             "model": spec["served_model_name"], "stream": True,
-            "pattern": {**load["pattern"], "concurrency": load["concurrency"]},
+            "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]} if load.get("concurrency") else {})},
             "workload": load["workload"], "duration_s": load["duration_s"],
             "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
             "request_timeout_s": load.get("request_timeout_s", 60.0),
-            "labels": {"stack": plan.name, "concurrency": load["concurrency"]},
+            "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
             "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
         }
+        for key in ("lora", "slo", "max_requests"):
+            if load.get(key) is not None:
+                load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
-        log.info("cell %s: load %s x%s for %.1f s", spec["cell"], load["pattern"]["kind"], load["concurrency"], load["duration_s"])
+        log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
-        budget = load.get("cell_timeout_s") or float(load["duration_s"]) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         try:
             loadgen_rc = loadgen.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -347,8 +345,9 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
     scrub_logs(tmp)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"],
-                                                                        "sim": spec.get("sim")}), indent=2))
+    (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {
+        "cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
+        "code_fingerprint": measurement_fingerprint()}), indent=2))
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         (tmp / "reason.txt").write_text(failure + "\n")

@@ -28,13 +28,8 @@ STACK_KEYS = {
     "health_path", "metrics", "startup_timeout_s", "engine_yaml",
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-# Short names used in cell ids for swept keys: sim-B_c16.
-SWEEP_ABBREV = {"concurrency": "c", "context_tokens": "ctx", "telemetry_interval_ms": "tel"}
-H8_DEFAULT_BUCKETS = [
-    {"name": "short", "min_tokens": 200, "max_tokens": 500, "weight": 0.6},
-    {"name": "medium", "min_tokens": 800, "max_tokens": 1500, "weight": 0.3},
-    {"name": "long", "min_tokens": 2500, "max_tokens": 3200, "weight": 0.1},
-]
+#: patterns whose load is a number of users in flight (the others are open loop: a rate)
+CLOSED_PATTERNS = ("closed", "bursty")
 
 
 class ConfigError(ValueError):
@@ -45,7 +40,20 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """configs/config.schema.yaml, with the parts that have one owner elsewhere filled in: the ``sweep`` and
+    ``points`` sections from the axis registry, engine and simulator defaults from :mod:`kvharness.defaults`."""
+    from kvharness import defaults
+    from kvharness.analysis.axes import points_schema, sweep_schema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    hyp = schema["$defs"]["hypothesis"]["properties"]
+    hyp["sweep"] = sweep_schema()
+    hyp["points"] = points_schema()
+    for section, values in (("engine", defaults.ENGINE), ("sim", defaults.SIM)):
+        props = schema["properties"][section]["properties"]
+        for key, value in values.items():
+            props[key]["default"] = value
+    return schema
 
 
 def _path_str(parts) -> str:
@@ -116,6 +124,8 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config error: {_describe_error(err)}")
     _fill_defaults(cfg, schema, schema)
     _check_semantics(cfg)
+    for hyp in cfg["hypotheses"]:
+        expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
     return cfg
 
 
@@ -153,36 +163,34 @@ def _check_semantics(cfg: dict) -> None:
                 f"({prof['tier2']}) < tier1 ({prof['tier1']}); KVBM is write-through, so the disk tier must hold the host tier"
             )
         for key, swept in (h.get("sweep") or {}).items():
-            if len(set(swept)) != len(swept):
-                dup = sorted({c for c in swept if swept.count(c) > 1})
+            if len(set(map(json.dumps, swept))) != len(swept):
+                dup = sorted({json.dumps(c) for c in swept if swept.count(c) > 1})
                 raise ConfigError(f"config error: {where}.sweep.{key}: duplicate cell for {key} {dup[0]}")
-        levels = h.get("sweep", {}).get("concurrency")
-        pattern = h["load"].get("pattern") or {"kind": "closed"}
-        allowed = {"closed": {"kind", "think_time_s", "think_dist"}, "bursty": {"kind", "burst_size", "pause_s"}}[pattern["kind"]]
-        stray = sorted(set(pattern) - allowed)
-        if stray:
-            raise ConfigError(
-                f"config error: {where}.load.pattern.{stray[0]}: not a setting of a {pattern['kind']} pattern "
-                f"(allowed: {', '.join(sorted(allowed - {'kind'}))})"
-            )
         wl = h["load"]["workload"]
-        if wl["kind"] == "fixed_context" and "context_tokens" not in wl and "context_tokens" not in h.get("sweep", {}):
-            raise ConfigError(f"config error: {where}.load.workload.context_tokens: a fixed_context workload needs it (an integer >= 1)")
-        if wl["kind"] == "mixed_context" and "context_tokens" in wl:
+        if wl.get("kind") == "mixed_context" and "context_tokens" in wl:
             raise ConfigError(f"config error: {where}.load.workload.context_tokens: not used by mixed_context (give buckets instead)")
-        if wl["kind"] == "fixed_context" and "buckets" in wl:
+        if wl.get("kind") == "fixed_context" and "buckets" in wl:
             raise ConfigError(f"config error: {where}.load.workload.buckets: only mixed_context uses buckets")
-        for b in wl.get("buckets", []):
-            if b["min_tokens"] > b["max_tokens"]:
-                raise ConfigError(
-                    f"config error: {where}.load.workload.buckets.{b['name']}: min_tokens {b['min_tokens']} > max_tokens {b['max_tokens']}"
-                )
-        if h["load"]["concurrency"] == "uwork" and levels is None and hyp == "H0":
-            raise ConfigError(f"config error: {where}: H0 measures U_work, so it needs sweep.concurrency")
-        if h["load"]["concurrency"] == "uwork" and levels is None and "H0" not in cfg["hypotheses"]:
+        if needs_uwork(h) and hyp != "H0" and "H0" not in cfg["hypotheses"]:
             raise ConfigError(
                 f"config error: {where}.load.concurrency: 'uwork' needs hypothesis H0 in the config (or give an integer)"
             )
+        if hyp == "H0" and "concurrency" not in swept_axes(h):
+            raise ConfigError(f"config error: {where}: H0 measures U_work, so it needs sweep.concurrency")
+
+
+def swept_axes(h: dict) -> set[str]:
+    """Axes a hypothesis varies, from its sweep and its explicit points."""
+    keys = set(h.get("sweep") or {})
+    for point in h.get("points") or []:
+        keys |= set(point)
+    return keys
+
+
+def needs_uwork(h: dict) -> bool:
+    """Does this hypothesis run (some of) its cells at the stack's U_work (an upstream result of H0)?"""
+    kind = (h["load"].get("pattern") or {}).get("kind", "closed")
+    return kind in CLOSED_PATTERNS and h["load"].get("concurrency") == "uwork" and "concurrency" not in swept_axes(h)
 
 
 # --------------------------------------------------------------------------- stacks
@@ -247,58 +255,97 @@ def load_stack(name: str, stack_dir: Path | None = None) -> dict:
 
 
 def cell_id(stack_name: str, sweep_values: dict) -> str:
-    parts = [stack_name] + [f"{SWEEP_ABBREV.get(k, k)}{v}" for k, v in sweep_values.items()]
-    return "_".join(parts)
+    from kvharness.analysis.axes import AXES
+
+    return "_".join([stack_name] + [AXES[k].label(v) for k, v in sweep_values.items()])
 
 
-def tier_bytes(cfg: dict, profile: str, tiered: bool) -> dict:
-    """Tier budgets in bytes. A memory-only stack gets tier0 + tier1 as its device pool (equal memory)."""
+def tier_bytes(cfg: dict, profile: str, tiered: bool, overrides: dict | None = None) -> dict:
+    """Tier budgets in bytes. A memory-only stack gets tier0 + tier1 as its device pool (equal memory).
+
+    ``overrides`` (bytes per tier, from the tier axes) replace the profile's values before the split.
+    """
     prof = cfg["profiles"][profile]
     t0, t1, t2 = (parse_bytes(prof[k]) for k in ("tier0", "tier1", "tier2"))
+    over = overrides or {}
+    t0, t1, t2 = over.get("tier0", t0), over.get("tier1", t1), over.get("tier2", t2)
     if tiered:
         return {"tier0_bytes": t0, "tier1_bytes": t1, "tier2_bytes": t2, "memory_budget_bytes": t0 + t1}
     return {"tier0_bytes": t0 + t1, "tier1_bytes": 0, "tier2_bytes": 0, "memory_budget_bytes": t0 + t1}
 
 
-def expand_cells(cfg: dict, hyp: str) -> list[dict]:
-    """Every cell of one hypothesis: one per stack role x combination of swept values."""
-    if hyp not in cfg["hypotheses"]:
-        raise ConfigError(f"config error: unknown hypothesis {hyp!r} (defined: {', '.join(cfg['hypotheses'])})")
-    h = cfg["hypotheses"][hyp]
+def sweep_points(h: dict) -> list[dict]:
+    """Every point of a hypothesis: the product of its sweep, crossed with its explicit points, then reps.
+
+    Repetitions are the outermost loop (all points of rep 0, then of rep 1, ...), so a serial run never
+    measures the reps of one point back to back.
+    """
     sweep = h.get("sweep") or {}
     keys = list(sweep)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))] or [{}]
+    if h.get("points"):
+        combos = [{**c, **p} for p in h["points"] for c in combos]
+    reps = int(h.get("reps") or 1)
+    if reps > 1:
+        combos = [{**c, "rep": r} for r in range(reps) for c in combos]
+    return combos
+
+
+def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
+    """The cell's load, as the load generator will receive it, checked by the load generator's own rules."""
+    from kvharness.loadgen.spec import SpecError, validate_spec
+
+    load = cell["load"]
+    pattern = dict(load.get("pattern") or {"kind": "closed"})
+    if pattern.get("kind") in CLOSED_PATTERNS:
+        conc = load.get("concurrency")
+        pattern["concurrency"] = conc if isinstance(conc, int) else 1
+        if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
+            pattern["burst_size"] = pattern["concurrency"]
+    probe = {"model": cell["served_model_name"], "pattern": pattern, "workload": load["workload"],
+             "endpoint": load.get("endpoint", "completions"), "duration_s": load.get("duration_s"),
+             "max_requests": load.get("max_requests"), "seed": load.get("seed", 0),
+             "request_timeout_s": load.get("request_timeout_s", 60.0)}
+    for key in ("lora", "slo"):
+        if load.get(key) is not None:
+            probe[key] = load[key]
+    try:
+        resolved = validate_spec(probe)
+    except SpecError as exc:
+        detail = str(exc).removeprefix("load spec: ")
+        raise ConfigError(f"config error: {where}.load.{detail} (cell {cell['cell']})") from None
+    # The workload as the load generator resolves it (its defaults, e.g. SPEC's H8 buckets) is the cell's.
+    load["workload"] = resolved["workload"]
+
+
+def expand_cells(cfg: dict, hyp: str) -> list[dict]:
+    """Every cell of one hypothesis: one per stack role x point (see :func:`sweep_points`)."""
+    from kvharness.analysis.axes import AXES, AxisError
+
+    if hyp not in cfg["hypotheses"]:
+        raise ConfigError(f"config error: unknown hypothesis {hyp!r} (defined: {', '.join(cfg['hypotheses'])})")
+    h = cfg["hypotheses"][hyp]
     cells = []
     seen = set()
     for role in h["stacks"]:
         stack = load_stack(cfg["stacks"][role])
-        for values in combos:
+        for values in sweep_points(h):
             cid = cell_id(stack["name"], values)
             if cid in seen:
                 raise ConfigError(f"config error: hypotheses.{hyp}: duplicate cell {cid!r} (two roles use the same stack?)")
             seen.add(cid)
-            load = copy.deepcopy(h["load"])
-            telemetry = dict(cfg["telemetry"])
-            if "concurrency" in values:
-                load["concurrency"] = values["concurrency"]
-            if "context_tokens" in values:
-                load["workload"]["context_tokens"] = values["context_tokens"]
-            if "telemetry_interval_ms" in values:
-                telemetry["interval_ms"] = values["telemetry_interval_ms"]
-            if load["workload"]["kind"] == "mixed_context" and not load["workload"].get("buckets"):
-                load["workload"]["buckets"] = copy.deepcopy(H8_DEFAULT_BUCKETS)
-            cells.append({
+            cell = {
                 "hyp": hyp,
                 "cell": cid,
                 "role": role,
                 "stack": stack,
                 "profile": h["profile"],
-                "tiers": tier_bytes(cfg, h["profile"], bool(stack.get("tiered"))),
                 "sweep": values,
-                "load": load,
+                "rep": 0,
+                "load": copy.deepcopy(h["load"]),
                 "engine": dict(cfg["engine"]),
                 "sim": dict(cfg["sim"]),
-                "telemetry": telemetry,
+                "telemetry": dict(cfg["telemetry"]),
                 "quality": dict(cfg["quality"]),
                 "host": cfg["host"],
                 "model": cfg["model"],
@@ -308,7 +355,19 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "hardware": cfg["hardware"],
                 "tier2_root": cfg["tier2_root"],
                 "keep_tier2_files": cfg["keep_tier2_files"],
-            })
+            }
+            cell["load"].setdefault("pattern", {"kind": "closed"})
+            for key, value in values.items():
+                try:
+                    AXES[key].apply(cell, value, cfg)
+                except AxisError as exc:
+                    raise ConfigError(f"config error: hypotheses.{hyp}.sweep.{key}: {exc}") from None
+            if cell["load"]["pattern"].get("kind") not in CLOSED_PATTERNS:
+                cell["load"]["concurrency"] = None  # open loop: the rate sets the load, not users in flight
+            overrides = cell.pop("_tier_overrides", None)
+            cell["tiers"] = tier_bytes(cfg, cell["profile"], bool(stack.get("tiered")), overrides)
+            _validate_cell_load(cell, f"hypotheses.{hyp}")
+            cells.append(cell)
     return cells
 
 

@@ -54,6 +54,26 @@ def git_sha(repo: Path) -> str | None:
         return None
 
 
+#: the code that measures a cell; its fingerprint goes into every cell's provenance
+MEASUREMENT_CODE = ("sim", "loadgen", "telemetry", "stacks", "cell.py", "units.py", "stats.py", "tokens.py")
+
+
+def measurement_fingerprint(package_root: Path | None = None) -> str:
+    """sha256 (first 16 hex digits) over the measuring code: simulator, load generator, telemetry,
+    launcher and cell runner. Two cells with the same fingerprint were measured by the same code."""
+    import hashlib
+
+    root = package_root or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for entry in MEASUREMENT_CODE:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("kvharness", "snakemake", "aiohttp", "httpx", "psutil", "nvidia-ml-py", "pandas"):

@@ -60,20 +60,20 @@ BAD = [
     ("negative byte size", _set(["profiles", "spill", "tier1"], "-1GiB"), r"profiles.spill.tier1: expected a byte size"),
     ("zero device pool", _set(["profiles", "stress", "tier0"], 0), r"profiles.stress.tier0: expected a device KV pool > 0"),
     ("missing tier", _del(["profiles", "spill", "tier2"]), r"profiles.spill: missing required key 'tier2'"),
-    ("unknown workload kind", _set(["hypotheses", "H0", "load", "workload", "kind"], "banana"), r"workload.kind: 'banana' is not one of"),
-    ("zero context", _set(["hypotheses", "H0", "load", "workload", "context_tokens"], 0), r"context_tokens: 0 is less than the minimum"),
+    ("unknown workload kind", _set(["hypotheses", "H0", "load", "workload", "kind"], "banana"), r"H0.load.workload.kind: expected one of .*got 'banana'"),
+    ("zero context", _set(["hypotheses", "H0", "load", "workload", "context_tokens"], 0), r"H0.load.workload.context_tokens: expected an integer >= 1, got 0"),
     ("bad pattern kind", _set(["hypotheses", "H0", "load", "pattern"], {"kind": "tsunami"}), r"pattern.kind"),
     ("negative duration", _set(["hypotheses", "H0", "load", "duration_s"], -1), r"duration_s: -1 is less than or equal to the minimum"),
     ("non-loopback bind", _set(["host"], "0.0.0.0"), r"host: '0.0.0.0' is not a loopback address; set allow_remote_bind"),
     ("bad eviction policy", _set(["engine", "eviction_policy"], "random"), r"eviction_policy: 'random' is not one of"),
     ("bucket min > max", _set(["hypotheses", "H8", "load", "workload", "buckets"],
-                              [{"name": "x", "min_tokens": 900, "max_tokens": 100, "weight": 1}]), r"buckets.x: min_tokens 900 > max_tokens 100"),
+                              [{"name": "x", "min_tokens": 900, "max_tokens": 100, "weight": 1}]), r"buckets\[0\].max_tokens: expected an integer >= min_tokens \(900\), got 100"),
     ("uwork without H0", _del(["hypotheses", "H0"]), r"'uwork' needs hypothesis H0"),
     ("speedup zero", _set(["sim", "speedup"], 0), r"sim.speedup: 0 is less than or equal to the minimum"),
     ("setting of another pattern", _set(["hypotheses", "H0", "load", "pattern"], {"kind": "closed", "burst_size": 4}),
-     r"pattern.burst_size: not a setting of a closed pattern"),
+     r"H0.load.pattern.burst_size: unknown key \(expected one of: .*spawn_rate"),
     ("fixed context without length", _del(["hypotheses", "H0", "load", "workload", "context_tokens"]),
-     r"workload.context_tokens: a fixed_context workload needs it"),
+     r"H0.load.workload.context_tokens: required key is missing"),
     ("mixed context with a length", _set(["hypotheses", "H8", "load", "workload", "context_tokens"], 100),
      r"workload.context_tokens: not used by mixed_context"),
     ("impossible tier split", _set(["profiles", "spill", "tier2"], "1GiB"), r"impossible tier split .* tier2 \(1GiB\) < tier1 \(4GiB\)"),
@@ -183,4 +183,4 @@ def test_snakemake_stops_with_one_line_on_a_bad_key(tmp_path):
                            "--configfile", str(cfg), "-n"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "config error" in line]
-    assert errors == ["config error: unknown key 'hypotheses.H8.loda' (allowed here: description, load, profile, stacks, sweep)"]
+    assert errors == ["config error: unknown key 'hypotheses.H8.loda' (allowed here: description, load, points, profile, reps, stacks, sweep)"]

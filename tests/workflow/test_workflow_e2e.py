@@ -83,8 +83,8 @@ def test_editing_h8_analysis_reruns_only_h8_analysis(finished_run):
         code.write_bytes(original + b"\n# an edit to the H8 analysis\n")
         proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
         out = proc.stdout + proc.stderr
-        assert "analyze_h8" in out
-        assert "measure_cell" not in out and "analyze_h0" not in out
+        assert "analyze_H8" in out
+        assert "measure_cell" not in out and "analyze_H0" not in out
     finally:
         code.write_bytes(original)
         os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))

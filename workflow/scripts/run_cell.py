@@ -15,7 +15,7 @@ try:
     run_cell(
         dict(snakemake.params.spec),  # noqa: F821
         snakemake.output[0],  # noqa: F821
-        h0_cells=list(snakemake.input.get("h0_cells", [])),  # noqa: F821
+        uwork=snakemake.params.uwork,  # noqa: F821
     )
 except CellFailed as exc:
     logging.error("%s", exc)

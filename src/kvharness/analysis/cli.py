@@ -10,10 +10,16 @@ from kvharness.analysis.records import RecordError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hyp", choices=["H0", "H7", "H8"], help="hypothesis to analyse")
+    from kvharness.analysis import registry
+
+    choices = registry.ids()
+    p.add_argument("hyp", choices=choices, help="hypothesis to analyse (registered: " + ", ".join(choices) + ")")
     p.add_argument("cells", nargs="*", help="cell folders (default: results/<hyp>/cells/*, skipping .tmp/.failed)")
     p.add_argument("--out-dir", help="where the tables go (default results/<hyp>)")
-    p.add_argument("--uwork", help="H0 uwork.csv (H8: adds the U_work column)")
+    p.add_argument("--upstream", action="append", default=[], metavar="NAME=CSV",
+                   help="an upstream result the hypothesis needs, e.g. uwork=results/H0/uwork.csv "
+                        "(default: the providing hypothesis's file under results/)")
+    p.add_argument("--uwork", help="shorthand for --upstream uwork=CSV")
 
 
 def default_cells(hyp: str) -> list[Path]:
@@ -22,20 +28,33 @@ def default_cells(hyp: str) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvharness.analysis import run
+    from kvharness.analysis import registry
+    from kvharness.analysis.run import run_hypothesis
 
+    h = registry.get(args.hyp)
     cells = [Path(c) for c in args.cells] or default_cells(args.hyp)
     if not cells:
         print(f"kvharness analyze: no finished cell folders for {args.hyp} (looked in results/{args.hyp}/cells)", file=sys.stderr)
         return 2
-    out_dir = Path(args.out_dir or f"results/{args.hyp}")
+    upstream = dict(item.split("=", 1) for item in args.upstream if "=" in item)
+    if args.uwork:
+        upstream["uwork"] = args.uwork
+    for name in h.needs:
+        if name not in upstream:
+            try:
+                upstream[name] = registry.result_path(name, registry.ids())
+            except registry.RegistryError as exc:
+                print(f"kvharness analyze: {exc}", file=sys.stderr)
+                return 2
+        if not Path(upstream[name]).is_file():
+            print(f"kvharness analyze: {args.hyp} needs {name!r}: {upstream[name]} not found "
+                  f"(give --upstream {name}=CSV)", file=sys.stderr)
+            return 2
+    out_dir = args.out_dir or "results"
+    outputs = h.outputs(out_dir) if args.out_dir is None else {
+        name: str(Path(out_dir) / Path(path).name) for name, path in h.outputs().items()}
     try:
-        if args.hyp == "H0":
-            written = run.analyze_h0(cells, out_dir / "summary.csv", out_dir / "uwork.csv")
-        elif args.hyp == "H7":
-            written = run.analyze_h7(cells, out_dir / "summary.csv")
-        else:
-            written = run.analyze_h8(cells, out_dir / "summary.csv", out_dir / "hero.png", args.uwork)
+        written = run_hypothesis(args.hyp, cells, {n: upstream[n] for n in h.needs}, outputs)
     except RecordError as exc:
         print(f"kvharness analyze: {exc}", file=sys.stderr)
         return 1

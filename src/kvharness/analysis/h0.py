@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from kvharness.analysis.knee import collapse_point, u_work
+from kvharness.analysis.registry import Context, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta
 
 TRANSPARENCY_PCT = 5.0
@@ -64,3 +65,51 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     return summary, uwork_rows
 
 
+
+
+# --------------------------------------------------------------------------- declaration
+
+def analyze(ctx: Context) -> Result:
+    summary, uwork_rows = h0_tables(ctx.rows)
+    return Result(tables={"summary": summary, "uwork": uwork_rows}, facts={"uwork": uwork_rows})
+
+
+def verdict(result: Result) -> str:
+    rows = result.facts["uwork"]
+    if not rows:
+        return "No H0 cell finished: no U_work."
+    parts = []
+    for r in rows:
+        if r["u_work"] is None:
+            parts.append(f"{r['stack']} has no stable pair of steps (using {r['u_work_used']})")
+        else:
+            parts.append(f"{r['stack']} {r['u_work']}{' (censored: stable to the end of the sweep)' if r['censored'] else ''}")
+    sentence = "U_work: " + "; ".join(parts) + "."
+    for r in rows:
+        if "transparent" in r:
+            sentence += (f" {r['stack']}'s p50 TTFT is {'within' if r['transparent'] else 'outside'} "
+                         f"±{TRANSPARENCY_PCT:g} % of A at the shared stable steps (worst {r['vs_A_ttft_p50_worst_pct']:+.1f} %).")
+    return sentence
+
+
+def gates(result: Result) -> list[Gate]:
+    out = []
+    for r in result.facts["uwork"]:
+        if "transparent" in r:
+            out.append(Gate(f"{r['stack']} transparent vs A (p50 TTFT)", r["transparent"],
+                            r["vs_A_ttft_p50_worst_pct"], f"±{TRANSPARENCY_PCT:g} %"))
+    return out
+
+
+register(Hypothesis(
+    id="H0",
+    question="Where is each stack's queue knee (U_work), and is the tiered stack transparent below it?",
+    analyze=analyze,
+    tables=(Table("summary", H0_COLUMNS, "per stack x concurrency: TTFT/E2E percentiles, stability"),
+            Table("uwork", ["stack", "role", "u_work", "u_work_used"], "U_work, knee and collapse point per stack")),
+    verdict=verdict,
+    gates=gates,
+    provides={"uwork": "uwork"},
+    how_to_read="A step is stable when p99 TTFT <= 2 x p50. U_work is the highest concurrency whose step and the next "
+                "are both stable, below the first two consecutive unstable steps (the knee).",
+))

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.records import read_json, read_jsonl
+from kvharness.analysis.registry import Context, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta, percentile
 
 OVERHEAD_LIMIT_PCT = 3.0
@@ -63,3 +64,41 @@ def h7_table(rows: Sequence[dict]) -> list[dict]:
                           "p99_impact_pct": pct_delta(r.get("ttft_ms_p99"), reference.get("ttft_ms_p99")),
                           "reference_interval_ms": reference["telemetry_interval_ms"]})
     return table
+
+
+# --------------------------------------------------------------------------- declaration
+
+def analyze(ctx: Context) -> Result:
+    table = h7_table([cadence_row(d) for d in ctx.cell_dirs])
+    return Result(tables={"summary": table}, facts={"rows": table})
+
+
+def verdict(result: Result) -> str:
+    rows = result.facts["rows"]
+    if not rows:
+        return "No H7 cell finished."
+    ok = [r for r in rows if r.get("overhead_ok")]
+    fastest_ok = min((r["telemetry_interval_ms"] for r in ok), default=None)
+    worst = max(rows, key=lambda r: r.get("collector_cpu_pct_of_core") or 0)
+    head = (f"The collector stays under {OVERHEAD_LIMIT_PCT:g} % of a core down to a {fastest_ok:g} ms cadence"
+            if fastest_ok is not None else f"No cadence keeps the collector under {OVERHEAD_LIMIT_PCT:g} % of a core")
+    return (f"{head}; the costliest cadence ({worst['telemetry_interval_ms']:g} ms) uses "
+            f"{(worst.get('collector_cpu_pct_of_core') or 0):.2f} % of a core.")
+
+
+def gates(result: Result) -> list[Gate]:
+    return [Gate(f"collector overhead at {r['telemetry_interval_ms']:g} ms", r.get("overhead_ok"),
+                 r.get("collector_cpu_pct_of_core"), f"< {OVERHEAD_LIMIT_PCT:g} % of a core")
+            for r in result.facts["rows"]]
+
+
+register(Hypothesis(
+    id="H7",
+    question="What does the telemetry cadence cost (collector CPU, p99 impact), and do tail events stay attributable?",
+    analyze=analyze,
+    tables=(Table("summary", H7_COLUMNS, "per cadence: collector cost, p99 impact, tail attribution"),),
+    verdict=verdict,
+    gates=gates,
+    how_to_read="p99_impact_pct compares each cadence's p99 TTFT with the slowest cadence measured; tail_covered is "
+                "the share of p99-tail requests whose span has telemetry ticks.",
+))

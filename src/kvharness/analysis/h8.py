@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kvharness.analysis.registry import Context, Figure, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta
 
 LATENCY_COLUMNS = [f"{m}_p{q}" for m in ("ttft_ms", "e2e_ms") for q in (50, 95, 99)]
@@ -27,3 +28,43 @@ def h8_table(rows: Sequence[dict], uwork: dict[str, int | None] | None = None) -
             row[f"vs_A_{m}_pct"] = None if ref is None or r is ref else pct_delta(r.get(m), ref.get(m))
         table.append(row)
     return table
+
+
+# --------------------------------------------------------------------------- declaration
+
+def analyze(ctx: Context) -> Result:
+    from kvharness.analysis.run import uwork_by_stack
+    from kvharness.report.hero import plot_hero
+
+    table = h8_table(ctx.rows, uwork_by_stack(ctx.upstream["uwork"]))
+    return Result(tables={"summary": table}, figures={"hero": lambda path: plot_hero(table, path)},
+                  facts={"rows": table})
+
+
+def verdict(result: Result) -> str:
+    rows = result.facts["rows"]
+    ref = next((r for r in rows if r["role"] == "A"), None)
+    others = [r for r in rows if r is not ref]
+    if ref is None or not others:
+        return "H8 needs a finished cell of Stack A and of Stack B."
+    parts = []
+    for r in others:
+        d = r.get("vs_A_ttft_ms_p99_pct")
+        same = r.get("concurrency") == ref.get("concurrency")
+        load = "at the same concurrency" if same else f"at concurrency {r.get('concurrency')} vs A's {ref.get('concurrency')}"
+        parts.append(f"{r['stack']} p99 TTFT {'—' if d is None else f'{d:+.1f} %'} vs A ({load})")
+    return "; ".join(parts) + "."
+
+
+register(Hypothesis(
+    id="H8",
+    question="At equal memory budget, what does tiering cost without reuse and buy with it?",
+    analyze=analyze,
+    tables=(Table("summary", H8_COLUMNS, "hero table: one row per stack with B-vs-A deltas"),),
+    figures=(Figure("hero", "Stack A (memory-only) vs Stack B (tiered KV) at equal memory budget: TTFT and E2E "
+                            "percentiles in ms and throughput, each stack at the load in its row."),),
+    verdict=verdict,
+    needs=("uwork",),
+    how_to_read="Equal memory budget: A gets T0+T1 as its device pool, B gets T0 on the device and T1 in host memory "
+                "(plus T2 on disk). vs_A_*_pct are B's percent differences from A.",
+))

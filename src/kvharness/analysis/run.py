@@ -1,35 +1,114 @@
-"""Entry points shared by the workflow scripts and `kvharness analyze`: files in, files out."""
+"""Running one registered hypothesis: cell folders + upstream results in, declared files out.
+
+Shared by the generated workflow rules (``workflow/scripts/analyze.py``) and ``kvharness analyze``.
+Besides the declared tables and figures it writes ``verdict.json``: the question, the computed verdict,
+the gates (value and limit), one-line notes, the cells' status counts and their code fingerprints.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from kvharness.analysis.cells import cell_rows
-from kvharness.analysis.h0 import H0_COLUMNS, h0_tables
-from kvharness.analysis.h8 import H8_COLUMNS, h8_table
+from kvharness.analysis import registry
+from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
+from kvharness.provenance import utc_now
+
+log = logging.getLogger("kvharness.analysis")
 
 
-def analyze_h0(cell_dirs: Sequence[str | Path], summary_csv: str | Path, uwork_csv: str | Path) -> list[Path]:
-    summary, uwork = h0_tables(cell_rows(cell_dirs))
-    return [write_csv(summary, summary_csv, H0_COLUMNS), write_csv(uwork, uwork_csv, ["stack", "role", "u_work", "u_work_used"])]
+def read_table(path: str | Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
-def analyze_h7(cell_dirs: Sequence[str | Path], summary_csv: str | Path) -> list[Path]:
-    from kvharness.analysis.h7 import H7_COLUMNS, cadence_row, h7_table
+def uwork_by_stack(rows: Sequence[dict]) -> dict[str, int]:
+    """stack -> U_work used (the ``uwork`` result's rows)."""
+    out = {}
+    for r in rows:
+        value = r.get("u_work_used") or r.get("u_work")
+        if value not in (None, ""):
+            out[r["stack"]] = int(float(value))
+    return out
 
-    return [write_csv(h7_table([cadence_row(d) for d in cell_dirs]), summary_csv, H7_COLUMNS)]
+
+def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dict]]) -> list[str]:
+    """One line per cell measured at a U_work other than the current one."""
+    if "uwork" not in upstream:
+        return []
+    current = uwork_by_stack(upstream["uwork"])
+    notes = []
+    for d in cell_dirs:
+        spec = read_json(Path(d) / "cell.json")
+        source = spec["load"].get("concurrency_source")
+        stack = spec["stack"]["name"]
+        if isinstance(source, dict) and source.get("result") == "uwork" and stack in current \
+                and int(spec["load"]["concurrency"]) != current[stack]:
+            notes.append(f"cell {Path(d).name} was measured at U_work {spec['load']['concurrency']}, "
+                         f"but the current U_work of {stack} is {current[stack]}: re-measure it")
+    return notes
 
 
-def analyze_h8(cell_dirs: Sequence[str | Path], summary_csv: str | Path, hero_png: str | Path,
-               uwork_csv: str | Path | None = None) -> list[Path]:
-    from kvharness.report.hero import plot_hero
+def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
+    status: dict[str, int] = {}
+    fingerprints: dict[str, list[str]] = {}
+    for d in cell_dirs:
+        d = Path(d)
+        try:
+            status_value = read_json(d / "summary.json").get("status", "unknown")
+        except ValueError:
+            status_value = "unknown"
+        status[status_value] = status.get(status_value, 0) + 1
+        try:
+            fp = read_json(d / "provenance.json").get("code_fingerprint") or "unknown"
+        except ValueError:
+            fp = "unknown"
+        fingerprints.setdefault(fp, []).append(d.name)
+    return {"cell_status": status, "code_fingerprints": fingerprints,
+            "mixed_code": len(fingerprints) > 1}
 
-    uwork = None
-    if uwork_csv and Path(uwork_csv).exists():
-        with open(uwork_csv) as fh:
-            uwork = {r["stack"]: int(float(r["u_work_used"])) for r in csv.DictReader(fh) if r.get("u_work_used")}
-    table = h8_table(cell_rows(cell_dirs), uwork)
-    return [write_csv(table, summary_csv, H8_COLUMNS), plot_hero(table, hero_png)]
+
+def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Mapping[str, str | Path],
+                   outputs: Mapping[str, str | Path], config: Mapping | None = None) -> list[Path]:
+    """Analyse one hypothesis and write every declared output; returns the written paths."""
+    h = registry.get(hyp)
+    upstream = {name: read_table(path) for name, path in upstream_paths.items()}
+    missing = [n for n in h.needs if n not in upstream]
+    if missing:
+        raise registry.RegistryError(f"{hyp} needs upstream result(s) {', '.join(missing)}")
+    cells = [Path(d) for d in cell_dirs]
+    ctx = registry.Context(hyp=hyp, cell_dirs=cells, upstream=upstream, config=dict(config or {}))
+    ctx.notes.extend(stale_uwork_notes(cells, upstream))
+    result = h.analyze(ctx)
+    written = []
+    for table in h.tables:
+        written.append(write_csv(result.tables.get(table.name, []), outputs[table.name], table.columns))
+    for fig in h.figures:
+        path = Path(outputs[fig.name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result.figures[fig.name](path)
+        written.append(path)
+    facts = _cell_facts(cells)
+    if facts["mixed_code"]:
+        ctx.notes.append(f"cells were measured by different code ({len(facts['code_fingerprints'])} fingerprints)")
+    for note in ctx.notes:
+        log.warning("%s: %s", hyp, note)
+    gates = [g.as_dict() for g in h.gates(result)]
+    verdict = {
+        "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
+        "gates": gates, "notes": ctx.notes, **facts, "n_cells": len(cells), "analysed_utc": utc_now(),
+        "tables": {t.name: Path(outputs[t.name]).name for t in h.tables},
+        "figures": {f.name: {"file": Path(outputs[f.name]).name, "caption": f.caption} for f in h.figures},
+    }
+    path = Path(outputs["verdict"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(verdict, indent=2, default=str))
+    os.replace(tmp, path)
+    written.append(path)
+    return written

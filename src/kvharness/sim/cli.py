@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 
+from kvharness.defaults import ENGINE, SIM
 from kvharness.units import parse_bytes
 
 _GiB = 1024 ** 3
@@ -39,14 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mode B: disk (G3) tier size (default $DYN_KVBM_DISK_CACHE_GB GiB, else 64GiB)")
     p.add_argument("--tier2-dir", default=None,
                    help="mode B: directory of the tier-2 file (default $DYN_KVBM_DISK_CACHE_DIR, else $TMPDIR/kvharness-sim-g3)")
-    p.add_argument("--tokens-per-block", type=int, default=32)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-num-tokens", type=int, default=8192, help="token budget of one engine step (chunked prefill)")
-    p.add_argument("--eviction-policy", choices=("lru", "lfu", "fifo"), default="lru")
-    p.add_argument("--block-bytes-scale", type=float, default=1 / 32,
+    p.add_argument("--tokens-per-block", type=int, default=ENGINE["tokens_per_block"])
+    p.add_argument("--max-batch-size", type=int, default=ENGINE["max_batch_size"])
+    p.add_argument("--max-num-tokens", type=int, default=ENGINE["max_num_tokens"],
+                   help="token budget of one engine step (chunked prefill)")
+    p.add_argument("--eviction-policy", choices=("lru", "lfu", "fifo"), default=ENGINE["eviction_policy"])
+    p.add_argument("--block-bytes-scale", type=float, default=SIM["block_bytes_scale"],
                    help="tier-2 file bytes per block = real block bytes x this (recorded in /health and /metrics)")
     p.add_argument("--speedup", type=float, default=1.0, help="divide every modelled duration by this (1 = real time)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SIM["seed"])
     p.add_argument("--jitter", type=float, default=0.0,
                    help="relative std-dev of a seeded Gaussian factor on each step time (0 = deterministic steps)")
     p.add_argument("--startup-time-s", type=float, default=0.0, help="/health answers 503 for this long")
