@@ -19,7 +19,7 @@ def cell_row(cell_dir: str | Path) -> dict:
     if warmup_s > 0 and records:
         t0 = min(r["sched_ns"] for r in records if r.get("sched_ns") is not None)
         records = [r for r in records if r.get("sched_ns", t0) - t0 >= warmup_s * 1e9]
-    req = stats.summarize_requests(records)
+    req = stats.summarize_requests(records, slo=spec["load"].get("slo"))
     req.pop("error_classes", None)
     row = {
         "hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"], "role": spec["role"],
@@ -33,11 +33,22 @@ def cell_row(cell_dir: str | Path) -> dict:
         "client_bound": summary.get("client_bound", False),
         "tier2_file_bytes": summary.get("tier2_file_bytes"),
         "truncated_lines": truncated,
+        "rep": spec.get("rep", 0),
+        "code_fingerprint": _fingerprint(cell_dir),
         **req,
     }
+    for key, value in (spec.get("sweep") or {}).items():  # every swept axis value is a column
+        row.setdefault(key, value)
     ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")
     row["ttft_p99_over_p50"] = (ttft99 / ttft50) if ttft50 else None
     return row
+
+
+def _fingerprint(cell_dir: Path) -> str | None:
+    try:
+        return read_json(cell_dir / "provenance.json").get("code_fingerprint")
+    except RecordError:
+        return None
 
 
 def cell_rows(cell_dirs: Iterable[str | Path]) -> list[dict]:
