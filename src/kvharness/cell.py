@@ -232,7 +232,10 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
-        resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir)}
+        from kvharness.workingset import working_set
+
+        ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]))
+        resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws}
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)

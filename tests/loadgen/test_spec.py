@@ -62,3 +62,29 @@ def test_wrong_types(over, field):
 def test_lora_count_expands_names():
     s = validate_spec(base(lora={"count": 3, "policy": "hot_cold"}))
     assert s["lora"]["adapters"] == ["lora-0", "lora-1", "lora-2"]
+
+
+def test_per_user_nonce_gives_each_user_its_own_stable_prompt():
+    import json
+
+    from kvharness.loadgen.patterns import Ticket
+    from kvharness.loadgen.spec import validate_spec
+    from kvharness.loadgen.workloads import make_workload
+
+    spec = validate_spec({"model": "m", "pattern": {"kind": "closed", "concurrency": 2}, "duration_s": 1,
+                          "workload": {"kind": "fixed_context", "context_tokens": 40, "nonce": "per_user"}})
+    wl = make_workload(spec)
+    prompts = [json.loads(wl.next_request(Ticket(0, user=u)).body)["prompt"] for u in (0, 1, 0, 1)]
+    assert prompts[0] == prompts[2] and prompts[1] == prompts[3] and prompts[0] != prompts[1]
+    assert prompts[0].split()[0] != prompts[1].split()[0]  # users do not share even their first block
+    assert len(prompts[0].split()) == 40
+
+
+def test_per_user_nonce_needs_closed_loop_users():
+    import pytest
+
+    from kvharness.loadgen.spec import SpecError, validate_spec
+
+    with pytest.raises(SpecError, match="workload.nonce"):
+        validate_spec({"model": "m", "pattern": {"kind": "poisson", "rate": 5}, "duration_s": 1,
+                       "workload": {"kind": "fixed_context", "context_tokens": 40, "nonce": "per_user"}})

@@ -37,6 +37,9 @@ def cell_row(cell_dir: str | Path) -> dict:
         "code_fingerprint": _fingerprint(cell_dir),
         **req,
     }
+    ws = spec.get("working_set") or {}
+    for key in ("working_set_bytes", "reusable_bytes", "inflight_bytes", "fits_in"):
+        row[key] = ws.get(key)
     for key, value in (spec.get("sweep") or {}).items():  # every swept axis value is a column
         row.setdefault(key, value)
     ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")

@@ -214,7 +214,7 @@ def check_pattern(value: Any) -> dict:
 
 # ---- workload ---------------------------------------------------------------------------------
 
-_NONCE = ("prefix", "none")
+_NONCE = ("prefix", "per_user", "none")
 
 
 def _check_buckets(path: str, v: Any) -> list[dict]:
@@ -351,6 +351,10 @@ def validate_spec(raw: Any) -> dict:
               spec["pattern"]["kind"])
     if spec["workload"]["kind"] == "sessioned_chat" and spec["endpoint"] != "chat":
         _fail("endpoint", "'chat' with a sessioned_chat workload", spec["endpoint"])
+    if spec["workload"].get("nonce") == "per_user" and spec["pattern"]["kind"] not in ("closed", "bursty") \
+            and spec["workload"]["kind"] != "sessioned_chat":
+        _fail("workload.nonce", "'prefix' or 'none' with an open-loop pattern ('per_user' needs closed-loop users)",
+              "per_user")
     if not spec["base_url"].startswith(("http://", "https://")):
         _fail("base_url", "an http:// or https:// URL", spec["base_url"])
     return spec

@@ -6,8 +6,10 @@ tokens on the simulated stacks. Words are common English words (one token each i
 vocabularies), so real stacks land close to N too; records keep the server's ``prompt_tokens``.
 
 Prefix caching: with ``nonce: "prefix"`` the FIRST word of every prompt is unique per request, so no
-two prompts share even their first KV block; ``shared_prefix_ratio`` r puts round(r*N) words of a
-per-group prefix before the nonce, so exactly that share is reusable.
+two prompts share even their first KV block; ``nonce: "per_user"`` makes the nonce the closed-loop
+user's, so each user resends its own prompt and users never share a prefix (the working set is
+users x prompt); ``shared_prefix_ratio`` r puts round(r*N) words of a per-group prefix before the
+nonce, so exactly that share is reusable.
 """
 
 from __future__ import annotations
@@ -123,7 +125,10 @@ class Workload:
         self.corpus = Corpus(spec["seed"] + 1)
         self.run_tag = random.Random().getrandbits(32)  # differs per run: defeats caches across runs
         self._tag_words = None
-        self.nonce = w.get("nonce", "prefix") == "prefix"
+        self.nonce = w.get("nonce", "prefix") in ("prefix", "per_user")
+        self.per_user = w.get("nonce") == "per_user"
+        if self.per_user:
+            self.ticket_free = False  # the prompt depends on the ticket's user
         self.lora = AdapterPicker(spec["lora"], spec["seed"]) if spec.get("lora") else None
         self.extra = dict(spec.get("extra_body") or {})
         self.ignore_eos = spec["ignore_eos"]
@@ -195,8 +200,10 @@ class Workload:
             body.update(self.extra)
         return body, adapter
 
-    def simple_request(self, n_tokens: int, output_tokens: int, labels: dict) -> Request:
-        seq = self.seq
+    def simple_request(self, n_tokens: int, output_tokens: int, labels: dict, key: int | None = None) -> Request:
+        """A one-message request of ``n_tokens``; ``key`` (a user) replaces the request number as the
+        nonce and group key, so equal keys give equal prompts."""
+        seq = self.seq if key is None else key
         self.seq += 1
         want = max(1, n_tokens - 1) if self.chat else n_tokens  # chat: "<user>" counts as one token
         if self.tokenizer is not None:  # as many words as make `want` tokens for the model's tokenizer
@@ -252,7 +259,8 @@ class FixedContext(Workload):
     ticket_free = True
 
     def build(self, ticket) -> Request:
-        return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": None})
+        key = ticket.user if self.per_user and ticket is not None else None
+        return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": None}, key)
 
 
 class MixedContext(Workload):
@@ -268,7 +276,8 @@ class MixedContext(Workload):
         i = min(bisect.bisect_left(self.cum, self.rng.random()), len(self.buckets) - 1)
         b = self.buckets[i]
         n = self.rng.randint(b["min_tokens"], b["max_tokens"])
-        return self.simple_request(n, self.w["output_tokens"], {"bucket": b["name"]})
+        key = ticket.user if self.per_user and ticket is not None else None
+        return self.simple_request(n, self.w["output_tokens"], {"bucket": b["name"]}, key)
 
 
 class TraceWorkload(Workload):
