@@ -41,3 +41,10 @@ def test_differs_by_intervals_or_by_spread():
     assert differs([100], [105], spread=10)["differs"] is False
     assert differs([100], [130], spread=10)["differs"] is True
     assert differs([100], [130])["differs"] is None
+
+
+def test_min_samples_rule():
+    from kvharness.analysis.evidence import enough_samples, min_samples
+
+    assert (min_samples(50), min_samples(95), min_samples(99)) == (10, 100, 500)
+    assert enough_samples(500) and not enough_samples(499) and not enough_samples(None)

@@ -82,3 +82,16 @@ def differs(a: Sequence[float | None], b: Sequence[float | None], spread: float 
     if spread is not None:
         return {"delta": delta, "delta_pct": pct, "differs": abs(delta) > spread, "method": f"|delta| > spread {spread:g}"}
     return {"delta": delta, "delta_pct": pct, "differs": None, "method": "one repetition: no interval"}
+
+
+def min_samples(q: float) -> int:
+    """Successful requests a cell needs before its q-th percentile is reported as meaningful.
+
+    Rule: at least 5 samples beyond the percentile, n >= 5 / (1 - q/100): p50 -> 10, p95 -> 100,
+    p99 -> 500. A cell below it is marked (``enough_samples_p99 = False``), never silently reported.
+    """
+    return int(math.ceil(5.0 / (1.0 - q / 100.0) - 1e-9))
+
+
+def enough_samples(n_ok: int | None, q: float = 99) -> bool:
+    return n_ok is not None and n_ok >= min_samples(q)
