@@ -210,6 +210,25 @@ def _quality(collector_summary: dict | None, collector_rc: int | None) -> dict:
     }
 
 
+def log_outcome(summary: dict) -> str:
+    """Log (and return) the cell log's closing line: status, request counts, TTFT p50/p99, tier-2 bytes,
+    and why the cell was degraded or failed."""
+    req = summary.get("requests") or {}
+
+    def ms(key: str) -> str:
+        return "-" if req.get(key) is None else f"{req[key]:.1f}"
+
+    why = (summary.get("reason") or "").splitlines()[:1] or summary.get("degraded_because") or []
+    line = (f"cell {summary.get('hyp')}/{summary.get('cell')} {summary.get('status')}: "
+            f"requests {req.get('n_ok', 0)} ok / {req.get('n_errors', 0)} errors, "
+            f"TTFT p50 {ms('ttft_ms_p50')} ms p99 {ms('ttft_ms_p99')} ms, "
+            f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
+            + (f"; because: {', '.join(why)}" if why else ""))
+    level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
+    log.log(level, "%s", line)
+    return line
+
+
 def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
     """Measure one cell into ``out_dir``; returns the cell summary. Raises CellFailed (folder kept)."""
     out_dir = Path(out_dir)
@@ -351,6 +370,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {
         "cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
         "code_fingerprint": measurement_fingerprint()}), indent=2))
+    log_outcome(summary)
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         (tmp / "reason.txt").write_text(failure + "\n")

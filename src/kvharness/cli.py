@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "cell": ("kvharness.cell_cli", "measure one cell: launch the stack, collect, load, tear down, write the cell folder"),
     "analyze": ("kvharness.analysis.cli", "turn cell folders into hypothesis summaries (U_work, knees, hero table)"),
     "report": ("kvharness.report.cli", "plots and the HTML report from analysis outputs"),
+    "export": ("kvharness.export", "every request of a hypothesis (or of all) as one Parquet / CSV file, cell parameters as columns"),
 }
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def test_cell_folders_hold_records_and_provenance(finished_run):
     for name in ("metrics.jsonl", "sysmon.jsonl", "cell.json", "summary.json", "provenance.json", "server.log"):
         assert (cell / name).is_file(), name
     assert not list((finished_run / "results/H0/cells").glob("*.tmp"))
+
+
+def test_cell_logs_end_with_the_outcome_line_and_export_reads_back(finished_run):
+    import pandas as pd
+
+    log_lines = (finished_run / "results/H0/logs/sim-B_c2.log").read_text().splitlines()
+    assert re.search(r"cell H0/sim-B_c2 (ok|degraded): requests \d+ ok / 0 errors, TTFT p50 [\d.]+ ms p99 [\d.]+ ms, "
+                     r"tier-2 ", log_lines[-1]), log_lines[-3:]
+    out = finished_run / "requests-H0.parquet"
+    proc = subprocess.run([sys.executable, "-m", "kvharness", "export", "--results", str(finished_run / "results"),
+                           "--hyp", "H0", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_parquet(out)
+    cells = sorted((finished_run / "results/H0/cells").glob("sim-*"))
+    per_cell = {c.name: len((c / "metrics.jsonl").read_text().splitlines()) for c in cells}
+    assert len(df) == sum(per_cell.values()) and df.groupby("cell").size().to_dict() == per_cell
+    assert set(df["sweep_concurrency"]) == {1, 2, 128} and df["lat_ttft_ms"].notna().any()
 
 
 def test_planted_secret_is_nowhere_in_results_or_logs(finished_run):

@@ -18,12 +18,16 @@ from kvharness.loadgen.spec import SpecError, validate_spec
 EPILOG = """\
 Examples:
   kvharness loadgen --spec load.json --out metrics.jsonl --summary-out loadgen_summary.json
+  kvharness loadgen --spec load.json --percentiles 50,90,99 --format json > summary.json
   kvharness loadgen --base-url http://127.0.0.1:8355 --model llama-3.1-8b --concurrency 16 \\
       --context-tokens 2048 --output-tokens 32 --duration-s 10 --out metrics.jsonl
 
 Without --spec the flags build a closed-loop fixed_context spec; with --spec they override its values.
 The spec format (patterns closed|bursty|constant|poisson|gamma|ramp|trace; workloads
 fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.md.
+The run ends with a table on stdout (requests, duration, req/s, output tok/s, goodput; TTFT, TPOT, ITL
+and E2E mean / percentiles / max in ms); a progress bar is shown on stderr only when both stdout and
+stderr are terminals (--progress on forces it).
 Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors, 130 SIGINT, 143 SIGTERM.
 """
 
@@ -35,7 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="METRICS_JSONL", default="metrics.jsonl",
                         help="per-request records, one JSON line each, flushed per record (default: %(default)s)")
     parser.add_argument("--summary-out", metavar="SUMMARY_JSON", default=None,
-                        help="run summary (kvharness.stats.summarize_requests + self-check); default: print to stdout")
+                        help="run summary (kvharness.stats.summarize_requests + self-check + the table's figures "
+                             "under latency_ms), written as JSON")
+    parser.add_argument("--percentiles", default="50,90,95,99", metavar="Q,Q,...",
+                        help="percentiles in the final table and in the summary's latency_ms (default: %(default)s)")
+    parser.add_argument("--format", choices=("table", "json", "none"), default="table",
+                        help="what goes to stdout at the end: the result table, the JSON summary, or nothing "
+                             "(default: %(default)s)")
     g = parser.add_argument_group("convenience flags (build a spec without a file, or override --spec)")
     g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8355")
     g.add_argument("--model", help="model name sent in every request")
@@ -113,7 +123,26 @@ def _event_loop_runner():
         return asyncio.Runner(), "asyncio"
 
 
+def _measured_records(path: str) -> list[dict]:
+    """The records of the measure window, read back from the flushed ``metrics.jsonl``."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("window", "measure") == "measure":
+                    out.append(rec)
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
+    from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table
+
+    try:
+        percentiles = parse_percentiles(args.percentiles)
+    except PercentileError as exc:
+        print(f"kvharness loadgen: {exc}", file=sys.stderr)
+        return 2
     try:
         spec = validate_spec(build_spec(args))
         from kvharness.loadgen.patterns import make_pattern  # noqa: F401 - trace files are read here
@@ -144,15 +173,22 @@ def main(args: argparse.Namespace) -> int:
                 summary = loop_runner.run(runner.run())
         signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
+    latency = latency_table(_measured_records(args.out), percentiles)
+    summary["latency_ms"] = latency
+    summary["table_percentiles"] = list(percentiles)
     if args.summary_out:
         _write_json_atomic(args.summary_out, summary)
-    else:
+    if summary.get("client_bound"):  # before the table, so that the table is what a terminal ends with
+        lag = summary.get("send_lag_ms_p99")
+        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
+              f"{'?' if lag is None else f'{lag:.2f}'} ms, CPU {summary.get('client_cpu_pct') or 0:.0f} % of a core); "
+              "latencies include client delay", file=sys.stderr, flush=True)
+    if args.format == "json":
         json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
-    if summary.get("client_bound"):
-        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
-              f"{summary.get('send_lag_ms_p99')} ms, CPU {summary.get('client_cpu_pct'):.0f} % of a core); "
-              "latencies include client delay", file=sys.stderr)
+    elif args.format == "table":
+        sys.stdout.write(render_table(summary, latency, percentiles))
+    sys.stdout.flush()
     if signal_name == "SIGINT":
         return 130
     if signal_name == "SIGTERM":
