@@ -244,6 +244,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
+        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
