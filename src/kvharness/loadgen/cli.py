@@ -1,8 +1,9 @@
 """`kvharness loadgen`: drive an OpenAI-compatible streaming endpoint and record every request.
 
 Exit codes: 0 the run completed (request errors are in the records), 2 bad input (one line on
-stderr naming the field), 3 stopped early by ``max_errors``, 130 SIGINT, 143 SIGTERM — in every case
-after ``metrics.jsonl`` and the summary of what completed were written.
+stderr naming the field), 3 stopped early by ``max_errors``/``max_consecutive_errors``, 4 stopped because
+a record could not be written (disk full: what was written is kept, a cut last line is counted), 130
+SIGINT, 143 SIGTERM — in every case after ``metrics.jsonl`` and the summary of what completed were written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ Examples:
 Without --spec the flags build a closed-loop fixed_context spec; with --spec they override its values.
 The spec format (patterns closed|bursty|constant|poisson|gamma|ramp|trace; workloads
 fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.md.
-Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors, 130 SIGINT, 143 SIGTERM.
+Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors or max_consecutive_errors, 4 a record or the
+summary could not be written (disk full), 130 SIGINT, 143 SIGTERM.
 """
 
 
@@ -138,14 +140,24 @@ def main(args: argparse.Namespace) -> int:
         summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
     else:
         progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
-        with open(args.out, "w", encoding="utf-8") as out:
+        out = open(args.out, "w", encoding="utf-8")
+        try:
             runner = Runner(spec, out, pattern=pattern, progress=progress)
             with runner_ctx as loop_runner:
                 summary = loop_runner.run(runner.run())
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass  # the write error is already in the summary (write_error): the run stopped on it
         signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
     if args.summary_out:
-        _write_json_atomic(args.summary_out, summary)
+        try:
+            _write_json_atomic(args.summary_out, summary)
+        except OSError as exc:
+            print(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}", file=sys.stderr)
+            return 4
     else:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
@@ -157,7 +169,11 @@ def main(args: argparse.Namespace) -> int:
         return 130
     if signal_name == "SIGTERM":
         return 143
-    if stop_reason == "max_errors":
-        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors (max_errors)", file=sys.stderr)
+    if stop_reason == "write_failed":
+        print(f"kvharness loadgen: stopped: writing records failed: {summary.get('write_error')} "
+              f"({summary.get('n_unwritten')} records not written)", file=sys.stderr)
+        return 4
+    if stop_reason in ("max_errors", "max_consecutive_errors"):
+        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})", file=sys.stderr)
         return 3
     return 0

@@ -168,7 +168,8 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     summary["achieved_send_rate"] = ((len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9)
                                      if len(sent) > 1 and sent[-1] > sent[0] else None)
     sig = got_signal[0] if got_signal else None
-    reason = "max_errors" if "max_errors" in stop_reasons else (stop_reasons[0] if stop_reasons else None)
+    first = [r for r in ("write_failed", "max_errors", "max_consecutive_errors") if r in stop_reasons]
+    reason = first[0] if first else (stop_reasons[0] if stop_reasons else None)
     return summary, sig, reason
 
 
