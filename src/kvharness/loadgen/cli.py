@@ -115,6 +115,14 @@ def _event_loop_runner():
         return asyncio.Runner(), "asyncio"
 
 
+def _say(*parts) -> None:
+    """A line on stderr; a stderr that cannot be written (its log is on a full disk) is not an error."""
+    try:
+        print(*parts, file=sys.stderr)
+    except OSError:
+        pass
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         spec = validate_spec(build_spec(args))
@@ -122,10 +130,10 @@ def main(args: argparse.Namespace) -> int:
 
         pattern = make_pattern(spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
+        _say(str(exc))
         return 2
     except (OSError, ValueError) as exc:
-        print(f"load spec: pattern.path: {exc}", file=sys.stderr)
+        _say(f"load spec: pattern.path: {exc}")
         return 2
 
     from kvharness.loadgen.progress import RichProgress, want_progress
@@ -156,24 +164,24 @@ def main(args: argparse.Namespace) -> int:
         try:
             _write_json_atomic(args.summary_out, summary)
         except OSError as exc:
-            print(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}", file=sys.stderr)
+            _say(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}")
             return 4
     else:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     if summary.get("client_bound"):
-        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
+        _say("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
               f"{summary.get('send_lag_ms_p99')} ms, CPU {summary.get('client_cpu_pct'):.0f} % of a core); "
-              "latencies include client delay", file=sys.stderr)
+              "latencies include client delay")
     if signal_name == "SIGINT":
         return 130
     if signal_name == "SIGTERM":
         return 143
     if stop_reason == "write_failed":
-        print(f"kvharness loadgen: stopped: writing records failed: {summary.get('write_error')} "
-              f"({summary.get('n_unwritten')} records not written)", file=sys.stderr)
+        _say(f"kvharness loadgen: stopped: writing records failed: {summary.get('write_error')} "
+              f"({summary.get('n_unwritten')} records not written)")
         return 4
     if stop_reason in ("max_errors", "max_consecutive_errors"):
-        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})", file=sys.stderr)
+        _say(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})")
         return 3
     return 0
