@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from kvharness.config import ConfigError, cell_index, validate_config  # noqa: E402
 
 try:
+    __import__("kvharness.config").config.check_config_files(workflow.configfiles)  # strict re-read: duplicate keys, emptied sections
     CFG = validate_config(config)
     CELLS = cell_index(CFG)
 except ConfigError as _exc:
