@@ -379,7 +379,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, h0_cells, lock: cellguard.Ben
     except ConfigError as exc:
         failure = str(exc)
     except KeyboardInterrupt as exc:
-        failure = cellguard.WORKFLOW_DIED if watch.parent_died() else f"interrupted ({exc or 'SIGINT'})"
+        died = watch.parent_died(wait_s=1.0 if "SIGTERM" in str(exc) else 0.0)  # SIGTERM is also the parent-death signal
+        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({exc or 'SIGINT'})"
     except OSError as exc:  # the cell folder cannot be written (disk full, read-only)
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:

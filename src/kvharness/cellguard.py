@@ -332,8 +332,22 @@ class ParentWatch:
         with contextlib.suppress(ProcessLookupError):
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def parent_died(self) -> bool:
-        return self.died is not None or (self.ppid0 != 1 and os.getppid() != self.ppid0)
+    def _evidence(self) -> bool:
+        if self.died is not None or (self.ppid0 != 1 and os.getppid() != self.ppid0):
+            return True
+        return any(_gone(p) for p in self.chain)
+
+    def parent_died(self, wait_s: float = 0.0) -> bool:
+        """Whether the workflow died; ``wait_s`` lets the evidence arrive. The parent-death signal fires
+        when the parent *thread* exits: while the rest of a killed multi-threaded Snakemake is still
+        exiting, getppid() has not changed yet."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._evidence():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self._stop.set()
