@@ -163,3 +163,39 @@ def test_a_busy_lock_fails_a_cell_before_it_touches_anything(make_cell, tmp_path
         assert not out.parent.exists() or not list(out.parent.iterdir())
     finally:
         other.release()
+
+
+ORPHAN = """
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(child.pid, flush=True)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and not os.path.exists(sys.argv[2] + ".ready"):
+    time.sleep(0.02)
+os._exit(0)  # the parent dies without a word
+"""
+WATCHED = """
+import signal, sys, time
+from kvharness import cellguard
+watch = cellguard.ParentWatch(poll_s=0.05).start()
+def on_term(signum, frame):
+    open(sys.argv[1], "w").write("died" if watch.parent_died(wait_s=1.0) else "sigterm")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(30)
+"""
+
+
+def test_the_runner_learns_of_its_parents_death_at_once(tmp_path):
+    flag = tmp_path / "flag"
+    parent = subprocess.run([sys.executable, "-c", ORPHAN, WATCHED, str(flag)], capture_output=True, text=True, timeout=30)
+    pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not flag.exists():
+        time.sleep(0.05)
+    assert flag.exists() and flag.read_text() == "died"
+    try:
+        psutil.Process(pid).wait(timeout=5)
+    except psutil.NoSuchProcess:
+        pass

@@ -116,3 +116,13 @@ def test_the_simulator_inherits_its_reserved_socket_so_a_squatter_cannot_bind(ma
     ports = summary["listener"]["ports"]
     cell = json.loads((tmp_path / "cells" / "inherit" / "cell.json").read_text())
     assert set(ports) == {str(cell["launch"]["port"]), str(cell["launch"]["metrics_port"])}
+
+
+def test_an_external_stack_is_exempt_and_says_so(tmp_path):
+    plan = launcher.LaunchPlan(name="external", kind="external", argvs=[], env={}, host="127.0.0.1", port=8000,
+                               metrics_port=None, health_url=None, base_url="http://127.0.0.1:8000", metrics_urls={},
+                               startup_timeout_s=1.0, log_path=tmp_path / "server.log")
+    stack = launcher.RunningStack(plan).start()
+    assert stack.wait_healthy() == 0.0
+    assert stack.identity == {"checked": False,
+                              "note": "external stack external: not launched by us, listener identity not checked"}
