@@ -308,6 +308,9 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, h0_cells, lock: cellguard.Ben
         claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
     except cellguard.BenchmarkBusy as exc:
         raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
+    except OSError as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
     tmp = claim.tmp
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -214,7 +214,7 @@ class TmpClaim:
         self.fd = fd
 
     def finish(self) -> None:
-        """Called right after the folder was renamed away: drop the owner file from it and unlock."""
+        """Called right after the folder was renamed away (and its owner file dropped): unlock."""
         if self.fd is None:
             return
         with contextlib.suppress(OSError):

@@ -289,6 +289,7 @@ class RunningStack:
                 time.sleep(self.poll_s)
 
     def stop(self, grace_s: float = 5.0) -> None:
+        identity.release(self.plan.held_sockets)  # reserved but never handed over (start failed early)
         for proc in reversed(self.procs):  # main command first, then what it depends on
             terminate_group(proc, grace_s)
         if self._log is not None:
