@@ -8,11 +8,14 @@ from kvharness.analysis import registry  # noqa: E402
 from kvharness.config import (
     ConfigError,
     cell_index,
-    needs_uwork,
+    check_config_files,
     validate_config,
 )  # noqa: E402
 
 try:
+    check_config_files(
+        workflow.configfiles
+    )  # strict re-read: duplicate keys, emptied sections
     CFG = validate_config(config)
     CELLS = cell_index(CFG)
     HYPS = registry.load(CFG["hypothesis_modules"])

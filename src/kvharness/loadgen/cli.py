@@ -1,8 +1,9 @@
 """`kvharness loadgen`: drive an OpenAI-compatible streaming endpoint and record every request.
 
 Exit codes: 0 the run completed (request errors are in the records), 2 bad input (one line on
-stderr naming the field), 3 stopped early by ``max_errors``, 130 SIGINT, 143 SIGTERM — in every case
-after ``metrics.jsonl`` and the summary of what completed were written.
+stderr naming the field), 3 stopped early by ``max_errors``/``max_consecutive_errors``, 4 stopped because
+a record could not be written (disk full: what was written is kept, a cut last line is counted), 130
+SIGINT, 143 SIGTERM — in every case after ``metrics.jsonl`` and the summary of what completed were written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.
 The run ends with a table on stdout (requests, duration, req/s, output tok/s, goodput; TTFT, TPOT, ITL
 and E2E mean / percentiles / max in ms); a progress bar is shown on stderr only when both stdout and
 stderr are terminals (--progress on forces it).
-Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors, 130 SIGINT, 143 SIGTERM.
+Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors or max_consecutive_errors, 4 a record or the
+summary could not be written (disk full), 130 SIGINT, 143 SIGTERM.
 """
 
 
@@ -135,6 +137,14 @@ def _measured_records(path: str) -> list[dict]:
     return out
 
 
+def _say(*parts) -> None:
+    """A line on stderr; a stderr that cannot be written (its log is on a full disk) is not an error."""
+    try:
+        print(*parts, file=sys.stderr)
+    except OSError:
+        pass
+
+
 def main(args: argparse.Namespace) -> int:
     from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table
 
@@ -149,10 +159,10 @@ def main(args: argparse.Namespace) -> int:
 
         pattern = make_pattern(spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
+        _say(str(exc))
         return 2
     except (OSError, ValueError) as exc:
-        print(f"load spec: pattern.path: {exc}", file=sys.stderr)
+        _say(f"load spec: pattern.path: {exc}")
         return 2
 
     from kvharness.loadgen.progress import RichProgress, want_progress
@@ -167,33 +177,50 @@ def main(args: argparse.Namespace) -> int:
         summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
     else:
         progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
-        with open(args.out, "w", encoding="utf-8") as out:
+        out = open(args.out, "w", encoding="utf-8")
+        try:
             runner = Runner(spec, out, pattern=pattern, progress=progress)
             with runner_ctx as loop_runner:
                 summary = loop_runner.run(runner.run())
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass  # the write error is already in the summary (write_error): the run stopped on it
         signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
     latency = latency_table(_measured_records(args.out), percentiles)
     summary["latency_ms"] = latency
     summary["table_percentiles"] = list(percentiles)
     if args.summary_out:
-        _write_json_atomic(args.summary_out, summary)
+        try:
+            _write_json_atomic(args.summary_out, summary)
+        except OSError as exc:
+            _say(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}")
+            return 4
     if summary.get("client_bound"):  # before the table, so that the table is what a terminal ends with
         lag = summary.get("send_lag_ms_p99")
-        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
-              f"{'?' if lag is None else f'{lag:.2f}'} ms, CPU {summary.get('client_cpu_pct') or 0:.0f} % of a core); "
-              "latencies include client delay", file=sys.stderr, flush=True)
-    if args.format == "json":
-        json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
-    elif args.format == "table":
-        sys.stdout.write(render_table(summary, latency, percentiles))
-    sys.stdout.flush()
+        _say("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
+             f"{'?' if lag is None else f'{lag:.2f}'} ms, CPU {summary.get('client_cpu_pct') or 0:.0f} % of a core); "
+             "latencies include client delay")
+    try:
+        if args.format == "json":
+            json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
+            sys.stdout.write("\n")
+        elif args.format == "table":
+            sys.stdout.write(render_table(summary, latency, percentiles))
+        sys.stdout.flush()
+    except OSError:
+        pass
     if signal_name == "SIGINT":
         return 130
     if signal_name == "SIGTERM":
         return 143
-    if stop_reason == "max_errors":
-        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors (max_errors)", file=sys.stderr)
+    if stop_reason == "write_failed":
+        _say(f"kvharness loadgen: stopped: writing records failed: {summary.get('write_error')} "
+              f"({summary.get('n_unwritten')} records not written)")
+        return 4
+    if stop_reason in ("max_errors", "max_consecutive_errors"):
+        _say(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})")
         return 3
     return 0

@@ -23,6 +23,19 @@ from kvharness.sim.tier2 import Tier2Store
 from kvharness.tokens import chat_prompt_text, split_words
 
 
+async def _listen(loop, factory, host: str, port: int, fd: int | None, backlog: int):
+    """Serve on an inherited listening socket ``fd`` (the harness reserved the port), else bind host:port."""
+    if fd is None:
+        return await loop.create_server(factory, host, port, backlog=backlog)
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM:
+        raise OSError(f"--fd {fd} is not a TCP socket")
+    sock.setblocking(False)
+    return await loop.create_server(factory, sock=sock, backlog=backlog)
+
+
 @dataclass
 class SimConfig:
     mode: str
@@ -31,6 +44,8 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 8355
     metrics_port: int = 0
+    listen_fd: int | None = None  # an inherited listening socket for the API port (--fd)
+    metrics_listen_fd: int | None = None  # the same for the KVBM metrics port (--metrics-fd)
     tier0_bytes: int = 8 << 30
     tier1_bytes: int = 0
     tier2_bytes: int = 0
@@ -284,10 +299,11 @@ class SimServer:
         if cfg.fault_crash_after > 0:
             self.engine.on_complete = self._maybe_crash
         self.engine.start()
-        srv = await loop.create_server(lambda: Connection(self.handle), cfg.host, cfg.port, backlog=2048)
+        srv = await _listen(loop, lambda: Connection(self.handle), cfg.host, cfg.port, cfg.listen_fd, 2048)
         self.servers.append(srv)
-        if cfg.mode == "B" and cfg.metrics_port:
-            ksrv = await loop.create_server(lambda: Connection(self.handle_kvbm), cfg.host, cfg.metrics_port, backlog=128)
+        if cfg.mode == "B" and (cfg.metrics_port or cfg.metrics_listen_fd is not None):
+            ksrv = await _listen(loop, lambda: Connection(self.handle_kvbm), cfg.host, cfg.metrics_port,
+                                 cfg.metrics_listen_fd, 128)
             self.servers.append(ksrv)
         if cfg.startup_time_s > 0:
             loop.call_later(cfg.startup_time_s, self._set_ready)
