@@ -30,11 +30,13 @@ def write_stacks(folder: Path, with_faults: bool) -> dict:
 def write_config(folder: Path, with_faults: bool) -> Path:
     cfg = {
         "stacks": {"A": "sim-A", **write_stacks(folder, with_faults)},
+        # H901: a registered id that the default config does not define (its sections would be merged in)
+        "hypothesis_modules": [str(ROOT / "tests/workflow/axes_hypotheses.py")],
         "hypotheses": {
             "H0": {"stacks": ["A"], "profile": "comfy", "sweep": {"concurrency": HEALTHY},
                    "load": {"pattern": {"kind": "closed"}, "duration_s": 0.5,
                             "workload": {"kind": "fixed_context", "context_tokens": 128, "output_tokens": 4}}},
-            "H1": {"stacks": ["C", "H", "E"], "profile": "spill",
+            "H901": {"stacks": ["C", "H", "E"], "profile": "spill",
                    "load": {"concurrency": 2, "pattern": {"kind": "closed"}, "duration_s": 1.0, "request_timeout_s": 1.0,
                             "workload": {"kind": "fixed_context", "context_tokens": 128, "output_tokens": 4}}},
         },
@@ -45,7 +47,7 @@ def write_config(folder: Path, with_faults: bool) -> Path:
 
 
 def targets():
-    return [f"results/H0/cells/sim-A_c{c}" for c in HEALTHY] + [f"results/H1/cells/{n}" for n in FAULTS]
+    return [f"results/H0/cells/sim-A_c{c}" for c in HEALTHY] + [f"results/H901/cells/{n}" for n in FAULTS]
 
 
 def snakemake(workdir, config, *args):
@@ -62,18 +64,18 @@ def test_three_bad_cells_do_not_poison_the_campaign(tmp_path):
     complete = [p for p in cells.glob("H*/cells/*") if p.is_dir() and "." not in p.name]
     assert len(complete) == 17
     for name in FAULTS:
-        kept = list(cells.glob(f"H1/cells/{name}.failed-*"))
+        kept = list(cells.glob(f"H901/cells/{name}.failed-*"))
         assert len(kept) == 1, name
         assert (kept[0] / "reason.txt").read_text().strip()
 
     plan = snakemake(tmp_path, config, "-n")
     planned = sorted(re.findall(r"wildcards: hyp=(\w+), cell=([\w-]+)", plan.stdout))
-    assert planned == sorted(("H1", n) for n in FAULTS)
+    assert planned == sorted(("H901", n) for n in FAULTS)
 
     config = write_config(tmp_path, with_faults=False)  # the faults fixed: the rerun measures only those 3
     second = snakemake(tmp_path, config)
     assert second.returncode == 0, second.stderr[-2000:]
     ran = re.findall(r"wildcards: hyp=(\w+), cell=([\w-]+)", second.stdout + second.stderr)
-    assert sorted(set(ran)) == sorted(("H1", n) for n in FAULTS)
+    assert sorted(set(ran)) == sorted(("H901", n) for n in FAULTS)
     complete = [p for p in cells.glob("H*/cells/*") if p.is_dir() and "." not in p.name]
     assert len(complete) == 20
