@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, default=0.0,
                    help="relative std-dev of a seeded Gaussian factor on each step time (0 = deterministic steps)")
     p.add_argument("--startup-time-s", type=float, default=0.0, help="/health answers 503 for this long")
+    p.add_argument("--register-after-s", type=float, default=0.0,
+                   help="/v1/models lists no model (and generation answers 404) for this long while /health "
+                        "already answers 200, like Dynamo's frontend before a worker registers")
     p.add_argument("--io-threads", type=int, default=4, help="threads doing tier-2 file I/O")
     p.add_argument("--keep-tier2-file", action="store_true", help="do not delete the tier-2 file on exit")
     p.add_argument("--disk-offload-filter", choices=("auto", "on", "off"), default="auto",
@@ -125,7 +128,7 @@ def build_config(args):
         tier2_bytes=t2, tier2_dir=t2dir, tokens_per_block=args.tokens_per_block, max_batch_size=args.max_batch_size,
         max_num_tokens=args.max_num_tokens, eviction_policy=args.eviction_policy,
         block_bytes_scale=args.block_bytes_scale, speedup=args.speedup, seed=args.seed, jitter=args.jitter,
-        startup_time_s=args.startup_time_s, max_loras=args.max_loras, lora_dir=args.lora_dir,
+        startup_time_s=args.startup_time_s, register_after_s=args.register_after_s, max_loras=args.max_loras, lora_dir=args.lora_dir,
         lora_adapter_bytes=parse_bytes(args.lora_adapter_bytes, "--lora-adapter-bytes"), io_threads=args.io_threads,
         fault_crash_after=args.fault_crash_after, fault_hang=args.fault_hang, fault_error_rate=args.fault_error_rate,
         fault_error_status=args.fault_error_status, fault_malformed_every=args.fault_malformed_every,

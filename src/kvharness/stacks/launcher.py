@@ -119,12 +119,18 @@ class LaunchPlan:
     log_path: Path
     engine_yaml_path: Path | None = None
     names: dict = field(default_factory=dict)
+    models_url: str | None = None            # readiness: the served model must be listed here
+    served_model_name: str | None = None
+    ready_urls: dict[str, str] = field(default_factory=dict)  # readiness: each must answer 200 (worker health)
+    ready_steps: list[dict] = field(default_factory=list)     # filled by wait_healthy: what became ready when
+    argv_envs: list[dict[str, str]] = field(default_factory=list)  # per argv: env only that process gets
 
     def describe(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": self.env,
             "host": self.host, "port": self.port, "metrics_port": self.metrics_port,
             "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
+            "argv_envs": self.argv_envs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
             "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
         }
 
@@ -148,8 +154,10 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
     launched = stack["kind"] != "external"
     port = _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
     metrics_port = _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched)
+    system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
     all_names = dict(names)
-    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port})
+    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port,
+                      "system_port": system_port})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
     if stack.get("engine_yaml") is not None:
@@ -157,19 +165,28 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
         all_names["engine_yaml"] = str(engine_yaml_path)
         rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
         engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
-    argvs = [[render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv]
-             for i, argv in enumerate(stack.get("pre_commands") or [])]
+    argvs, argv_envs = [], []
+    for i, pre in enumerate(stack.get("pre_commands") or []):
+        argv, own_env = (pre.get("argv"), pre.get("env") or {}) if isinstance(pre, dict) else (pre, {})
+        argvs.append([render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv])
+        argv_envs.append({str(k): render(v, all_names, f"{where}: pre_commands[{i}].env.{k}") for k, v in own_env.items()})
     if stack.get("command"):
         argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
+        argv_envs.append({})
     env = {str(k): render(v, all_names, f"{where}: env.{k}") for k, v in (stack.get("env") or {}).items()}
     base_url = f"http://{host}:{port}"
     health = stack.get("health_path")
     metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
+    models_path = stack.get("models_path", "/v1/models")
+    ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
     return LaunchPlan(
         name=stack["name"], kind=stack["kind"], argvs=argvs, env=env, host=host, port=port,
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
         metrics_urls=metrics, startup_timeout_s=float(stack.get("startup_timeout_s", 60)),
         log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
+        models_url=(base_url + models_path) if models_path else None,
+        served_model_name=str(names["served_model_name"]) if names.get("served_model_name") is not None else None,
+        ready_urls=ready_urls, argv_envs=argv_envs,
     )
 
 
@@ -214,8 +231,9 @@ class RunningStack:
         if self.plan.kind == "external":
             return self
         self._log = open(self.plan.log_path, "ab", buffering=0)
-        env = child_env(self.plan.env)
-        for argv in self.plan.argvs:
+        for i, argv in enumerate(self.plan.argvs):
+            own = self.plan.argv_envs[i] if i < len(self.plan.argv_envs) else {}
+            env = child_env({**self.plan.env, **own})
             try:
                 proc = subprocess.Popen(
                     argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -230,37 +248,36 @@ class RunningStack:
     def dead_process(self) -> subprocess.Popen | None:
         return next((p for p in self.procs if p.poll() is not None), None)
 
+    def _check_alive(self) -> None:
+        dead = self.dead_process()
+        if dead is not None:
+            raise StackLaunchError(
+                f"stack {self.plan.name}: process {dead.args[0]!r} exited with code {dead.returncode} "
+                f"before becoming healthy; last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+            )
+
     def wait_healthy(self) -> float:
-        """Poll the health URL until 200; returns seconds waited. Raises StackLaunchError with the log tail."""
+        """Wait until the stack is ready (readiness.py: health 200, served model listed by /v1/models, every
+        ``ready_urls`` 200); returns seconds waited. Raises StackLaunchError with the log tail."""
         import httpx
 
-        if not self.plan.health_url:
+        from kvharness.stacks.readiness import wait_ready
+
+        if not self.plan.health_url and not self.plan.ready_urls:
             return 0.0
         t0 = time.monotonic()
         deadline = t0 + self.plan.startup_timeout_s
-        last = "no answer yet"
         with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                dead = self.dead_process()
-                if dead is not None:
-                    raise StackLaunchError(
-                        f"stack {self.plan.name}: process {dead.args[0]!r} exited with code {dead.returncode} "
-                        f"before becoming healthy; last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
-                    )
-                try:
-                    resp = client.get(self.plan.health_url)
-                    if resp.status_code == 200:
-                        return time.monotonic() - t0
-                    last = f"HTTP {resp.status_code}"
-                except httpx.HTTPError as exc:
-                    last = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise StackLaunchError(
-                        f"stack {self.plan.name}: {self.plan.health_url} not healthy after "
-                        f"{self.plan.startup_timeout_s:.0f} s (last: {last}); last lines of "
-                        f"{self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
-                    )
-                time.sleep(self.poll_s)
+            try:
+                state = wait_ready(client, self.plan.health_url, self.plan.models_url, self.plan.served_model_name,
+                                   self.plan.ready_urls, deadline, self.poll_s, self._check_alive, t0)
+            except TimeoutError as exc:
+                raise StackLaunchError(
+                    f"stack {self.plan.name}: not healthy after {self.plan.startup_timeout_s:.0f} s, waiting for {exc}; "
+                    f"last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+                ) from None
+        self.plan.ready_steps = state.steps
+        return time.monotonic() - t0
 
     def stop(self, grace_s: float = 5.0) -> None:
         for proc in reversed(self.procs):  # main command first, then what it depends on
