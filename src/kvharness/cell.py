@@ -25,6 +25,7 @@ from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
+from kvharness.stacks.sizing import check_host_tier, sizing_names
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -102,18 +103,17 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, h0_cells=None) -> dic
 
 def template_names(spec: dict, tier2_dir: Path) -> dict:
     tiers = spec["tiers"]
-    gib = 1024**3
     names = {
         "host": spec["host"],
         "model": spec["model"], "model_path": spec["model_path"],
         "served_model_name": spec["served_model_name"], "precision": spec["precision"],
         "hardware": spec["hardware"], "tier2_dir": str(tier2_dir),
         **{k: tiers[k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
-        **{k.replace("_bytes", "_gb"): f"{tiers[k] / gib:.3f}".rstrip("0").rstrip(".") for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
         **spec["engine"], **spec["sim"],
     }
     kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
+    names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
     return names
 
 
@@ -233,11 +233,13 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
     failure: str | None = None
     try:
         load = resolve_load(spec, uwork_csv, h0_cells)
+        check_host_tier(spec)
         shutil.rmtree(tier2_dir, ignore_errors=True)
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir)}
+        summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)

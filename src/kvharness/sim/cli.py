@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="model id in the API (default: the model profile)")
     p.add_argument("--tier0-bytes", default="8GiB", help="device (G1) KV pool size")
     p.add_argument("--tier1-bytes", default=None,
-                   help="mode B: host (G2) tier size (default $DYN_KVBM_CPU_CACHE_GB GiB, else 8GiB)")
+                   help="mode B: host (G2) tier size (default $DYN_KVBM_CPU_CACHE_GB x 10^9 bytes, else 8GiB)")
     p.add_argument("--tier2-bytes", default=None,
-                   help="mode B: disk (G3) tier size (default $DYN_KVBM_DISK_CACHE_GB GiB, else 64GiB)")
+                   help="mode B: disk (G3) tier size (default $DYN_KVBM_DISK_CACHE_GB x 10^9 bytes, else 64GiB)")
     p.add_argument("--tier2-dir", default=None,
                    help="mode B: directory of the tier-2 file (default $DYN_KVBM_DISK_CACHE_DIR, else $TMPDIR/kvharness-sim-g3)")
     p.add_argument("--tokens-per-block", type=int, default=32)
@@ -74,10 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _env_gib(name: str):
+    """A ``DYN_KVBM_*_CACHE_GB`` value the way KVBM reads it: a float times 10^9 bytes (not GiB)."""
     v = os.environ.get(name)
     if v in (None, ""):
         return None
-    return int(float(v) * _GiB)
+    return int(round(float(v) * 10**9))
 
 
 def _is_loopback(host: str) -> bool:

@@ -27,6 +27,8 @@ import yaml
 from kvharness.config import ConfigError
 
 PR_SET_PDEATHSIG = 1
+# Engine settings recorded for a stack without an engine YAML (what the cell hands its command line).
+ENGINE_NAMES = ("max_batch_size", "max_num_tokens", "max_seq_len", "tokens_per_block", "tier0_tokens", "eviction_policy")
 
 
 class StackLaunchError(RuntimeError):
@@ -124,6 +126,7 @@ class LaunchPlan:
     ready_urls: dict[str, str] = field(default_factory=dict)  # readiness: each must answer 200 (worker health)
     ready_steps: list[dict] = field(default_factory=list)     # filled by wait_healthy: what became ready when
     argv_envs: list[dict[str, str]] = field(default_factory=list)  # per argv: env only that process gets
+    engine_settings: dict = field(default_factory=dict)       # the effective engine YAML (or engine names)
 
     def describe(self) -> dict:
         return {
@@ -132,6 +135,7 @@ class LaunchPlan:
             "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
             "argv_envs": self.argv_envs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
             "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
+            "engine_settings": self.engine_settings,
         }
 
 
@@ -157,14 +161,18 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
     system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
     all_names = dict(names)
     all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port,
-                      "system_port": system_port})
+                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv")})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
+    engine_settings: dict = {}
     if stack.get("engine_yaml") is not None:
         engine_yaml_path = workdir / "engine.yaml"
         all_names["engine_yaml"] = str(engine_yaml_path)
         rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
         engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+        engine_settings = rendered
+    else:  # no engine YAML (the simulator, an external endpoint): the engine names the cell hands over
+        engine_settings = {k: all_names[k] for k in ENGINE_NAMES if all_names.get(k) is not None}
     argvs, argv_envs = [], []
     for i, pre in enumerate(stack.get("pre_commands") or []):
         argv, own_env = (pre.get("argv"), pre.get("env") or {}) if isinstance(pre, dict) else (pre, {})
@@ -186,7 +194,7 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
         log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
         models_url=(base_url + models_path) if models_path else None,
         served_model_name=str(names["served_model_name"]) if names.get("served_model_name") is not None else None,
-        ready_urls=ready_urls, argv_envs=argv_envs,
+        ready_urls=ready_urls, argv_envs=argv_envs, engine_settings=engine_settings,
     )
 
 
