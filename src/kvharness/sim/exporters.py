@@ -16,6 +16,16 @@ LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0
 FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _SetOnObserve:
+    """A gauge fed through the histogram interface the engine calls (``observe``): keeps the latest value."""
+
+    def __init__(self, gauge):
+        self.gauge = gauge
+
+    def observe(self, v):
+        self.gauge.set(v)
+
+
 class SimMetrics:
     def __init__(self, mode: str, model: str, *, speedup: float, block_bytes: int, block_bytes_scale: float,
                  tokens_per_block: int, t0_blocks: int, t1_blocks: int, t2_blocks: int, max_batch: int,
@@ -47,7 +57,9 @@ class SimMetrics:
             self.kv_tpb = r.gauge("trtllm_kv_cache_tokens_per_block", "Tokens per KV block", const_labels=lab)
             self.n_running = r.gauge("trtllm_num_requests_running", "Running requests", const_labels=lab)
             self.n_waiting = r.gauge("trtllm_num_requests_waiting", "Waiting requests", const_labels=lab)
-            self.iteration_latency = r.histogram("trtllm_iteration_latency_seconds", "Engine iteration latency (modelled)", const_labels=lab)
+            # a Gauge upstream (tensorrt_llm/metrics/collector.py): the latest iteration's latency
+            self.iteration_latency = _SetOnObserve(r.gauge("trtllm_iteration_latency_seconds", "Iteration latency in seconds",
+                                                           const_labels=lab))
             self.kv_max.set(t0_blocks)
             self.kv_tpb.set(tokens_per_block)
             self.itl_hist = None
