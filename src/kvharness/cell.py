@@ -25,7 +25,7 @@ from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
-from kvharness.stacks.sizing import check_host_tier, sizing_names
+from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -114,6 +114,7 @@ def template_names(spec: dict, tier2_dir: Path) -> dict:
     kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
     names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
+    names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
     return names
 
 

@@ -269,7 +269,7 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
         if not isinstance(rt, dict) or rt.get("kind") not in ("host", "venv", "container"):
             raise ConfigError(f"{path}: runtime.kind: expected host, venv or container")
         allowed = {"host": {"kind"}, "venv": {"kind", "python"},
-                   "container": {"kind", "image", "mounts", "gpus", "docker", "extra_args", "stop_timeout_s"}}[rt["kind"]]
+                   "container": {"kind", "image", "mounts", "gpus", "docker", "extra_args", "stop_timeout_s", "python"}}[rt["kind"]]
         stray = sorted(set(rt) - allowed)
         if stray:
             raise ConfigError(f"{path}: runtime.{stray[0]}: not a setting of a {rt['kind']} runtime "

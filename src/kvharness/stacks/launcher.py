@@ -25,6 +25,7 @@ from typing import Mapping
 import yaml
 
 from kvharness.config import ConfigError
+from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
 
 PR_SET_PDEATHSIG = 1
 # Engine settings recorded for a stack without an engine YAML (what the cell hands its command line).
@@ -127,13 +128,17 @@ class LaunchPlan:
     ready_steps: list[dict] = field(default_factory=list)     # filled by wait_healthy: what became ready when
     argv_envs: list[dict[str, str]] = field(default_factory=list)  # per argv: env only that process gets
     engine_settings: dict = field(default_factory=dict)       # the effective engine YAML (or engine names)
+    runtime: dict = field(default_factory=lambda: {"kind": "host"})  # runtime.py: host | venv | container
+    containers: list[str] = field(default_factory=list)       # docker names, stopped on teardown
+    stack_argvs: list[list[str]] = field(default_factory=list)  # the stack's own argvs (inside the container)
 
     def describe(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": self.env,
             "host": self.host, "port": self.port, "metrics_port": self.metrics_port,
             "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
-            "argv_envs": self.argv_envs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
+            "argv_envs": self.argv_envs, "runtime": self.runtime, "containers": self.containers,
+            "stack_argvs": self.stack_argvs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
             "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
             "engine_settings": self.engine_settings,
         }
@@ -160,7 +165,8 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
     metrics_port = _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched)
     system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
     all_names = dict(names)
-    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port,
+    runtime = stack.get("runtime") or {"kind": "host"}
+    all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
                       "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv")})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
@@ -182,19 +188,27 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
         argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
         argv_envs.append({})
     env = {str(k): render(v, all_names, f"{where}: env.{k}") for k, v in (stack.get("env") or {}).items()}
+    containers = [container_name(stack["name"], workdir, i) for i in range(len(argvs))] \
+        if runtime["kind"] == "container" else []
+    mounts = [render(m, all_names, f"{where}: runtime.mounts") for m in runtime.get("mounts", []) or []]
+    for own_dir in (str(workdir.resolve()), all_names.get("tier2_dir")):  # engine YAML, KVBM disk tier
+        if own_dir and not any(m.split(":")[0] == own_dir for m in mounts):
+            mounts.append(f"{own_dir}:{own_dir}")
+    run_argvs = wrap(runtime, argvs, argv_envs, env, mounts, containers)
     base_url = f"http://{host}:{port}"
     health = stack.get("health_path")
     metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
     models_path = stack.get("models_path", "/v1/models")
     ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
     return LaunchPlan(
-        name=stack["name"], kind=stack["kind"], argvs=argvs, env=env, host=host, port=port,
+        name=stack["name"], kind=stack["kind"], argvs=run_argvs, env=env, host=host, port=port,
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
         metrics_urls=metrics, startup_timeout_s=float(stack.get("startup_timeout_s", 60)),
         log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
         models_url=(base_url + models_path) if models_path else None,
         served_model_name=str(names["served_model_name"]) if names.get("served_model_name") is not None else None,
         ready_urls=ready_urls, argv_envs=argv_envs, engine_settings=engine_settings,
+        runtime=runtime, containers=containers, stack_argvs=argvs,
     )
 
 
@@ -230,6 +244,7 @@ class RunningStack:
         self.poll_s = poll_s
         self.procs: list[subprocess.Popen] = []
         self._log = None
+        self.stopped_containers: list[list[str]] = []
 
     @property
     def pids(self) -> list[int]:
@@ -288,6 +303,8 @@ class RunningStack:
         return time.monotonic() - t0
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self.procs and self.plan.containers:  # a killed docker client leaves its container running
+            self.stopped_containers = stop_containers(self.plan.runtime, self.plan.containers[:len(self.procs)], self._log)
         for proc in reversed(self.procs):  # main command first, then what it depends on
             terminate_group(proc, grace_s)
         if self._log is not None:

@@ -45,10 +45,14 @@ def sizing_names(spec: dict, kv_bytes_per_token: int | None) -> dict:
     tiers = spec["tiers"]
     tpb = int(spec["engine"]["tokens_per_block"])
     names: dict = {f"tier{i}_gb": decimal_gb(tiers[f"tier{i}_bytes"]) for i in range(3)}
+    # GiB for the stacks that read GiB (vLLM --kv-offloading-size): repr of bytes / 2^30 round-trips exactly
+    names.update({f"tier{i}_gib": repr(tiers[f"tier{i}_bytes"] / 2**30) for i in range(3)})
     block = kv_bytes_per_token * tpb if kv_bytes_per_token else None
     names["kv_block_bytes"] = block
-    for i in (1, 2):
+    for i in (0, 1, 2):
         names[f"tier{i}_blocks"] = tiers[f"tier{i}_bytes"] // block if block else None
+    # SGLang HiCache sizes its host pool as a ratio of the device pool
+    names["hicache_ratio"] = repr(tiers["tier1_bytes"] / tiers["tier0_bytes"]) if tiers["tier0_bytes"] else None
     max_seq = spec["engine"].get("max_seq_len") or workload_max_seq_len(spec.get("load") or {}, tpb)
     names["max_seq_len"] = max_seq
     return names
@@ -65,3 +69,16 @@ def check_host_tier(spec: dict) -> None:
             f"tiered stack {spec['stack']['name']}: KVBM's host cache is write-through behind the device pool and "
             f"churns when smaller; make tier1 >= tier0"
         )
+
+
+def vllm_transfer_config(names: dict) -> str:
+    """vLLM's ``--kv-transfer-config`` for native offloading with a file tier behind the CPU tier
+    (OffloadingConnector + TieringOffloadingSpec, vLLM docs/features/kv_offloading_usage.md), as one
+    JSON argv element: CPU tier = tier1 bytes, secondary tier = files under the cell's tier-2 dir."""
+    import json
+
+    extra = {"spec_name": "TieringOffloadingSpec", "cpu_bytes_to_use": names["tier1_bytes"],
+             "block_size": names.get("tokens_per_block"),
+             "secondary_tiers": [{"type": "fs", "root_dir": names["tier2_dir"]}]}
+    return json.dumps({"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
+                       "kv_connector_extra_config": extra}, separators=(",", ":"))
