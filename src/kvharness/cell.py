@@ -25,6 +25,7 @@ from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
+from kvharness.stacks.coldstart import first_request_check, prepare as cold_prepare
 from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
@@ -247,6 +248,9 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
+        summary["ready_steps"] = plan.ready_steps
+        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
+                                             fresh=plan.kind != "external")
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
@@ -336,8 +340,12 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         shutil.rmtree(tier2_dir, ignore_errors=True)
     if failure is None and summary["requests"]["n_ok"] == 0:
         failure = f"no successful request ({summary['requests']['n_requests']} sent, errors: {summary['requests']['error_classes']})"
+    if summary.get("cold_start"):
+        first_request_check(summary["cold_start"], records)
     if failure is None:
         degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        if summary.get("cold_start") and not summary["cold_start"]["verified"]:
+            degraded.append("cold_start")
         if summary["quality"]["itl_stalled"]:
             degraded.append("itl_stalled")
         summary["status"] = "degraded" if degraded else "ok"

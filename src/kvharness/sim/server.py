@@ -323,6 +323,12 @@ class SimServer:
                 models += [{"id": n, "object": "model", "created": self.started_unix, "owned_by": "kvharness-sim",
                             "parent": self.cfg.served_model_name} for n in self.lora.resident]
             conn.respond(200, json.dumps({"object": "list", "data": models}).encode())
+        elif path in ("/reset_prefix_cache", "/flush_cache"):  # vLLM's and SGLang's cache resets
+            if req.method != "POST":
+                conn.respond(405, _error_body(405, "use POST"))
+                return
+            dropped = self.kv.drop_unreferenced(include_host=path == "/flush_cache")
+            conn.respond(200, json.dumps({"status": "ok", "dropped_blocks": dropped}).encode())
         elif path == "/live":
             conn.respond(200, b'{"status":"live"}')
         else:

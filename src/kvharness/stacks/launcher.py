@@ -25,6 +25,7 @@ from typing import Mapping
 import yaml
 
 from kvharness.config import ConfigError
+from kvharness.provenance import redact_env
 from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
 
 PR_SET_PDEATHSIG = 1
@@ -134,10 +135,10 @@ class LaunchPlan:
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": self.env,
+            "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": redact_env(self.env),
             "host": self.host, "port": self.port, "metrics_port": self.metrics_port,
             "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
-            "argv_envs": self.argv_envs, "runtime": self.runtime, "containers": self.containers,
+            "argv_envs": [redact_env(e) for e in self.argv_envs], "runtime": self.runtime, "containers": self.containers,
             "stack_argvs": self.stack_argvs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
             "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
             "engine_settings": self.engine_settings,
@@ -157,10 +158,11 @@ def _pick_port(value, host: str, what: str, stack_name: str, launched: bool) -> 
     return port
 
 
-def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> LaunchPlan:
-    """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values."""
+def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, check_ports: bool = True) -> LaunchPlan:
+    """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values.
+    ``check_ports=False`` (``kvharness cell --show``) does not refuse a fixed port that is in use."""
     host = str(names.get("host", "127.0.0.1"))
-    launched = stack["kind"] != "external"
+    launched = stack["kind"] != "external" and check_ports
     port = _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
     metrics_port = _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched)
     system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
