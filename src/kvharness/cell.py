@@ -245,12 +245,13 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)
+        launched_at = time.time()
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
         summary["ready_steps"] = plan.ready_steps
         summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
-                                             fresh=plan.kind != "external")
+                                             fresh=plan.kind != "external", launched_at=launched_at)
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
