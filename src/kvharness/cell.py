@@ -264,6 +264,8 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, h0_c
             argv += ["--scrape", f"{name}={url}"]
         if block_bytes:
             argv += ["--kv-block-bytes", str(block_bytes)]
+        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
+            argv += ["--fetch-hist", f"{tier}={family}"]
         collector = _start(argv, tmp / "collector.log")
         if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
             log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])

@@ -27,7 +27,7 @@ STACK_KEYS = {
     "description", "kind", "role", "tiered", "port", "metrics_port", "command", "pre_commands", "env",
     "health_path", "metrics", "startup_timeout_s", "engine_yaml",
     # readiness, where the stack runs, cold starts (docs/stacks.md)
-    "models_path", "ready_urls", "system_port", "runtime", "cold_start",
+    "models_path", "ready_urls", "system_port", "runtime", "cold_start", "fetch_histograms",
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # Short names used in cell ids for swept keys: sim-B_c16.
@@ -285,6 +285,11 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
             extra = rt.get("extra_args", []) or []
             if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
                 raise ConfigError(f"{path}: runtime.extra_args: expected an argv list of strings")
+    fh = stack.get("fetch_histograms", {}) or {}
+    if not isinstance(fh, dict) or set(fh) - {"tier0", "tier1", "tier2"} \
+            or not all(isinstance(v, str) and v for v in fh.values()):
+        raise ConfigError(f"{path}: fetch_histograms: expected tier0|tier1|tier2: histogram family "
+                          f"(seconds; 'family{{label=value}}' picks one series)")
     cs = stack.get("cold_start")
     if cs is not None:
         allowed = {"reset", "drop_page_cache", "verify"}

@@ -68,3 +68,21 @@ def test_vllm_offload_and_tiering_counters_and_per_engine_usage(fixture_text, ma
     assert rec["tier2"]["bytes_out"] == 12 * MiB and rec["tier2"]["bytes_in"] == 4 * MiB
     assert rec["tier1"]["bytes_out"] == 4 * MiB + 4 * MiB     # to GPU (load) + cascaded to fs
     assert rec["tier1"]["bytes_in"] == 8 * MiB + 12 * MiB     # from GPU (store) + promoted from fs
+
+
+def test_a_stack_config_names_its_own_fetch_histograms(fixture_text):
+    """fetch_histograms (stack config -> --fetch-hist): a family no table knows, or one label's series,
+    becomes that tier's fetch percentiles; with mapped_only the family is kept, not skipped."""
+    st = DeltaState()
+    cache = SeriesCache(mapped_only=True, extra_hists=frozenset({"sglang:load_back_duration_seconds"}))
+    st.update(parse_body(fixture_text("sglang_hicache_1.prom"), cache))
+    d = st.update(parse_body(fixture_text("sglang_hicache_2.prom"), cache))
+    rec = map_deltas({"src": d}, None, {"tier2": "sglang:load_back_duration_seconds"})
+    assert rec["tier2"]["fetch_p50_ms"] == pytest.approx(5.5) and rec["tier2"]["fetch_p99_ms"] == pytest.approx(29.75)
+    # a labelled series: the simulator's per-tier histogram picked by its tier label
+    st = DeltaState()
+    st.update(parse_body(fixture_text("kvsim_1.prom")))
+    d = st.update(parse_body(fixture_text("kvsim_2.prom")))
+    plain = map_deltas({"src": d}, None)
+    picked = map_deltas({"src": d}, None, {"tier0": "kvsim_tier_fetch_seconds{tier=2}"})
+    assert picked["tier0"]["fetch_p95_ms"] == plain["tier2"]["fetch_p95_ms"] == pytest.approx(4.75)

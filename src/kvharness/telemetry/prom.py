@@ -72,10 +72,12 @@ class SeriesCache:
 
     MAX = 200_000
 
-    def __init__(self, mapped_only: bool = False) -> None:
+    def __init__(self, mapped_only: bool = False, extra_hists: frozenset = frozenset()) -> None:
         """``mapped_only``: classify series that no mapping table reads as 'skip', so the per-tick delta
-        and mapping work covers only what ends up in dynkv.jsonl (the raw scrape keeps everything)."""
+        and mapping work covers only what ends up in dynkv.jsonl (the raw scrape keeps everything).
+        ``extra_hists``: histogram families a stack config maps as fetch latency (``fetch_histograms``)."""
         self.mapped_only = mapped_only
+        self.extra_hists = frozenset(extra_hists)
         self.series: dict[str, tuple[str, dict]] = {}
         self.kinds: dict[str, tuple] = {}  # series text -> classification (see _classify)
         self.types: dict[str, str] = {}    # family -> TYPE, as last seen
@@ -159,7 +161,8 @@ def parse_text(text: str, cache: SeriesCache | None = None) -> Snapshot:
                         family = name[:-len(suf)]
                         break
             kind = _classify(name, labels, types.get(family, "unknown"), family)
-            if cache.mapped_only and not _is_mapped(kind):
+            if cache.mapped_only and not _is_mapped(kind) \
+                    and not (kind[0] == "bucket" and kind[1] in cache.extra_hists):
                 kind = ("skip",)
             kinds[key_text] = kind
         k0 = kind[0]
@@ -549,9 +552,17 @@ def _add(d: dict, key: str, v: float | None) -> None:
     d[key] = v if d.get(key) is None else d[key] + v
 
 
-def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | None) -> dict:
+def fetch_family(spec: str) -> str:
+    """The histogram family of a ``fetch_histograms`` entry (``name`` or ``name{label=value}``)."""
+    return spec.split("{", 1)[0]
+
+
+def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | None,
+               fetch_hists: dict[str, str] | None = None) -> dict:
     """One tick's mapped record from each source's deltas (None for a source still at its baseline or
-    without a sample this tick). Sums over sources; fields nobody reports stay None."""
+    without a sample this tick). Sums over sources; fields nobody reports stay None. ``fetch_hists``
+    (tier -> ``family`` or ``family{label=value}``, seconds) gives a stack's own fetch-latency histograms,
+    for exporters whose names no table here knows; they win over the tables for that tier."""
     rec = empty_record()
     raw: dict[str, dict] = {}
     onboard_tiers: set[str] = set()
@@ -626,6 +637,11 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
         vals = histogram_quantiles(_QS, merged_hists[n])
         for q, v in zip(QUANTILES, vals):
             rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
+    for tier, name in (fetch_hists or {}).items():
+        if name in merged_hists:
+            vals = histogram_quantiles(_QS, merged_hists[name])
+            for q, v in zip(QUANTILES, vals):
+                rec[tier][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
     for i in range(3):
         base = f"kvsim_tier_fetch_seconds{{tier={i}}}"
         if base in merged_hists:
