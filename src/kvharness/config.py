@@ -285,6 +285,14 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
             extra = rt.get("extra_args", []) or []
             if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
                 raise ConfigError(f"{path}: runtime.extra_args: expected an argv list of strings")
+    if stack.get("kind") == "trtllm":
+        for name, url in (stack.get("metrics") or {}).items():
+            route = str(url).split("://", 1)[-1].split("/", 1)[-1].rstrip("/")
+            if route == "metrics":
+                raise ConfigError(
+                    f"{path}: metrics.{name}: trtllm-serve's JSON /metrics drains the iteration-stats queue its own "
+                    f"Prometheus loop reads; scrape /prometheus/metrics instead"
+                )
     fh = stack.get("fetch_histograms", {}) or {}
     if not isinstance(fh, dict) or set(fh) - {"tier0", "tier1", "tier2"} \
             or not all(isinstance(v, str) and v for v in fh.values()):

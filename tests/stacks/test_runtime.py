@@ -62,3 +62,12 @@ def test_unknown_stack_key_is_refused(tmp_path):
     path.write_text("kind: vllm\ncommand: [vllm]\nready_url: http://x\n")
     with pytest.raises(ConfigError, match=f"{path}: unknown key 'ready_url'"):
         load_stack(str(path))
+
+
+def test_trtllm_json_metrics_route_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text('kind: trtllm\ncommand: [trtllm-serve]\nmetrics: {engine: "http://{host}:{port}/metrics"}\n')
+    with pytest.raises(ConfigError, match=f"{path}: metrics.engine: trtllm-serve's JSON /metrics drains"):
+        load_stack(str(path))
+    path.write_text('kind: trtllm\ncommand: [trtllm-serve]\nmetrics: {engine: "http://{host}:{port}/prometheus/metrics"}\n')
+    load_stack(str(path))
