@@ -9,6 +9,7 @@ from typing import Sequence
 from kvharness.analysis.cells import cell_rows
 from kvharness.analysis.h0 import H0_COLUMNS, h0_tables
 from kvharness.analysis.h8 import H8_COLUMNS, h8_table
+from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
 
 
@@ -31,5 +32,8 @@ def analyze_h8(cell_dirs: Sequence[str | Path], summary_csv: str | Path, hero_pn
     if uwork_csv and Path(uwork_csv).exists():
         with open(uwork_csv) as fh:
             uwork = {r["stack"]: int(float(r["u_work_used"])) for r in csv.DictReader(fh) if r.get("u_work_used")}
-    table = h8_table(cell_rows(cell_dirs), uwork)
+    rows = cell_rows(cell_dirs)
+    for row, d in zip(rows, cell_dirs):  # what each engine ran with, for the A/B parity column
+        row["engine_settings"] = read_json(Path(d) / "summary.json").get("engine_settings")
+    table = h8_table(rows, uwork)
     return [write_csv(table, summary_csv, H8_COLUMNS), plot_hero(table, hero_png)]
