@@ -75,6 +75,7 @@ def test_rendered_command_and_env_per_stack_and_profile(tmp_path, stack, profile
     elif stack == "dynamo-kvbm":
         worker, frontend = plan.argvs
         assert worker[1:4] == ["-m", "dynamo.trtllm", "--model"] and frontend[1:3] == ["-m", "dynamo.frontend"]
+        assert frontend[frontend.index("--http-host") + 1] == "127.0.0.1"  # its default is 0.0.0.0
         env = plan.argv_envs[0]
         assert int(env["DYN_KVBM_CPU_CACHE_OVERRIDE_NUM_BLOCKS"]) == t["tier1_bytes"] // block
         assert int(env["DYN_KVBM_DISK_CACHE_OVERRIDE_NUM_BLOCKS"]) == t["tier2_bytes"] // block

@@ -119,7 +119,7 @@ def dynamo_frontend(argv: list[str]) -> None:
     env = reg["env"]
     block = reg["kv_block_size"] * KV_PER_TOKEN
     engine = yaml.safe_load(Path(reg["engine_yaml"]).read_text())
-    become_sim("--mode", "B", "--host", "127.0.0.1", "--port", opt(argv, "--http-port"),
+    become_sim("--mode", "B", "--host", opt(argv, "--http-host", default="0.0.0.0"), "--port", opt(argv, "--http-port"),
                "--metrics-port", env["DYN_KVBM_METRICS_PORT"], "--served-model-name", reg["model"],
                "--tokens-per-block", str(reg["kv_block_size"]),
                "--tier0-bytes", str(int(engine["kv_cache_config"]["max_tokens"]) * KV_PER_TOKEN),
