@@ -186,3 +186,40 @@ def test_interrupted_cell_stops_its_container(tmp_path, standins):
     stops = [r["argv"] for r in log if r["tool"] == "docker" and r["argv"][0] == "stop"]
     assert [s[-1] for s in stops] == [run["argv"][run["argv"].index("--name") + 1]]
     assert not list((tmp_path / "docker").glob("*.pid"))
+
+
+@pytest.mark.slow
+def test_sglang_flush_cache_cold_start(tmp_path, standins):
+    summary = run_cell(_small(_spec("sglang", "spill", tmp_path)), tmp_path / "cell")
+    cold = summary["cold_start"]
+    assert {r["path"] for r in cold["resets"]} == {"/flush_cache"} and cold["checks"]["probe_hits_after_reset"] == 0
+    assert cold["verified"] is True and summary["requests"]["n_ok"] > 0
+    launched = next(r for r in standins() if r["tool"] == "sglang.launch_server")
+    assert launched["env"]["SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"].endswith("/H8/sglang")
+
+
+@pytest.mark.slow
+def test_external_endpoint_is_ready_only_with_the_model_and_reset_between_cells(tmp_path, standins):
+    """An endpoint that outlives the cell: nothing launched or stopped; readiness still waits for the
+    model, and its reset route is verified by the probe."""
+    (tmp_path / "srv").mkdir()
+    plan = plan_launch({"name": "ext-server", "kind": "sim", "port": "auto", "pre_commands": [], "env": {},
+                        "metrics": {}, "health_path": "/health", "startup_timeout_s": 20,
+                        "command": ["{python}", "-m", "kvharness", "sim", "--mode", "A", "--host", "{host}",
+                                    "--port", "{port}", "--served-model-name", "{served_model_name}",
+                                    "--tier0-bytes", "256MiB", "--speedup", "50", "--register-after-s", "1.0"]},
+                       {"host": "127.0.0.1", "served_model_name": "llama-3.1-8b-instruct"}, tmp_path / "srv")
+    server = RunningStack(plan).start()
+    try:
+        spec = _spec("external", "spill", tmp_path, port=plan.port,
+                     metrics={"engine": f"http://127.0.0.1:{plan.port}/metrics"},
+                     cold_start={"reset": [{"method": "POST", "path": "/reset_prefix_cache"}], "verify": True})
+        summary = run_cell(spec, tmp_path / "cell")
+        assert [s["step"] for s in summary["ready_steps"]] == ["health", "model listed"]
+        assert summary["ready_steps"][1]["after_s"] >= summary["ready_steps"][0]["after_s"]
+        cold = summary["cold_start"]
+        assert cold["checks"]["probe_hits_after_reset"] == 0 and "hits_at_baseline" not in cold["checks"]
+        assert summary["requests"]["n_ok"] > 0
+        assert server.dead_process() is None  # the cell did not stop what it did not start
+    finally:
+        server.stop()

@@ -7,6 +7,8 @@ Each records what it was started with (argv and the env that matters) as one JSO
   pool = the YAML's ``kv_cache_config.max_tokens``;
 - ``vllm serve M --host --port --served-model-name --num-gpu-blocks-override N --block-size B``: sim mode A
   (answers ``/reset_prefix_cache``);
+- ``python -m sglang.launch_server --host --port --served-model-name --max-total-tokens T --page-size P``:
+  sim mode A (answers ``/flush_cache``);
 - ``python -m dynamo.trtllm`` (the worker): writes its registration (model, KVBM env) into the file
   discovery store ``$DYN_FILE_KV`` and serves ``/health`` on ``$DYN_SYSTEM_PORT``: 503 for
   ``$KVH_STANDIN_WORKER_READY_S`` seconds, then 200;
@@ -71,6 +73,16 @@ def vllm(argv: list[str]) -> None:
     become_sim("--mode", "A", "--host", opt(argv, "--host"), "--port", opt(argv, "--port"),
                "--served-model-name", opt(argv, "--served-model-name", default=argv[1]),
                "--tokens-per-block", str(bs), "--tier0-bytes", str(blocks * bs * KV_PER_TOKEN))
+
+
+def sglang_server(argv: list[str]) -> None:
+    record("sglang.launch_server", argv)
+    assert "--enable-hierarchical-cache" in argv and float(opt(argv, "--hicache-ratio")) >= 1.0
+    page = int(opt(argv, "--page-size", default="1"))
+    become_sim("--mode", "A", "--host", opt(argv, "--host"), "--port", opt(argv, "--port"),
+               "--served-model-name", opt(argv, "--served-model-name", default=opt(argv, "--model-path")),
+               "--tokens-per-block", str(page),
+               "--tier0-bytes", str(int(opt(argv, "--max-total-tokens")) * KV_PER_TOKEN))
 
 
 def dynamo_worker(argv: list[str]) -> None:
