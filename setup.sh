@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step setup on a fresh Debian/Ubuntu machine with Python >= 3.11:
 # system tools (fio, sysstat) via apt when missing, a virtualenv in .venv, kvharness + test deps.
+# EXTRAS=test,slurm ./setup.sh also installs the SLURM executor plugin (profiles/slurm, docs/slurm.md).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,11 +31,12 @@ fi
   exit 1
 }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+EXTRAS=${EXTRAS:-test}
 stamp=.venv/.kvharness-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing kvharness and its dependencies into .venv"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$EXTRAS" ]; then
+  echo "setup: installing kvharness [$EXTRAS] and its dependencies into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-  touch "$stamp"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  echo "$EXTRAS" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/snakemake, .venv/bin/kvharness)"

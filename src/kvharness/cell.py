@@ -26,6 +26,8 @@ from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
+from kvharness.stacks.coldstart import first_request_check, prepare as cold_prepare
+from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -107,18 +109,18 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
 
 def template_names(spec: dict, tier2_dir: Path) -> dict:
     tiers = spec["tiers"]
-    gib = 1024**3
     names = {
         "host": spec["host"],
         "model": spec["model"], "model_path": spec["model_path"],
         "served_model_name": spec["served_model_name"], "precision": spec["precision"],
         "hardware": spec["hardware"], "tier2_dir": str(tier2_dir),
         **{k: tiers[k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
-        **{k.replace("_bytes", "_gb"): f"{tiers[k] / gib:.3f}".rstrip("0").rstrip(".") for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
         **spec["engine"], **spec["sim"],
     }
     kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
+    names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
+    names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
     return names
 
 
@@ -338,6 +340,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     failure: str | None = None
     try:
         load = resolve_load(spec, uwork_csv, uwork)
+        check_host_tier(spec)
         shutil.rmtree(tier2_dir, ignore_errors=True)
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
@@ -347,13 +350,18 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]))
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws,
                     "measurement": {"lock": lock.describe(), "started_utc": started}}
+        summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)
+        launched_at = time.time()
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
         summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
+        summary["ready_steps"] = plan.ready_steps
+        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
+                                             fresh=plan.kind != "external", launched_at=launched_at)
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
@@ -366,6 +374,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             argv += ["--scrape", f"{name}={url}"]
         if block_bytes:
             argv += ["--kv-block-bytes", str(block_bytes)]
+        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
+            argv += ["--fetch-hist", f"{tier}={family}"]
         collector = _start(argv, tmp / "collector.log")
         if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
             log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
@@ -447,8 +457,12 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         shutil.rmtree(tier2_dir, ignore_errors=True)
     if failure is None and summary["requests"]["n_ok"] == 0:
         failure = f"no successful request ({summary['requests']['n_requests']} sent, errors: {summary['requests']['error_classes']})"
+    if summary.get("cold_start"):
+        first_request_check(summary["cold_start"], records)
     if failure is None:
         degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        if summary.get("cold_start") and not summary["cold_start"]["verified"]:
+            degraded.append("cold_start")
         if summary["quality"]["itl_stalled"]:
             degraded.append("itl_stalled")
         summary["status"] = "degraded" if degraded else "ok"

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell", help="cell id, e.g. sim-A_c16 (with --config); omit to list the cells")
     p.add_argument("--uwork", help="H0 uwork.csv, for cells whose concurrency is `uwork`")
     p.add_argument("--out", help="cell folder to write (default results/<hyp>/cells/<cell>)")
+    p.add_argument("--show", action="store_true",
+                   help="print what the cell(s) would run (argv, container args, env with secrets redacted, "
+                        "readiness, cold start, engine YAML) and exit; with --hyp and no --cell: every cell")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,6 +35,11 @@ def main(args: argparse.Namespace) -> int:
                 print("kvharness cell: give --spec, or --hyp (and --cell) with --config", file=sys.stderr)
                 return 2
             cells = {c["cell"]: c for c in expand_cells(cfg, args.hyp)}
+            if args.show and not args.cell:
+                from kvharness.stacks.show import describe_cell
+
+                print("\n\n".join(describe_cell(c) for c in cells.values()))
+                return 0
             if not args.cell:
                 print("\n".join(cells))
                 return 0
@@ -39,6 +47,11 @@ def main(args: argparse.Namespace) -> int:
                 print(f"kvharness cell: --cell: unknown cell {args.cell!r} for {args.hyp} (known: {', '.join(cells)})", file=sys.stderr)
                 return 2
             spec = cells[args.cell]
+        if args.show:
+            from kvharness.stacks.show import describe_cell
+
+            print(describe_cell(spec))
+            return 0
         out = args.out or f"results/{spec['hyp']}/cells/{spec['cell']}"
         summary = run_cell(spec, out, uwork_csv=args.uwork)
     except ConfigError as exc:

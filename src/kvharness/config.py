@@ -26,6 +26,8 @@ STACK_KINDS = ("sim", "trtllm", "dynamo", "vllm", "sglang", "external")
 STACK_KEYS = {
     "description", "kind", "role", "tiered", "port", "metrics_port", "command", "pre_commands", "env",
     "health_path", "metrics", "startup_timeout_s", "engine_yaml",
+    # readiness, where the stack runs, cold starts (docs/stacks.md)
+    "models_path", "ready_urls", "system_port", "runtime", "cold_start", "fetch_histograms",
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: patterns whose load is a number of users in flight (the others are open loop: a rate)
@@ -353,8 +355,16 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
     if kind != "external" and not stack.get("command"):
         raise ConfigError(f"{path}: command: a launched stack needs a non-empty argv list")
     for i, argv in enumerate(stack.get("pre_commands", []) or []):
-        if not isinstance(argv, list) or not argv:
-            raise ConfigError(f"{path}: pre_commands[{i}]: expected a non-empty argv list")
+        if isinstance(argv, dict):  # {argv: [...], env: {...}}: env only this process gets
+            stray = sorted(set(argv) - {"argv", "env"})
+            if stray:
+                raise ConfigError(f"{path}: pre_commands[{i}].{stray[0]}: unknown key (allowed: argv, env)")
+            if not isinstance(argv.get("env", {}), dict):
+                raise ConfigError(f"{path}: pre_commands[{i}].env: expected a mapping of NAME: value")
+            argv = argv.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
+            raise ConfigError(f"{path}: pre_commands[{i}]: expected a non-empty argv list (never a shell string)")
+    _check_stack_extras(path, stack)
     port = stack.get("port", "auto")
     if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
         raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
@@ -368,6 +378,63 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
     stack.setdefault("tiered", False)
     stack["name"] = path.stem
     return stack
+
+
+def _check_stack_extras(path: Path, stack: dict) -> None:
+    """The stack keys for readiness, runtime and cold start (their meaning: docs/stacks.md)."""
+    mp = stack.get("models_path", "/v1/models")
+    if mp is not None and not (isinstance(mp, str) and mp.startswith("/")):
+        raise ConfigError(f"{path}: models_path: expected a route such as /v1/models (or null), got {mp!r}")
+    ru = stack.get("ready_urls", {}) or {}
+    if not isinstance(ru, dict) or not all(isinstance(v, str) and v.startswith("http") for v in ru.values()):
+        raise ConfigError(f"{path}: ready_urls: expected a mapping of name: http URL (each must answer 200)")
+    sp = stack.get("system_port")
+    if sp is not None and sp != "auto" and not (isinstance(sp, int) and 0 < sp < 65536):
+        raise ConfigError(f"{path}: system_port: expected 'auto' or an integer 1..65535, got {sp!r}")
+    rt = stack.get("runtime")
+    if rt is not None:
+        if not isinstance(rt, dict) or rt.get("kind") not in ("host", "venv", "container"):
+            raise ConfigError(f"{path}: runtime.kind: expected host, venv or container")
+        allowed = {"host": {"kind"}, "venv": {"kind", "python"},
+                   "container": {"kind", "image", "mounts", "gpus", "docker", "extra_args", "stop_timeout_s", "python"}}[rt["kind"]]
+        stray = sorted(set(rt) - allowed)
+        if stray:
+            raise ConfigError(f"{path}: runtime.{stray[0]}: not a setting of a {rt['kind']} runtime "
+                              f"(allowed: {', '.join(sorted(allowed - {'kind'}))})")
+        if rt["kind"] == "venv" and not (isinstance(rt.get("python"), str) and rt["python"]):
+            raise ConfigError(f"{path}: runtime.python: a venv runtime needs the interpreter path (e.g. /opt/dynamo/venv/bin/python)")
+        if rt["kind"] == "container":
+            if not (isinstance(rt.get("image"), str) and rt["image"]):
+                raise ConfigError(f"{path}: runtime.image: a container runtime needs an image")
+            mounts = rt.get("mounts", []) or []
+            if not isinstance(mounts, list) or not all(isinstance(m, str) and ":" in m for m in mounts):
+                raise ConfigError(f"{path}: runtime.mounts: expected a list of 'host_path:container_path[:ro]'")
+            extra = rt.get("extra_args", []) or []
+            if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+                raise ConfigError(f"{path}: runtime.extra_args: expected an argv list of strings")
+    if stack.get("kind") == "trtllm":
+        for name, url in (stack.get("metrics") or {}).items():
+            route = str(url).split("://", 1)[-1].split("/", 1)[-1].rstrip("/")
+            if route == "metrics":
+                raise ConfigError(
+                    f"{path}: metrics.{name}: trtllm-serve's JSON /metrics drains the iteration-stats queue its own "
+                    f"Prometheus loop reads; scrape /prometheus/metrics instead"
+                )
+    fh = stack.get("fetch_histograms", {}) or {}
+    if not isinstance(fh, dict) or set(fh) - {"tier0", "tier1", "tier2"} \
+            or not all(isinstance(v, str) and v for v in fh.values()):
+        raise ConfigError(f"{path}: fetch_histograms: expected tier0|tier1|tier2: histogram family "
+                          f"(seconds; 'family{{label=value}}' picks one series)")
+    cs = stack.get("cold_start")
+    if cs is not None:
+        allowed = {"reset", "drop_page_cache", "verify"}
+        if not isinstance(cs, dict) or set(cs) - allowed:
+            bad = sorted(set(cs) - allowed)[0] if isinstance(cs, dict) else "<value>"
+            raise ConfigError(f"{path}: cold_start.{bad}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        for i, r in enumerate(cs.get("reset", []) or []):
+            if not isinstance(r, dict) or r.get("method", "POST") not in ("GET", "POST") \
+                    or not str(r.get("path", "")).startswith("/") or set(r) - {"method", "path"}:
+                raise ConfigError(f"{path}: cold_start.reset[{i}]: expected {{method: POST|GET, path: /route}}")
 
 
 # --------------------------------------------------------------------------- cells

@@ -52,6 +52,7 @@ def test_hero_table_has_both_stacks_without_errors(finished_run):
         assert int(row["u_work"]) >= 1
         assert row["memory_budget_bytes"] == rows["A"]["memory_budget_bytes"]
     assert rows["A"]["vs_A_ttft_ms_p99_pct"] == "" and rows["B"]["vs_A_ttft_ms_p99_pct"] != ""
+    assert rows["B"]["engine_diff_vs_A"] == ""  # A/B parity: same engine settings but for the pool
     png = finished_run / "results/H8/hero.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

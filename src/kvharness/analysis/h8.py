@@ -17,13 +17,41 @@ H8_COLUMNS = [
 H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "error_rate"]
 
 
+# What A and B may differ in: the KV connector and the device pool (tier0 + tier1 for A at equal memory).
+PARITY_EXEMPT = ("kv_connector_config", "kv_cache_config.max_tokens", "tier0_tokens")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def engine_diff(a: dict | None, b: dict | None) -> str | None:
+    """Engine settings in which B differs from A beyond the connector and the pool ('' = identical)."""
+    if not a or not b:
+        return None
+    fa, fb = _flat(a), _flat(b)
+    keys = sorted(k for k in set(fa) | set(fb)
+                  if fa.get(k) != fb.get(k) and not any(k == e or k.startswith(e + ".") for e in PARITY_EXEMPT))
+    return ";".join(f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys)
+
+
 def h8_table(rows: Sequence[dict], uwork: dict[str, int | None] | None = None) -> list[dict]:
-    """Hero table: one row per stack, with B-vs-A deltas (percent) on every non-A row."""
+    """Hero table: one row per stack, with B-vs-A deltas (percent) on every non-A row, and
+    ``engine_diff_vs_A``: engine settings that differ from A's beyond the KV connector and the pool."""
     table = []
     ref = next((r for r in rows if r["role"] == "A"), None)
     for r in sorted(rows, key=lambda r: (r["role"], r["stack"])):
         row = {k: r.get(k) for k in H8_COLUMNS}
         row["u_work"] = (uwork or {}).get(r["stack"], r.get("concurrency"))
+        row["engine_diff_vs_A"] = None if ref is None or r is ref else \
+            engine_diff(ref.get("engine_settings"), r.get("engine_settings"))
         for m in H8_DELTA_METRICS:
             row[f"vs_A_{m}_pct"] = None if ref is None or r is ref else pct_delta(r.get(m), ref.get(m))
         table.append(row)
@@ -36,7 +64,12 @@ def analyze(ctx: Context) -> Result:
     from kvharness.analysis.run import uwork_by_stack
     from kvharness.report.hero import plot_hero
 
-    table = h8_table(ctx.rows, uwork_by_stack(ctx.upstream["uwork"]))
+    from kvharness.analysis.records import read_json
+
+    rows = ctx.rows
+    for row, d in zip(rows, ctx.cell_dirs):  # what each engine ran with, for the A/B parity column
+        row["engine_settings"] = read_json(d / "summary.json").get("engine_settings")
+    table = h8_table(rows, uwork_by_stack(ctx.upstream["uwork"]))
     return Result(tables={"summary": table}, figures={"hero": lambda path: plot_hero(table, path)},
                   facts={"rows": table})
 

@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="model id in the API (default: the model profile)")
     p.add_argument("--tier0-bytes", default="8GiB", help="device (G1) KV pool size")
     p.add_argument("--tier1-bytes", default=None,
-                   help="mode B: host (G2) tier size (default $DYN_KVBM_CPU_CACHE_GB GiB, else 8GiB)")
+                   help="mode B: host (G2) tier size (default $DYN_KVBM_CPU_CACHE_GB x 10^9 bytes, else 8GiB)")
     p.add_argument("--tier2-bytes", default=None,
-                   help="mode B: disk (G3) tier size (default $DYN_KVBM_DISK_CACHE_GB GiB, else 64GiB)")
+                   help="mode B: disk (G3) tier size (default $DYN_KVBM_DISK_CACHE_GB x 10^9 bytes, else 64GiB)")
     p.add_argument("--tier2-dir", default=None,
                    help="mode B: directory of the tier-2 file (default $DYN_KVBM_DISK_CACHE_DIR, else $TMPDIR/kvharness-sim-g3)")
     p.add_argument("--tokens-per-block", type=int, default=ENGINE["tokens_per_block"])
@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, default=0.0,
                    help="relative std-dev of a seeded Gaussian factor on each step time (0 = deterministic steps)")
     p.add_argument("--startup-time-s", type=float, default=0.0, help="/health answers 503 for this long")
+    p.add_argument("--register-after-s", type=float, default=0.0,
+                   help="/v1/models lists no model (and generation answers 404) for this long while /health "
+                        "already answers 200, like Dynamo's frontend before a worker registers")
     p.add_argument("--io-threads", type=int, default=4, help="threads doing tier-2 file I/O")
     p.add_argument("--keep-tier2-file", action="store_true", help="do not delete the tier-2 file on exit")
     p.add_argument("--disk-offload-filter", choices=("auto", "on", "off"), default="auto",
@@ -77,10 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _env_gib(name: str):
+    """A ``DYN_KVBM_*_CACHE_GB`` value the way KVBM reads it: a float times 10^9 bytes (not GiB)."""
     v = os.environ.get(name)
     if v in (None, ""):
         return None
-    return int(float(v) * _GiB)
+    return int(round(float(v) * 10**9))
 
 
 def _is_loopback(host: str) -> bool:
@@ -132,7 +136,7 @@ def build_config(args):
         tier2_bytes=t2, tier2_dir=t2dir, tokens_per_block=args.tokens_per_block, max_batch_size=args.max_batch_size,
         max_num_tokens=args.max_num_tokens, eviction_policy=args.eviction_policy,
         block_bytes_scale=args.block_bytes_scale, speedup=args.speedup, seed=args.seed, jitter=args.jitter,
-        startup_time_s=args.startup_time_s, max_loras=args.max_loras, lora_dir=args.lora_dir,
+        startup_time_s=args.startup_time_s, register_after_s=args.register_after_s, max_loras=args.max_loras, lora_dir=args.lora_dir,
         lora_adapter_bytes=parse_bytes(args.lora_adapter_bytes, "--lora-adapter-bytes"), io_threads=args.io_threads,
         fault_crash_after=args.fault_crash_after, fault_hang=args.fault_hang, fault_error_rate=args.fault_error_rate,
         fault_error_status=args.fault_error_status, fault_malformed_every=args.fault_malformed_every,

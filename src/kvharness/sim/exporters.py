@@ -45,6 +45,16 @@ ITL_BUCKETS = dynamo_latency_buckets(0.001, 2.0, 13, 60)
 REQUEST_DURATION_BUCKETS = tuple(sorted(set(log_buckets(1.0, 512.0, 10)) | set(log_buckets(0.001, 512.0, 100))))
 
 
+class _SetOnObserve:
+    """A gauge fed through the histogram interface the engine calls (``observe``): keeps the latest value."""
+
+    def __init__(self, gauge):
+        self.gauge = gauge
+
+    def observe(self, v):
+        self.gauge.set(v)
+
+
 class SimMetrics:
     def __init__(self, mode: str, model: str, *, speedup: float, block_bytes: int, block_bytes_scale: float,
                  tokens_per_block: int, t0_blocks: int, t1_blocks: int, t2_blocks: int, max_batch: int,
@@ -76,7 +86,9 @@ class SimMetrics:
             self.kv_tpb = r.gauge("trtllm_kv_cache_tokens_per_block", "Tokens per KV block", const_labels=lab)
             self.n_running = r.gauge("trtllm_num_requests_running", "Running requests", const_labels=lab)
             self.n_waiting = r.gauge("trtllm_num_requests_waiting", "Waiting requests", const_labels=lab)
-            self.iteration_latency = r.histogram("trtllm_iteration_latency_seconds", "Engine iteration latency (modelled)", const_labels=lab)
+            # a Gauge upstream (tensorrt_llm/metrics/collector.py): the latest iteration's latency
+            self.iteration_latency = _SetOnObserve(r.gauge("trtllm_iteration_latency_seconds", "Iteration latency in seconds",
+                                                           const_labels=lab))
             self.kv_max.set(t0_blocks)
             self.kv_tpb.set(tokens_per_block)
             self.itl_hist = None

@@ -178,6 +178,16 @@ class KVCache:
         self._window: deque = deque(maxlen=hit_window)
         self._win = [0, 0, 0]  # queried, host hits, disk hits
 
+    def drop_unreferenced(self, include_host: bool = False) -> int:
+        """Forget every cached block no running sequence holds (vLLM's /reset_prefix_cache; with
+        ``include_host`` also the host tier, like SGLang's /flush_cache). Queued offloads are dropped."""
+        self._pending.clear()
+        n = 0
+        for idx in ((self.t0, self.t1) if include_host else (self.t0,)):
+            while idx.pop_victim() is not None:
+                n += 1
+        return n
+
     # -- capacity -----------------------------------------------------------------------------
     @property
     def t0_free(self) -> int:

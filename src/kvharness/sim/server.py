@@ -59,6 +59,7 @@ class SimConfig:
     seed: int = 0
     jitter: float = 0.0
     startup_time_s: float = 0.0
+    register_after_s: float = 0.0     # like Dynamo's frontend: /health 200 at once, model listed only later
     max_loras: int = 0
     lora_dir: str | None = None
     lora_adapter_bytes: int = 64 << 20
@@ -248,6 +249,7 @@ class SimServer:
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
         self.ready = False
+        self.registered = cfg.register_after_s <= 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_unix = int(time.time())
         self.n_requests = 0
@@ -309,6 +311,11 @@ class SimServer:
             loop.call_later(cfg.startup_time_s, self._set_ready)
         else:
             self._set_ready()
+        if not self.registered:
+            loop.call_later(cfg.register_after_s, self._set_registered)
+
+    def _set_registered(self) -> None:
+        self.registered = True
 
     def _set_ready(self) -> None:
         self.ready = True
@@ -338,6 +345,9 @@ class SimServer:
             if req.method != "POST":
                 conn.respond(405, _error_body(405, f"{path} accepts POST only"), headers={"Allow": "POST"})
                 return
+            if not self.registered:  # a frontend without a registered worker knows no model yet
+                conn.respond(404, _error_body(404, f"model {self.cfg.served_model_name!r} not found"))
+                return
             # parsed later, one request per loop iteration, so a burst of arrivals never delays a step
             self._intake.append((conn, req, path.endswith("chat/completions")))
             if not self._intake_scheduled:
@@ -354,11 +364,17 @@ class SimServer:
             conn.respond(200, self.metrics.main.render(), ctype="text/plain; version=0.0.4; charset=utf-8")
         elif path == "/v1/models":
             models = [{"id": self.cfg.served_model_name, "object": "model", "created": self.started_unix,
-                       "owned_by": "kvharness-sim"}]
-            if self.lora is not None:
+                       "owned_by": "kvharness-sim"}] if self.registered else []
+            if self.lora is not None and self.registered:
                 models += [{"id": n, "object": "model", "created": self.started_unix, "owned_by": "kvharness-sim",
                             "parent": self.cfg.served_model_name} for n in self.lora.resident]
             conn.respond(200, json.dumps({"object": "list", "data": models}).encode())
+        elif path in ("/reset_prefix_cache", "/flush_cache"):  # vLLM's and SGLang's cache resets
+            if req.method != "POST":
+                conn.respond(405, _error_body(405, "use POST"))
+                return
+            dropped = self.kv.drop_unreferenced(include_host=path == "/flush_cache")
+            conn.respond(200, json.dumps({"status": "ok", "dropped_blocks": dropped}).encode())
         elif path == "/live":
             conn.respond(200, b'{"status":"live"}')
         else:

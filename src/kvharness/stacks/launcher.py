@@ -26,8 +26,12 @@ import yaml
 
 from kvharness.config import ConfigError
 from kvharness.stacks import identity
+from kvharness.provenance import redact_env
+from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
 
 PR_SET_PDEATHSIG = 1
+# Engine settings recorded for a stack without an engine YAML (what the cell hands its command line).
+ENGINE_NAMES = ("max_batch_size", "max_num_tokens", "max_seq_len", "tokens_per_block", "tier0_tokens", "eviction_policy")
 
 
 class StackLaunchError(RuntimeError):
@@ -121,13 +125,25 @@ class LaunchPlan:
     engine_yaml_path: Path | None = None
     names: dict = field(default_factory=dict)
     held_sockets: list = field(default_factory=list)  # reserved listeners the stack inherits (identity.reserve)
+    models_url: str | None = None            # readiness: the served model must be listed here
+    served_model_name: str | None = None
+    ready_urls: dict[str, str] = field(default_factory=dict)  # readiness: each must answer 200 (worker health)
+    ready_steps: list[dict] = field(default_factory=list)     # filled by wait_healthy: what became ready when
+    argv_envs: list[dict[str, str]] = field(default_factory=list)  # per argv: env only that process gets
+    engine_settings: dict = field(default_factory=dict)       # the effective engine YAML (or engine names)
+    runtime: dict = field(default_factory=lambda: {"kind": "host"})  # runtime.py: host | venv | container
+    containers: list[str] = field(default_factory=list)       # docker names, stopped on teardown
+    stack_argvs: list[list[str]] = field(default_factory=list)  # the stack's own argvs (inside the container)
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": self.env,
+            "name": self.name, "kind": self.kind, "argvs": self.argvs, "env": redact_env(self.env),
             "host": self.host, "port": self.port, "metrics_port": self.metrics_port,
             "base_url": self.base_url, "health_url": self.health_url, "metrics_urls": self.metrics_urls,
+            "argv_envs": [redact_env(e) for e in self.argv_envs], "runtime": self.runtime, "containers": self.containers,
+            "stack_argvs": self.stack_argvs, "models_url": self.models_url, "served_model_name": self.served_model_name, "ready_urls": self.ready_urls,
             "engine_yaml": str(self.engine_yaml_path) if self.engine_yaml_path else None,
+            "engine_settings": self.engine_settings,
         }
 
 
@@ -144,39 +160,64 @@ def _pick_port(value, host: str, what: str, stack_name: str, launched: bool) -> 
     return port
 
 
-def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> LaunchPlan:
-    """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values."""
+def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, check_ports: bool = True) -> LaunchPlan:
+    """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values.
+    ``check_ports=False`` (``kvharness cell --show``) does not refuse a fixed port that is in use."""
     host = str(names.get("host", "127.0.0.1"))
-    launched = stack["kind"] != "external"
+    launched = stack["kind"] != "external" and check_ports
     held = identity.reserve_ports(stack, host) if launched else {}
     port = held["port"].getsockname()[1] if "port" in held else _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
     metrics_port = (held["metrics_port"].getsockname()[1] if "metrics_port" in held
                     else _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched))
+    system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
     all_names = dict(names)
-    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port,
+    runtime = stack.get("runtime") or {"kind": "host"}
+    all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
+                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"),
                       "port_fd": held["port"].fileno() if "port" in held else None,
                       "metrics_port_fd": held["metrics_port"].fileno() if "metrics_port" in held else None})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
+    engine_settings: dict = {}
     if stack.get("engine_yaml") is not None:
         engine_yaml_path = workdir / "engine.yaml"
         all_names["engine_yaml"] = str(engine_yaml_path)
         rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
         engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
-    argvs = [[render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv]
-             for i, argv in enumerate(stack.get("pre_commands") or [])]
+        engine_settings = rendered
+    else:  # no engine YAML (the simulator, an external endpoint): the engine names the cell hands over
+        engine_settings = {k: all_names[k] for k in ENGINE_NAMES if all_names.get(k) is not None}
+    argvs, argv_envs = [], []
+    for i, pre in enumerate(stack.get("pre_commands") or []):
+        argv, own_env = (pre.get("argv"), pre.get("env") or {}) if isinstance(pre, dict) else (pre, {})
+        argvs.append([render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv])
+        argv_envs.append({str(k): render(v, all_names, f"{where}: pre_commands[{i}].env.{k}") for k, v in own_env.items()})
     if stack.get("command"):
         argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
+        argv_envs.append({})
     env = {str(k): render(v, all_names, f"{where}: env.{k}") for k, v in (stack.get("env") or {}).items()}
+    containers = [container_name(stack["name"], workdir, i) for i in range(len(argvs))] \
+        if runtime["kind"] == "container" else []
+    mounts = [render(m, all_names, f"{where}: runtime.mounts") for m in runtime.get("mounts", []) or []]
+    for own_dir in (str(workdir.resolve()), all_names.get("tier2_dir")):  # engine YAML, KVBM disk tier
+        if own_dir and not any(m.split(":")[0] == own_dir for m in mounts):
+            mounts.append(f"{own_dir}:{own_dir}")
+    run_argvs = wrap(runtime, argvs, argv_envs, env, mounts, containers)
     base_url = f"http://{host}:{port}"
     health = stack.get("health_path")
     metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
+    models_path = stack.get("models_path", "/v1/models")
+    ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
     return LaunchPlan(
-        name=stack["name"], kind=stack["kind"], argvs=argvs, env=env, host=host, port=port,
+        name=stack["name"], kind=stack["kind"], argvs=run_argvs, env=env, host=host, port=port,
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
         metrics_urls=metrics, startup_timeout_s=float(stack.get("startup_timeout_s", 60)),
         log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
         held_sockets=list(held.values()),
+        models_url=(base_url + models_path) if models_path else None,
+        served_model_name=str(names["served_model_name"]) if names.get("served_model_name") is not None else None,
+        ready_urls=ready_urls, argv_envs=argv_envs, engine_settings=engine_settings,
+        runtime=runtime, containers=containers, stack_argvs=argvs,
     )
 
 
@@ -213,6 +254,7 @@ class RunningStack:
         self.procs: list[subprocess.Popen] = []
         self._log = None
         self.identity: dict | None = None  # what verify_identity proved about the listeners
+        self.stopped_containers: list[list[str]] = []
 
     @property
     def pids(self) -> list[int]:
@@ -222,10 +264,11 @@ class RunningStack:
         if self.plan.kind == "external":
             return self
         self._log = open(self.plan.log_path, "ab", buffering=0)
-        env = child_env(self.plan.env)
         fds = tuple(s.fileno() for s in self.plan.held_sockets)
         try:
-            for argv in self.plan.argvs:
+            for i, argv in enumerate(self.plan.argvs):
+                own = self.plan.argv_envs[i] if i < len(self.plan.argv_envs) else {}
+                env = child_env({**self.plan.env, **own})
                 try:
                     proc = subprocess.Popen(
                         argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -254,42 +297,44 @@ class RunningStack:
     def dead_process(self) -> subprocess.Popen | None:
         return next((p for p in self.procs if p.poll() is not None), None)
 
+    def _check_alive(self) -> None:
+        dead = self.dead_process()
+        if dead is not None:
+            raise StackLaunchError(
+                f"stack {self.plan.name}: process {dead.args[0]!r} exited with code {dead.returncode} "
+                f"before becoming healthy; last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+            )
+
     def wait_healthy(self) -> float:
-        """Poll the health URL until 200; returns seconds waited. Raises StackLaunchError with the log tail."""
+        """Wait until the stack is ready (readiness.py: health 200, served model listed by /v1/models, every
+        ``ready_urls`` 200); returns seconds waited. Raises StackLaunchError with the log tail."""
         import httpx
 
-        if not self.plan.health_url:
+        from kvharness.stacks.readiness import wait_ready
+
+        if not self.plan.health_url and not self.plan.ready_urls:
             self.verify_identity()
             return 0.0
         t0 = time.monotonic()
         deadline = t0 + self.plan.startup_timeout_s
-        last = "no answer yet"
         with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                dead = self.dead_process()
-                if dead is not None:
-                    raise StackLaunchError(
-                        f"stack {self.plan.name}: process {dead.args[0]!r} exited with code {dead.returncode} "
-                        f"before becoming healthy; last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
-                    )
-                try:
-                    resp = client.get(self.plan.health_url)
-                    if resp.status_code == 200:
-                        self.verify_identity()
-                        return time.monotonic() - t0
-                    last = f"HTTP {resp.status_code}"
-                except httpx.HTTPError as exc:
-                    last = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise StackLaunchError(
-                        f"stack {self.plan.name}: {self.plan.health_url} not healthy after "
-                        f"{self.plan.startup_timeout_s:.0f} s (last: {last}); last lines of "
-                        f"{self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
-                    )
-                time.sleep(self.poll_s)
+            try:
+                state = wait_ready(client, self.plan.health_url, self.plan.models_url, self.plan.served_model_name,
+                                   self.plan.ready_urls, deadline, self.poll_s, self._check_alive, t0,
+                                   on_first_answer=self.verify_identity)
+            except TimeoutError as exc:
+                raise StackLaunchError(
+                    f"stack {self.plan.name}: not healthy after {self.plan.startup_timeout_s:.0f} s, waiting for {exc}; "
+                    f"last lines of {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+                ) from None
+        self.plan.ready_steps = state.steps
+        self.verify_identity()
+        return time.monotonic() - t0
 
     def stop(self, grace_s: float = 5.0) -> None:
         identity.release(self.plan.held_sockets)  # reserved but never handed over (start failed early)
+        if self.procs and self.plan.containers:  # a killed docker client leaves its container running
+            self.stopped_containers = stop_containers(self.plan.runtime, self.plan.containers[:len(self.procs)], self._log)
         for proc in reversed(self.procs):  # main command first, then what it depends on
             terminate_group(proc, grace_s)
         if self._log is not None:

@@ -18,6 +18,13 @@ def _scrape_arg(value: str) -> tuple[str, str]:
     return name, url
 
 
+def _fetch_arg(value: str) -> tuple[str, str]:
+    tier, sep, family = value.partition("=")
+    if not sep or tier not in ("tier0", "tier1", "tier2") or not family:
+        raise argparse.ArgumentTypeError(f"expected TIER=FAMILY with TIER tier0|tier1|tier2, got {value!r}")
+    return tier, family
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="folder for sysmon.jsonl, dynkv.jsonl, ... (created)")
     parser.add_argument("--interval-ms", type=float, default=200.0, help="cadence in ms (default 200)")
@@ -29,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Prometheus (or TRT-LLM JSON /metrics) endpoint to scrape every tick; repeatable")
     parser.add_argument("--kv-block-bytes", type=lambda v: parse_bytes(v, "--kv-block-bytes"),
                         help="bytes per KV block, to turn block counters into bytes (e.g. 2MiB)")
+    parser.add_argument("--fetch-hist", action="append", type=_fetch_arg, default=[], metavar="TIER=FAMILY",
+                        help="a histogram (seconds) of the stack's own that gives tierN fetch p50/p95/p99, e.g. "
+                             "tier2=my_disk_read_seconds or tier1='family{tier=1}' (repeatable)")
     parser.add_argument("--duration-s", type=float, help="stop after T seconds (default: until SIGTERM/SIGINT)")
     parser.add_argument("--scrape-timeout-ms", type=float,
                         help="per-request scrape timeout (default 40%% of the interval, 50..1000 ms)")
@@ -59,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = CollectorConfig(
         out_dir=args.out_dir, interval_ms=args.interval_ms, tier2_path=args.tier2_path, device=args.device,
         watch_tree=args.watch_tree, scrapes=scrapes, kv_block_bytes=args.kv_block_bytes,
+        fetch_hists=dict(args.fetch_hist),
         duration_s=args.duration_s,
         scrape_timeout_s=(args.scrape_timeout_ms / 1000.0) if args.scrape_timeout_ms else None,
         scrape_client=args.scrape_client,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from kvharness.stats import percentile
 from kvharness.telemetry import host
 from kvharness.telemetry.gpu import GpuSampler
-from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, SeriesCache, map_deltas, parse_body
+from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, SeriesCache, fetch_family, map_deltas, parse_body
 
 CSV_COLUMNS = (["ts", "mono_ns", "tick", "kv_block_size_bytes"]
                + [f"tier{i}_{f}" for i in range(3) for f in TIER_FIELDS]
@@ -39,6 +39,7 @@ class CollectorConfig:
     watch_tree: int | None = None
     scrapes: dict[str, str] = field(default_factory=dict)
     kv_block_bytes: int | None = None
+    fetch_hists: dict[str, str] = field(default_factory=dict)  # tier -> histogram family (stack config)
     duration_s: float | None = None
     scrape_timeout_s: float | None = None
     scrape_client: str = "raw"  # raw socket HTTP/1.1 (https falls back to stdlib), "stdlib", "httpx"
@@ -280,7 +281,8 @@ class HttpxGet:
 class Scraper:
     """Scrapes every configured source once per tick (one kept-alive connection per source)."""
 
-    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str, client: str = "raw"):
+    def __init__(self, sources: dict[str, str], timeout_s: float, raw_path: str, client: str = "raw",
+                 extra_hists: frozenset = frozenset()):
         self.sources = dict(sources)
         self.httpx_client = None
         if client == "httpx":
@@ -297,7 +299,7 @@ class Scraper:
         else:
             raise ValueError(f"unknown scrape client {client!r}")
         self.state = {name: DeltaState() for name in sources}
-        self.cache = {name: SeriesCache(mapped_only=True) for name in sources}
+        self.cache = {name: SeriesCache(mapped_only=True, extra_hists=extra_hists) for name in sources}
         self.last_body: dict[str, str | None] = {name: None for name in sources}
         self.last_snap: dict[str, object] = {}
         self.errors: dict[str, int] = {name: 0 for name in sources}
@@ -373,7 +375,8 @@ class Collector:
         if timeout is None:
             timeout = min(1.0, max(0.05, 0.4 * cfg.interval_ms / 1000.0))
         self.scraper = (Scraper(cfg.scrapes, timeout, os.path.join(cfg.out_dir, "scrapes.jsonl.gz"),
-                                cfg.scrape_client)
+                                cfg.scrape_client,
+                                extra_hists=frozenset(fetch_family(n) for n in cfg.fetch_hists.values()))
                         if cfg.scrapes else None)
         self.counts = {s: 0 for s in self.sources}
         self.block_bytes = cfg.kv_block_bytes
@@ -443,7 +446,7 @@ class Collector:
                     got.add(name)
             if self.block_bytes is None:
                 self._discover_block_bytes()
-            mapped = map_deltas(deltas, self.block_bytes)
+            mapped = map_deltas(deltas, self.block_bytes, self.cfg.fetch_hists)
             dyn = {"ts": rec["ts"], "mono_ns": mono_ns, "tick": tick,
                    "kv_block_size_bytes": self.block_bytes, **mapped, "sources": status,
                    "baseline": [n for n in status if status[n].get("ok") and deltas.get(n) is None]}

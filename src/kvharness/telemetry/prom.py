@@ -72,10 +72,12 @@ class SeriesCache:
 
     MAX = 200_000
 
-    def __init__(self, mapped_only: bool = False) -> None:
+    def __init__(self, mapped_only: bool = False, extra_hists: frozenset = frozenset()) -> None:
         """``mapped_only``: classify series that no mapping table reads as 'skip', so the per-tick delta
-        and mapping work covers only what ends up in dynkv.jsonl (the raw scrape keeps everything)."""
+        and mapping work covers only what ends up in dynkv.jsonl (the raw scrape keeps everything).
+        ``extra_hists``: histogram families a stack config maps as fetch latency (``fetch_histograms``)."""
         self.mapped_only = mapped_only
+        self.extra_hists = frozenset(extra_hists)
         self.series: dict[str, tuple[str, dict]] = {}
         self.kinds: dict[str, tuple] = {}  # series text -> classification (see _classify)
         self.types: dict[str, str] = {}    # family -> TYPE, as last seen
@@ -159,7 +161,8 @@ def parse_text(text: str, cache: SeriesCache | None = None) -> Snapshot:
                         family = name[:-len(suf)]
                         break
             kind = _classify(name, labels, types.get(family, "unknown"), family)
-            if cache.mapped_only and not _is_mapped(kind):
+            if cache.mapped_only and not _is_mapped(kind) \
+                    and not (kind[0] == "bucket" and kind[1] in cache.extra_hists):
                 kind = ("skip",)
             kinds[key_text] = kind
         k0 = kind[0]
@@ -252,6 +255,25 @@ def _tier_label(labels: Labels) -> str | None:
     return None
 
 
+# Labels whose values name a tier or a direction; a series is also kept under ``name{label=value}``.
+# tier: vLLM tiering ("0:primary", "1:fs"), simulator ("0".."2"); cache_source: SGLang (device/host/storage);
+# cache_tier: TRT-LLM's prompt_cache_hit_tokens (the memory backing a cache level); transfer_type: vLLM's
+# older kv_offload_* (GPU_to_CPU / CPU_to_GPU).
+SPLIT_LABELS = ("tier", "cache_source", "cache_tier", "transfer_type")
+
+
+def _split_keys(name: str, labels: Labels) -> list[str]:
+    return [f"{name}{{{k}={v}}}" for k, v in labels if k in SPLIT_LABELS]
+
+
+def _is_ratio_gauge(name: str) -> bool:
+    """A fraction or a latency (mean over engines), not a count (summed over engines): vLLM's
+    kv_cache_usage_perc is per engine, so two data-parallel engines at 0.44 are 0.44, not 0.88."""
+    if name.startswith(("lmcache:", "kvsim_")):
+        return False
+    return name.endswith(("_perc", "_rate", "_utilization", "_usage", "_seconds", "_ratio"))
+
+
 class DeltaState:
     """Per-source memory of the previous snapshot; turns each new snapshot into deltas."""
 
@@ -275,9 +297,7 @@ class DeltaState:
             # A label set that first appears after the baseline started from zero: delta = value.
             d = counter_delta(p, value)
             counters[key[0]] = counters.get(key[0], 0.0) + d
-            tier = _tier_label(key[1])
-            if tier is not None:
-                k = f"{key[0]}{{tier={tier}}}"
+            for k in _split_keys(key[0], key[1]):
                 counters[k] = counters.get(k, 0.0) + d
         hists: dict[str, dict[float, float]] = {}
         for base, series in snap.buckets.items():
@@ -290,20 +310,25 @@ class DeltaState:
                 reset = inf_prev is not None and inf_now < inf_prev
                 if reset:
                     self.resets += 1
-                tier = _tier_label(lk)
-                per = hists.setdefault(f"{base}{{tier={tier}}}", {}) if tier is not None else None
+                pers = [hists.setdefault(k, {}) for k in _split_keys(base, lk)]
                 for le, c in b.items():
                     d = max(c if reset or le not in pb else c - pb[le], 0.0)
                     agg[le] = agg.get(le, 0.0) + d
-                    if per is not None:
+                    for per in pers:
                         per[le] = per.get(le, 0.0) + d
             hists[base] = agg
         gauges: dict[str, float] = {}
+        series: dict[str, list[float]] = {}
         for (name, lk), v in snap.gauges.items():
-            gauges[name] = gauges.get(name, 0.0) + v
-            tier = _tier_label(lk)
-            if tier is not None:
-                gauges[f"{name}{{tier={tier}}}"] = v
+            series.setdefault(name, []).append(v)
+            for k in _split_keys(name, lk):
+                gauges[k] = v
+        for name, vals in series.items():
+            if _is_ratio_gauge(name):
+                gauges[name] = sum(vals) / len(vals)
+                gauges[f"{name}:max"] = max(vals)
+            else:
+                gauges[name] = sum(vals)
         return {"counters": counters, "hists": hists, "gauges": gauges, "samples": {}}
 
     def _iter_update(self, snap: Snapshot, baseline: bool) -> dict:
@@ -359,9 +384,11 @@ COUNTER_RULES: list[tuple[tuple[str, ...], str]] = [
     # --- TRT-LLM Prometheus (/prometheus/metrics)
     (("trtllm_kv_cache_reused_blocks",), "tier0.hits"),
     (("trtllm_kv_cache_missed_blocks",), "tier0.misses"),
-    (("trtllm_kv_cache_onboard_bytes",), "tier0.bytes_in"),
-    (("trtllm_kv_cache_offload_bytes",), "tier0.bytes_out"),
-    (("trtllm_prompt_cache_hit_tokens",), "tier0.hit_tokens"),
+    # onboard = host -> GPU, offload = GPU -> host (collector.py): bytes leave one tier and enter the other
+    (("trtllm_kv_cache_onboard_bytes",), "tier0.bytes_in+tier1.bytes_out"),
+    (("trtllm_kv_cache_offload_bytes",), "tier0.bytes_out+tier1.bytes_in"),
+    (("trtllm_kv_cache_disk_prefetch_blocks",), "server.disk_prefetch_blocks"),
+    # trtllm_prompt_cache_hit_tokens{cache_level,cache_tier}: split per tier in LABEL_RULES
     (("trtllm_prompt_tokens",), "server.prompt_tokens"),
     (("trtllm_generation_tokens",), "server.generation_tokens"),
     (("trtllm_request_success",), "server.requests"),
@@ -377,8 +404,20 @@ COUNTER_RULES: list[tuple[tuple[str, ...], str]] = [
     (("vllm:prompt_tokens",), "server.prompt_tokens"),
     (("vllm:generation_tokens",), "server.generation_tokens"),
     (("vllm:request_success",), "server.requests"),
-    # --- SGLang (tokens)
-    (("sglang:cached_tokens",), "tier0.hit_tokens"),
+    # vLLM native offload (OffloadingConnector): load = CPU -> GPU, store = GPU -> CPU, in bytes; the older
+    # vllm:kv_offload_total_bytes{transfer_type} is split in LABEL_RULES
+    (("vllm:kv_offload_load_bytes",), "tier0.bytes_in+tier1.bytes_out"),
+    (("vllm:kv_offload_store_bytes",), "tier0.bytes_out+tier1.bytes_in"),
+    (("vllm:kv_offload_load_time",), "server.offload_load_time_s"),
+    (("vllm:kv_offload_store_time",), "server.offload_store_time_s"),
+    # --- SGLang (tokens; cached_tokens{cache_source} is split per tier in LABEL_RULES)
+    (("sglang:load_back_bytes",), "tier0.bytes_in+tier1.bytes_out"),
+    (("sglang:hicache_backup_bytes",), "tier0.bytes_out+tier1.bytes_in"),
+    (("sglang:load_back_tokens",), "server.load_back_tokens"),
+    (("sglang:evicted_tokens",), "server.evicted_tokens"),
+    (("sglang:hicache_backup_tokens",), "server.backup_tokens"),
+    (("sglang:backuped_tokens",), "server.storage_backup_tokens"),
+    (("sglang:prefetched_tokens",), "server.storage_prefetched_tokens"),
     (("sglang:prompt_tokens",), "server.prompt_tokens"),
     (("sglang:generation_tokens",), "server.generation_tokens"),
     (("sglang:num_requests",), "server.requests"),
@@ -404,20 +443,47 @@ HIST_RULES: list[tuple[tuple[str, ...], str, float]] = [
     (("trtllm_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds",
       "sglang:e2e_request_latency_seconds", "dynamo_frontend_request_duration_seconds"), "server.e2e", 1000.0),
     (("trtllm_request_queue_time_seconds", "vllm:request_queue_time_seconds"), "server.queue", 1000.0),
-    (("trtllm_iteration_latency_seconds",), "server.iter", 1000.0),
-    (("lmcache:time_to_retrieve",), "tier1.fetch", 1000.0),
+    # trtllm_iteration_latency_seconds is a Gauge upstream (GAUGE_RULES), not a histogram
+    # tier-1 fetch: SGLang HiCache host -> GPU load-back, LMCache retrieve
+    (("sglang:load_back_duration_seconds", "lmcache:time_to_retrieve"), "tier1.fetch", 1000.0),
 ]
+
+# Label-split rules: (family, label, {label value: target}); the unlabeled total is used (as ``default``)
+# only when the exporter gives no split. A value not listed is kept in ``raw`` only.
+TRTLLM_CACHE_TIERS = {"gpu": "tier0", "device": "tier0", "host": "tier1", "cpu": "tier1", "disk": "tier2"}
+LABEL_RULES: list[tuple[str, str, dict[str, str], str | None]] = [
+    # SGLang: device hits are tier 0, host (HiCache L2) tier 1, storage (L3) tier 2; "total" double-counts
+    ("sglang:cached_tokens", "cache_source",
+     {"device": "tier0.hit_tokens", "host": "tier1.hit_tokens", "storage": "tier2.hit_tokens"}, "tier0.hit_tokens"),
+    ("trtllm_prompt_cache_hit_tokens", "cache_tier",
+     {k: f"{v}.hit_tokens" for k, v in TRTLLM_CACHE_TIERS.items()}, "tier0.hit_tokens"),
+    ("vllm:kv_offload_total_bytes", "transfer_type",
+     {"CPU_to_GPU": "tier0.bytes_in+tier1.bytes_out", "GPU_to_CPU": "tier0.bytes_out+tier1.bytes_in"}, None),
+]
+# vLLM tiering (vllm/v1/kv_offload/tiering): tier "0:primary" is the CPU tier (our tier 1), "N:<type>" with
+# N >= 1 a secondary tier such as "1:fs" (our tier 2). Blocks ("chunks" in newer builds) and bytes.
+VLLM_TIERING = {
+    "hits": ("vllm:kv_offload_tiering_chunk_hits", "vllm:kv_offload_tiering_block_hits"),
+    "queries": ("vllm:kv_offload_tiering_chunk_queries", "vllm:kv_offload_tiering_block_queries"),
+    "read_bytes": ("vllm:kv_offload_tiering_read_bytes",),    # secondary -> CPU (promotion)
+    "write_bytes": ("vllm:kv_offload_tiering_write_bytes",),  # CPU -> secondary (cascade)
+}
 
 GAUGE_RULES: list[tuple[tuple[str, ...], str]] = [
     (("kvbm_host_cache_hit_rate",), "kvbm_host_cache_hit_rate"),
     (("kvbm_disk_cache_hit_rate",), "kvbm_disk_cache_hit_rate"),
     (("trtllm_kv_cache_hit_rate", "trtllm_iter_cacheHitRate"), "kv_cache_hit_rate"),
     (("trtllm_kv_cache_utilization", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
-     "kv_cache_usage"),
+     "kv_cache_usage"),   # mean over engines (one gauge per data-parallel engine), see _is_ratio_gauge
+    (("trtllm_kv_cache_utilization:max", "vllm:kv_cache_usage_perc:max", "vllm:gpu_cache_usage_perc:max",
+      "sglang:token_usage:max"), "kv_cache_usage_max"),
+    (("trtllm_kv_cache_host_utilization",), "tier1_usage"),
+    (("trtllm_iteration_latency_seconds",), "iteration_latency_s"),   # a Gauge: the latest iteration
     (("trtllm_num_requests_running", "vllm:num_requests_running", "sglang:num_running_reqs",
       "trtllm_iter_numActiveRequests"), "requests_running"),
-    (("trtllm_num_requests_waiting", "vllm:num_requests_waiting", "sglang:num_queue_reqs",
-      "dynamo_frontend_queued_requests"), "requests_waiting"),
+    (("trtllm_num_requests_waiting", "vllm:num_requests_waiting", "sglang:num_queue_reqs"), "requests_waiting"),
+    # requests without a first response yet (prefill included): not the engine's waiting queue
+    (("dynamo_frontend_queued_requests",), "frontend_queued_requests"),
     (("dynamo_frontend_active_requests", "dynamo_frontend_inflight_requests"), "frontend_active_requests"),
     (("trtllm_kv_cache_used_blocks", "trtllm_iter_usedNumBlocks"), "tier0_used_blocks"),
     (("trtllm_kv_cache_max_blocks", "trtllm_iter_maxNumBlocks", "dynamo_frontend_model_total_kv_blocks"),
@@ -426,6 +492,7 @@ GAUGE_RULES: list[tuple[tuple[str, ...], str]] = [
      "tokens_per_block"),
     (("sglang:cache_hit_rate",), "kv_cache_hit_rate"),
     (("sglang:hicache_host_used_tokens",), "tier1_used_tokens"),
+    (("sglang:hicache_host_total_tokens",), "tier1_total_tokens"),
     (("lmcache:local_cache_usage",), "tier1_used_bytes"),
     (("lmcache:local_storage_usage",), "tier2_used_bytes"),
 ]
@@ -436,9 +503,11 @@ _MAPPED: dict[str, frozenset] = {}
 def _is_mapped(kind: tuple) -> bool:
     """Whether a classified series feeds any mapping table (or is simulator ground truth)."""
     if not _MAPPED:
-        _MAPPED["counter"] = frozenset(n for names, _t in COUNTER_RULES for n in names)
+        _MAPPED["counter"] = frozenset(n for names, _t in COUNTER_RULES for n in names) \
+            | {base for base, _l, _m, _d in LABEL_RULES} | {n for names in VLLM_TIERING.values() for n in names}
         _MAPPED["hist"] = frozenset(n for names, _t, _s in HIST_RULES for n in names) | {"kvsim_tier_fetch_seconds"}
-        _MAPPED["gauge"] = frozenset(n for names, _k in GAUGE_RULES for n in names)
+        _MAPPED["gauge"] = frozenset(n.split(":max")[0] if n.endswith(":max") else n
+                                     for names, _k in GAUGE_RULES for n in names)
     k0 = kind[0]
     if k0 == "counter":
         name = kind[1][0]
@@ -483,9 +552,17 @@ def _add(d: dict, key: str, v: float | None) -> None:
     d[key] = v if d.get(key) is None else d[key] + v
 
 
-def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | None) -> dict:
+def fetch_family(spec: str) -> str:
+    """The histogram family of a ``fetch_histograms`` entry (``name`` or ``name{label=value}``)."""
+    return spec.split("{", 1)[0]
+
+
+def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | None,
+               fetch_hists: dict[str, str] | None = None) -> dict:
     """One tick's mapped record from each source's deltas (None for a source still at its baseline or
-    without a sample this tick). Sums over sources; fields nobody reports stay None."""
+    without a sample this tick). Sums over sources; fields nobody reports stay None. ``fetch_hists``
+    (tier -> ``family`` or ``family{label=value}``, seconds) gives a stack's own fetch-latency histograms,
+    for exporters whose names no table here knows; they win over the tables for that tier."""
     rec = empty_record()
     raw: dict[str, dict] = {}
     onboard_tiers: set[str] = set()
@@ -502,6 +579,11 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
                 continue
             v = counters[n]
             mapped_raw[n] = v
+            if "+" in target or target.startswith("tier"):
+                for t in target.split("+"):
+                    sec, f = t.split(".", 1)
+                    _add(rec[sec], f, v)
+                continue
             section, fld = target.split(".", 1)
             if section in ("offload_blocks", "onboard_blocks"):
                 a, b = BLOCK_MOVES[fld]
@@ -517,6 +599,8 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
                 _add(rec[section], fld, v)
                 continue
             _add(rec[section], fld, v)
+        _map_labelled(counters, rec, mapped_raw)
+        _map_vllm_tiering(counters, rec, mapped_raw)
         _map_kvsim(counters, rec, mapped_raw)
         for base, b in hists.items():
             merged_hists[base] = b
@@ -541,7 +625,8 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
     if lm and lm.get("requested") is not None and rec["tier1"]["hit_tokens"] is not None:
         rec["tier1"]["miss_tokens"] = max(lm["requested"] - rec["tier1"]["hit_tokens"], 0.0)
     if rec["server"].get("prompt_tokens") is not None and rec["tier0"]["hit_tokens"] is not None \
-            and rec["tier0"]["miss_tokens"] is None and "sglang:cached_tokens" in {k for r in raw.values() for k in r}:
+            and rec["tier0"]["miss_tokens"] is None \
+            and any(k.startswith("sglang:cached_tokens") for r in raw.values() for k in r):
         rec["tier0"]["miss_tokens"] = max(rec["server"]["prompt_tokens"] - rec["tier0"]["hit_tokens"], 0.0)
     # histograms -> quantiles
     for names, target, scale in HIST_RULES:
@@ -552,6 +637,11 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
         vals = histogram_quantiles(_QS, merged_hists[n])
         for q, v in zip(QUANTILES, vals):
             rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
+    for tier, name in (fetch_hists or {}).items():
+        if name in merged_hists:
+            vals = histogram_quantiles(_QS, merged_hists[name])
+            for q, v in zip(QUANTILES, vals):
+                rec[tier][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
     for i in range(3):
         base = f"kvsim_tier_fetch_seconds{{tier={i}}}"
         if base in merged_hists:
@@ -586,6 +676,63 @@ def _ints(rec: dict) -> dict:
             if type(v) is float:
                 d[k] = _int(v)
     return rec
+
+
+def _map_labelled(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
+    """LABEL_RULES: a family split by a tier label; the plain total only when no split value is known."""
+    for base, label, targets, default in LABEL_RULES:
+        if base not in counters:
+            continue
+        prefix = f"{base}{{{label}="
+        split = {k[len(prefix):-1]: v for k, v in counters.items() if k.startswith(prefix)}
+        known = {val: v for val, v in split.items() if val.lower() in {t.lower() for t in targets}}
+        for val, v in split.items():
+            mapped_raw[f"{base}{{{label}={val}}}"] = v
+        if known:
+            for val, v in known.items():
+                target = next(t for k, t in targets.items() if k.lower() == val.lower())
+                for t in target.split("+"):
+                    sec, f = t.split(".", 1)
+                    _add(rec[sec], f, v)
+        elif not split and default is not None:
+            mapped_raw[base] = counters[base]
+            sec, f = default.split(".", 1)
+            _add(rec[sec], f, counters[base])
+
+
+def _vllm_tier(label: str) -> str | None:
+    """vLLM tiering label "N:<type>": N = 0 is the CPU tier (tier1), N >= 1 a secondary tier (tier2)."""
+    idx = label.split(":", 1)[0]
+    if not idx.isdigit():
+        return None
+    return "tier1" if int(idx) == 0 else "tier2"
+
+
+def _map_vllm_tiering(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
+    per: dict[str, dict[str, float]] = {}
+    for what, names in VLLM_TIERING.items():
+        name = _first_present(names, counters)
+        if name is None:
+            continue
+        prefix = f"{name}{{tier="
+        for k, v in counters.items():
+            if k.startswith(prefix):
+                tier = _vllm_tier(k[len(prefix):-1])
+                mapped_raw[k] = v
+                if tier is not None:
+                    per.setdefault(tier, {})[what] = per.get(tier, {}).get(what, 0.0) + v
+    for tier, d in per.items():
+        if "hits" in d:
+            _add(rec[tier], "hits", d["hits"])
+            if "queries" in d:
+                _add(rec[tier], "misses", max(d["queries"] - d["hits"], 0.0))
+        if tier == "tier2":
+            if "read_bytes" in d:   # promoted from the secondary tier into the CPU tier
+                _add(rec["tier2"], "bytes_out", d["read_bytes"])
+                _add(rec["tier1"], "bytes_in", d["read_bytes"])
+            if "write_bytes" in d:  # cascaded from the CPU tier into the secondary tier
+                _add(rec["tier1"], "bytes_out", d["write_bytes"])
+                _add(rec["tier2"], "bytes_in", d["write_bytes"])
 
 
 def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:

@@ -1,0 +1,157 @@
+"""Cold starts between cells, and their proof.
+
+Each cell starts from an empty KV cache on every tier, or its numbers mix this cell's reuse with the last
+one's. What each stack offers (stack config ``cold_start``):
+
+- every launched stack is relaunched per cell and its tier-2 directory is wiped before launch (the cell
+  runner does both), so TRT-LLM and Dynamo+KVBM, which have no reset route, are cold by construction;
+- ``reset: [{method: POST, path: /reset_prefix_cache}]`` (vLLM) or ``/flush_cache`` (SGLang) is called
+  after readiness, for an endpoint that outlives the cell (``external``);
+- ``drop_page_cache: true`` also drops the OS page cache (needs root; recorded when not permitted), so
+  the disk tier's first reads come from the device and not from DRAM.
+
+Verification, recorded as ``cold_start`` in summary.json (a cell that fails it is ``degraded``):
+
+1. the tier-2 directory holds no file older than the launch (the stack's own preallocation is new);
+2. the stack's hit counters (every tier's hits/hit tokens, KVBM matched tokens) are 0 at the baseline
+   scrape of a freshly launched stack;
+3. where a reset route exists, a probe prompt is sent, the cache reset, and the same probe sent again:
+   its counters must show 0 hits (the reset really empties the cache), then the cache is reset again;
+4. after the load, the cell's first request (earliest scheduled) reports 0 cached tokens in its usage.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from kvharness.stacks.launcher import StackLaunchError
+from kvharness.telemetry.prom import DeltaState, Snapshot, map_deltas, parse_body
+
+HIT_FIELDS = ("hits", "hit_tokens")
+
+
+def hit_count(rec: dict) -> float:
+    """Every tier's hits and hit tokens in a mapped record, plus KVBM's matched tokens."""
+    total = 0.0
+    for tier in ("tier0", "tier1", "tier2"):
+        for f in HIT_FIELDS:
+            v = rec[tier].get(f)
+            total += float(v or 0)
+    total += float(rec["server"].get("matched_tokens") or 0)
+    return total
+
+
+def scrape(client, urls: dict[str, str]) -> dict[str, Snapshot | None]:
+    out: dict[str, Snapshot | None] = {}
+    for name, url in urls.items():
+        try:
+            resp = client.get(url)
+            out[name] = parse_body(resp.text) if resp.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - a source that does not answer is recorded as such
+            out[name] = None
+    return out
+
+
+def hits_between(before: dict, after: dict) -> float | None:
+    """Hit counters gained between two scrapes of the same sources (None when no source answered)."""
+    deltas = {}
+    for name, snap in after.items():
+        if snap is None or before.get(name) is None:
+            continue
+        st = DeltaState()
+        st.update(before[name])
+        deltas[name] = st.update(snap)
+    if not deltas:
+        return None
+    return hit_count(map_deltas(deltas, None))
+
+
+def absolute_hits(snaps: dict) -> float | None:
+    return hits_between({k: Snapshot() for k in snaps}, snaps)
+
+
+def _reset(client, base_url: str, resets: list[dict]) -> list[dict]:
+    done = []
+    for r in resets:
+        method = r.get("method", "POST")
+        resp = client.request(method, base_url + r["path"])
+        done.append({"method": method, "path": r["path"], "status": resp.status_code})
+        if resp.status_code >= 300:
+            raise StackLaunchError(f"cold start: {method} {base_url}{r['path']} answered HTTP {resp.status_code}; "
+                                   f"the cell cannot start from an empty cache")
+    return done
+
+
+def drop_page_cache() -> str:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("1\n")
+        return "dropped"
+    except OSError as exc:
+        return f"not dropped ({exc.strerror}; needs root)"
+
+
+def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: float | None = None) -> dict:
+    """Run the stack's resets and the checks 1-3 above; returns the ``cold_start`` record."""
+    import httpx
+
+    cfg = cfg or {}
+    out: dict = {"resets": [], "checks": {}, "verified": True}
+    files = [p for p in tier2_dir.rglob("*") if p.is_file()] if tier2_dir.is_dir() else []
+    # the stack preallocates its disk tier at startup (KVBM, the simulator): only older files are stale
+    stale = [p for p in files if launched_at is not None and p.stat().st_mtime < launched_at - 1.0]
+    out["checks"]["tier2_files_at_start"] = len(files)
+    out["checks"]["tier2_files_older_than_launch"] = len(stale)
+    if stale:
+        out["verified"] = False
+    if cfg.get("drop_page_cache"):
+        out["page_cache"] = drop_page_cache()
+    if not plan.metrics_urls and not cfg.get("reset"):
+        out["checks"]["counters"] = "no metrics source"
+        return out
+    try:
+        with httpx.Client(timeout=30.0, trust_env=False) as client:
+            _run_checks(client, plan, cfg, fresh, out)
+    except httpx.HTTPError as exc:
+        raise StackLaunchError(f"cold start: {type(exc).__name__} talking to {plan.base_url}: {exc}") from None
+    return out
+
+
+def _run_checks(client, plan, cfg: dict, fresh: bool, out: dict) -> None:
+    resets = cfg.get("reset") or []
+    if resets:
+        out["resets"] += _reset(client, plan.base_url, resets)
+    base = scrape(client, plan.metrics_urls)
+    if fresh:
+        hits = absolute_hits(base)
+        out["checks"]["hits_at_baseline"] = hits
+        if hits:
+            out["verified"] = False
+    if resets and plan.served_model_name:
+        prompt = f"kvharness cold-start probe {uuid.uuid4().hex} " + "lorem ipsum " * 64
+        body = {"model": plan.served_model_name, "prompt": prompt, "max_tokens": 1, "stream": False}
+        client.post(plan.base_url + "/v1/completions", json=body)
+        out["resets"] += _reset(client, plan.base_url, resets)
+        before = scrape(client, plan.metrics_urls)
+        client.post(plan.base_url + "/v1/completions", json=body)
+        after = scrape(client, plan.metrics_urls)
+        probe_hits = hits_between(before, after)
+        out["checks"]["probe_hits_after_reset"] = probe_hits
+        if probe_hits:
+            out["verified"] = False
+        out["resets"] += _reset(client, plan.base_url, resets)
+
+
+def first_request_check(cold: dict, records: list[dict]) -> dict:
+    """Check 4: the earliest scheduled request of the load found nothing cached (where usage says so)."""
+    if not records:
+        return cold
+    first = min(records, key=lambda r: r.get("ts") or 0)
+    cached = first.get("cached_tokens")
+    cold["checks"]["first_request_cached_tokens"] = cached
+    if cached:
+        cold["verified"] = False
+    return cold

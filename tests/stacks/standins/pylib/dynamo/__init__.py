@@ -1,0 +1,1 @@
+"""Test stand-in for NVIDIA Dynamo's python package (see tests/stacks/standins/standin.py)."""

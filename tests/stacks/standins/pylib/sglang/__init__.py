@@ -1,0 +1,1 @@
+"""Test stand-in for SGLang's python package (see tests/stacks/standins/standin.py)."""

@@ -1,0 +1,29 @@
+"""kvharness cell --show: every argv, container argument and env of a cell, secrets redacted."""
+
+from kvharness.stacks.show import describe_cell
+
+from .conftest import real_cells
+
+
+def test_show_prints_docker_run_env_and_engine_yaml_with_secrets_redacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_showPlantedSecret123")
+    spec = real_cells({"A": "trtllm", "B": "dynamo-kvbm"}, "H8", "spill")["B"]
+    spec["stack"]["runtime"] = {"kind": "container", "image": "dynamo:rt", "mounts": ["/models:/models:ro"]}
+    spec["stack"]["env"] = {**spec["stack"]["env"], "HF_TOKEN": "hf_showPlantedSecret123", "NGC_API_KEY": "nvapi-abcdef"}
+    spec["tier2_root"] = str(tmp_path / "t2")
+    text = describe_cell(spec)
+    assert "hf_showPlantedSecret123" not in text and "nvapi-abcdef" not in text
+    assert "HF_TOKEN=" in text and "NGC_API_KEY=" in text
+    assert text.count("docker run --rm --name kvh-dynamo-kvbm-") == 2
+    assert "--gpus all --ipc host --network host -v /models:/models:ro" in text
+    assert "DYN_KVBM_CPU_CACHE_OVERRIDE_NUM_BLOCKS=2048" in text
+    assert "teardown: docker stop kvh-dynamo-kvbm-" in text
+    assert "lists 'llama-3.1-8b-instruct'" in text and "(worker)" in text
+    assert "kv_connector_config:" in text and "max_seq_len: 3232" in text
+
+
+def test_show_marks_a_refused_cell(tmp_path):
+    spec = real_cells({"A": "trtllm", "B": "dynamo-kvbm"}, "H8", "spill")["B"]
+    spec["tiers"] = {**spec["tiers"], "tier0_bytes": 8 << 30}
+    spec["tier2_root"] = str(tmp_path / "t2")
+    assert "# REFUSED: profiles.spill: tier1 (4 GiB) is smaller than tier0 (8 GiB)" in describe_cell(spec)
