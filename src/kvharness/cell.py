@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import stats
+from kvharness import bgio, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
@@ -33,6 +33,7 @@ from kvharness.stacks.launcher import (
     plan_launch,
     terminate_group,
 )
+from kvharness.stacks.capacity import CapacityMismatch, verify_capacity
 
 log = logging.getLogger("kvharness.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -224,7 +225,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     summary: dict = {"hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"],
                      "role": spec["role"], "profile": spec["profile"], "status": "running"}
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    stack = loadgen = collector = None
+    stack = loadgen = collector = noise = None
     failure: str | None = None
     try:
         load = resolve_load(spec, uwork_csv, uwork)
@@ -242,6 +243,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
+        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
@@ -272,6 +274,11 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        if bgio.enabled(spec):  # fio noise on the tier-2 directory, for the length of the load
+            noise = bgio.BackgroundIO(spec, tier2_dir, tmp, float(load.get("duration_s") or 60.0))
+            summary["background_io"] = noise.info
+            noise.start()
+            log.info("cell %s: background fio running (%s, direct=%s)", spec["cell"], noise.info["engine"], noise.info["direct"])
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
@@ -281,6 +288,8 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         except subprocess.TimeoutExpired:
             loadgen_rc = None
             failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
+        if noise is not None:
+            noise.stop()  # the noise lasts exactly as long as the load
         summary["loadgen_rc"] = loadgen_rc
         dead = stack.dead_process()
         if dead is not None:
@@ -289,12 +298,16 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             failure = f"load generator exited with code {loadgen_rc} (see loadgen.log)"
     except StackLaunchError as exc:
         failure = scrub(str(exc))
+    except CapacityMismatch as exc:
+        failure = str(exc)
     except ConfigError as exc:
         failure = str(exc)
     except KeyboardInterrupt as exc:
         failure = f"interrupted ({exc or 'SIGINT'})"
     finally:
         try:
+            if noise is not None:
+                noise.stop()
             for proc in (loadgen, collector):
                 if proc is not None:
                     terminate_group(proc, grace_s=5.0)
