@@ -39,7 +39,7 @@ SUMMARY_COLUMNS = [
     "fio_read_mib_s_mean", "fio_write_mib_s_mean", "fio_read_clat_p99_ms_mean", "fio_engine", "fio_direct",
 ]
 COMPARE_COLUMNS = ["stack", "role", "profile", "p99_off_ms", "p99_on_ms", "p99_delta_ms", "p99_delta_pct",
-                   "p99_differs", "method", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises",
+                   "p99_differs", "method", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises", "read_io_off_ms", "read_io_on_ms",
                    "r_await_off_ms", "r_await_on_ms", "n_reps_off", "n_reps_on"]
 WINDOW_COLUMNS = ["stack", "profile", "background_io", "rep", "window_start_s", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
                   "nvme_r_await_ms", "nvme_rMBs", "tier2_read_kv_bytes", "tier2_file_read_bytes", "tier2_fetch_ms_p95"]
@@ -93,6 +93,8 @@ def summarize(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
             "p99_delta_pct": d["delta_pct"], "p99_differs": d["differs"], "method": d["method"],
             "fetch_off_ms": fo, "fetch_on_ms": fn, "fetch_delta_pct": f["delta_pct"],
             "fetch_rises": (f["delta"] > 0) if f["delta"] is not None else None,
+            "read_io_off_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in off)["mean"],
+            "read_io_on_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in on)["mean"],
             "r_await_off_ms": mean_ci(r.get("nvme_r_await_ms_mean") for r in off)["mean"],
             "r_await_on_ms": mean_ci(r.get("nvme_r_await_ms_mean") for r in on)["mean"],
             "n_reps_off": len(off), "n_reps_on": len(on),
