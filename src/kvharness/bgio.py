@@ -39,7 +39,7 @@ DEFAULTS = {
     "direct": "auto",        # true | false | auto (O_DIRECT when the file system supports it)
     "ioengine": "auto",      # auto = libaio, else io_uring, else posixaio, else psync
     "nice": 0,               # fio's own `nice` for its jobs (the noise is meant for the disk, not the CPUs)
-    "runtime_s": None,       # default: the load's duration (fio is stopped when the load ends anyway)
+    "runtime_s": None,       # default: the load's whole budget; fio is stopped the moment the load ends
     "layout_timeout_s": 60,
 }
 ENGINE_PREFERENCE = ("libaio", "io_uring", "posixaio", "psync")

@@ -274,15 +274,15 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
-        if bgio.enabled(spec):  # fio noise on the tier-2 directory, for the length of the load
-            noise = bgio.BackgroundIO(spec, tier2_dir, tmp, float(load.get("duration_s") or 60.0))
+        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
+            noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
             summary["background_io"] = noise.info
             noise.start()
             log.info("cell %s: background fio running (%s, direct=%s)", spec["cell"], noise.info["engine"], noise.info["direct"])
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
-        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         try:
             loadgen_rc = loadgen.wait(timeout=budget)
         except subprocess.TimeoutExpired:

@@ -180,11 +180,12 @@ def windows(cell_dir: str | Path, window_s: float = 1.0) -> list[dict]:
         if not s["ttft"]:
             continue  # the closed loop's tail: ticks after the last scheduled request
         aw = [a for a in s["await"] if a is not None]
+        mbs = [m for m in s["rMBs"] if m is not None]
         out.append({
             "window_start_s": round(k * window_s, 3), "n_ok": len(s["ttft"]),
             "ttft_ms_p50": percentile(s["ttft"], 50), "ttft_ms_p99": percentile(s["ttft"], 99),
             "nvme_r_await_ms": sum(aw) / len(aw) if aw else None,
-            "nvme_rMBs": _sum(s["rMBs"]) / max(1, len(s["rMBs"])) if _sum(s["rMBs"]) is not None else None,
+            "nvme_rMBs": sum(mbs) / len(mbs) if mbs else None,
             "tier2_read_kv_bytes": _sum(s["t2_bytes"]), "tier2_file_read_bytes": _sum(s["t2_file"]),
             "tier2_fetch_ms_p95": max((f for f in s["fetch"] if f is not None), default=None),
         })
