@@ -38,7 +38,8 @@ SUMMARY_COLUMNS = [
     "nvme_r_await_ms_mean_mean", "tier2_read_kv_bytes_mean", "fio_read_iops_mean", "fio_write_iops_mean",
     "fio_read_mib_s_mean", "fio_write_mib_s_mean", "fio_read_clat_p99_ms_mean", "fio_engine", "fio_direct",
 ]
-COMPARE_COLUMNS = ["stack", "role", "profile", "p99_off_ms", "p99_on_ms", "p99_delta_ms", "p99_delta_pct",
+COMPARE_COLUMNS = ["stack", "role", "profile", "p99_off_ms", "p99_on_ms", "p99_off_ci_half_ms", "p99_on_ci_half_ms",
+                   "p99_delta_ms", "p99_delta_pct",
                    "p99_differs", "method", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises", "read_io_off_ms", "read_io_on_ms",
                    "r_await_off_ms", "r_await_on_ms", "n_reps_off", "n_reps_on"]
 WINDOW_COLUMNS = ["stack", "profile", "background_io", "rep", "window_start_s", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
@@ -85,11 +86,13 @@ def summarize(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
             continue
         d = differs([r.get("ttft_ms_p99") for r in off], [r.get("ttft_ms_p99") for r in on])
         f = differs([r.get("tier2_fetch_ms_mean") for r in off], [r.get("tier2_fetch_ms_mean") for r in on])
-        mo, mn = mean_ci(r.get("ttft_ms_p99") for r in off)["mean"], mean_ci(r.get("ttft_ms_p99") for r in on)["mean"]
+        so, sn = mean_ci(r.get("ttft_ms_p99") for r in off), mean_ci(r.get("ttft_ms_p99") for r in on)
+        mo, mn = so["mean"], sn["mean"]
         fo = mean_ci(r.get("tier2_fetch_ms_mean") for r in off)["mean"]
         fn = mean_ci(r.get("tier2_fetch_ms_mean") for r in on)["mean"]
         compare.append({
-            **dict(zip(KEYS, point)), "p99_off_ms": mo, "p99_on_ms": mn, "p99_delta_ms": d["delta"],
+            **dict(zip(KEYS, point)), "p99_off_ms": mo, "p99_on_ms": mn, "p99_off_ci_half_ms": so["half_width"],
+            "p99_on_ci_half_ms": sn["half_width"], "p99_delta_ms": d["delta"],
             "p99_delta_pct": d["delta_pct"], "p99_differs": d["differs"], "method": d["method"],
             "fetch_off_ms": fo, "fetch_on_ms": fn, "fetch_delta_pct": f["delta_pct"],
             "fetch_rises": (f["delta"] > 0) if f["delta"] is not None else None,
@@ -189,8 +192,13 @@ def _analyze(ctx: Context, with_windows: bool) -> Result:
 
 def _p99_sentence(c: dict) -> str:
     state = {True: "beyond", False: "within", None: "undecided for"}[c["p99_differs"]]
-    return (f"{c['stack']} ({c['profile']}): p99 TTFT {c['p99_off_ms']:.0f} ms off vs {c['p99_on_ms']:.0f} ms on "
-            f"({c['p99_delta_pct']:+.1f} %), {state} the 95 % CI")
+
+    def pm(x):
+        return "" if x is None else f" ± {x:.0f}"
+
+    return (f"{c['stack']} ({c['profile']}): p99 TTFT {c['p99_off_ms']:.0f}{pm(c['p99_off_ci_half_ms'])} ms off vs "
+            f"{c['p99_on_ms']:.0f}{pm(c['p99_on_ci_half_ms'])} ms on ({c['p99_delta_pct']:+.1f} %, {c['n_reps_off']} + "
+            f"{c['n_reps_on']} reps), {state} the 95 % CI")
 
 
 def verdict_a(result: Result) -> str:
