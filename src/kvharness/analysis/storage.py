@@ -22,8 +22,8 @@ from pathlib import Path
 from kvharness.analysis.records import read_jsonl
 from kvharness.stats import percentile
 
-FETCH_HIST = 'kvsim_tier_fetch_seconds'
-READ_IO_HIST = 'kvsim_tier2_read_io_seconds'
+FETCH_HIST = "kvsim_tier_fetch_seconds"
+READ_IO_HIST = "kvsim_tier2_read_io_seconds"
 
 
 def _ticks(cell_dir: Path, name: str) -> list[dict]:
