@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import cellguard, stats
+from kvharness import bgio, cellguard, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
@@ -36,6 +36,7 @@ from kvharness.stacks.launcher import (
     plan_launch,
     terminate_group,
 )
+from kvharness.stacks.capacity import CapacityMismatch, verify_capacity
 
 log = logging.getLogger("kvharness.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -336,7 +337,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     summary: dict = {"hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"],
                      "role": spec["role"], "profile": spec["profile"], "status": "running"}
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    stack = loadgen = collector = None
+    stack = loadgen = collector = noise = None
     failure: str | None = None
     try:
         load = resolve_load(spec, uwork_csv, uwork)
@@ -362,6 +363,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         summary["ready_steps"] = plan.ready_steps
         summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
                                              fresh=plan.kind != "external", launched_at=launched_at)
+        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
@@ -395,13 +397,20 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
+            noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
+            summary["background_io"] = noise.info
+            noise.start()
+            log.info("cell %s: background fio running (%s, direct=%s)", spec["cell"], noise.info["engine"], noise.info["direct"])
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
-        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         loadgen_rc, dead = _wait_load(loadgen, stack, budget)
         if loadgen_rc is None and dead is None:
             failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
+        if noise is not None:
+            noise.stop()  # the noise lasts exactly as long as the load
         summary["loadgen_rc"] = loadgen_rc
         if dead is not None:
             failure = failure or f"{_dead_stack_line(spec, stack, dead)} during the load (crash); the load was stopped"
@@ -409,6 +418,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             failure = LOADGEN_EXIT.get(loadgen_rc, f"load generator exited with code {loadgen_rc} (see loadgen.log)")
     except StackLaunchError as exc:
         failure = scrub(str(exc))
+    except CapacityMismatch as exc:
+        failure = str(exc)
     except ConfigError as exc:
         failure = str(exc)
     except KeyboardInterrupt as exc:
@@ -418,6 +429,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
         try:
+            if noise is not None:
+                noise.stop()
             for proc in (loadgen, collector):
                 if proc is not None:
                     terminate_group(proc, grace_s=5.0)

@@ -214,8 +214,11 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config error: {_describe_error(err)}")
     _fill_defaults(cfg, schema, schema)
     _check_semantics(cfg)
+    from kvharness import bgio
+
     for hyp in cfg["hypotheses"]:
-        expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
+        cells = expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
+        bgio.check_available(cells)  # background_io on needs fio: one line now, not a silent quiet cell
     return cfg
 
 
@@ -532,6 +535,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "engine": dict(cfg["engine"]),
                 "sim": dict(cfg["sim"]),
                 "telemetry": dict(cfg["telemetry"]),
+                "background_io": dict(cfg.get("background_io") or {}),
                 "quality": dict(cfg["quality"]),
                 "host": cfg["host"],
                 "model": cfg["model"],

@@ -139,6 +139,8 @@ AXES: dict[str, Axis] = {a.key: a for a in [
     Axis("tier_total", "tt", "T0 + T1 at the profile's T0:T1 ratio", _BYTES, _set_tier_total),
     Axis("eviction_policy", "ev", "tier eviction policy", {"type": "string", "enum": ["lru", "lfu", "fifo"]},
          _set_engine("eviction_policy")),
+    Axis("scan_share", "scan", "share of one-off scan requests mixed into a fixed/mixed workload's hot set",
+         {"type": "number", "minimum": 0, "maximum": 1}, _set_workload("scan_share", ("fixed_context", "mixed_context"))),
     Axis("lora_adapters", "lora", "number of distinct LoRA adapters the load uses", _INT, _set_lora("count")),
     Axis("lora_churn", "churn", "adapter choice per request",
          {"type": "string", "enum": ["random", "round_robin", "hot_cold"]}, _set_lora("policy")),

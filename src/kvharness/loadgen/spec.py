@@ -250,6 +250,8 @@ _COMMON_WORKLOAD = {
     "nonce": (string(_NONCE), "prefix"),
     "shared_prefix_ratio": (number(0.0, maximum=1.0), 0.0),
     "prefix_groups": (integer(1), 1),
+    "scan_share": (number(0.0, maximum=1.0), 0.0),
+    "scan_tokens": (integer(1, nullable=True), None),
 }
 
 WORKLOAD_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {

@@ -10,6 +10,12 @@ two prompts share even their first KV block; ``nonce: "per_user"`` makes the non
 user's, so each user resends its own prompt and users never share a prefix (the working set is
 users x prompt); ``shared_prefix_ratio`` r puts round(r*N) words of a per-group prefix before the
 nonce, so exactly that share is reusable.
+
+Hot set + scan (``scan_share`` s, ``scan_tokens`` M): a share s of the requests, drawn at random, are
+one-off *scan* prompts of M tokens (default: the request's own length) whose first words are a nonce no
+other request uses, interleaved with the workload's normal, reusable requests (the *hot set*: a user's
+own prompt with ``nonce: per_user``, or the prefix groups). A recency policy (LRU) is flushed by the scan;
+a frequency policy (LFU) keeps the hot set. Records carry ``bucket`` ``hot`` or ``scan``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def id_words(value: int, k: int) -> list[str]:
 
 
 NONCE_WORDS = 6  # 4 words of request number (140**4 ~ 384 M per run) + 2 words of run tag
+SCAN_KEY_BASE = 140**4 // 2  # scan nonces count from here: never a user's or an early request's nonce
 
 
 class Corpus:
@@ -137,6 +144,9 @@ class Workload:
         self.prefix_ratio = ratio
         self.prefix_groups = w.get("prefix_groups", 1)
         self._prefix_corpora: dict[int, Corpus] = {}
+        self.scan_share = float(w.get("scan_share") or 0.0)
+        self.scan_tokens = w.get("scan_tokens")
+        self.scan_rng = random.Random(spec["seed"] * 7919 + 17)  # its own stream: other draws do not move
         self.tokenizer = None
         if spec.get("tokenizer"):
             from kvharness.loadgen.tokenizer import load_tokenizer
@@ -226,6 +236,21 @@ class Workload:
             labels["prefix_group"] = group
         return Request(self.path, json.dumps(body).encode(), labels)
 
+    def scan_or_none(self, n_tokens: int) -> Request | None:
+        """With probability ``scan_share``: a one-off scan request (unique nonce first, no group prefix)."""
+        if self.scan_share <= 0 or self.scan_rng.random() >= self.scan_share:
+            return None
+        n = int(self.scan_tokens or n_tokens)
+        seq = SCAN_KEY_BASE + self.seq
+        self.seq += 1
+        want = max(1, n - 1) if self.chat else n
+        nonce, used = self.nonce_words(seq, want)
+        text = nonce + (" " + self.corpus.words(want - used) if want > used else "")
+        payload: Any = [{"role": "user", "content": text}] if self.chat else text
+        body, adapter = self.body(payload, self.w["output_tokens"])
+        labels = {"bucket": "scan", "context_tokens": n, "adapter_id": adapter, "model": body["model"]}
+        return Request(self.path, json.dumps(body).encode(), labels)
+
     #: True when a request does not depend on its ticket, so requests can be built ahead of time
     ticket_free = False
 
@@ -259,8 +284,12 @@ class FixedContext(Workload):
     ticket_free = True
 
     def build(self, ticket) -> Request:
+        scan = self.scan_or_none(self.w["context_tokens"])
+        if scan is not None:
+            return scan
         key = ticket.user if self.per_user and ticket is not None else None
-        return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": None}, key)
+        bucket = "hot" if self.scan_share > 0 else None
+        return self.simple_request(self.w["context_tokens"], self.w["output_tokens"], {"bucket": bucket}, key)
 
 
 class MixedContext(Workload):
@@ -276,6 +305,9 @@ class MixedContext(Workload):
         i = min(bisect.bisect_left(self.cum, self.rng.random()), len(self.buckets) - 1)
         b = self.buckets[i]
         n = self.rng.randint(b["min_tokens"], b["max_tokens"])
+        scan = self.scan_or_none(n)
+        if scan is not None:
+            return scan
         key = ticket.user if self.per_user and ticket is not None else None
         return self.simple_request(n, self.w["output_tokens"], {"bucket": b["name"]}, key)
 

@@ -1,0 +1,287 @@
+"""H4A / H4B: storage QoS. Real fio noise on the tier-2 device (``background_io: off/on``, started by the
+cell for the length of its load), with repetitions so "moved" means beyond the 95 % confidence interval.
+
+H4A (Stack A, memory-only) is the control: KV never touches the disk, so its p99 TTFT must not move beyond
+the interval. H4B (Stack B, tiered) runs a workload whose reusable working set exceeds T0+T1, so requests
+really read tier 2 (checked per cell: working set vs T0+T1 and tier-2 read bytes): its p99 drift is joined
+per window with the NVMe r_await and tier-2 fetch latency, and "B stays up" (no collapse) is a gate.
+
+Comparison: :func:`kvharness.analysis.evidence.differs` on the repetitions' p99 TTFT (fio off vs on, per
+stack and profile): with >= 2 reps a side, the 95 % t intervals must not overlap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from kvharness.analysis.cells import cell_row
+from kvharness.analysis.evidence import differs, mean_ci
+from kvharness.analysis.knee import COLLAPSE_TTFT_P99_MS
+from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.analysis.storage import tier_stats, windows
+from kvharness.bgio import cell_fio_row
+
+KEYS = ("stack", "role", "profile")
+FIO_COLUMNS = ["fio_engine", "fio_direct", "fio_read_iops", "fio_read_mib_s", "fio_read_clat_p50_ms",
+               "fio_read_clat_p95_ms", "fio_read_clat_p99_ms", "fio_write_iops", "fio_write_mib_s",
+               "fio_write_clat_p50_ms", "fio_write_clat_p95_ms", "fio_write_clat_p99_ms"]
+CELL_COLUMNS = [
+    "stack", "role", "profile", "background_io", "rep", "status", "n_ok", "n_errors", "ttft_ms_p50", "ttft_ms_p99",
+    "enough_samples_p99", "working_set_bytes", "memory_budget_bytes", "ws_exceeds_t0_t1", "tier2_read_kv_bytes",
+    "tier2_file_read_bytes", "t2_hit_pct", "tier2_fetch_ms_mean", "tier2_fetch_ms_p95", "tier2_read_io_ms_mean",
+    "nvme_r_await_ms_mean", *FIO_COLUMNS,
+]
+SUMMARY_COLUMNS = [
+    "stack", "role", "profile", "background_io", "n_reps", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low",
+    "ttft_ms_p99_ci_high", "ttft_ms_p50_mean", "tier2_fetch_ms_mean_mean", "tier2_read_io_ms_mean_mean",
+    "nvme_r_await_ms_mean_mean", "tier2_read_kv_bytes_mean", "fio_read_iops_mean", "fio_write_iops_mean",
+    "fio_read_mib_s_mean", "fio_write_mib_s_mean", "fio_read_clat_p99_ms_mean", "fio_engine", "fio_direct",
+]
+COMPARE_COLUMNS = ["stack", "role", "profile", "p99_off_ms", "p99_on_ms", "p99_off_ci_half_ms", "p99_on_ci_half_ms",
+                   "p99_delta_ms", "p99_delta_pct",
+                   "p99_differs", "method", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises", "read_io_off_ms", "read_io_on_ms",
+                   "r_await_off_ms", "r_await_on_ms", "n_reps_off", "n_reps_on"]
+WINDOW_COLUMNS = ["stack", "profile", "background_io", "rep", "window_start_s", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
+                  "nvme_r_await_ms", "nvme_rMBs", "tier2_read_kv_bytes", "tier2_file_read_bytes", "tier2_fetch_ms_p95"]
+MEAN_METRICS = ("ttft_ms_p99", "ttft_ms_p50", "tier2_fetch_ms_mean", "tier2_read_io_ms_mean", "nvme_r_await_ms_mean",
+                "tier2_read_kv_bytes", "fio_read_iops", "fio_write_iops", "fio_read_mib_s", "fio_write_mib_s",
+                "fio_read_clat_p99_ms")
+
+
+def storage_row(cell_dir: str | Path) -> dict:
+    """cell_row + tier-2 facts + fio's achieved numbers, for one cell."""
+    row = cell_row(cell_dir)
+    row.update(tier_stats(cell_dir))
+    row.update(cell_fio_row(cell_dir))
+    row.setdefault("background_io", "off")
+    ws, budget = row.get("working_set_bytes"), row.get("memory_budget_bytes")
+    row["ws_exceeds_t0_t1"] = (ws > budget) if ws is not None and budget else None
+    return row
+
+
+def summarize(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(one row per stack x profile x fio off/on over its reps, one off-vs-on comparison per stack x profile)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((*(r.get(k) for k in KEYS), r.get("background_io")), []).append(r)
+    summary = []
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        out = dict(zip((*KEYS, "background_io"), key))
+        out["n_reps"] = len(members)
+        for m in MEAN_METRICS:
+            s = mean_ci(r.get(m) for r in members)
+            out[f"{m}_mean"] = s["mean"]
+            if m == "ttft_ms_p99":
+                out["ttft_ms_p99_ci_low"], out["ttft_ms_p99_ci_high"] = s["ci_low"], s["ci_high"]
+        out["fio_engine"] = next((r["fio_engine"] for r in members if r.get("fio_engine")), None)
+        out["fio_direct"] = next((r["fio_direct"] for r in members if r.get("fio_direct") is not None), None)
+        summary.append(out)
+    compare = []
+    points = sorted({tuple(r.get(k) for k in KEYS) for r in rows}, key=lambda p: tuple(str(x) for x in p))
+    for point in points:
+        off = groups.get((*point, "off"), [])
+        on = groups.get((*point, "on"), [])
+        if not off or not on:
+            continue
+        d = differs([r.get("ttft_ms_p99") for r in off], [r.get("ttft_ms_p99") for r in on])
+        f = differs([r.get("tier2_fetch_ms_mean") for r in off], [r.get("tier2_fetch_ms_mean") for r in on])
+        so, sn = mean_ci(r.get("ttft_ms_p99") for r in off), mean_ci(r.get("ttft_ms_p99") for r in on)
+        mo, mn = so["mean"], sn["mean"]
+        fo = mean_ci(r.get("tier2_fetch_ms_mean") for r in off)["mean"]
+        fn = mean_ci(r.get("tier2_fetch_ms_mean") for r in on)["mean"]
+        compare.append({
+            **dict(zip(KEYS, point)), "p99_off_ms": mo, "p99_on_ms": mn, "p99_off_ci_half_ms": so["half_width"],
+            "p99_on_ci_half_ms": sn["half_width"], "p99_delta_ms": d["delta"],
+            "p99_delta_pct": d["delta_pct"], "p99_differs": d["differs"], "method": d["method"],
+            "fetch_off_ms": fo, "fetch_on_ms": fn, "fetch_delta_pct": f["delta_pct"],
+            "fetch_rises": (f["delta"] > 0) if f["delta"] is not None else None,
+            "read_io_off_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in off)["mean"],
+            "read_io_on_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in on)["mean"],
+            "r_await_off_ms": mean_ci(r.get("nvme_r_await_ms_mean") for r in off)["mean"],
+            "r_await_on_ms": mean_ci(r.get("nvme_r_await_ms_mean") for r in on)["mean"],
+            "n_reps_off": len(off), "n_reps_on": len(on),
+        })
+    return summary, compare
+
+
+def window_table(cell_dirs: Sequence[Path], rows: Sequence[dict]) -> list[dict]:
+    out = []
+    for d, r in zip(cell_dirs, rows):
+        for w in windows(d):
+            out.append({"stack": r["stack"], "profile": r["profile"], "background_io": r["background_io"],
+                        "rep": r.get("rep", 0), **w})
+    return out
+
+
+def plot_p99(summary: Sequence[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted({(r["stack"], r["profile"]) for r in summary})
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(points)), 4.2))
+    width = 0.38
+    for j, (bio, color) in enumerate((("off", "#4C72B0"), ("on", "#DD8452"))):
+        xs, ys, lo, hi = [], [], [], []
+        for i, p in enumerate(points):
+            r = next((s for s in summary if (s["stack"], s["profile"]) == p and s["background_io"] == bio), None)
+            if r is None or r.get("ttft_ms_p99_mean") is None:
+                continue
+            m = r["ttft_ms_p99_mean"]
+            xs.append(i + (j - 0.5) * width)
+            ys.append(m)
+            lo.append(m - r["ttft_ms_p99_ci_low"] if r.get("ttft_ms_p99_ci_low") is not None else 0)
+            hi.append(r["ttft_ms_p99_ci_high"] - m if r.get("ttft_ms_p99_ci_high") is not None else 0)
+        ax.bar(xs, ys, width=width, color=color, yerr=[lo, hi], capsize=4, label=f"fio {bio}")
+    ax.set_xticks(range(len(points)), [f"{s}\n{p}" for s, p in points])
+    ax.set_xlabel("stack / profile")
+    ax.set_ylabel("p99 TTFT (ms), mean of reps ± 95 % CI")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_windows(table: Sequence[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for bio, color in (("off", "#4C72B0"), ("on", "#DD8452")):
+        pts = [w for w in table if w["background_io"] == bio and w.get("ttft_ms_p99") is not None]
+        axes[0].scatter([w.get("nvme_r_await_ms") or 0 for w in pts], [w["ttft_ms_p99"] for w in pts],
+                        s=14, color=color, label=f"fio {bio}", alpha=0.7)
+        axes[1].scatter([w.get("tier2_fetch_ms_p95") or 0 for w in pts], [w["ttft_ms_p99"] for w in pts],
+                        s=14, color=color, label=f"fio {bio}", alpha=0.7)
+    axes[0].set_xlabel("NVMe r_await (ms), window mean")
+    axes[1].set_xlabel("tier-2 fetch p95 (ms), window")
+    for ax in axes:
+        ax.set_ylabel("p99 TTFT (ms) of requests scheduled in the window")
+        ax.legend()
+    fig.suptitle("H4B: p99 TTFT per 1 s window vs NVMe latency and tier-2 fetch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- declarations
+
+def _analyze(ctx: Context, with_windows: bool) -> Result:
+    rows = [storage_row(d) for d in ctx.cell_dirs]
+    summary, compare = summarize(rows)
+    cells = [{k: r.get(k) for k in CELL_COLUMNS} for r in rows]
+    tables = {"summary": summary, "compare": compare, "cells": cells}
+    title = f"{ctx.hyp}: p99 TTFT with background fio off / on"
+    figures = {"p99": lambda path: plot_p99(summary, path, title)}
+    if with_windows:
+        win = window_table(ctx.cell_dirs, rows)
+        tables["H4B_p99_vs_nvme"] = win
+        figures["p99_vs_nvme"] = lambda path: plot_windows(win, path)
+    for r in rows:
+        if r.get("background_io") == "on" and not r.get("fio_read_iops") and not r.get("fio_write_iops"):
+            ctx.notes.append(f"cell {r['cell']}: background_io on but fio reported no I/O")
+    return Result(tables=tables, figures=figures, facts={"rows": rows, "compare": compare})
+
+
+def _p99_sentence(c: dict) -> str:
+    state = {True: "beyond", False: "within", None: "undecided for"}[c["p99_differs"]]
+
+    def pm(x):
+        return "" if x is None else f" ± {x:.0f}"
+
+    return (f"{c['stack']} ({c['profile']}): p99 TTFT {c['p99_off_ms']:.0f}{pm(c['p99_off_ci_half_ms'])} ms off vs "
+            f"{c['p99_on_ms']:.0f}{pm(c['p99_on_ci_half_ms'])} ms on ({c['p99_delta_pct']:+.1f} %, {c['n_reps_off']} + "
+            f"{c['n_reps_on']} reps), {state} the 95 % CI")
+
+
+def verdict_a(result: Result) -> str:
+    comp = result.facts["compare"]
+    if not comp:
+        return "H4A needs Stack A cells with background fio off and on."
+    moved = [c for c in comp if c["p99_differs"]]
+    head = ("The control holds: fio noise does not move Stack A's p99 TTFT beyond its confidence interval"
+            if not moved and all(c["p99_differs"] is False for c in comp)
+            else "The control fails: Stack A's p99 TTFT moves with fio noise" if moved
+            else "The control is undecided (too few repetitions for an interval)")
+    return f"{head}; " + "; ".join(_p99_sentence(c) for c in comp) + "."
+
+
+def gates_a(result: Result) -> list[Gate]:
+    return [Gate(f"{c['stack']} {c['profile']}: p99 unmoved by fio (control)",
+                 None if c["p99_differs"] is None else not c["p99_differs"],
+                 round(c["p99_delta_pct"], 2) if c["p99_delta_pct"] is not None else None, "within the 95 % CI",
+                 c["method"]) for c in result.facts["compare"]]
+
+
+def verdict_b(result: Result) -> str:
+    comp = result.facts["compare"]
+    if not comp:
+        return "H4B needs Stack B cells with background fio off and on."
+    parts = []
+    for c in comp:
+        fetch = ("" if c["fetch_delta_pct"] is None else
+                 f", tier-2 fetch {c['fetch_off_ms']:.1f} → {c['fetch_on_ms']:.1f} ms ({c['fetch_delta_pct']:+.0f} %)")
+        rawait = ("" if c["r_await_off_ms"] is None or c["r_await_on_ms"] is None else
+                  f", NVMe r_await {c['r_await_off_ms']:.2f} → {c['r_await_on_ms']:.2f} ms")
+        parts.append(_p99_sentence(c) + fetch + rawait)
+    drift = [c for c in comp if c["p99_differs"] and (c["p99_delta_ms"] or 0) > 0]
+    head = (f"Background NVMe noise reaches Stack B's tail through tier-2 reads in {len(drift)} of {len(comp)} profiles"
+            if drift else "Background NVMe noise does not move Stack B's p99 TTFT beyond the confidence interval")
+    return f"{head}: " + "; ".join(parts) + "."
+
+
+def gates_b(result: Result) -> list[Gate]:
+    rows = result.facts["rows"]
+    out = []
+    for r in rows:
+        if r.get("background_io") != "on":
+            continue
+        p99 = r.get("ttft_ms_p99")
+        up = bool(r.get("n_ok")) and not r.get("n_errors") and p99 is not None and p99 <= COLLAPSE_TTFT_P99_MS
+        out.append(Gate(f"B stays up under fio: {r['cell']}", up, p99, f"no errors, p99 <= {COLLAPSE_TTFT_P99_MS:g} ms"))
+    reads = [r for r in rows if r.get("ws_exceeds_t0_t1") and (r.get("tier2_read_kv_bytes") or r.get("tier2_file_read_bytes"))]
+    out.append(Gate("workload reads tier 2 (working set > T0+T1, tier-2 read bytes > 0) in every cell",
+                    len(reads) == len(rows) if rows else None, f"{len(reads)}/{len(rows)}", "all cells"))
+    return out
+
+
+register(Hypothesis(
+    id="H4A",
+    question="Control: does background fio on the NVMe move the memory-only stack's p99 TTFT? (it must not)",
+    analyze=lambda ctx: _analyze(ctx, with_windows=False),
+    tables=(Table("summary", SUMMARY_COLUMNS, "per stack x profile x fio off/on: reps, p99 mean and 95 % CI, fio numbers"),
+            Table("compare", COMPARE_COLUMNS, "fio off vs on per stack x profile (evidence.differs on the reps' p99)"),
+            Table("cells", CELL_COLUMNS, "one row per cell, with fio's achieved IOPS, bandwidth and latency")),
+    figures=(Figure("p99", "p99 TTFT (ms; mean of repetitions, 95 % CI whiskers) with background fio off and on, "
+                           "per stack and profile (x axis)."),),
+    verdict=verdict_a,
+    gates=gates_a,
+    how_to_read="Each background_io point runs reps times, each its own launch. p99_differs is True when the 95 % "
+                "t intervals of the off and on reps do not overlap; fio_* are fio's own achieved numbers (fio.json).",
+))
+
+register(Hypothesis(
+    id="H4B",
+    question="Does background NVMe noise reach the tiered stack's tail through tier-2 reads, and does B stay up?",
+    analyze=lambda ctx: _analyze(ctx, with_windows=True),
+    tables=(Table("summary", SUMMARY_COLUMNS, "per stack x profile x fio off/on: reps, p99 mean and 95 % CI, fio numbers"),
+            Table("compare", COMPARE_COLUMNS, "fio off vs on per stack x profile: p99 drift, tier-2 fetch, r_await"),
+            Table("cells", CELL_COLUMNS, "one row per cell: working set vs T0+T1, tier-2 read bytes, fio numbers"),
+            Table("H4B_p99_vs_nvme", WINDOW_COLUMNS, "per 1 s window: TTFT joined with NVMe r_await and tier-2 bytes/fetch")),
+    figures=(Figure("p99", "p99 TTFT (ms; mean of repetitions, 95 % CI whiskers) with background fio off and on, "
+                           "per stack and profile (x axis)."),
+             Figure("p99_vs_nvme", "Per 1 s window: p99 TTFT (ms) against the window's NVMe r_await (ms) and "
+                                   "tier-2 fetch p95 (ms), fio off and on.")),
+    verdict=verdict_b,
+    gates=gates_b,
+    how_to_read="The workload's working set exceeds T0+T1 (ws_exceeds_t0_t1), so prefix hits are read from tier-2 "
+                "files (tier2_read_kv_bytes: KV bytes onboarded from disk; tier2_file_read_bytes: real file bytes). "
+                "tier2_fetch_ms_mean is the mean onboarding time of a tier-2 hit over the cell.",
+))

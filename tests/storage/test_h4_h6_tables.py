@@ -1,0 +1,57 @@
+"""H4 / H6 table logic on synthetic rows (the end-to-end run is in test_storage_e2e.py)."""
+
+from kvharness.analysis.h4 import summarize
+from kvharness.analysis.h6 import hit_knee, knee_table, lfu_beats_lru, non_decreasing, policy_table
+
+GIB = 1024**3
+
+
+def h4_row(bio, rep, p99, fetch=10.0):
+    return {"stack": "sim-B", "role": "B", "profile": "spill", "background_io": bio, "rep": rep, "ttft_ms_p99": p99,
+            "ttft_ms_p50": p99 / 2, "tier2_fetch_ms_mean": fetch, "nvme_r_await_ms_mean": 1.0}
+
+
+def test_h4_compare_uses_the_reps_confidence_intervals():
+    rows = [h4_row("off", 0, 100.0), h4_row("off", 1, 102.0), h4_row("on", 0, 150.0, 20.0), h4_row("on", 1, 153.0, 22.0)]
+    summary, compare = summarize(rows)
+    assert {(s["background_io"], s["n_reps"]) for s in summary} == {("off", 2), ("on", 2)}
+    c = compare[0]
+    assert c["p99_differs"] is True and c["fetch_rises"] is True and c["n_reps_on"] == 2
+    assert round(c["p99_delta_ms"], 1) == 50.5
+    rows = [h4_row("off", 0, 100.0), h4_row("off", 1, 140.0), h4_row("on", 0, 110.0), h4_row("on", 1, 130.0)]
+    assert summarize(rows)[1][0]["p99_differs"] is False
+
+
+def h6_row(t0, t1, c, hit, policy="lru", scan=0.0, fam="total", p50=10.0, p99=15.0):
+    return {"family": fam, "tier0_bytes": t0, "tier1_bytes": t1, "memory_budget_bytes": t0 + t1, "eviction_policy": policy,
+            "scan_share": scan, "concurrency": c, "memory_hit_pct": hit, "ttft_ms_p50": p50, "ttft_ms_p99": p99, "rep": 0}
+
+
+def test_hit_knee_is_the_last_step_above_half():
+    steps = [{"concurrency": 8, "memory_hit_pct": 90}, {"concurrency": 16, "memory_hit_pct": 60},
+             {"concurrency": 32, "memory_hit_pct": 10}, {"concurrency": 64, "memory_hit_pct": 55}]
+    assert hit_knee(steps) == (16, False)
+    assert hit_knee(steps[:2]) == (16, True)
+    assert hit_knee([{"concurrency": 8, "memory_hit_pct": 5}]) == (None, False)
+
+
+def test_knees_per_point_and_monotonicity():
+    rows = [h6_row(GIB // 3, 2 * GIB // 3, c, h) for c, h in ((8, 90), (16, 5), (32, 1))]
+    rows += [h6_row(4 * GIB // 3, 8 * GIB // 3, c, h) for c, h in ((8, 95), (16, 92), (32, 80))]
+    knees = knee_table(rows)
+    assert [k["hit_knee"] for k in knees] == [8, 32]
+    assert non_decreasing(knees, "hit_knee") is True
+    assert non_decreasing(list(reversed([{**k, "memory_budget_bytes": -k["memory_budget_bytes"]} for k in knees])),
+                          "hit_knee") is False
+
+
+def test_policy_table_and_lfu_gate():
+    rows = [h6_row(GIB, GIB, 8, 12.0, "lru", 0.5, "policy"), h6_row(GIB, GIB, 8, 20.0, "lfu", 0.5, "policy"),
+            h6_row(GIB, GIB, 8, 9.0, "fifo", 0.5, "policy"), h6_row(GIB, GIB, 16, 3.0, "lru", 0.5, "policy"),
+            h6_row(GIB, GIB, 16, 3.5, "lfu", 0.5, "policy")]
+    table = policy_table(rows)
+    lfu8 = next(r for r in table if r["eviction_policy"] == "lfu" and r["concurrency"] == 8)
+    assert lfu8["vs_lru_memory_hit_pp"] == 8.0
+    assert lfu_beats_lru(table) == (True, 8.0)
+    worse = [dict(r, vs_lru_memory_hit_pp=-5.0) if r["eviction_policy"] == "lfu" else r for r in table]
+    assert lfu_beats_lru(worse)[0] is False
