@@ -109,7 +109,29 @@ def template_names(spec: dict, tier2_dir: Path) -> dict:
     }
     kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
+    names["lora_config"] = lora_engine_config(spec["engine"])
     return names
+
+
+def lora_engine_config(engine: dict) -> dict | None:
+    """TRT-LLM's ``lora_config`` (LLM API options) from the engine's LoRA slots; None (key omitted) when off."""
+    if not engine.get("max_loras"):
+        return None
+    out = {"max_loras": int(engine["max_loras"])}
+    if engine.get("max_cpu_loras"):
+        out["max_cpu_loras"] = int(engine["max_cpu_loras"])
+    return out
+
+
+def resident_adapter_bytes(spec: dict, load: dict) -> int:
+    """Adapter bytes a cell keeps resident: min(adapters the load uses, resident slots) x adapter bytes."""
+    lora = load.get("lora") or {}
+    n = len(lora.get("adapters") or ()) or int(lora.get("count") or 0)
+    slots = int(spec["engine"].get("max_loras") or 0)
+    proxy = spec["stack"].get("proxy") or {}
+    if proxy:
+        slots = int(proxy.get("resident", slots) or slots)
+    return min(n, slots) * int(spec["engine"].get("lora_adapter_bytes") or 0)
 
 
 def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
@@ -234,7 +256,8 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
         from kvharness.workingset import working_set
 
-        ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]))
+        ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]),
+                         adapter_bytes=resident_adapter_bytes(spec, load))
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws}
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")

@@ -25,7 +25,7 @@ STACK_DIR = CONFIG_DIR / "stacks"
 STACK_KINDS = ("sim", "trtllm", "dynamo", "vllm", "sglang", "external")
 STACK_KEYS = {
     "description", "kind", "role", "tiered", "port", "metrics_port", "command", "pre_commands", "env",
-    "health_path", "metrics", "startup_timeout_s", "engine_yaml",
+    "health_path", "metrics", "startup_timeout_s", "engine_yaml", "proxy",
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: patterns whose load is a number of users in flight (the others are open loop: a rate)
@@ -318,6 +318,24 @@ def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
     load["workload"] = resolved["workload"]
 
 
+def hypothesis_engine(cfg: dict, hyp: str) -> dict:
+    """The engine settings of a hypothesis's cells: the top-level ``engine`` with its own ``engine`` over it."""
+    engine = dict(cfg["engine"])
+    for key, value in (cfg["hypotheses"][hyp].get("engine") or {}).items():
+        where = f"config error: hypotheses.{hyp}.engine.{key}"
+        if key not in engine:
+            raise ConfigError(f"{where}: unknown engine setting (known: {', '.join(sorted(engine))})")
+        if key != "lora_adapter_bytes" and type(value) is not type(engine[key]):
+            raise ConfigError(f"{where}: expected {type(engine[key]).__name__}, got {value!r}")
+        engine[key] = value
+    if "lora_adapter_bytes" in engine:
+        try:
+            engine["lora_adapter_bytes"] = parse_bytes(engine["lora_adapter_bytes"], "engine.lora_adapter_bytes")
+        except ValueError as exc:
+            raise ConfigError(f"config error: hypotheses.{hyp}: {exc}") from None
+    return engine
+
+
 def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     """Every cell of one hypothesis: one per stack role x point (see :func:`sweep_points`)."""
     from kvharness.analysis.axes import AXES, AxisError
@@ -343,7 +361,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "sweep": values,
                 "rep": 0,
                 "load": copy.deepcopy(h["load"]),
-                "engine": dict(cfg["engine"]),
+                "engine": hypothesis_engine(cfg, hyp),
                 "sim": dict(cfg["sim"]),
                 "telemetry": dict(cfg["telemetry"]),
                 "quality": dict(cfg["quality"]),

@@ -88,10 +88,18 @@ def render(value: str, names: Mapping[str, object], where: str) -> str:
     return text.format_map(names)
 
 
+OPTIONAL_NAMES = {"lora_config"}  # placeholders that may have no value: their key is then left out
+
+
+def _unset(node, names) -> bool:
+    return isinstance(node, str) and node.strip() in {f"{{{n}}}" for n in OPTIONAL_NAMES} \
+        and names.get(node.strip()[1:-1]) is None
+
+
 def _render_tree(node, names, where):
     """Render every string in a YAML tree; a string that is exactly one placeholder keeps its type."""
-    if isinstance(node, dict):
-        return {k: _render_tree(v, names, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, dict):  # an optional placeholder without a value leaves its key out
+        return {k: _render_tree(v, names, f"{where}.{k}") for k, v in node.items() if not _unset(v, names)}
     if isinstance(node, list):
         return [_render_tree(v, names, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str):
