@@ -127,11 +127,13 @@ def resident_adapter_bytes(spec: dict, load: dict) -> int:
     """Adapter bytes a cell keeps resident: min(adapters the load uses, resident slots) x adapter bytes."""
     lora = load.get("lora") or {}
     n = len(lora.get("adapters") or ()) or int(lora.get("count") or 0)
-    slots = int(spec["engine"].get("max_loras") or 0)
-    proxy = spec["stack"].get("proxy") or {}
-    if proxy:
-        slots = int(proxy.get("resident", slots) or slots)
-    return min(n, slots) * int(spec["engine"].get("lora_adapter_bytes") or 0)
+    slots, size = int(spec["engine"].get("max_loras") or 0), int(spec["engine"].get("lora_adapter_bytes") or 0)
+    proxy = spec["stack"].get("proxy")
+    if proxy:  # the proxy's resident set and adapter files stand in for the engine's
+        from kvharness.units import parse_bytes
+
+        slots, size = int(proxy["resident"]), parse_bytes(proxy["adapter_bytes"])
+    return min(n, slots) * size
 
 
 def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:

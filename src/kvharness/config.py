@@ -224,6 +224,13 @@ def load_stack(name: str, stack_dir: Path | None = None) -> dict:
     unknown = sorted(set(stack) - STACK_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
+    if stack.get("proxy") is not None:
+        from kvharness.proxy import check_stack_proxy
+
+        try:
+            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     kind = stack.get("kind")
     if kind not in STACK_KINDS:
         raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")

@@ -486,6 +486,51 @@ class Proxy:
         return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------------- in a stack config
+
+#: ``proxy:`` in a stack config (configs/stacks/*.yaml): the proxy is launched after the stack, in front of
+#: it (requests, health and the collector's ``proxy`` scrape go through it) and stopped before it.
+STACK_PROXY_KEYS = {
+    "port": "auto",                       # auto = a free port per cell
+    "resident": 8,                        # adapters kept resident
+    "adapter_bytes": "1MiB",
+    "dir": "{tier2_dir}/lora",            # the one adapter directory (a template like the stack's argv)
+    "forward": "strip",
+}
+
+
+def check_stack_proxy(path, value) -> dict:
+    """The stack config's ``proxy`` section with its defaults; ValueError names the key."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: proxy: expected a mapping of {', '.join(STACK_PROXY_KEYS)}")
+    unknown = sorted(set(value) - set(STACK_PROXY_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: proxy: unknown key '{unknown[0]}' (allowed: {', '.join(STACK_PROXY_KEYS)})")
+    out = {**STACK_PROXY_KEYS, **value}
+    if not isinstance(out["resident"], int) or out["resident"] < 0:
+        raise ValueError(f"{path}: proxy.resident: expected an integer >= 0, got {out['resident']!r}")
+    try:
+        parse_bytes(out["adapter_bytes"], "adapter_bytes")
+    except ValueError as exc:
+        raise ValueError(f"{path}: proxy.{exc}") from None
+    if out["forward"] not in ("strip", "model"):
+        raise ValueError(f"{path}: proxy.forward: expected strip or model, got {out['forward']!r}")
+    return out
+
+
+def stack_proxy_argv(cfg: dict, names: dict, backend_url: str, port: int, render) -> list[str]:
+    """argv of the proxy in front of a launched stack (``render`` fills ``{name}`` templates)."""
+    argv = [sys.executable, "-m", "kvharness", "proxy", "--backend", backend_url,
+            "--backend-model", str(names["served_model_name"]), "--host", str(names["host"]), "--port", str(port),
+            "--adapter-dir", render(cfg["dir"]), "--adapter-bytes", str(cfg["adapter_bytes"]),
+            "--resident", str(cfg["resident"]), "--forward", cfg["forward"]]
+    if str(names["host"]) not in ("127.0.0.1", "localhost", "::1"):
+        argv.append("--allow-remote")  # the workflow config allowed a remote bind for this cell's servers
+    return argv
+
+
 # ----------------------------------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

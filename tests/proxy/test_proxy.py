@@ -230,3 +230,40 @@ def test_non_loopback_bind_is_refused_unless_allowed():
     r = subprocess.run([sys.executable, "-m", "kvharness", "proxy", "--backend", "http://127.0.0.1:9", "--host", "0.0.0.0"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert r.returncode == 2 and "--allow-remote" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_stack_config_puts_the_proxy_in_front_and_tears_it_down(tmp_path):
+    from kvharness.config import load_stack
+    from kvharness.stacks.launcher import RunningStack, plan_launch
+
+    stack = load_stack("sim-A-lora-proxy")
+    names = {"host": "127.0.0.1", "model": "llama-3.1-8b", "precision": "fp8", "hardware": "gb10",
+             "served_model_name": MODEL, "tier0_bytes": 1 << 30, "tokens_per_block": 32, "max_batch_size": 8,
+             "max_num_tokens": 4096, "speedup": 50, "seed": 0, "tier2_dir": str(tmp_path / "t2")}
+    plan = plan_launch(stack, names, tmp_path)
+    assert plan.argvs[-1][1:4] == ["-m", "kvharness", "proxy"] and plan.base_url != f"http://127.0.0.1:{plan.port}"
+    assert plan.metrics_urls["proxy"] == plan.base_url + "/metrics"
+    with RunningStack(plan) as running:
+        r = complete(plan.base_url, {"model": MODEL, "adapter_id": "t1", "prompt": "hello there", "max_tokens": 2,
+                                     "stream": True})
+        assert r.status_code == 200 and "data: [DONE]" in r.text
+        assert (tmp_path / "t2" / "lora" / "t1.lora").stat().st_size == 1 << 20
+        pids = running.pids
+    for pid in pids:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+                open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_stack_proxy_section_is_checked(tmp_path):
+    from kvharness.config import ConfigError, load_stack
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("kind: sim\ncommand: [x]\nproxy: {resident: -1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: proxy.resident: expected an integer >= 0"):
+        load_stack(str(f))
+    f.write_text("kind: sim\ncommand: [x]\nproxy: {residents: 3}\n")
+    with pytest.raises(ConfigError, match=r"proxy: unknown key 'residents'"):
+        load_stack(str(f))

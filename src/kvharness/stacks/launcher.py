@@ -173,6 +173,14 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
     base_url = f"http://{host}:{port}"
     health = stack.get("health_path")
     metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
+    if stack.get("proxy") and launched:  # kvharness proxy in front: launched last, stopped first, serves the load
+        from kvharness.proxy import stack_proxy_argv
+
+        pport = _pick_port(stack["proxy"].get("port", "auto"), host, "proxy.port", stack["name"], launched)
+        argvs.append(stack_proxy_argv(stack["proxy"], all_names, base_url, pport,
+                                      lambda v: render(v, all_names, f"{where}: proxy")))
+        base_url = metrics["proxy"] = f"http://{host}:{pport}"
+        metrics["proxy"] += "/metrics"
     return LaunchPlan(
         name=stack["name"], kind=stack["kind"], argvs=argvs, env=env, host=host, port=port,
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
