@@ -3,7 +3,9 @@ NVMe reads from ``sysmon.jsonl``.
 
 Every tick of ``dynkv.jsonl`` holds counter *deltas* since the previous tick. The measured window starts
 ``warmup_s`` after the first scheduled request (the records' ``sched_ns`` and the ticks' ``mono_ns`` are the
-same monotonic clock); a tick counts when the interval it covers starts inside the window.
+same monotonic clock); a tick counts when the interval it covers ends inside the window (so the tick that
+straddles the end of the warm-up counts: "nothing after warm-up" is never flattered). ``*_all`` totals
+count every tick of the cell.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _ticks(path: Path, start_ns: int | None, interval_ns: int) -> list[dict]:
     ticks, _ = read_jsonl(path)
     if start_ns is None:
         return ticks
-    return [t for t in ticks if t.get("mono_ns") is not None and t["mono_ns"] - interval_ns >= start_ns]
+    return [t for t in ticks if t.get("mono_ns") is not None and t["mono_ns"] > start_ns]
 
 
 def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> dict:
@@ -40,9 +42,8 @@ def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> di
         records, _ = read_jsonl(cell_dir / "metrics.jsonl")
     interval_ns = int(spec["telemetry"]["interval_ms"] * 1e6)
     start = window_start_ns(records, float(spec["load"].get("warmup_s") or 0))
-    first = window_start_ns(records, 0.0)
     out: dict = {}
-    for label, since in (("", start), ("_all", first)):
+    for label, since in (("", start), ("_all", None)):
         ticks = _ticks(cell_dir / "dynkv.jsonl", since, interval_ns)
         sums = {f"tier{i}_{k}": 0 for i in range(3) for k in TIER_KEYS}
         sums.update({k: 0 for k in SIM_KEYS})
