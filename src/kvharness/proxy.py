@@ -157,6 +157,7 @@ class BackendConn(asyncio.Protocol):
         self.closed = False
         self.last_data = 0.0
         self.t_sent = 0.0
+        self.no_body = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -170,7 +171,8 @@ class BackendConn(asyncio.Protocol):
             else:
                 self._finish(False)
 
-    def send(self, sink, data: bytes) -> None:
+    def send(self, sink, data: bytes, no_body: bool = False) -> None:
+        self.no_body = no_body  # a HEAD request: the answer's Content-Length describes a body that never comes
         self.sink = sink
         self.state = "head"
         self.buf.clear()
@@ -200,6 +202,8 @@ class BackendConn(asyncio.Protocol):
             self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             clen = headers.get("content-length")
             self.remaining = int(clen) if (clen and not self.chunked) else None
+            if self.no_body or status in (204, 304) or 100 <= status < 200:
+                self.chunked, self.remaining = False, 0
             self.keep = headers.get("connection", "").lower() != "close" and (self.chunked or self.remaining is not None)
             self.state = "body"
             self.sink.head(status, headers)
@@ -321,7 +325,8 @@ class Relay:
         self.ctype = headers.get("content-type", "application/octet-stream")
         if status >= 400:
             self.proxy.c["backend_errors"] += 1
-        if "content-length" not in headers:  # chunked or close-delimited: pass each piece on as it comes
+        if "content-length" not in headers and not (self.backend and self.backend.no_body):
+            # chunked or close-delimited: pass each piece on as it comes
             self.streaming = True
             self.conn.start_stream(status, self.ctype)
 
@@ -448,7 +453,7 @@ class Proxy:
         head = [f"{req.method} {target} HTTP/1.1", f"Host: {self.backend_hostport}"]
         head += [f"{k}: {v}" for k, v in req.headers.items() if k not in HOP_BY_HOP]
         head.append(f"Content-Length: {len(body)}")
-        backend.send(relay, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        backend.send(relay, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body, req.method == "HEAD")
 
     # -- housekeeping ---------------------------------------------------------------------------
     async def sweep(self) -> None:

@@ -267,3 +267,11 @@ def test_stack_proxy_section_is_checked(tmp_path):
     f.write_text("kind: sim\ncommand: [x]\nproxy: {residents: 3}\n")
     with pytest.raises(ConfigError, match=r"proxy: unknown key 'residents'"):
         load_stack(str(f))
+
+
+def test_head_and_health_are_forwarded(proxy):
+    base, _ = proxy
+    assert httpx.get(base + "/health", timeout=5).status_code == 200
+    r = httpx.head(base + "/health", timeout=5)
+    assert r.status_code == 200
+    assert httpx.get(base + "/health", timeout=5).status_code == 200  # the connection pool is still sane
