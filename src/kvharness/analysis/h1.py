@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kvharness.analysis.cells import cell_row
+from kvharness.analysis.evidence import enough_samples
 from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, window_start_ns
@@ -24,7 +25,7 @@ H1_COLUMNS = [
     "stack", "role", "tiered", "lora_adapters", "lora_churn", "max_loras", "status", "n_requests", "n_ok",
     "adapters_used", "lora_loads", "lora_loads_all", "lora_reloads", "loads_per_1k_requests", "adapter_read_bytes",
     "tier2_bytes_in", "tier2_bytes_out", "tier2_read_bytes_total", "nvme_rps_mean", "nvme_rps_p95", "nvme_device",
-    "ttft_ms_p50", "ttft_ms_p99", "ttft_first_third_ms", "ttft_last_third_ms", "ttft_drift_ms",
+    "ttft_ms_p50", "ttft_ms_p99", "enough_samples_p99", "ttft_first_third_ms", "ttft_last_third_ms", "ttft_drift_ms",
 ]
 
 
@@ -68,6 +69,7 @@ def churn_row(cell_dir: str | Path) -> dict:
         "tier2_read_bytes_total": c["tier2_bytes_out"] + c["lora_loads"] * adapter_bytes,
         "nvme_rps_mean": c["nvme_rps_mean"], "nvme_rps_p95": c["nvme_rps_p95"], "nvme_device": c["nvme_device"],
         "ttft_first_third_ms": first, "ttft_last_third_ms": last, "ttft_drift_ms": drift,
+        "enough_samples_p99": enough_samples(row.get("n_ok"), 99),
     })
     return row
 

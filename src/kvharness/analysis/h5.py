@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kvharness.analysis.cells import cell_row
+from kvharness.analysis.evidence import enough_samples
 from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, hit_ratios, window_start_ns
@@ -25,6 +26,7 @@ H5_COLUMNS = [
     "adapter_bytes", "fits_in", "tier0_bytes", "tier1_bytes", "tier2_bytes", "t0_hit_ratio", "t1_hit_ratio",
     "t2_hit_ratio", "tier0_hit_blocks", "tier1_hit_blocks", "tier2_hit_blocks", "lookup_blocks", "spill_bytes", "tier1_bytes_in",
     "tier2_bytes_in", "lora_loads", "n_requests", "n_ok", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
+    "enough_samples_p95", "enough_samples_p99",
 ]
 #: the T0 hit ratio has "fallen" at a point once it is below this share of the highest ratio seen before T0
 T0_FALL = 0.9
@@ -50,6 +52,8 @@ def ws_row(cell_dir: str | Path) -> dict:
         "adapter_bytes": adapter_bytes,
         "kv_working_set_bytes": (ws["working_set_bytes"] - adapter_bytes) if ws.get("working_set_bytes") is not None else None,
         "spill_bytes": c["tier1_bytes_in"] + c["tier2_bytes_in"],
+        "enough_samples_p95": enough_samples(row.get("n_ok"), 95),
+        "enough_samples_p99": enough_samples(row.get("n_ok"), 99),
     })
     return row
 
@@ -197,6 +201,7 @@ register(Hypothesis(
     verdict=verdict,
     gates=gates,
     how_to_read="working_set_bytes = sessions x history tokens x KV bytes per token + min(adapters, resident slots) x "
-                "adapter bytes. A hit ratio is the share of prefix-block lookups served by that tier; T0 misses include "
-                "the blocks then found on T1/T2.",
+                "adapter bytes. A hit ratio is the share of prompt blocks looked up that the tier served. A cell has "
+                "sessions x (turns + resume turns) requests: its p95/p99 are marked by enough_samples_p95/_p99 "
+                "(kvharness.analysis.evidence: >= 100 / >= 500 successful requests).",
 ))
