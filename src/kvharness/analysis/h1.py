@@ -134,9 +134,15 @@ def verdict(result: Result) -> str:
     over = [r for r in rows if slots is not None and r["lora_adapters"] > slots and r.get("loads_per_1k_requests") is not None]
     if over:
         top = max(r["lora_adapters"] for r in over)
-        at_top = {r.get("lora_churn"): r for r in over if r["lora_adapters"] == top and r["role"] == max(x["role"] for x in over)}
+        treated = max(x["role"] for x in over)  # B when present: the treatment
+        at_top = {r.get("lora_churn"): r for r in over if r["lora_adapters"] == top and r["role"] == treated}
         loads = ", ".join(f"{churn} {r['loads_per_1k_requests']:.0f}" for churn, r in sorted(at_top.items(), key=str))
-        parts.append(f"at {top} adapters churn costs {loads} adapter loads per 1,000 requests")
+        stack = next(iter(at_top.values()))["stack"]
+        parts.append(f"at {top} adapters {stack} does {loads} adapter loads per 1,000 requests")
+        p99 = sorted(((r["role"], r["stack"], r.get("ttft_ms_p99")) for r in over
+                      if r["lora_adapters"] == top and r.get("lora_churn") == "random" and r.get("ttft_ms_p99") is not None))
+        if len(p99) > 1:
+            parts.append("p99 TTFT under random churn there: " + ", ".join(f"{s} {v:.0f} ms" for _, s, v in p99))
         for stack in sorted({r["stack"] for r in over}):
             mine = [r for r in over if r["stack"] == stack and r.get("ttft_drift_ms") is not None]
             if mine:
