@@ -16,7 +16,6 @@ wildcard_constraints:
     cell="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-
 include: "rules/measure.smk"
 include: "rules/analyze.smk"
 include: "rules/report.smk"

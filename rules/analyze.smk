@@ -9,19 +9,19 @@ for _hyp in PRESENT:
         name:
             f"analyze_{_hyp}"
         input:
+            **upstream_inputs(_hyp),
             cells=cell_dirs(_hyp),
             code=analysis_code(_hyp),
-            **upstream_inputs(_hyp),
         output:
             **analysis_outputs(_hyp),
+        log:
+            f"results/{_hyp}/logs/analyze.log",
+        conda:
+            "../envs/kvharness.yaml"
         params:
             hyp=_hyp,
             needs=list(registry.get(_hyp).needs),
             modules=CFG["hypothesis_modules"],
             config=CFG["hypotheses"][_hyp],
-        conda:
-            "../envs/kvharness.yaml"
-        log:
-            f"results/{_hyp}/logs/analyze.log",
         script:
             "../workflow/scripts/analyze.py"

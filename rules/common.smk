@@ -1,13 +1,21 @@
-# Helpers shared by every rule module: config validation, cell expansion, the hypothesis registry.
+# Helpers shared by the .smk files (config validation, cell expansion, the hypothesis registry).
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from kvharness.analysis import registry  # noqa: E402
-from kvharness.config import ConfigError, cell_index, needs_uwork, validate_config  # noqa: E402
+from kvharness.config import (
+    ConfigError,
+    cell_index,
+    check_config_files,
+    validate_config,
+)  # noqa: E402
 
 try:
+    check_config_files(
+        workflow.configfiles
+    )  # strict re-read: duplicate keys, emptied sections
     CFG = validate_config(config)
     CELLS = cell_index(CFG)
     HYPS = registry.load(CFG["hypothesis_modules"])
@@ -56,7 +64,8 @@ def cell_inputs(wildcards):
 
 def cell_uwork(wildcards):
     """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
-    U_work re-measures exactly the cells that used the old value, and an unchanged one re-measures none."""
+    U_work re-measures exactly the cells that used the old value, and an unchanged one re-measures none.
+    """
     if not uses_uwork(wildcards):
         return None
     uwork_checkpoint()
@@ -68,13 +77,17 @@ def cell_uwork(wildcards):
         for row in csv.DictReader(fh):
             if row["stack"] == stack and row.get("u_work_used"):
                 return {"value": int(float(row["u_work_used"])), "from": path}
-    raise ConfigError(f"{path}: no U_work for stack {stack!r}: add its role to the stacks of the U_work hypothesis")
+    raise ConfigError(
+        f"{path}: no U_work for stack {stack!r}: add its role to the stacks of the U_work hypothesis"
+    )
 
 
 def analysis_code(hyp):
     """Library files the analysis of `hyp` can run (import closure): editing them reruns it, never a cell."""
     h = registry.get(hyp)
-    return sorted(set(registry.code_closure(h.module)) | set(registry.code_closure(RUNNER)))
+    return sorted(
+        set(registry.code_closure(h.module)) | set(registry.code_closure(RUNNER))
+    )
 
 
 def analysis_outputs(hyp):
@@ -85,9 +98,15 @@ def analysis_outputs(hyp):
         fig = next((f for f in h.figures if f.name == name), None)
         table = next((t for t in h.tables if t.name == name), None)
         if fig is not None:
-            out[name] = report(path, caption=caption_file(hyp, name, fig.caption), category=hyp)
+            out[name] = report(
+                path, caption=caption_file(hyp, name, fig.caption), category=hyp
+            )
         elif table is not None and name == "summary":
-            out[name] = report(path, caption=caption_file(hyp, name, table.description or h.question), category=hyp)
+            out[name] = report(
+                path,
+                caption=caption_file(hyp, name, table.description or h.question),
+                category=hyp,
+            )
         else:
             out[name] = path
     return out
@@ -103,7 +122,10 @@ def caption_file(hyp, name, text):
 
 
 def upstream_inputs(hyp):
-    return {f"up_{name}": registry.result_path(name, PRESENT) for name in registry.get(hyp).needs}
+    return {
+        f"up_{name}": registry.result_path(name, PRESENT)
+        for name in registry.get(hyp).needs
+    }
 
 
 def all_outputs():

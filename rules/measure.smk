@@ -6,16 +6,16 @@ rule measure_cell:
         unpack(cell_inputs),
     output:
         directory("results/{hyp}/cells/{cell}"),
-    params:
-        spec=cell_spec,
-        uwork=cell_uwork,
-    conda:
-        "../envs/kvharness.yaml"
     log:
         "results/{hyp}/logs/{cell}.log",
     benchmark:
         "results/{hyp}/benchmarks/{cell}.tsv"
+    conda:
+        "../envs/kvharness.yaml"
     resources:
         stack_slot=1,
+    params:
+        spec=cell_spec,
+        uwork=cell_uwork,
     script:
         "../workflow/scripts/run_cell.py"

@@ -6,9 +6,9 @@ rule html_report:
         all_outputs(),
     output:
         "results/report.html",
-    conda:
-        "../envs/kvharness.yaml"
     log:
         "results/logs/report.log",
+    conda:
+        "../envs/kvharness.yaml"
     script:
         "../workflow/scripts/html_report.py"

@@ -9,6 +9,7 @@ and :class:`CellFailed` is raised so the workflow marks the job failed and a rer
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import stats
+from kvharness import cellguard, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
@@ -49,7 +50,16 @@ class CellInterrupted(KeyboardInterrupt):
     """SIGTERM/SIGHUP during a cell (SIGINT arrives as a plain KeyboardInterrupt)."""
 
 
+_interrupted: list[str] = []
+
+
 def _raise_interrupt(signum, _frame):
+    # Only the first signal interrupts: a second one (the parent-death signal and the watch thread
+    # both fire when Snakemake dies) must not break the teardown that the first one started.
+    if _interrupted:
+        log.warning("signal %s during teardown: ignored (teardown under way)", signal.Signals(signum).name)
+        return
+    _interrupted.append(signal.Signals(signum).name)
     raise CellInterrupted(f"signal {signal.Signals(signum).name}")
 
 
@@ -234,12 +244,112 @@ def _quality(collector_summary: dict | None, collector_rc: int | None) -> dict:
     }
 
 
+def log_outcome(summary: dict) -> str:
+    """Log (and return) the cell log's closing line: status, request counts, TTFT p50/p99, tier-2 bytes,
+    and why the cell was degraded or failed."""
+    req = summary.get("requests") or {}
+
+    def ms(key: str) -> str:
+        return "-" if req.get(key) is None else f"{req[key]:.1f}"
+
+    why = (summary.get("reason") or "").splitlines()[:1] or summary.get("degraded_because") or []
+    line = (f"cell {summary.get('hyp')}/{summary.get('cell')} {summary.get('status')}: "
+            f"requests {req.get('n_ok', 0)} ok / {req.get('n_errors', 0)} errors, "
+            f"TTFT p50 {ms('ttft_ms_p50')} ms p99 {ms('ttft_ms_p99')} ms, "
+            f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
+            + (f"; because: {', '.join(why)}" if why else ""))
+    level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
+    log.log(level, "%s", line)
+    return line
+
+
 def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
-    """Measure one cell into ``out_dir``; returns the cell summary. Raises CellFailed (folder kept)."""
+    """Measure one cell into ``out_dir``; returns the cell summary. Raises CellFailed (folder kept).
+
+    The whole measurement holds the machine-wide benchmark lock (cellguard.BenchmarkLock) and dies
+    with the workflow (cellguard.ParentWatch).
+    """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _interrupted.clear()
+    watch = cellguard.ParentWatch().start()
+    try:
+        lock = cellguard.BenchmarkLock(f"{spec['hyp']}/{spec['cell']}", out_dir.resolve()).acquire(cellguard.lock_wait())
+    except cellguard.BenchmarkBusy as exc:
+        watch.stop()
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
+    except BaseException:
+        watch.stop()
+        raise
+    try:
+        return _measure(spec, out_dir, uwork_csv, uwork, lock, watch)
+    finally:
+        lock.release()
+        watch.stop()
+
+
+def _dead_stack_line(spec: dict, stack: RunningStack, dead: subprocess.Popen) -> str:
+    """Which part of which stack died, by its role in the config (not the interpreter's path)."""
+    idx = stack.procs.index(dead)
+    part = "main command" if idx == len(stack.procs) - 1 else f"pre_commands[{idx}]"
+    return f"stack {stack.plan.name} (role {spec['role']}, {part}, pid {dead.pid}) exited with code {dead.returncode}"
+
+
+def _wait_load(loadgen: subprocess.Popen, stack: RunningStack, budget: float, poll_s: float = 0.02):
+    """Wait for the load; stop it at once when a stack process dies. (rc or None on timeout, dead proc)."""
+    deadline = time.monotonic() + budget
+    while True:
+        rc = loadgen.poll()
+        if rc is not None:
+            return rc, stack.dead_process()
+        dead = stack.dead_process()
+        if dead is not None:
+            terminate_group(loadgen, grace_s=5.0)
+            return loadgen.returncode, dead
+        if time.monotonic() > deadline:
+            return None, None
+        time.sleep(poll_s)
+
+
+LOADGEN_EXIT = {
+    3: "the load stopped after load.max_errors failed requests in a row (see loadgen.log)",
+    4: "the load generator could not write its records (disk full?) and stopped; see loadgen.log",
+}
+
+
+def _write_text(path: Path, text: str) -> str | None:
+    """Write a file of the cell folder whole or not at all (via a sibling, then rename); the OSError's
+    text instead of raising (a full disk), so a failed write never leaves a cut or empty file."""
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_text(text)
+        os.replace(part, path)
+        return None
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        return f"cannot write {path.name}: {exc.strerror or exc}"
+
+
+def _stamp_cell_json(tmp: Path, **stamps) -> str | None:
+    """Add the measurement's UTC start/end (taken under the benchmark lock) to cell.json."""
+    try:
+        resolved = json.loads((tmp / "cell.json").read_text())
+    except (OSError, ValueError):
+        return None
+    resolved.setdefault("measurement", {}).update(stamps)
+    return _write_text(tmp / "cell.json", json.dumps(resolved, indent=2, default=str))
+
+
+def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.BenchmarkLock,
+             watch: cellguard.ParentWatch) -> dict:
+    try:
+        claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
+    except cellguard.BenchmarkBusy as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
+    except OSError as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
+    tmp = claim.tmp
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = utc_now()
@@ -260,13 +370,15 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
 
         ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]),
                          adapter_bytes=resident_adapter_bytes(spec, load))
-        resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws}
+        resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws,
+                    "measurement": {"lock": lock.describe(), "started_utc": started}}
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)
         stack.start()
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
+        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
 
         block_bytes = None
@@ -292,6 +404,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             "request_timeout_s": load.get("request_timeout_s", 60.0),
             "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
             "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
+            "max_consecutive_errors": load.get("max_errors", 100),
         }
         for key in ("lora", "slo", "max_requests"):
             if load.get(key) is not None:
@@ -301,23 +414,23 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
         budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
-        try:
-            loadgen_rc = loadgen.wait(timeout=budget)
-        except subprocess.TimeoutExpired:
-            loadgen_rc = None
+        loadgen_rc, dead = _wait_load(loadgen, stack, budget)
+        if loadgen_rc is None and dead is None:
             failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
         summary["loadgen_rc"] = loadgen_rc
-        dead = stack.dead_process()
         if dead is not None:
-            failure = failure or f"stack process {dead.args[0]!r} exited with code {dead.returncode} during the load (crash)"
+            failure = failure or f"{_dead_stack_line(spec, stack, dead)} during the load (crash); the load was stopped"
         elif loadgen_rc not in (0, None) and failure is None:
-            failure = f"load generator exited with code {loadgen_rc} (see loadgen.log)"
+            failure = LOADGEN_EXIT.get(loadgen_rc, f"load generator exited with code {loadgen_rc} (see loadgen.log)")
     except StackLaunchError as exc:
         failure = scrub(str(exc))
     except ConfigError as exc:
         failure = str(exc)
     except KeyboardInterrupt as exc:
-        failure = f"interrupted ({exc or 'SIGINT'})"
+        died = watch.parent_died(wait_s=1.0 if "SIGTERM" in str(exc) else 0.0)  # SIGTERM is also the parent-death signal
+        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({exc or 'SIGINT'})"
+    except OSError as exc:  # the cell folder cannot be written (disk full, read-only)
+        failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
         try:
             for proc in (loadgen, collector):
@@ -371,15 +484,39 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     summary["started_utc"] = started
     summary["finished_utc"] = utc_now()
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
-    scrub_logs(tmp)
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {
-        "cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
-        "code_fingerprint": measurement_fingerprint()}), indent=2))
+    write_error = _write_cell_files(tmp, spec, summary)
+    if write_error is not None and failure is None:  # a full disk while finishing: failed, keep what was written
+        failure = write_error
+        summary["status"] = "failed"
+        summary["reason"] = failure
+        _write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str))
+    log_outcome(summary)
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        (tmp / "reason.txt").write_text(failure + "\n")
+        reason_error = _write_text(tmp / "reason.txt", failure + "\n")
+        if reason_error is not None:  # the log is the last place the reason can go
+            log.error("cell %s/%s failed: %s (%s)", spec["hyp"], spec["cell"], failure.splitlines()[0], reason_error)
         os.replace(tmp, failed_dir)
+        cellguard.drop_owner_file(failed_dir)
+        claim.finish()
         raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} failed: {failure.splitlines()[0]} (kept in {failed_dir})")
     os.replace(tmp, out_dir)
+    cellguard.drop_owner_file(out_dir)
+    claim.finish()
     return summary
+
+
+def _write_cell_files(tmp: Path, spec: dict, summary: dict) -> str | None:
+    """Scrub the logs and write summary.json, provenance.json and cell.json's stamps; the first write
+    error as one line (the cell then counts as failed), never an exception."""
+    errors = []
+    try:
+        scrub_logs(tmp)
+    except OSError as exc:
+        errors.append(f"cannot scrub the logs: {exc.strerror or exc}")
+    errors.append(_write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str)))
+    errors.append(_write_text(tmp / "provenance.json", json.dumps(
+        provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
+                               "code_fingerprint": measurement_fingerprint()}), indent=2)))
+    errors.append(_stamp_cell_json(tmp, started_utc=summary["started_utc"], finished_utc=summary["finished_utc"]))
+    return next((e for e in errors if e), None)

@@ -36,6 +36,94 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line: where, and what was expected."""
 
 
+# --------------------------------------------------------------------------- strict YAML
+
+REQUIRED_SECTIONS = ("stacks", "profiles", "hypotheses")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _construct_strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: let the normal constructor raise its error
+            break
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given at line {first.line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_strict_mapping)
+
+
+def load_yaml_strict(path: str | Path) -> Any:
+    """Parse a YAML file; a duplicate key or a syntax error is a ConfigError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: {exc.problem or 'not valid YAML'}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def check_config_file(path: str | Path, model: str | None = None) -> dict:
+    """One workflow config file on its own: strict YAML, a mapping, no required section emptied, and
+    every stack it names loadable; errors name the file and the field (``stacks.A``)."""
+    path = Path(path)
+    raw = load_yaml_strict(path)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got a {type(raw).__name__}")
+    for key in REQUIRED_SECTIONS:
+        if key in raw and not raw[key]:
+            raise ConfigError(f"{path}: {key}: empty; give at least one entry or leave the key out "
+                              "(an empty section would silently keep the defaults it was meant to replace)")
+    stacks = raw.get("stacks")
+    if isinstance(stacks, dict):
+        for role, name in stacks.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{path}: stacks.{role}: expected a stack name or a path to a .yaml file, got {name!r}")
+            try:
+                load_stack(name, where=f"stacks.{role}")
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {str(exc).removeprefix('config error: ')}") from None
+    if model is not None and isinstance(raw.get("hypotheses"), dict):  # contexts vs the model's window, naming this file
+        try:
+            _check_context_limits({"model": model, "hypotheses": raw["hypotheses"]})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {str(exc).removeprefix('config error: ')}") from None
+        except (TypeError, ValueError):
+            pass  # a value of the wrong type: the schema check of the merged config names it
+    return raw
+
+
+def check_config_files(paths) -> None:
+    """Re-read the files Snakemake loaded (``workflow.configfiles``) strictly: Snakemake's own loader
+    keeps the last of two equal keys and merges an emptied section over the defaults."""
+    paths = list(paths)
+    raws = [check_config_file(p) for p in paths]
+    model = next((r["model"] for r in reversed(raws) if isinstance(r.get("model"), str)),
+                 load_schema()["properties"]["model"].get("default"))
+    for path in paths:
+        check_config_file(path, model=model)
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -143,7 +231,8 @@ def _check_semantics(cfg: dict) -> None:
         if parse_bytes(prof["tier0"]) == 0:
             raise ConfigError(f"config error: profiles.{name}.tier0: expected a device KV pool > 0 bytes")
     for role, stack_name in cfg["stacks"].items():
-        load_stack(stack_name)  # raises ConfigError naming the file
+        load_stack(stack_name, where=f"stacks.{role}")  # raises ConfigError naming the file and stacks.<role>
+    _check_context_limits(cfg)
     for hyp, h in cfg["hypotheses"].items():
         where = f"hypotheses.{hyp}"
         for role in h["stacks"]:
@@ -193,34 +282,64 @@ def needs_uwork(h: dict) -> bool:
     return kind in CLOSED_PATTERNS and h["load"].get("concurrency") == "uwork" and "concurrency" not in swept_axes(h)
 
 
+def _check_context_limits(cfg: dict) -> None:
+    """Every prompt + output of every sweep and workload fits the model's ``max_context_tokens``
+    (configs/models.yaml); a model without the field (or not in the file) is not checked."""
+    from kvharness.sim.profiles import default_models_path
+
+    models_path = default_models_path()
+    models = (load_yaml_strict(models_path) or {}).get("models") or {}
+    limit = (models.get(cfg["model"]) or {}).get("max_context_tokens")
+    if limit is None:
+        return
+    for hyp, h in cfg["hypotheses"].items():
+        if not isinstance(h, dict) or not isinstance(h.get("load"), dict) or not isinstance(h["load"].get("workload"), dict):
+            continue  # a single file of a merged config may lack them: the merged config is checked too
+        wl = h["load"]["workload"]
+        out = int(wl.get("output_tokens", 16))
+        asked = [(f"hypotheses.{hyp}.sweep.context_tokens", c) for c in (h.get("sweep") or {}).get("context_tokens", [])]
+        if "context_tokens" in wl:
+            asked.append((f"hypotheses.{hyp}.load.workload.context_tokens", wl["context_tokens"]))
+        asked += [(f"hypotheses.{hyp}.load.workload.buckets.{b.get('name')}.max_tokens", b["max_tokens"])
+                  for b in wl.get("buckets", []) if isinstance(b, dict) and "max_tokens" in b]
+        for where, ctx in asked:
+            if int(ctx) + out > int(limit):
+                raise ConfigError(
+                    f"config error: {where}: {ctx} prompt + {out} output tokens exceed the context window of model "
+                    f"{cfg['model']!r} ({limit} tokens, {models_path}: models.{cfg['model']}.max_context_tokens)"
+                )
+
+
 # --------------------------------------------------------------------------- stacks
 
 
-def load_stack(name: str, stack_dir: Path | None = None) -> dict:
+def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") -> dict:
     """Read and check a stack config; ConfigError names the file and the key.
 
     ``name`` is a file stem in configs/stacks/ (``sim-A``) or a path to a ``.yaml`` file; either way the
     stack's name (used in cell ids) is the file stem and must be ``[A-Za-z0-9][A-Za-z0-9_-]*``.
     """
-    if name.endswith((".yaml", ".yml")) or "/" in name:
+    if not isinstance(name, str):
+        raise ConfigError(f"config error: {where}: expected a stack name or a path to a .yaml file, got {name!r}")
+    if name.endswith((".yaml", ".yml")):
         path = Path(name)
         if not path.is_file():
-            raise ConfigError(f"config error: stacks: stack config file {name!r} not found")
+            raise ConfigError(f"config error: {where}: stack config file {name!r} not found")
+    elif "/" in name:
+        raise ConfigError(f"config error: {where}: {name!r} is neither a stack name in configs/stacks/ nor a path "
+                          "to a .yaml stack config")
     else:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise ConfigError(f"config error: stacks: invalid stack name {name!r} (letters, digits, _ and -)")
+            raise ConfigError(f"config error: {where}: invalid stack name {name!r} (letters, digits, _ and -)")
         path = (stack_dir or STACK_DIR) / f"{name}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in (stack_dir or STACK_DIR).glob("*.yaml"))
-            raise ConfigError(f"config error: stacks: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
+            raise ConfigError(f"config error: {where}: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", path.stem):
-        raise ConfigError(f"{path}: the file name must be a stack name (letters, digits, _ and -)")
-    try:
-        stack = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path} ({where}): the file name must be a stack name (letters, digits, _ and -)")
+    stack = load_yaml_strict(path) or {}
     if not isinstance(stack, dict):
-        raise ConfigError(f"{path}: expected a mapping of stack settings")
+        raise ConfigError(f"{path} ({where}): expected a mapping of stack settings, got a {type(stack).__name__}")
     unknown = sorted(set(stack) - STACK_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
@@ -412,11 +531,12 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config error: config file {path} not found")
+    raw = check_config_file(path)
+    check_config_file(path, model=raw.get("model") or load_schema()["properties"]["model"].get("default"))
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return validate_config(raw)
+        return validate_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {str(exc).removeprefix('config error: ')}") from None
 
 
 def dumps(obj: Any) -> str:

@@ -110,7 +110,7 @@ def test_bursty_pattern(server):
     recs.sort(key=lambda r: r["sched_ns"])
     first_burst_end = max(r["end_ns"] for r in recs[:4])
     # due pause_s after the client saw the burst's last end: at or just after the kernel's stamp of it
-    assert 0 <= recs[4]["sched_ns"] - first_burst_end - 100_000_000 < 2_000_000
+    assert 0 <= recs[4]["sched_ns"] - first_burst_end - 100_000_000 < 10_000_000  # loose: a busy 2-core box
 
 
 def test_duration_and_warmup_windows(server):
@@ -264,3 +264,38 @@ def test_kernel_stamps_by_default_with_read_lag_in_summary(server, tmp_path):
         assert summary["read_lag_ms_p99"] is not None and summary["read_lag_ms_p99"] >= 0
     for r in (json.loads(x) for x in lines):  # kernel stamps keep the order of a request's events
         assert r["sched_ns"] <= r["sent_ns"] <= r["first_byte_ns"] <= r["first_token_ns"] <= r["end_ns"]
+
+
+def test_max_consecutive_errors_counts_failures_in_a_row_only(server):
+    server.behaviour.update(status=503)
+    runner, summary, recs = run(spec_for(server, max_requests=1000, max_consecutive_errors=7,
+                                         pattern={"kind": "closed", "concurrency": 1}))
+    assert runner.stop_reason == "max_consecutive_errors" and len(recs) == 7
+    server.behaviour.update(status=200)
+    runner, _, recs = run(spec_for(server, max_requests=30, max_consecutive_errors=1))
+    assert runner.stop_reason != "max_consecutive_errors" and len(recs) == 30
+
+
+class FullDisk(io.StringIO):
+    """An output that takes ``room`` characters, then fails like a full disk (a cut last write)."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room
+
+    def write(self, text):
+        left = self.room - self.tell()
+        if len(text) > left:
+            super().write(text[:max(0, left)])
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_a_failed_write_stops_the_run_and_is_reported(server):
+    out = FullDisk(room=2500)
+    runner = Runner(validate_spec(spec_for(server, max_requests=None, duration_s=30.0)), out)
+    summary = asyncio.run(asyncio.wait_for(runner.run(), timeout=20))
+    assert runner.stop_reason == "write_failed"
+    assert summary["write_error"].startswith("No space left on device") and summary["n_unwritten"] >= 1
+    text = out.getvalue()
+    assert len(text) == 2500 and not text.endswith("\n")  # the cut last line stays as written

@@ -1,7 +1,9 @@
 """The whole pipeline through Snakemake on the simulated stacks (slow: real processes, real load)."""
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +63,23 @@ def test_cell_folders_hold_records_and_provenance(finished_run):
     assert not list((finished_run / "results/H0/cells").glob("*.tmp"))
 
 
+def test_cell_logs_end_with_the_outcome_line_and_export_reads_back(finished_run):
+    import pandas as pd
+
+    log_lines = (finished_run / "results/H0/logs/sim-B_c2.log").read_text().splitlines()
+    assert re.search(r"cell H0/sim-B_c2 (ok|degraded): requests \d+ ok / 0 errors, TTFT p50 [\d.]+ ms p99 [\d.]+ ms, "
+                     r"tier-2 ", log_lines[-1]), log_lines[-3:]
+    out = finished_run / "requests-H0.parquet"
+    proc = subprocess.run([sys.executable, "-m", "kvharness", "export", "--results", str(finished_run / "results"),
+                           "--hyp", "H0", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_parquet(out)
+    cells = sorted((finished_run / "results/H0/cells").glob("sim-*"))
+    per_cell = {c.name: len((c / "metrics.jsonl").read_text().splitlines()) for c in cells}
+    assert len(df) == sum(per_cell.values()) and df.groupby("cell").size().to_dict() == per_cell
+    assert set(df["sweep_concurrency"]) == {1, 2, 128} and df["lat_ttft_ms"].notna().any()
+
+
 def test_planted_secret_is_nowhere_in_results_or_logs(finished_run):
     leaks = [str(p) for p in finished_run.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()]
     assert not leaks
@@ -111,3 +130,68 @@ def test_ctrl_c_during_a_cell_leaves_no_process_and_no_complete_folder(tmp_path)
     assert not (tmp_path / "results/H0/cells/sim-B_c128").exists()
     kept = list((tmp_path / "results/H0/cells").glob("sim-B_c128.failed-*"))
     assert kept and "interrupted" in (kept[0] / "reason.txt").read_text()
+
+
+def _measured(proc) -> set[str]:
+    import re
+
+    return set(re.findall(r"wildcards: hyp=(H\d+), cell=([A-Za-z0-9_-]+)", proc.stdout + proc.stderr))
+
+
+def test_a_changed_uwork_remeasures_exactly_its_cells_and_an_unchanged_one_none(finished_run):
+    code = ROOT / "src/kvharness/analysis/knee.py"
+    original = code.read_bytes()
+    before = {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")}
+    try:
+        # a stricter stability ratio: no step is stable any more, so U_work falls to the lowest step
+        code.write_bytes(original.replace(b"STABLE_RATIO = 2.0", b"STABLE_RATIO = 1.0001"))
+        proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        after = {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")}
+        changed = {s for s in after if after[s] != before[s]}
+        assert changed, (before, after)
+        assert _measured(proc) == {("H8", s) for s in changed}  # H0's cells are never re-measured
+        for s in changed:
+            spec = json.loads((finished_run / f"results/H8/cells/{s}/cell.json").read_text())
+            assert spec["load"]["concurrency"] == int(after[s])
+            assert spec["load"]["concurrency_source"]["from"] == "results/H0/uwork.csv"
+    finally:
+        code.write_bytes(original)  # a new mtime, so Snakemake sees the change back
+    proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")  # back to the old U_work
+    assert proc.returncode == 0
+    assert {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")} == before
+    try:
+        code.write_bytes(original + b"\n# an edit that leaves U_work as it is\n")
+        proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")
+        assert proc.returncode == 0
+        assert "analyze_H0" in proc.stdout + proc.stderr
+        assert _measured(proc) == set()
+    finally:
+        code.write_bytes(original)
+
+
+def test_a_toy_hypothesis_runs_end_to_end_through_the_generated_rule(tmp_path):
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(f"""
+hypothesis_modules: [{Path(__file__).with_name('toy_hypothesis.py')}]
+hypotheses:
+  H42:
+    stacks: [A]
+    profile: spill
+    sweep: {{context_tokens: [64, 128]}}
+    load:
+      concurrency: 2
+      workload: {{kind: fixed_context, context_tokens: 64, output_tokens: 4}}
+      duration_s: 1
+""")
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), f"--configfile={cfg}", "--cores", "1",
+                           "results/H42/summary.csv"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "results/H42/summary.csv")
+    assert [(r["stack"], r["ctx"]) for r in rows] == [("sim-A", "64"), ("sim-A", "128")]
+    assert all(int(r["n_ok"]) > 0 for r in rows)
+    verdict = json.loads((tmp_path / "results/H42/verdict.json").read_text())
+    n = sum(int(r["n_ok"]) for r in rows)
+    assert verdict["verdict"] == f"{n} requests succeeded."
+    assert verdict["gates"][0]["passed"] is True and verdict["cell_status"] == {"ok": 2}
+    assert (tmp_path / "results/H42/toy.png").is_file()

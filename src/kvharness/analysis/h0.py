@@ -14,7 +14,7 @@ H0_COLUMNS = [
     "stack", "role", "tiered", "profile", "concurrency", "status", "n_requests", "n_ok", "n_errors", "error_rate",
     "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "ttft_p99_over_p50", "stable",
     "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s", "output_tok_s",
-    "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes",
+    "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes", "code_fingerprint",
 ]
 
 

@@ -21,7 +21,7 @@ OVERHEAD_LIMIT_PCT = 3.0
 H7_COLUMNS = [
     "stack", "telemetry_interval_ms", "interval_achieved_median_ms", "interval_achieved_p99_ms", "ticks_missed",
     "alignment", "collector_cpu_pct_of_core", "overhead_ok", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
-    "p99_impact_pct", "tail_requests", "tail_covered", "tail_resolved",
+    "p99_impact_pct", "tail_requests", "tail_covered", "tail_resolved", "code_fingerprint",
 ]
 
 

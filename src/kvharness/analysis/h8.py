@@ -12,7 +12,7 @@ LATENCY_COLUMNS = [f"{m}_p{q}" for m in ("ttft_ms", "e2e_ms") for q in (50, 95, 
 H8_COLUMNS = [
     "stack", "role", "tiered", "profile", "status", "u_work", "concurrency", "memory_budget_bytes",
     "tier0_bytes", "tier1_bytes", "tier2_bytes", "n_requests", "n_ok", "n_errors", "error_rate",
-    *LATENCY_COLUMNS, "req_s", "output_tok_s", "kv_hit_pct", "tier2_file_bytes", "client_bound",
+    *LATENCY_COLUMNS, "req_s", "output_tok_s", "kv_hit_pct", "tier2_file_bytes", "client_bound", "code_fingerprint",
 ]
 H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "error_rate"]
 

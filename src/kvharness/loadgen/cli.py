@@ -1,8 +1,9 @@
 """`kvharness loadgen`: drive an OpenAI-compatible streaming endpoint and record every request.
 
 Exit codes: 0 the run completed (request errors are in the records), 2 bad input (one line on
-stderr naming the field), 3 stopped early by ``max_errors``, 130 SIGINT, 143 SIGTERM — in every case
-after ``metrics.jsonl`` and the summary of what completed were written.
+stderr naming the field), 3 stopped early by ``max_errors``/``max_consecutive_errors``, 4 stopped because
+a record could not be written (disk full: what was written is kept, a cut last line is counted), 130
+SIGINT, 143 SIGTERM — in every case after ``metrics.jsonl`` and the summary of what completed were written.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from kvharness.loadgen.spec import SpecError, validate_spec
 EPILOG = """\
 Examples:
   kvharness loadgen --spec load.json --out metrics.jsonl --summary-out loadgen_summary.json
+  kvharness loadgen --spec load.json --percentiles 50,90,99 --format json > summary.json
   kvharness loadgen --base-url http://127.0.0.1:8355 --model llama-3.1-8b --concurrency 16 \\
       --context-tokens 2048 --output-tokens 32 --duration-s 10 --out metrics.jsonl
 
 Without --spec the flags build a closed-loop fixed_context spec; with --spec they override its values.
 The spec format (patterns closed|bursty|constant|poisson|gamma|ramp|trace; workloads
 fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.md.
-Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors, 130 SIGINT, 143 SIGTERM.
+The run ends with a table on stdout (requests, duration, req/s, output tok/s, goodput; TTFT, TPOT, ITL
+and E2E mean / percentiles / max in ms); a progress bar is shown on stderr only when both stdout and
+stderr are terminals (--progress on forces it).
+Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors or max_consecutive_errors, 4 a record or the
+summary could not be written (disk full), 130 SIGINT, 143 SIGTERM.
 """
 
 
@@ -35,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="METRICS_JSONL", default="metrics.jsonl",
                         help="per-request records, one JSON line each, flushed per record (default: %(default)s)")
     parser.add_argument("--summary-out", metavar="SUMMARY_JSON", default=None,
-                        help="run summary (kvharness.stats.summarize_requests + self-check); default: print to stdout")
+                        help="run summary (kvharness.stats.summarize_requests + self-check + the table's figures "
+                             "under latency_ms), written as JSON")
+    parser.add_argument("--percentiles", default="50,90,95,99", metavar="Q,Q,...",
+                        help="percentiles in the final table and in the summary's latency_ms (default: %(default)s)")
+    parser.add_argument("--format", choices=("table", "json", "none"), default="table",
+                        help="what goes to stdout at the end: the result table, the JSON summary, or nothing "
+                             "(default: %(default)s)")
     g = parser.add_argument_group("convenience flags (build a spec without a file, or override --spec)")
     g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8355")
     g.add_argument("--model", help="model name sent in every request")
@@ -119,17 +131,44 @@ def _event_loop_runner():
         return asyncio.Runner(), "asyncio"
 
 
+def _measured_records(path: str) -> list[dict]:
+    """The records of the measure window, read back from the flushed ``metrics.jsonl``."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("window", "measure") == "measure":
+                    out.append(rec)
+    return out
+
+
+def _say(*parts) -> None:
+    """A line on stderr; a stderr that cannot be written (its log is on a full disk) is not an error."""
+    try:
+        print(*parts, file=sys.stderr)
+    except OSError:
+        pass
+
+
 def main(args: argparse.Namespace) -> int:
+    from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table
+
+    try:
+        percentiles = parse_percentiles(args.percentiles)
+    except PercentileError as exc:
+        print(f"kvharness loadgen: {exc}", file=sys.stderr)
+        return 2
     try:
         spec = validate_spec(build_spec(args))
         from kvharness.loadgen.patterns import make_pattern  # noqa: F401 - trace files are read here
 
         pattern = make_pattern(spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
+        _say(str(exc))
         return 2
     except (OSError, ValueError) as exc:
-        print(f"load spec: pattern.path: {exc}", file=sys.stderr)
+        _say(f"load spec: pattern.path: {exc}")
         return 2
 
     from kvharness.loadgen.progress import RichProgress, want_progress
@@ -144,26 +183,50 @@ def main(args: argparse.Namespace) -> int:
         summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
     else:
         progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
-        with open(args.out, "w", encoding="utf-8") as out:
+        out = open(args.out, "w", encoding="utf-8")
+        try:
             runner = Runner(spec, out, pattern=pattern, progress=progress)
             with runner_ctx as loop_runner:
                 summary = loop_runner.run(runner.run())
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass  # the write error is already in the summary (write_error): the run stopped on it
         signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
+    latency = latency_table(_measured_records(args.out), percentiles)
+    summary["latency_ms"] = latency
+    summary["table_percentiles"] = list(percentiles)
     if args.summary_out:
-        _write_json_atomic(args.summary_out, summary)
-    else:
-        json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
-    if summary.get("client_bound"):
-        print("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
-              f"{summary.get('send_lag_ms_p99')} ms, CPU {summary.get('client_cpu_pct'):.0f} % of a core); "
-              "latencies include client delay", file=sys.stderr)
+        try:
+            _write_json_atomic(args.summary_out, summary)
+        except OSError as exc:
+            _say(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}")
+            return 4
+    if summary.get("client_bound"):  # before the table, so that the table is what a terminal ends with
+        lag = summary.get("send_lag_ms_p99")
+        _say("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
+             f"{'?' if lag is None else f'{lag:.2f}'} ms, CPU {summary.get('client_cpu_pct') or 0:.0f} % of a core); "
+             "latencies include client delay")
+    try:
+        if args.format == "json":
+            json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
+            sys.stdout.write("\n")
+        elif args.format == "table":
+            sys.stdout.write(render_table(summary, latency, percentiles))
+        sys.stdout.flush()
+    except OSError:
+        pass
     if signal_name == "SIGINT":
         return 130
     if signal_name == "SIGTERM":
         return 143
-    if stop_reason == "max_errors":
-        print(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors (max_errors)", file=sys.stderr)
+    if stop_reason == "write_failed":
+        _say(f"kvharness loadgen: stopped: writing records failed: {summary.get('write_error')} "
+              f"({summary.get('n_unwritten')} records not written)")
+        return 4
+    if stop_reason in ("max_errors", "max_consecutive_errors"):
+        _say(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})")
         return 3
     return 0

@@ -77,6 +77,9 @@ class Runner:
         self.n_sent = 0
         self.n_done = 0
         self.n_errors = 0
+        self.n_errors_in_row = 0  # failed requests since the last success (max_consecutive_errors)
+        self.write_error: str | None = None  # the first failed write of a record (disk full): the run stops
+        self.n_unwritten = 0  # records that could not be written after it
         self.stop_reason: str | None = None
         self.signal_name: str | None = None
         self.selfcheck = SelfCheck()
@@ -322,8 +325,7 @@ class Runner:
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending:
-            self.out.write("".join(pending))
-            self.out.flush()
+            self._emit("".join(pending), len(pending))
 
     def _bookkeep(self, ticket, req, timer, ex, sent_ns, rc, error_class, error, end_ns, end_hint, counted) -> None:
         if ex is not None and ex.parts:
@@ -422,16 +424,34 @@ class Runner:
         if self._pending is not None:
             self._pending.append(line)
         else:
-            self.out.write(line)
-            self.out.flush()
+            self._emit(line, 1)
+        if ok:
+            self.n_errors_in_row = 0
         self.n_done += 1
         self.workload.completed(ticket, req, ok, timer.text if req.keep_text else "")
 
+    def _emit(self, text: str, n_records: int) -> None:
+        """Write and flush records; the first failed write (ENOSPC, EIO) stops the run, never crashes it."""
+        if self.write_error is not None:
+            self.n_unwritten += n_records
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError as exc:
+            self.write_error = f"{exc.strerror or exc} ({getattr(self.out, 'name', 'output')})"
+            self.n_unwritten += n_records
+            self.request_stop("write_failed")
+
     def _note_error(self) -> None:
         self.n_errors += 1
+        self.n_errors_in_row += 1
         max_errors = self.spec["max_errors"]
         if max_errors is not None and self.n_errors >= max_errors:
             self.request_stop("max_errors")
+        in_row = self.spec.get("max_consecutive_errors")
+        if in_row is not None and self.n_errors_in_row >= in_row:
+            self.request_stop("max_consecutive_errors")
 
     def _window(self, sched_ns: int) -> str:
         if sched_ns < self.measure_start_ns:
@@ -560,9 +580,21 @@ class Runner:
     def records(self) -> list[dict]:
         if self.lines is not None:
             return [json.loads(line) for line in self.lines]
-        self.out.flush()
+        try:
+            self.out.flush()
+        except OSError:
+            pass  # a full disk: what reached the file is what counts
         with open(self.out_path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            text = fh.read()
+        lines = [line for line in text.split("\n") if line.strip()]
+        self.n_torn = 0
+        if lines and not text.endswith("\n"):
+            try:
+                json.loads(lines[-1])
+            except ValueError:  # the last write was cut (disk full): counted, not parsed
+                lines.pop()
+                self.n_torn = 1
+        return [json.loads(line) for line in lines]
 
     def summary(self) -> dict:
         records = self.records if self.summarize else []
@@ -582,6 +614,9 @@ class Runner:
             "n_cancelled": self.n_sent - self.n_done,
             "stop_reason": self.stop_reason,
             "interrupted": self.signal_name,
+            "write_error": self.write_error,
+            "n_unwritten": self.n_unwritten,
+            "n_torn_records": getattr(self, "n_torn", 0),
             "achieved_send_rate": _send_rate(records),
             "sched_lag_ms_p99": check["send_lag_ms_p99"],
             "client_bound_records": sum(1 for r in records if r.get("client_bound")),

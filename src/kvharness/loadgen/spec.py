@@ -321,6 +321,7 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "seed": (integer(), 0),
     "request_timeout_s": (number(0.0, exclusive=True), 60.0),
     "max_errors": (integer(1, nullable=True), None),
+    "max_consecutive_errors": (integer(1, nullable=True), None),
     "labels": (mapping("scalar"), {}),
     "slo": (_check_slo, {"ttft_ms": None, "tpot_ms": None, "e2e_ms": None}),
     "headers": (mapping("str"), {}),

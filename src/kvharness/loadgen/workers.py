@@ -144,8 +144,15 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    records, torn = [], 0
     with open(out_path, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a worker's write cut by a full disk (then another worker's lines follow)
+                torn += 1
     summary = summarize_requests([r for r in records if r.get("window") == "measure"], slo=spec["slo"])
     if spec.get("lora"):
         summary["per_adapter"] = per_adapter(r for r in records if r.get("window") == "measure")
@@ -155,6 +162,7 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     summary.update({
         "workers": len(procs),
         "workers_failed": sum(1 for r in results if r is None),
+        "n_torn_records": torn,
         "n_records": len(records),
         "n_excluded_warmup": sum(1 for r in records if r.get("window") == "warmup"),
         "n_excluded_cooldown": sum(1 for r in records if r.get("window") == "cooldown"),
@@ -171,7 +179,8 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     summary["achieved_send_rate"] = ((len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9)
                                      if len(sent) > 1 and sent[-1] > sent[0] else None)
     sig = got_signal[0] if got_signal else None
-    reason = "max_errors" if "max_errors" in stop_reasons else (stop_reasons[0] if stop_reasons else None)
+    first = [r for r in ("write_failed", "max_errors", "max_consecutive_errors") if r in stop_reasons]
+    reason = first[0] if first else (stop_reasons[0] if stop_reasons else None)
     return summary, sig, reason
 
 

@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless --allow-remote)")
     p.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --host")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8355 for A, 9000 for B)")
+    p.add_argument("--fd", type=int, default=None,
+                   help="serve the API on this inherited listening socket (the harness bound the port; "
+                        "--port then only names it)")
+    p.add_argument("--metrics-fd", type=int, default=None, help="mode B: the same for the KVBM metrics port")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="mode B: port of the kvbm_* metrics server (default $DYN_KVBM_METRICS_PORT or 6880; 0 = off)")
     p.add_argument("--models-config", default=None, help="profiles YAML (default configs/models.yaml)")
@@ -123,7 +127,8 @@ def build_config(args):
     return SimConfig(
         mode=mode, timing=timing, served_model_name=args.served_model_name or args.model_profile,
         host=args.host, port=args.port if args.port is not None else (8355 if mode == "A" else 9000),
-        metrics_port=mport, tier0_bytes=parse_bytes(args.tier0_bytes, "--tier0-bytes"), tier1_bytes=t1,
+        metrics_port=mport, listen_fd=args.fd, metrics_listen_fd=args.metrics_fd if mode == "B" else None,
+        tier0_bytes=parse_bytes(args.tier0_bytes, "--tier0-bytes"), tier1_bytes=t1,
         tier2_bytes=t2, tier2_dir=t2dir, tokens_per_block=args.tokens_per_block, max_batch_size=args.max_batch_size,
         max_num_tokens=args.max_num_tokens, eviction_policy=args.eviction_policy,
         block_bytes_scale=args.block_bytes_scale, speedup=args.speedup, seed=args.seed, jitter=args.jitter,

@@ -9,11 +9,40 @@
 
 from __future__ import annotations
 
+import math
+
 from kvharness.sim.metrics import TOKEN_BUCKETS, Registry
 
 LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01,
                0.025, 0.05, 0.1, 0.5, 1.0)
 FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _two_significant(value: float) -> float:
+    magnitude = math.floor(math.log10(value))
+    return round(value, 1 - magnitude)
+
+
+def log_buckets(lo: float, hi: float, count: int) -> tuple[float, ...]:
+    """Bucket bounds the way the Dynamo frontend makes them: 0, then ``count - 1`` log-spaced values
+    from above ``lo`` up to ``hi``, each rounded to two significant figures, duplicates dropped."""
+    step = (math.log(hi) - math.log(lo)) / (count - 1)
+    bounds = {0.0} | {_two_significant(math.exp(math.log(lo) + step * i)) for i in range(1, count)}
+    return tuple(sorted(bounds))
+
+
+def dynamo_latency_buckets(lo: float, hi: float, count: int, fine_count: int) -> tuple[float, ...]:
+    """Every bound of the real frontend's default histogram (``log_buckets(lo, hi, count)``) plus a finer
+    grid of ``fine_count`` over the same range, so that a dashboard query on a real ``le`` works unchanged
+    and a percentile interpolated from the buckets lands within a few per cent."""
+    return tuple(sorted(set(log_buckets(lo, hi, count)) | set(log_buckets(lo, hi, fine_count))))
+
+
+# the Dynamo frontend's defaults (lib/llm/src/http/service/metrics.rs: DYN_METRICS_TTFT_* 0.001..480 s in
+# 18, DYN_METRICS_ITL_* 0.001..2 s in 13, DYN_METRICS_REQUEST_DURATION_* 1..512 s in 10), refined
+TTFT_BUCKETS = dynamo_latency_buckets(0.001, 480.0, 18, 100)
+ITL_BUCKETS = dynamo_latency_buckets(0.001, 2.0, 13, 60)
+REQUEST_DURATION_BUCKETS = tuple(sorted(set(log_buckets(1.0, 512.0, 10)) | set(log_buckets(0.001, 512.0, 100))))
 
 
 class SimMetrics:
@@ -53,9 +82,12 @@ class SimMetrics:
             self.itl_hist = None
         else:
             lab = {"model": model}
-            self.ttft = r.histogram("dynamo_frontend_time_to_first_token_seconds", "Time to first token", const_labels=lab)
-            self.itl_hist = r.histogram("dynamo_frontend_inter_token_latency_seconds", "Inter-token latency", const_labels=lab)
-            self.e2e = r.histogram("dynamo_frontend_request_duration_seconds", "Request duration", const_labels=lab)
+            self.ttft = r.histogram("dynamo_frontend_time_to_first_token_seconds", "Time to first token",
+                                    const_labels=lab, buckets=TTFT_BUCKETS)
+            self.itl_hist = r.histogram("dynamo_frontend_inter_token_latency_seconds", "Inter-token latency",
+                                        const_labels=lab, buckets=ITL_BUCKETS)
+            self.e2e = r.histogram("dynamo_frontend_request_duration_seconds", "Request duration",
+                                   const_labels=lab, buckets=REQUEST_DURATION_BUCKETS)
             self.isl = r.histogram("dynamo_frontend_input_sequence_tokens", "Input sequence length", const_labels=lab, buckets=TOKEN_BUCKETS)
             self.osl = r.histogram("dynamo_frontend_output_sequence_tokens", "Output sequence length", const_labels=lab, buckets=TOKEN_BUCKETS)
             self.cached_hist = r.histogram("dynamo_frontend_cached_tokens", "Cached prompt tokens", const_labels=lab, buckets=TOKEN_BUCKETS)

@@ -3,7 +3,9 @@
 Why not aiohttp.web: the engine emits one token for every running stream per step (256+ streams on one
 core). With a raw protocol the engine writes each SSE event straight into the connection's transport,
 synchronously, with no task wake-up per token. Supports keep-alive, pipelined requests (answered in
-order), ``Content-Length`` request bodies, chunked streaming responses.
+order), ``Content-Length`` request bodies, chunked streaming responses. A ``HEAD`` request gets the
+headers the same ``GET`` would get (``Content-Length`` included) and no body (RFC 9110 §9.3.2): a
+client that reuses the connection would otherwise read the stray body as the next status line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Connection(asyncio.Protocol):
         self.keep_alive = True
         self.lost_callbacks: list = []
         self._continued = False
+        self._head_only = False  # the request being answered is a HEAD: headers, never a body
 
     # -- protocol --------------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -104,6 +107,7 @@ class Connection(asyncio.Protocol):
             self.keep_alive = keep
             path, _, query = target.partition("?")
             self.busy = True
+            self._head_only = method == "HEAD"
             try:
                 self.handler(self, Request(method, path, query, headers, body, keep))
             except Exception as e:  # pragma: no cover - handler bug: answer rather than hang
@@ -126,7 +130,8 @@ class Connection(asyncio.Protocol):
             self._done()
             return
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.transport.write(self._head(status, ctype, extra + f"Content-Length: {len(body)}\r\n\r\n") + body)
+        head = self._head(status, ctype, extra + f"Content-Length: {len(body)}\r\n\r\n")
+        self.transport.write(head if self._head_only else head + body)
         self._done()
 
     def start_stream(self, status: int = 200, ctype: str = "text/event-stream") -> None:
@@ -134,17 +139,17 @@ class Connection(asyncio.Protocol):
             self.transport.write(self._head(status, ctype, "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"))
 
     def write_chunk(self, data: bytes) -> None:
-        if not self.closed:
+        if not self.closed and not self._head_only:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def write_framed(self, chunk: bytes) -> None:
         """A chunk the caller framed itself (``size\r\ndata\r\n``): the simulator's per-token hot path
         formats event and framing in one step."""
-        if not self.closed:
+        if not self.closed and not self._head_only:
             self.transport.write(chunk)
 
     def end_stream(self, data: bytes = b"") -> None:
-        if not self.closed:
+        if not self.closed and not self._head_only:
             if data:
                 self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
             else:
@@ -153,6 +158,7 @@ class Connection(asyncio.Protocol):
 
     def _done(self) -> None:
         self.busy = False
+        self._head_only = False
         if self.closed:
             return
         if not self.keep_alive:

@@ -23,6 +23,19 @@ from kvharness.sim.tier2 import Tier2Store
 from kvharness.tokens import chat_prompt_text, split_words
 
 
+async def _listen(loop, factory, host: str, port: int, fd: int | None, backlog: int):
+    """Serve on an inherited listening socket ``fd`` (the harness reserved the port), else bind host:port."""
+    if fd is None:
+        return await loop.create_server(factory, host, port, backlog=backlog)
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM:
+        raise OSError(f"--fd {fd} is not a TCP socket")
+    sock.setblocking(False)
+    return await loop.create_server(factory, sock=sock, backlog=backlog)
+
+
 @dataclass
 class SimConfig:
     mode: str
@@ -31,6 +44,8 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 8355
     metrics_port: int = 0
+    listen_fd: int | None = None  # an inherited listening socket for the API port (--fd)
+    metrics_listen_fd: int | None = None  # the same for the KVBM metrics port (--metrics-fd)
     tier0_bytes: int = 8 << 30
     tier1_bytes: int = 0
     tier2_bytes: int = 0
@@ -78,10 +93,29 @@ def _usage_json(seq) -> str:
 _WORD_BYTES = {w: w.encode() for w in VOCAB}  # the engine's words, encoded once
 
 
-def _error_body(status: int, message: str, etype: str | None = None) -> bytes:
+def _error_body(status: int, message: str, etype: str | None = None, extra: dict | None = None) -> bytes:
+    """An OpenAI-shaped error: ``{"error": {"message", "type", "code", ...}}``."""
     etype = etype or {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error",
                       503: "service_unavailable"}.get(status, "server_error")
-    return json.dumps({"error": {"message": message, "type": etype, "code": status}}).encode()
+    return json.dumps({"error": {"message": message, "type": etype, "code": status, **(extra or {})}}).encode()
+
+
+def _stream_options(so, stream: bool) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats) from ``stream_options``; ValueError for what is not honoured.
+
+    ``continuous_usage_stats`` (vLLM's extension) puts the running usage in every chunk; like vLLM it
+    applies together with ``include_usage``, and asking for it alone is refused rather than ignored."""
+    if so is None:
+        return False, False
+    if not isinstance(so, dict):
+        raise ValueError("'stream_options' must be an object")
+    if not stream:
+        raise ValueError("'stream_options' is only allowed with \"stream\": true")
+    include_usage = bool(so.get("include_usage"))
+    continuous = bool(so.get("continuous_usage_stats"))
+    if continuous and not include_usage:
+        raise ValueError("stream_options.continuous_usage_stats needs include_usage: true")
+    return include_usage, continuous
 
 
 class StreamSink:
@@ -89,9 +123,10 @@ class StreamSink:
 
     __slots__ = ("conn", "chat", "head", "tail", "tail_last", "role_event", "include_usage", "usage_head",
                  "n", "malformed", "drip", "loop", "_t_next", "server", "endpoint", "rid", "_mid_fmt", "_mid_len",
-                 "_fast")
+                 "_fast", "continuous", "tail_usage", "tail_last_usage")
 
-    def __init__(self, server, conn, rid, model, created, chat, include_usage, malformed, drip_s):
+    def __init__(self, server, conn, rid, model, created, chat, include_usage, malformed, drip_s,
+                 continuous_usage=False):
         self.server = server
         self.conn = conn
         self.chat = chat
@@ -121,7 +156,12 @@ class StreamSink:
         mid = b"data: " + self.head + b'"'
         self._mid_len = len(mid) + 2 + len(self.tail)
         self._mid_fmt = b"%x\r\n" + mid.replace(b"%", b"%%") + b'%b "' + self.tail.replace(b"%", b"%%") + b"\r\n"
-        self._fast = not malformed and not drip_s
+        # continuous_usage_stats (only with include_usage): every chunk's "usage" is the running count
+        self.continuous = continuous_usage and include_usage
+        null_end = b'null}\n\n'
+        self.tail_usage = self.tail[:-len(null_end)] if self.continuous else b""
+        self.tail_last_usage = self.tail_last[:-len(null_end)] if self.continuous else b""
+        self._fast = not malformed and not drip_s and not self.continuous
         self.include_usage = include_usage
         self.n = 0
         self.malformed = malformed
@@ -151,7 +191,12 @@ class StreamSink:
             wb = _WORD_BYTES.get(word) or word.encode()
             self.conn.write_framed(self._mid_fmt % (self._mid_len + len(wb), wb))
             return
-        if self.n == 1 and self.role_event is not None:
+        if self.continuous:
+            data = (b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last_usage if last else self.tail_usage)
+                    + _usage_json(seq).encode() + b"}\n\n")
+            if self.n == 1 and self.role_event is not None:
+                data = self.role_event + data
+        elif self.n == 1 and self.role_event is not None:
             data = self.role_event + b"data: " + self.head + b'"' + word.encode() + b' "' + (self.tail_last if last else self.tail)
         elif self.malformed and self.n == 2:
             data = b'data: {"id":"' + self.rid.encode() + b'","object":"malformed\n\n'
@@ -254,10 +299,11 @@ class SimServer:
         if cfg.fault_crash_after > 0:
             self.engine.on_complete = self._maybe_crash
         self.engine.start()
-        srv = await loop.create_server(lambda: Connection(self.handle), cfg.host, cfg.port, backlog=2048)
+        srv = await _listen(loop, lambda: Connection(self.handle), cfg.host, cfg.port, cfg.listen_fd, 2048)
         self.servers.append(srv)
-        if cfg.mode == "B" and cfg.metrics_port:
-            ksrv = await loop.create_server(lambda: Connection(self.handle_kvbm), cfg.host, cfg.metrics_port, backlog=128)
+        if cfg.mode == "B" and (cfg.metrics_port or cfg.metrics_listen_fd is not None):
+            ksrv = await _listen(loop, lambda: Connection(self.handle_kvbm), cfg.host, cfg.metrics_port,
+                                 cfg.metrics_listen_fd, 128)
             self.servers.append(ksrv)
         if cfg.startup_time_s > 0:
             loop.call_later(cfg.startup_time_s, self._set_ready)
@@ -290,7 +336,7 @@ class SimServer:
         path = req.path
         if path in ("/v1/completions", "/v1/chat/completions"):
             if req.method != "POST":
-                conn.respond(405, _error_body(405, "use POST"))
+                conn.respond(405, _error_body(405, f"{path} accepts POST only"), headers={"Allow": "POST"})
                 return
             # parsed later, one request per loop iteration, so a burst of arrivals never delays a step
             self._intake.append((conn, req, path.endswith("chat/completions")))
@@ -362,11 +408,27 @@ class SimServer:
         if self.cfg.mode == "B":
             self.metrics.requests.labels(endpoint, rtype, status).inc()
 
-    def _reject(self, conn, status: int, message: str, endpoint: str, rtype: str, headers=None) -> None:
-        conn.respond(status, _error_body(status, message), headers=headers)
+    def _reject(self, conn, status: int, message: str, endpoint: str, rtype: str, headers=None,
+                etype: str | None = None, extra: dict | None = None) -> None:
+        conn.respond(status, _error_body(status, message, etype, extra), headers=headers)
         self.metrics.requests_sim.labels(f"http_{status}").inc()
         if self.cfg.mode == "B":
             self.metrics.requests.labels(endpoint, rtype, "error").inc()
+
+    def _unknown_model(self, body: dict) -> tuple[int, str] | None:
+        """(status, message) when the request's ``model`` is not served here, None when it is. Served:
+        the configured name, any valid adapter name when adapters are enabled (``--max-loras``; an
+        adapter is loaded on first use), or no ``model`` at all (the configured one is used)."""
+        model = body.get("model")
+        if model is None or model == "" or model == self.cfg.served_model_name:
+            return None
+        if not isinstance(model, str):
+            return 400, f"'model' must be a string, got {type(model).__name__}"
+        if self.lora is not None and valid_adapter_id(model):
+            return None
+        hint = ("" if self.lora is not None else
+                "; LoRA adapters are not enabled, so an adapter name is not a model here (start with --max-loras N)")
+        return 404, f"model {model!r} does not exist: this server serves {self.cfg.served_model_name!r}{hint}"
 
     def _generate(self, conn: Connection, req, chat: bool) -> None:
         cfg = self.cfg
@@ -388,6 +450,12 @@ class SimServer:
             return
         stream = bool(body.get("stream", False))
         rtype = "stream" if stream else "unary"
+        model_error = self._unknown_model(body)
+        if model_error is not None:
+            status, message = model_error
+            self._reject(conn, status, message, endpoint, rtype, etype="invalid_request_error",
+                         extra={"param": "model", "code": "model_not_found"} if status == 404 else {"param": "model"})
+            return
         if cfg.fault_error_rate > 0 and self.fault_rng.random() < cfg.fault_error_rate:
             st = cfg.fault_error_status
             self.metrics.faults.labels(f"http_{st}").inc()
@@ -420,8 +488,13 @@ class SimServer:
             max_tokens = 16 if mt is None else int(mt)
             if max_tokens < 1:
                 raise ValueError("max_tokens must be >= 1")
-            so = body.get("stream_options") or {}
-            include_usage = bool(so.get("include_usage")) if isinstance(so, dict) else False
+            n = body.get("n", 1)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"'n' must be an integer >= 1, got {n!r}")
+            if n is not None and n > 1:
+                raise ValueError(f"n={n} is not supported by the simulator (one choice per request): "
+                                 "send n separate requests instead")
+            include_usage, continuous_usage = _stream_options(body.get("stream_options"), stream)
         except (ValueError, TypeError) as e:
             self._reject(conn, 400, str(e), endpoint, rtype)
             return
@@ -443,7 +516,7 @@ class SimServer:
         if stream:
             malformed = cfg.fault_malformed_every > 0 and self.n_requests % cfg.fault_malformed_every == 0
             sink = StreamSink(self, conn, rid, resp_model, created, chat, include_usage, malformed,
-                              cfg.fault_slow_drip_ms / 1000.0)
+                              cfg.fault_slow_drip_ms / 1000.0, continuous_usage)
         else:
             sink = FullSink(self, conn, rid, resp_model, created, chat)
         try:

@@ -25,6 +25,7 @@ from typing import Mapping
 import yaml
 
 from kvharness.config import ConfigError
+from kvharness.stacks import identity
 
 PR_SET_PDEATHSIG = 1
 
@@ -127,6 +128,7 @@ class LaunchPlan:
     log_path: Path
     engine_yaml_path: Path | None = None
     names: dict = field(default_factory=dict)
+    held_sockets: list = field(default_factory=list)  # reserved listeners the stack inherits (identity.reserve)
 
     def describe(self) -> dict:
         return {
@@ -154,10 +156,14 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
     """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values."""
     host = str(names.get("host", "127.0.0.1"))
     launched = stack["kind"] != "external"
-    port = _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
-    metrics_port = _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched)
+    held = identity.reserve_ports(stack, host) if launched else {}
+    port = held["port"].getsockname()[1] if "port" in held else _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
+    metrics_port = (held["metrics_port"].getsockname()[1] if "metrics_port" in held
+                    else _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched))
     all_names = dict(names)
-    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port})
+    all_names.update({"python": sys.executable, "host": host, "port": port, "metrics_port": metrics_port,
+                      "port_fd": held["port"].fileno() if "port" in held else None,
+                      "metrics_port_fd": held["metrics_port"].fileno() if "metrics_port" in held else None})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
     if stack.get("engine_yaml") is not None:
@@ -186,6 +192,7 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path) -> L
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
         metrics_urls=metrics, startup_timeout_s=float(stack.get("startup_timeout_s", 60)),
         log_path=workdir / "server.log", engine_yaml_path=engine_yaml_path, names=all_names,
+        held_sockets=list(held.values()),
     )
 
 
@@ -221,6 +228,7 @@ class RunningStack:
         self.poll_s = poll_s
         self.procs: list[subprocess.Popen] = []
         self._log = None
+        self.identity: dict | None = None  # what verify_identity proved about the listeners
 
     @property
     def pids(self) -> list[int]:
@@ -231,17 +239,33 @@ class RunningStack:
             return self
         self._log = open(self.plan.log_path, "ab", buffering=0)
         env = child_env(self.plan.env)
-        for argv in self.plan.argvs:
-            try:
-                proc = subprocess.Popen(
-                    argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                    **child_popen_kwargs(),
-                )
-            except OSError as exc:
-                self.stop()
-                raise StackLaunchError(f"stack {self.plan.name}: cannot start {argv[0]!r}: {exc.strerror}") from None
-            self.procs.append(proc)
+        fds = tuple(s.fileno() for s in self.plan.held_sockets)
+        try:
+            for argv in self.plan.argvs:
+                try:
+                    proc = subprocess.Popen(
+                        argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                        pass_fds=fds, **child_popen_kwargs(),
+                    )
+                except OSError as exc:
+                    self.stop()
+                    raise StackLaunchError(f"stack {self.plan.name}: cannot start {argv[0]!r}: {exc.strerror}") from None
+                self.procs.append(proc)
+        finally:
+            identity.release(self.plan.held_sockets)  # the stack holds its copies now
         return self
+
+    def verify_identity(self) -> dict:
+        """Prove the listeners on the stack's ports are processes of this launch (identity.verify_listeners)."""
+        if self.plan.kind == "external":
+            self.identity = identity.external_note(self.plan.name)
+            return self.identity
+        ports = [p for p in (self.plan.port, self.plan.metrics_port) if p]
+        try:
+            self.identity = identity.verify_listeners(self.plan.name, self.plan.host, ports, self.pids, self.plan.argvs)
+        except identity.ForeignListener as exc:
+            raise StackLaunchError(str(exc)) from None
+        return self.identity
 
     def dead_process(self) -> subprocess.Popen | None:
         return next((p for p in self.procs if p.poll() is not None), None)
@@ -251,6 +275,7 @@ class RunningStack:
         import httpx
 
         if not self.plan.health_url:
+            self.verify_identity()
             return 0.0
         t0 = time.monotonic()
         deadline = t0 + self.plan.startup_timeout_s
@@ -266,6 +291,7 @@ class RunningStack:
                 try:
                     resp = client.get(self.plan.health_url)
                     if resp.status_code == 200:
+                        self.verify_identity()
                         return time.monotonic() - t0
                     last = f"HTTP {resp.status_code}"
                 except httpx.HTTPError as exc:
@@ -279,6 +305,7 @@ class RunningStack:
                 time.sleep(self.poll_s)
 
     def stop(self, grace_s: float = 5.0) -> None:
+        identity.release(self.plan.held_sockets)  # reserved but never handed over (start failed early)
         for proc in reversed(self.procs):  # main command first, then what it depends on
             terminate_group(proc, grace_s)
         if self._log is not None:
