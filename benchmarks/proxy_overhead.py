@@ -1,18 +1,20 @@
 """TTFT through `kvharness proxy` vs direct, same simulator, same run.
 
-    python benchmarks/proxy_overhead.py [--concurrency 64] [--duration-s 10] [--limit-ms 2]
+    python benchmarks/proxy_overhead.py [--concurrency 64] [--duration-s 8] [--rounds 2] [--limit-ms 2]
 
 One simulator (sim-A, LoRA off) serves two closed-loop `kvharness loadgen` runs at the same time:
 ``--concurrency`` users straight to the simulator and ``--concurrency`` users through the proxy, whose
 requests name one of ``--adapters`` adapters (all resident after the first use, which falls in the
-warm-up) that the proxy strips. Both see the same engine steps and the same batch, so the difference
-of their TTFT percentiles is what the proxy adds (parsing, the adapter lookup, one more loopback hop,
-re-framing every chunk). Prints p50/p99 TTFT per path and the differences; exit 1 when the p99
-difference exceeds ``--limit-ms`` (2 ms, the acceptance target) or a path has no successful request.
+warm-up) that the proxy strips. Both see the same engine steps and the same batch, so the difference of
+their TTFT percentiles is what the proxy adds (parsing, the adapter lookup, one more loopback hop,
+re-framing every chunk). Rounds alternate which generator process is started first; each path's
+records are pooled over the rounds. Prints p50/p99 TTFT per path, the differences and the machine's
+load; exit 1 when the p99 difference exceeds ``--limit-ms`` (2 ms, the acceptance target) or a path has
+no successful request.
 
-Pin nothing: the proxy, both generators and the simulator share the machine. On a busy 2-core box the
-processes wait for each other and the p99 difference measures the scheduler, not the proxy; run it on
-an idle machine with >= 4 cores for a verdict.
+Nothing is pinned: the proxy, both generators and the simulator share the machine. On a busy 2-core box
+the processes wait for each other and the differences measure the scheduler (they come out positive or
+negative by more than 2 ms from run to run); run it on an idle machine with >= 4 cores for a verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 
+from machine import StealMeter, load_average
 from sim_common import ROOT, free_port, sim_process
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -47,7 +50,8 @@ def load_spec(base: str, concurrency: int, duration_s: float, warmup_s: float, l
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=64, help="users per path (direct and proxied)")
-    ap.add_argument("--duration-s", type=float, default=10.0)
+    ap.add_argument("--duration-s", type=float, default=8.0, help="seconds per round")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, alternating which generator starts first")
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--speedup", type=float, default=20.0)
     ap.add_argument("--adapters", type=int, default=8)
@@ -79,18 +83,23 @@ def main() -> int:
             paths = {"direct": load_spec(base, a.concurrency, a.duration_s, a.warmup_s, None),
                      "proxy": load_spec(pbase, a.concurrency, a.duration_s, a.warmup_s,
                                         {"count": a.adapters, "policy": "random", "send_as": "adapter_id"})}
-            procs = {}
             env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-            for name, spec in paths.items():
-                sp = os.path.join(tmp, f"{name}.json")
-                with open(sp, "w") as fh:
-                    json.dump(spec, fh)
-                procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "kvharness", "loadgen", "--spec", sp, "--out", os.path.join(tmp, f"{name}.jsonl"),
-                     "--summary-out", os.path.join(tmp, f"{name}.summary.json")],
-                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{name}.log"), "w"), env=env, cwd=ROOT)
-            for p in procs.values():
-                p.wait(timeout=a.duration_s + 120)
+            with StealMeter() as steal:
+                for rnd in range(a.rounds):
+                    order = list(paths) if rnd % 2 == 0 else list(reversed(paths))
+                    procs = {}
+                    for name in order:
+                        sp = os.path.join(tmp, f"{name}-{rnd}.json")
+                        with open(sp, "w") as fh:
+                            json.dump({**paths[name], "seed": rnd + 1}, fh)
+                        procs[name] = subprocess.Popen(
+                            [sys.executable, "-m", "kvharness", "loadgen", "--spec", sp,
+                             "--out", os.path.join(tmp, f"{name}-{rnd}.jsonl"),
+                             "--summary-out", os.path.join(tmp, f"{name}-{rnd}.summary.json")],
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{name}-{rnd}.log"), "w"),
+                            env=env, cwd=ROOT)
+                    for p in procs.values():
+                        p.wait(timeout=a.duration_s + 120)
             with urllib.request.urlopen(pbase + "/metrics", timeout=5) as r:
                 metrics = r.read().decode()
         finally:
@@ -99,21 +108,24 @@ def main() -> int:
                 proxy.wait(10)
     res = {}
     for name in paths:
-        with open(os.path.join(tmp, f"{name}.jsonl")) as fh:
-            recs = [json.loads(x) for x in fh if x.strip()]
+        recs = []
+        for rnd in range(a.rounds):
+            with open(os.path.join(tmp, f"{name}-{rnd}.jsonl")) as fh:
+                recs += [json.loads(x) for x in fh if x.strip()]
         ok = [r["lat_ttft_ms"] for r in recs if r.get("window") == "measure" and r.get("rc") == 0
               and r.get("lat_ttft_ms") is not None]
         res[name] = {"n_ok": len(ok), "n": sum(1 for r in recs if r.get("window") == "measure"),
                      "p50": percentile(ok, 50), "p99": percentile(ok, 99)}
     print(f"TTFT at concurrency {a.concurrency} per path, both paths at once against one simulator "
-          f"(speedup {a.speedup:g}, {a.duration_s:g} s, warm-up {a.warmup_s:g} s excluded)")
+          f"(speedup {a.speedup:g}, {a.rounds} rounds x {a.duration_s:g} s, warm-up {a.warmup_s:g} s of each excluded)")
+    print(f"machine: {load_average()}; {steal.describe()}")
     print(f"{'path':<8} {'requests':>9} {'ok':>7} {'p50 ms':>9} {'p99 ms':>9}")
     for name, r in res.items():
         p50 = f"{r['p50']:.2f}" if r["p50"] is not None else "-"
         p99 = f"{r['p99']:.2f}" if r["p99"] is not None else "-"
         print(f"{name:<8} {r['n']:>9} {r['n_ok']:>7} {p50:>9} {p99:>9}")
     loads = next((line.split()[1] for line in metrics.splitlines() if line.startswith("kvproxy_lora_loads_total")), "?")
-    print(f"proxy adapter loads: {loads} (the {a.adapters} first uses)")
+    print(f"proxy adapter loads: {loads} (the {a.adapters} first uses, in the first warm-up)")
     if not all(r["n_ok"] for r in res.values()):
         print("FAIL: a path has no successful request; logs in", tmp)
         return 1
