@@ -38,3 +38,24 @@ def test_ttft_drift_compares_thirds_by_send_time():
     recs = [{"rc": 0, "lat_ttft_ms": 10.0 + (20 if i >= 6 else 0), "sched_ns": i} for i in range(9)]
     assert ttft_drift(recs, None) == (10.0, 30.0, 20.0)
     assert ttft_drift(recs[:3], None) == (None, None, None)
+
+
+def test_proxy_counters_from_the_raw_scrapes(tmp_path):
+    import gzip
+    import json
+
+    from kvharness.analysis.tiercounts import proxy_counters
+
+    def body(loads, reads):
+        return f"# TYPE kvproxy_lora_loads_total counter\nkvproxy_lora_loads_total {loads}\nkvproxy_lora_read_bytes_total {reads}\n"
+
+    lines = [{"tick": i, "mono_ns": t, "source": "proxy", "body": body(l, 1024 * l)}
+             for i, (t, l) in enumerate([(100, 3), (200, 5), (300, 9)])]
+    lines.insert(1, {"tick": 1, "mono_ns": 150, "source": "engine", "body": "kvproxy_lora_loads_total 99\n"})
+    with gzip.open(tmp_path / "scrapes.jsonl.gz", "wt") as fh:
+        for x in lines:
+            fh.write(json.dumps(x) + "\n")
+        fh.write('{"torn')
+    c = proxy_counters(tmp_path, 250)
+    assert (c["lora_loads"], c["lora_loads_all"], c["lora_file_read_bytes"]) == (4, 9, 4096)
+    assert proxy_counters(tmp_path / "none", 0) is None

@@ -22,7 +22,7 @@ from kvharness.analysis.tiercounts import cell_counters, window_start_ns
 from kvharness.stats import percentile
 
 H1_COLUMNS = [
-    "stack", "role", "tiered", "lora_adapters", "lora_churn", "max_loras", "status", "n_requests", "n_ok",
+    "stack", "role", "tiered", "lora_adapters", "lora_churn", "max_loras", "lora_by", "status", "n_requests", "n_ok",
     "adapters_used", "lora_loads", "lora_loads_all", "lora_reloads", "loads_per_1k_requests", "adapter_read_bytes",
     "tier2_bytes_in", "tier2_bytes_out", "tier2_read_bytes_total", "nvme_rps_mean", "nvme_rps_p95", "nvme_device",
     "ttft_ms_p50", "ttft_ms_p99", "enough_samples_p99", "ttft_first_third_ms", "ttft_last_third_ms", "ttft_drift_ms",
@@ -53,11 +53,17 @@ def churn_row(cell_dir: str | Path) -> dict:
     measured = [r for r in records if start is None or (r.get("sched_ns") or 0) >= start]
     used = len({r.get("adapter_id") for r in records if r.get("adapter_id") is not None})
     adapter_bytes = int(spec["engine"].get("lora_adapter_bytes") or 0)
+    slots = spec["engine"].get("max_loras")
+    if c["lora_by"] == "proxy":  # a proxy in front of the stack did the adapter I/O: its set and file size
+        from kvharness.units import parse_bytes
+
+        adapter_bytes, slots = parse_bytes(spec["stack"]["proxy"]["adapter_bytes"]), spec["stack"]["proxy"]["resident"]
     first, last, drift = ttft_drift(records, start)
     row.update({
         "lora_adapters": len(lora.get("adapters") or ()) or lora.get("count"),
         "lora_churn": lora.get("policy"),
-        "max_loras": spec["engine"].get("max_loras"),
+        "max_loras": slots,
+        "lora_by": c["lora_by"],
         "adapters_used": used,
         "lora_loads": c["lora_loads"],
         "lora_loads_all": c["lora_loads_all"],

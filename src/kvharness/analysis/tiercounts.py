@@ -33,6 +33,45 @@ def _ticks(path: Path, start_ns: int | None, interval_ns: int) -> list[dict]:
     return [t for t in ticks if t.get("mono_ns") is not None and t["mono_ns"] > start_ns]
 
 
+PROXY_COUNTERS = {"kvproxy_lora_loads_total": "lora_loads", "kvproxy_lora_hits_total": "lora_hits",
+                  "kvproxy_lora_read_bytes_total": "lora_file_read_bytes"}
+
+
+def proxy_counters(cell_dir: Path, start_ns: int | None) -> dict | None:
+    """LoRA counters of a `kvharness proxy` in front of the stack (its ``proxy`` scrape, read from the raw
+    ``scrapes.jsonl.gz``): {key: in the window, key_all: whole run}; None when the cell had no proxy."""
+    import gzip
+    import json
+
+    path = cell_dir / "scrapes.jsonl.gz"
+    if not path.exists():
+        return None
+    series: list[tuple[int, dict]] = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of a killed collector
+            if rec.get("source") != "proxy" or not rec.get("body"):
+                continue
+            values = {}
+            for ln in rec["body"].splitlines():
+                name, _, value = ln.partition(" ")
+                if name in PROXY_COUNTERS:
+                    values[PROXY_COUNTERS[name]] = float(value)
+            series.append((int(rec.get("mono_ns") or 0), values))
+    if not series:
+        return None
+    first, last = series[0][1], series[-1][1]
+    base = next((v for t, v in reversed(series) if start_ns is not None and t <= start_ns), first)
+    out = {}
+    for key in PROXY_COUNTERS.values():
+        out[key] = last.get(key, 0) - base.get(key, 0)
+        out[f"{key}_all"] = last.get(key, 0)  # the proxy starts with the stack: its counters start at 0
+    return out
+
+
 def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> dict:
     """{tier0_hits, ..., tier2_bytes_out, lora_loads, lora_hits, nvme_rps_mean, nvme_rps_p95, ...} over the
     measured window, plus ``lora_loads_all`` over the whole load (warm-up included)."""
@@ -67,6 +106,11 @@ def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> di
         else:
             out.update(sums)
             out["ticks"] = len(ticks)
+    proxy = proxy_counters(cell_dir, start) if spec["stack"].get("proxy") else None
+    if proxy is not None:  # the adapters were the proxy's, not the engine's
+        out.update({"lora_loads": proxy["lora_loads"], "lora_loads_all": proxy["lora_loads_all"],
+                    "lora_hits": proxy["lora_hits"], "lora_file_read_bytes": proxy["lora_file_read_bytes"]})
+    out["lora_by"] = "proxy" if proxy is not None else "engine"
     sys_ticks = _ticks(cell_dir / "sysmon.jsonl", start, interval_ns)
     end = max((r.get("end_ns") or 0 for r in records), default=0)
     rps = [t["nvme"]["rps"] for t in sys_ticks
