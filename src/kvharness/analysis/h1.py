@@ -7,6 +7,8 @@ and ``lora_reloads`` = all loads of the run minus the adapters it used (the load
 every adapter would not do), loads per 1,000 requests, adapter bytes read from tier 2 (loads x
 ``engine.lora_adapter_bytes``), KV tier-2 bytes in/out, NVMe read IOPS on the tier-2 device, p50/p99 TTFT and
 its drift (median TTFT of the last third of the measured window minus that of the first third).
+When the stack has a ``proxy:`` (``kvharness proxy`` doing the adapter I/O for a backend that loads no
+adapters), loads, slots and adapter bytes are the proxy's (``lora_by = proxy``), read from its scrapes.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def proxy_counters(cell_dir: Path, start_ns: int | None) -> dict | None:
             for ln in rec["body"].splitlines():
                 name, _, value = ln.partition(" ")
                 if name in PROXY_COUNTERS:
-                    values[PROXY_COUNTERS[name]] = float(value)
+                    values[PROXY_COUNTERS[name]] = int(float(value))
             series.append((int(rec.get("mono_ns") or 0), values))
     if not series:
         return None
