@@ -132,15 +132,15 @@ def _event_loop_runner():
 
 
 def _measured_records(path: str) -> list[dict]:
-    """The records of the measure window, read back from the flushed ``metrics.jsonl``."""
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("window", "measure") == "measure":
-                    out.append(rec)
-    return out
+    """The records of the measure window, read back from the flushed ``metrics.jsonl`` (a last line cut by a
+    full disk is skipped, as the analysis counts it; an unreadable file gives an empty table)."""
+    from kvharness.analysis.records import RecordError, read_jsonl
+
+    try:
+        records, _ = read_jsonl(path)
+    except (RecordError, OSError):
+        return []
+    return [r for r in records if r.get("window", "measure") == "measure"]
 
 
 def _say(*parts) -> None:
