@@ -122,7 +122,31 @@ def template_names(spec: dict, tier2_dir: Path) -> dict:
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
     names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
     names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
+    names["lora_config"] = lora_engine_config(spec["engine"])
     return names
+
+
+def lora_engine_config(engine: dict) -> dict | None:
+    """TRT-LLM's ``lora_config`` (LLM API options) from the engine's LoRA slots; None (key omitted) when off."""
+    if not engine.get("max_loras"):
+        return None
+    out = {"max_loras": int(engine["max_loras"])}
+    if engine.get("max_cpu_loras"):
+        out["max_cpu_loras"] = int(engine["max_cpu_loras"])
+    return out
+
+
+def resident_adapter_bytes(spec: dict, load: dict) -> int:
+    """Adapter bytes a cell keeps resident: min(adapters the load uses, resident slots) x adapter bytes."""
+    lora = load.get("lora") or {}
+    n = len(lora.get("adapters") or ()) or int(lora.get("count") or 0)
+    slots, size = int(spec["engine"].get("max_loras") or 0), int(spec["engine"].get("lora_adapter_bytes") or 0)
+    proxy = spec["stack"].get("proxy")
+    if proxy:  # the proxy's resident set and adapter files stand in for the engine's
+        from kvharness.units import parse_bytes
+
+        slots, size = int(proxy["resident"]), parse_bytes(proxy["adapter_bytes"])
+    return min(n, slots) * size
 
 
 def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
@@ -348,7 +372,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
         from kvharness.workingset import working_set
 
-        ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]))
+        ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]),
+                         adapter_bytes=resident_adapter_bytes(spec, load))
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws,
                     "measurement": {"lock": lock.describe(), "started_utc": started}}
         summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with

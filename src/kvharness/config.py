@@ -28,6 +28,7 @@ STACK_KEYS = {
     "health_path", "metrics", "startup_timeout_s", "engine_yaml",
     # readiness, where the stack runs, cold starts (docs/stacks.md)
     "models_path", "ready_urls", "system_port", "runtime", "cold_start", "fetch_histograms",
+    "proxy",  # kvharness proxy in front of the stack (LoRA adapters)
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: patterns whose load is a number of users in flight (the others are open loop: a rate)
@@ -348,6 +349,13 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
     unknown = sorted(set(stack) - STACK_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
+    if stack.get("proxy") is not None:
+        from kvharness.proxy import check_stack_proxy
+
+        try:
+            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     kind = stack.get("kind")
     if kind not in STACK_KINDS:
         raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
@@ -507,6 +515,24 @@ def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
     load["workload"] = resolved["workload"]
 
 
+def hypothesis_engine(cfg: dict, hyp: str) -> dict:
+    """The engine settings of a hypothesis's cells: the top-level ``engine`` with its own ``engine`` over it."""
+    engine = dict(cfg["engine"])
+    for key, value in (cfg["hypotheses"][hyp].get("engine") or {}).items():
+        where = f"config error: hypotheses.{hyp}.engine.{key}"
+        if key not in engine:
+            raise ConfigError(f"{where}: unknown engine setting (known: {', '.join(sorted(engine))})")
+        if key != "lora_adapter_bytes" and type(value) is not type(engine[key]):
+            raise ConfigError(f"{where}: expected {type(engine[key]).__name__}, got {value!r}")
+        engine[key] = value
+    if "lora_adapter_bytes" in engine:
+        try:
+            engine["lora_adapter_bytes"] = parse_bytes(engine["lora_adapter_bytes"], "engine.lora_adapter_bytes")
+        except ValueError as exc:
+            raise ConfigError(f"config error: hypotheses.{hyp}: {exc}") from None
+    return engine
+
+
 def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     """Every cell of one hypothesis: one per stack role x point (see :func:`sweep_points`)."""
     from kvharness.analysis.axes import AXES, AxisError
@@ -532,7 +558,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "sweep": values,
                 "rep": 0,
                 "load": copy.deepcopy(h["load"]),
-                "engine": dict(cfg["engine"]),
+                "engine": hypothesis_engine(cfg, hyp),
                 "sim": dict(cfg["sim"]),
                 "telemetry": dict(cfg["telemetry"]),
                 "background_io": dict(cfg.get("background_io") or {}),

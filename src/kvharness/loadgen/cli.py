@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
                    help="a model's tokenizer.json: fit each prompt to its token count (spec key 'tokenizer'; "
                         "needs pip install 'kvharness[tokenizer]')")
+    from kvharness.loadgen.lora import add_lora_arguments
+
+    add_lora_arguments(parser)
 
 
 def build_spec(args: argparse.Namespace) -> dict:
@@ -101,6 +104,9 @@ def build_spec(args: argparse.Namespace) -> dict:
             workload["context_tokens"] = args.context_tokens
         if args.output_tokens is not None:
             workload["output_tokens"] = args.output_tokens
+    from kvharness.loadgen.lora import apply_lora_flags
+
+    apply_lora_flags(raw, args)
     if args.stack is not None:
         labels = raw.setdefault("labels", {})
         if isinstance(labels, dict):

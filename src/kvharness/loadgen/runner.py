@@ -25,6 +25,7 @@ import aiohttp
 
 from kvharness import __version__
 from kvharness.loadgen.http import HTTPPool, TransportError, _Exchange
+from kvharness.loadgen.lora import per_adapter
 from kvharness.loadgen.patterns import LoadPattern, Ticket, make_pattern
 from kvharness.loadgen.selfcheck import SelfCheck
 from kvharness.loadgen.stream import StreamError, StreamTimer
@@ -599,6 +600,8 @@ class Runner:
         records = self.records if self.summarize else []
         measured = [r for r in records if r.get("window") == "measure"]
         out = summarize_requests(measured, slo=self.spec["slo"])
+        if self.spec.get("lora"):
+            out["per_adapter"] = per_adapter(measured)
         check = self.selfcheck.summary(self.n_done)
         out.update(check)
         out.update({

@@ -26,6 +26,7 @@ import signal
 import time
 
 from kvharness.loadgen.patterns import make_pattern, read_trace
+from kvharness.loadgen.lora import per_adapter
 from kvharness.stats import summarize_requests
 
 START_DELAY_NS = 1_500_000_000  # time for every worker to fork, connect and prebuild before t0
@@ -153,6 +154,8 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
             except ValueError:  # a worker's write cut by a full disk (then another worker's lines follow)
                 torn += 1
     summary = summarize_requests([r for r in records if r.get("window") == "measure"], slo=spec["slo"])
+    if spec.get("lora"):
+        summary["per_adapter"] = per_adapter(r for r in records if r.get("window") == "measure")
     worker_summaries = [r["summary"] for r in results if r]
     summary.update(combine_selfchecks(worker_summaries))
     stop_reasons = sorted({r["stop_reason"] for r in results if r and r["stop_reason"]})

@@ -187,11 +187,10 @@ class Workload:
 
     # ---- request body ----
 
-    def body(self, prompt_or_messages: Any, output_tokens: int) -> tuple[dict, str | None]:
+    def body(self, prompt_or_messages: Any, output_tokens: int, adapter: str | None = None) -> tuple[dict, str | None]:
         body: dict = {"model": self.model}
-        adapter = None
         if self.lora is not None:
-            adapter = self.lora.pick()
+            adapter = adapter or self.lora.pick()
             if self.lora.send_as == "model":
                 body["model"] = adapter
             else:
@@ -373,6 +372,7 @@ class SessionedChat(Workload):
         super().__init__(spec)
         self.history: dict[str, list[dict]] = {}
         self.history_tokens: dict[str, int] = {}
+        self.session_adapter: dict[str, str] = {}
 
     def build(self, ticket) -> Request:
         if ticket.phase == "pressure":
@@ -391,7 +391,12 @@ class SessionedChat(Workload):
             text = self.corpus.words(max(1, self.w["turn_tokens"] - 1))
         msg = {"role": "user", "content": text}
         messages = hist + [msg]
-        body, adapter = self.body(messages, self.w["output_tokens"])
+        # A session keeps the adapter of its first turn (a chat talks to one fine-tune; KV of one adapter
+        # never matches another's, so switching would throw the session's history away).
+        adapter = self.session_adapter.get(sid)
+        if adapter is None and self.lora is not None:
+            adapter = self.session_adapter[sid] = self.lora.pick()
+        body, adapter = self.body(messages, self.w["output_tokens"], adapter)
         ctx = self.history_tokens.get(sid, 0) + 1 + len(text.split())
         labels = {"bucket": None, "context_tokens": ctx, "adapter_id": adapter, "model": body["model"]}
         return Request(self.path, json.dumps(body).encode(), labels, keep_text=True, messages=messages)

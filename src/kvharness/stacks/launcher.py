@@ -93,10 +93,18 @@ def render(value: str, names: Mapping[str, object], where: str) -> str:
     return text.format_map(names)
 
 
+OPTIONAL_NAMES = {"lora_config"}  # placeholders that may have no value: their key is then left out
+
+
+def _unset(node, names) -> bool:
+    return isinstance(node, str) and node.strip() in {f"{{{n}}}" for n in OPTIONAL_NAMES} \
+        and names.get(node.strip()[1:-1]) is None
+
+
 def _render_tree(node, names, where):
     """Render every string in a YAML tree; a string that is exactly one placeholder keeps its type."""
-    if isinstance(node, dict):
-        return {k: _render_tree(v, names, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, dict):  # an optional placeholder without a value leaves its key out
+        return {k: _render_tree(v, names, f"{where}.{k}") for k, v in node.items() if not _unset(v, names)}
     if isinstance(node, list):
         return [_render_tree(v, names, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str):
@@ -208,6 +216,14 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
     metrics = {k: render(v, all_names, f"{where}: metrics.{k}") for k, v in (stack.get("metrics") or {}).items()}
     models_path = stack.get("models_path", "/v1/models")
     ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
+    if stack.get("proxy") and launched:  # kvharness proxy in front: launched last, stopped first, serves the load
+        from kvharness.proxy import stack_proxy_argv
+
+        pport = _pick_port(stack["proxy"].get("port", "auto"), host, "proxy.port", stack["name"], launched)
+        run_argvs.append(stack_proxy_argv(stack["proxy"], all_names, base_url, pport,  # on the host, not in a container
+                                          lambda v: render(v, all_names, f"{where}: proxy")))
+        base_url = metrics["proxy"] = f"http://{host}:{pport}"
+        metrics["proxy"] += "/metrics"
     return LaunchPlan(
         name=stack["name"], kind=stack["kind"], argvs=run_argvs, env=env, host=host, port=port,
         metrics_port=metrics_port, health_url=(base_url + health) if health else None, base_url=base_url,
