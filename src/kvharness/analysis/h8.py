@@ -12,9 +12,9 @@ LATENCY_COLUMNS = [f"{m}_p{q}" for m in ("ttft_ms", "e2e_ms") for q in (50, 95, 
 H8_COLUMNS = [
     "stack", "role", "tiered", "profile", "status", "u_work", "concurrency", "memory_budget_bytes",
     "tier0_bytes", "tier1_bytes", "tier2_bytes", "n_requests", "n_ok", "n_errors", "error_rate",
-    *LATENCY_COLUMNS, "req_s", "output_tok_s", "kv_hit_pct", "tier2_file_bytes", "client_bound",
+    *LATENCY_COLUMNS, "req_s", "output_tok_s", "goodput_req_s", "good_fraction", "kv_hit_pct", "tier2_file_bytes", "client_bound",
 ]
-H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "error_rate"]
+H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "goodput_req_s", "error_rate"]
 
 
 def h8_table(rows: Sequence[dict], uwork: dict[str, int | None] | None = None) -> list[dict]:
@@ -60,7 +60,10 @@ register(Hypothesis(
     id="H8",
     question="At equal memory budget, what does tiering cost without reuse and buy with it?",
     analyze=analyze,
-    tables=(Table("summary", H8_COLUMNS, "hero table: one row per stack with B-vs-A deltas"),),
+    tables=(Table("summary", H8_COLUMNS, "hero table: one row per stack with B-vs-A deltas",
+                  key_columns=("stack", "role", "concurrency", "memory_budget_bytes", "ttft_ms_p50", "ttft_ms_p99",
+                               "vs_A_ttft_ms_p99_pct", "e2e_ms_p99", "goodput_req_s", "good_fraction", "error_rate",
+                               "status")),),
     figures=(Figure("hero", "Stack A (memory-only) vs Stack B (tiered KV) at equal memory budget: TTFT and E2E "
                             "percentiles in ms and throughput, each stack at the load in its row."),),
     verdict=verdict,
