@@ -17,5 +17,6 @@ rule measure_cell:
         "results/{hyp}/benchmarks/{cell}.tsv"
     resources:
         stack_slot=1,
+    priority: cell_priority
     script:
         "../workflow/scripts/run_cell.py"

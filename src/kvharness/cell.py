@@ -163,6 +163,23 @@ def itl_flags(records: list[dict], stall_ms: float) -> dict:
             "itl_stalled": share > ITL_STALL_SHARE}
 
 
+class _Phases:
+    """Seconds spent per phase of a cell (setup, launch, health, collectors, load, teardown, write)."""
+
+    def __init__(self, t0: float):
+        self.t, self.name, self.spent, self.starts_ns = t0, "setup", {}, {}
+
+    def start(self, name: str) -> None:
+        now = time.monotonic()
+        self.spent[self.name] = round(self.spent.get(self.name, 0.0) + now - self.t, 4)
+        self.t, self.name = now, name
+        self.starts_ns.setdefault(name, time.monotonic_ns())  # same clock as the records' *_ns stamps
+
+    def done(self) -> dict:
+        self.start("end")
+        return {k: v for k, v in self.spent.items() if k != "end"}
+
+
 def _python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "kvharness", module, *args]
 
@@ -226,6 +243,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     stack = loadgen = collector = None
     failure: str | None = None
+    phases = _Phases(t_start)
     try:
         load = resolve_load(spec, uwork_csv, uwork)
         shutil.rmtree(tier2_dir, ignore_errors=True)
@@ -239,7 +257,9 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         stack = RunningStack(plan)
+        phases.start("launch")
         stack.start()
+        phases.start("health")
         health_s = stack.wait_healthy()
         summary["health_wait_s"] = round(health_s, 3)
         log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
@@ -254,6 +274,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             argv += ["--scrape", f"{name}={url}"]
         if block_bytes:
             argv += ["--kv-block-bytes", str(block_bytes)]
+        phases.start("collectors")
         collector = _start(argv, tmp / "collector.log")
         if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
             log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
@@ -273,6 +294,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
+        phases.start("load")
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
                                              "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
         budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
@@ -294,6 +316,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     except KeyboardInterrupt as exc:
         failure = f"interrupted ({exc or 'SIGINT'})"
     finally:
+        phases.start("teardown")
         try:
             for proc in (loadgen, collector):
                 if proc is not None:
@@ -305,6 +328,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
                 signal.signal(s, h)
 
     # ---- summarize what was measured (also for failed cells: nothing is lost)
+    phases.start("write")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
         records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
@@ -343,14 +367,16 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
     else:
         summary["status"] = "failed"
         summary["reason"] = failure
+    scrub_logs(tmp)
+    prov = provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
+                                  "code_fingerprint": measurement_fingerprint()})
     summary["started_utc"] = started
     summary["finished_utc"] = utc_now()
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
-    scrub_logs(tmp)
+    summary["phases_s"] = phases.done()  # where the wall time went (benchmarks/cell_overhead.py)
+    summary["phase_starts_ns"] = {k: v for k, v in phases.starts_ns.items() if k != "end"}
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (tmp / "provenance.json").write_text(json.dumps(provenance(REPO_ROOT, {
-        "cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
-        "code_fingerprint": measurement_fingerprint()}), indent=2))
+    (tmp / "provenance.json").write_text(json.dumps(prov, indent=2))
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         (tmp / "reason.txt").write_text(failure + "\n")
