@@ -200,7 +200,7 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float) -> bool
             return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.05)
+        time.sleep(0.01)
     return False
 
 
@@ -256,7 +256,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws}
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
-        stack = RunningStack(plan)
+        stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")
         stack.start()
         phases.start("health")
