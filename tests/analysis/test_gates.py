@@ -71,3 +71,18 @@ def test_tier2_hits_gate_and_its_reader(tmp_path):
     sysmon = [{"ts": 1, "nvme": {"rMBs": 2.0}}, {"ts": 2, "nvme": {"rMBs": 4.0}}, {"ts": 3, "nvme": None}]
     (tmp_path / "sysmon.jsonl").write_text("".join(json.dumps(t) + "\n" for t in sysmon))
     assert gates.nvme_read_mbs(tmp_path) == pytest.approx(3.0)
+
+
+def test_points_table_and_gate_status_from_hand_made_rows():
+    from kvharness.analysis.run import gate_status, points_table
+
+    rows = [{"stack": "B", "ctx": 1024, "rep": rep, "ttft_ms_p99": v, "ttft_ms_p50": 50.0, "n_ok": n, "status": "ok"}
+            for rep, (v, n) in enumerate([(96.0, 600), (104.0, 450)])]
+    (p,) = points_table(rows, ["stack", "ctx"])
+    assert p["n_reps"] == 2 and p["reps"] == "0;1" and p["ttft_ms_p99_mean"] == pytest.approx(100.0)
+    half = 12.706 * (8.0 / 2 ** 0.5) / 2 ** 0.5  # t(0.975, 1) * sd / sqrt(n), sd of (96, 104) = 5.657
+    assert p["ttft_ms_p99_ci_high"] == pytest.approx(100.0 + half, rel=1e-3)
+    assert p["ttft_p99_max_dev_pct"] == pytest.approx(4.0) and p["n_ok_min"] == 450 and p["enough_samples_p99"] is False
+    assert gate_status([{"passed": True}, {"passed": None}]) == "pass"
+    assert gate_status([{"passed": True}, {"passed": False}]) == "fail"
+    assert gate_status([{"passed": None}]) == "n/a"
