@@ -256,29 +256,6 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws}
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
-        stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
-        phases.start("launch")
-        stack.start()
-        phases.start("health")
-        health_s = stack.wait_healthy()
-        summary["health_wait_s"] = round(health_s, 3)
-        log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
-
-        block_bytes = None
-        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-        if kvpt:
-            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
-        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
-                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
-        for name, url in plan.metrics_urls.items():
-            argv += ["--scrape", f"{name}={url}"]
-        if block_bytes:
-            argv += ["--kv-block-bytes", str(block_bytes)]
-        phases.start("collectors")
-        collector = _start(argv, tmp / "collector.log")
-        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
-            log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
-
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
             "model": spec["served_model_name"], "stream": True,
@@ -293,10 +270,41 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
+        phases.start("launch")
+        stack.start()
+        # The load generator and the collector start with the stack, so their start-up overlaps the
+        # server's; the collector samples once the stack is healthy (telemetry.go), the load generator
+        # sends nothing until the first sample is written (load.go), and its clock starts then.
+        go_file = tmp / "load.go"
+        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
+                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file)),
+                         tmp / "loadgen.log")
+        block_bytes = None
+        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
+        if kvpt:
+            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
+        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
+                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
+        for name, url in plan.metrics_urls.items():
+            argv += ["--scrape", f"{name}={url}"]
+        if block_bytes:
+            argv += ["--kv-block-bytes", str(block_bytes)]
+        telemetry_go = tmp / "telemetry.go"  # the collector, too, starts now and samples from the go on
+        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / "collector.log")
+        phases.start("health")
+        health_s = stack.wait_healthy()
+        summary["health_wait_s"] = round(health_s, 3)
+        log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+
+        phases.start("collectors")
+        telemetry_go.touch()
+        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
+            log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
+
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
         phases.start("load")
-        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
+        go_file.touch()
         budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         try:
             loadgen_rc = loadgen.wait(timeout=budget)

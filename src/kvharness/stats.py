@@ -18,11 +18,15 @@ _NUMPY_SORT_FROM = 200_000
 
 
 def _sorted_clean(values: Sequence[float]):
-    data = [v for v in values if v is not None and not math.isnan(v)]
-    if len(data) >= _NUMPY_SORT_FROM:
+    if len(values) >= _NUMPY_SORT_FROM:
         import numpy
 
-        return numpy.sort(numpy.asarray(data, dtype=float))
+        try:
+            arr = numpy.asarray(values, dtype=float)  # fails on a None: then filter in Python first
+        except (TypeError, ValueError):
+            arr = numpy.asarray([v for v in values if v is not None], dtype=float)
+        return numpy.sort(arr[~numpy.isnan(arr)])
+    data = [v for v in values if v is not None and not math.isnan(v)]
     data.sort()
     return data
 
