@@ -6,6 +6,7 @@ counted, never silently dropped. Shared by the analysis, the cell runner and the
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -39,21 +40,27 @@ def read_jsonl(path: str | Path, tolerate_truncated_tail: bool = True) -> tuple[
         fh = path.open(errors="replace")
     except FileNotFoundError:
         raise RecordError(f"{path}: missing") from None
-    with fh:  # line by line: a big cell's text is never held whole beside its records
-        for i, line in enumerate(fh):
-            if not line.strip():
-                continue
-            try:
-                rec = _loads(line)
-            except json.JSONDecodeError as exc:
-                # only the file's last line can lack its newline: that is a cut tail
-                if tolerate_truncated_tail and not line.endswith("\n"):
-                    truncated = 1
-                    break
-                raise RecordError(f"{path}:{i + 1}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}:{i + 1}: expected a JSON object per line, got {type(rec).__name__}")
-            records.append(rec)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a million fresh dicts would trigger full collections over all of them again and again
+    try:
+        with fh:  # line by line: a big cell's text is never held whole beside its records
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    rec = _loads(line)
+                except json.JSONDecodeError as exc:
+                    # only the file's last line can lack its newline: that is a cut tail
+                    if tolerate_truncated_tail and not line.endswith("\n"):
+                        truncated = 1
+                        break
+                    raise RecordError(f"{path}:{i + 1}: malformed JSON line ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise RecordError(f"{path}:{i + 1}: expected a JSON object per line, got {type(rec).__name__}")
+                records.append(rec)
+    finally:
+        if gc_was_on:
+            gc.enable()
     return records, truncated
 
 
