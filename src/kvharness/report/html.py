@@ -26,8 +26,8 @@ from kvharness.provenance import utc_now
 MAX_ROWS = 40  # rows of a compact table; the linked CSV has them all
 
 GENERAL_HOW_TO_READ = (
-    "Every point (stack x swept values) is measured in reps independent launches, ordered so that the "
-    "reps of one point are never back to back. points.csv gives per point the mean over reps and the 95 % "
+    "Every point (stack x swept values) is measured in reps independent launches, rep by rep (every "
+    "point's rep 0 before any point's rep 1), so a point's reps are spread over the run. points.csv gives per point the mean over reps and the 95 % "
     "Student-t confidence interval (undefined with one rep), and the CoV of p99 TTFT across reps. "
     "Goodput is requests/s meeting every SLO of the load (TTFT, TPOT, E2E); good fraction = good / all "
     "requests, errors counting against it. A gate shows what was measured against what limit; n/a means "
