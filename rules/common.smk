@@ -43,6 +43,13 @@ def cell_spec(wildcards):
     return CELLS[(wildcards.hyp, wildcards.cell)]
 
 
+def cell_priority(wildcards):
+    """Repetitions in order: among the cells ready to run, every rep-0 cell goes before any rep-1 cell, so
+    the reps of one point are separated by the other points' cells (within a rep, Snakemake picks).
+    """
+    return 100 - min(int(cell_spec(wildcards).get("rep") or 0), 100)
+
+
 def uses_uwork(wildcards):
     spec = cell_spec(wildcards)
     return spec["load"].get("concurrency") == "uwork"
@@ -91,7 +98,8 @@ def analysis_code(hyp):
 
 
 def analysis_outputs(hyp):
-    """Declared outputs of `hyp`, figures registered for Snakemake's report."""
+    """Declared outputs of `hyp`; its figures, summary table and points table registered for Snakemake's
+    report (`snakemake --report report.zip`), one category per hypothesis."""
     h = registry.get(hyp)
     out = {}
     for name, path in h.outputs().items():
@@ -99,23 +107,49 @@ def analysis_outputs(hyp):
         table = next((t for t in h.tables if t.name == name), None)
         if fig is not None:
             out[name] = report(
-                path, caption=caption_file(hyp, name, fig.caption), category=hyp
+                path,
+                caption=caption_file(hyp, name, fig.caption),
+                category=hyp,
+                subcategory="figures",
             )
         elif table is not None and name == "summary":
             out[name] = report(
                 path,
                 caption=caption_file(hyp, name, table.description or h.question),
                 category=hyp,
+                subcategory="tables",
+            )
+        elif name == registry.POINTS:
+            out[name] = report(
+                path,
+                caption=caption_file(
+                    hyp,
+                    name,
+                    "Per point over repetitions: mean and 95 % t "
+                    "interval of TTFT/TPOT/E2E percentiles and goodput, CoV of p99 across reps.",
+                ),
+                category=hyp,
+                subcategory="tables",
             )
         else:
             out[name] = path
     return out
 
 
+def caption_provenance():
+    """What every caption ends with: the model and the stacks measured (plain text: docutils escapes it)."""
+    stacks = ", ".join(f"{role} = {name}" for role, name in CFG["stacks"].items())
+    return (
+        f"Model {CFG['served_model_name']} ({CFG['model']}, {CFG['precision']}, {CFG['hardware']}); "
+        f"stacks {stacks}."
+    )
+
+
 def caption_file(hyp, name, text):
     """Snakemake's report wants captions as files: one per output under .snakemake/, rewritten only on change."""
     path = Path(".snakemake/kvharness-captions") / f"{hyp}_{name}.rst"
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"{text}\n\n{caption_provenance()}"
     if not path.exists() or path.read_text() != text + "\n":
         path.write_text(text + "\n")
     return str(path.resolve())

@@ -10,6 +10,7 @@ rule measure_cell:
         "results/{hyp}/logs/{cell}.log",
     benchmark:
         "results/{hyp}/benchmarks/{cell}.tsv"
+    priority: cell_priority
     conda:
         "../envs/kvharness.yaml"
     resources:

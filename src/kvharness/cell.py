@@ -200,6 +200,23 @@ def itl_flags(records: list[dict], stall_ms: float) -> dict:
             "itl_stalled": share > ITL_STALL_SHARE}
 
 
+class _Phases:
+    """Seconds spent per phase of a cell (setup, launch, health, collectors, load, teardown, write)."""
+
+    def __init__(self, t0: float):
+        self.t, self.name, self.spent, self.starts_ns = t0, "setup", {}, {}
+
+    def start(self, name: str) -> None:
+        now = time.monotonic()
+        self.spent[self.name] = round(self.spent.get(self.name, 0.0) + now - self.t, 4)
+        self.t, self.name = now, name
+        self.starts_ns.setdefault(name, time.monotonic_ns())  # same clock as the records' *_ns stamps
+
+    def done(self) -> dict:
+        self.start("end")
+        return {k: v for k, v in self.spent.items() if k != "end"}
+
+
 def _python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "kvharness", module, *args]
 
@@ -213,14 +230,14 @@ def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
         fh.close()
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float) -> bool:
+def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float, nonempty: bool = True) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size > 0:
+        if path.exists() and (not nonempty or path.stat().st_size > 0):
             return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.05)
+        time.sleep(0.01)
     return False
 
 
@@ -363,6 +380,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     stack = loadgen = collector = noise = None
     failure: str | None = None
+    phases = _Phases(t_start)
     try:
         load = resolve_load(spec, uwork_csv, uwork)
         check_host_tier(spec)
@@ -379,34 +397,6 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
         (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
-        stack = RunningStack(plan)
-        launched_at = time.time()
-        stack.start()
-        health_s = stack.wait_healthy()
-        summary["health_wait_s"] = round(health_s, 3)
-        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
-        summary["ready_steps"] = plan.ready_steps
-        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
-                                             fresh=plan.kind != "external", launched_at=launched_at)
-        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
-        log.info("cell %s: healthy after %.2f s; starting collector", spec["cell"], health_s)
-
-        block_bytes = None
-        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-        if kvpt:
-            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
-        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
-                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
-        for name, url in plan.metrics_urls.items():
-            argv += ["--scrape", f"{name}={url}"]
-        if block_bytes:
-            argv += ["--kv-block-bytes", str(block_bytes)]
-        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
-            argv += ["--fetch-hist", f"{tier}={family}"]
-        collector = _start(argv, tmp / "collector.log")
-        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
-            log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
-
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
             "model": spec["served_model_name"], "stream": True,
@@ -422,6 +412,47 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
+        phases.start("launch")
+        launched_at = time.time()
+        stack.start()
+        # The load generator and the collector start with the stack, so their start-up overlaps the
+        # server's; the collector samples once the stack is healthy and ours (telemetry.go), the load generator
+        # sends nothing until the collector has taken its baseline (load.go), and its clock starts then.
+        go_file = tmp / "load.go"
+        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
+                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file)),
+                         tmp / "loadgen.log")
+        block_bytes = None
+        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
+        if kvpt:
+            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
+        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
+                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
+        for name, url in plan.metrics_urls.items():
+            argv += ["--scrape", f"{name}={url}"]
+        if block_bytes:
+            argv += ["--kv-block-bytes", str(block_bytes)]
+        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
+            argv += ["--fetch-hist", f"{tier}={family}"]
+        telemetry_go = tmp / "telemetry.go"  # the collector, too, starts now and samples from the go on
+        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / "collector.log")
+        phases.start("health")
+        health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
+        summary["health_wait_s"] = round(health_s, 3)
+        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
+        summary["ready_steps"] = plan.ready_steps
+        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
+                                             fresh=plan.kind != "external", launched_at=launched_at)
+        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
+        log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+
+        phases.start("collectors")
+        telemetry_go.touch()
+        # sysmon.jsonl is opened right before the baseline read; tick 1 carries the delta from it, so the
+        # load may start now rather than one interval later (a whole 5 s at H7's slowest cadence)
+        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0, nonempty=False):
+            log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
         budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
             noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
@@ -429,8 +460,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             noise.start()
             log.info("cell %s: background fio running (%s, direct=%s)", spec["cell"], noise.info["engine"], noise.info["direct"])
         log.info("cell %s: load %s x%s for %s s", spec["cell"], load["pattern"]["kind"], load.get("concurrency"), load.get("duration_s"))
-        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json")), tmp / "loadgen.log")
+        phases.start("load")
+        go_file.touch()
         loadgen_rc, dead = _wait_load(loadgen, stack, budget)
         if loadgen_rc is None and dead is None:
             failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
@@ -453,6 +484,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     except OSError as exc:  # the cell folder cannot be written (disk full, read-only)
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
+        phases.start("teardown")
         try:
             if noise is not None:
                 noise.stop()
@@ -466,6 +498,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
                 signal.signal(s, h)
 
     # ---- summarize what was measured (also for failed cells: nothing is lost)
+    phases.start("write")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
         records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
@@ -511,6 +544,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     summary["started_utc"] = started
     summary["finished_utc"] = utc_now()
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
+    summary["phases_s"] = phases.done()  # where the wall time went (benchmarks/cell_overhead.py)
+    summary["phase_starts_ns"] = {k: v for k, v in phases.starts_ns.items() if k != "end"}
     write_error = _write_cell_files(tmp, spec, summary)
     if write_error is not None and failure is None:  # a full disk while finishing: failed, keep what was written
         failure = write_error

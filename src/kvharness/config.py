@@ -573,6 +573,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "keep_tier2_files": cfg["keep_tier2_files"],
             }
             cell["load"].setdefault("pattern", {"kind": "closed"})
+            cell["load"]["slo"] = {**cfg.get("slo", {}), **(cell["load"].get("slo") or {})}  # plan SLOs, per-key override
             for key, value in values.items():
                 try:
                     AXES[key].apply(cell, value, cfg)

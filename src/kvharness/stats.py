@@ -13,12 +13,28 @@ from typing import Iterable, Mapping, Sequence
 PERCENTILES = (50, 95, 99)
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """q-th percentile (0..100) of ``values`` by linear interpolation; None when empty."""
+#: above this many values the one sort goes through numpy (same numbers: the interpolation stays ours)
+_NUMPY_SORT_FROM = 200_000
+
+
+def _sorted_clean(values: Sequence[float]):
+    if len(values) >= _NUMPY_SORT_FROM:
+        import numpy
+
+        try:
+            arr = numpy.asarray(values, dtype=float)  # fails on a None: then filter in Python first
+        except (TypeError, ValueError):
+            arr = numpy.asarray([v for v in values if v is not None], dtype=float)
+        return numpy.sort(arr[~numpy.isnan(arr)])
+    data = [v for v in values if v is not None and not math.isnan(v)]
+    data.sort()
+    return data
+
+
+def _percentile_sorted(data, q: float) -> float | None:
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be within 0..100, got {q}")
-    data = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not data:
+    if len(data) == 0:
         return None
     if len(data) == 1:
         return float(data[0])
@@ -29,6 +45,13 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(data[lo] + (data[hi] - data[lo]) * frac)
 
 
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """q-th percentile (0..100) of ``values`` by linear interpolation; None when empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within 0..100, got {q}")
+    return _percentile_sorted(_sorted_clean(values), q)
+
+
 def mean(values: Sequence[float]) -> float | None:
     data = [v for v in values if v is not None]
     return float(sum(data) / len(data)) if data else None
@@ -37,8 +60,9 @@ def mean(values: Sequence[float]) -> float | None:
 def distribution(values: Sequence[float], prefix: str) -> dict[str, float | None]:
     """``{prefix}_mean``, ``{prefix}_p50``, ``{prefix}_p95``, ``{prefix}_p99`` of ``values``."""
     out: dict[str, float | None] = {f"{prefix}_mean": mean(values)}
+    data = _sorted_clean(values)  # one sort for every percentile
     for q in PERCENTILES:
-        out[f"{prefix}_p{q}"] = percentile(values, q)
+        out[f"{prefix}_p{q}"] = _percentile_sorted(data, q)
     return out
 
 

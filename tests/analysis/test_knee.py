@@ -1,5 +1,7 @@
 """U_work and collapse point on hand-made tables with known answers."""
 
+import pytest
+
 from kvharness.analysis.knee import collapse_point, is_stable, u_work
 
 
@@ -68,3 +70,23 @@ def test_h0_note_names_the_unstable_steps_when_no_pair_is_stable():
     row = uwork_rows[0]
     assert row["u_work"] is None and row["u_work_used"] == 1
     assert "p99 > 2 x p50 at concurrency 2, 8, 16" in row["note"]
+
+
+def test_h0_computes_uwork_per_rep_and_headlines_the_lower_median():
+    from kvharness.analysis.h0 import h0_tables, headline
+
+    rep0 = steps((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (16, 3.0), (32, 3.0))   # U_work 4
+    rep1 = steps((1, 1.0), (2, 1.0), (4, 1.0), (8, 3.0), (16, 3.0), (32, 3.0))   # U_work 2
+    rep2 = steps((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (16, 1.0), (32, 3.0))   # U_work 8 (knee beyond 16)
+    rows = [{**s, "stack": "sim-A", "role": "A", "rep": rep} for rep, rs in enumerate((rep0, rep1, rep2)) for s in rs]
+    summary, uwork_rows = h0_tables(rows)
+    row = uwork_rows[0]
+    assert row["u_work_reps"] == "4;2;8" and row["u_work_min"] == 2 and row["u_work_max"] == 8
+    assert row["u_work"] == 4 and row["headline_rep"] == 0 and row["reps_agree"] is False
+    assert "differs between reps" in row["note"]
+    two = [r for r in rows if r["rep"] < 2]
+    assert h0_tables(two)[1][0]["u_work"] == 2  # two reps: the smaller value
+    assert headline({0: {"u_work": None}, 1: {"u_work": 4}}) == 0  # a rep without U_work ranks lowest
+    step8 = next(s for s in summary if s["concurrency"] == 8)
+    assert step8["n_reps"] == 3 and step8["stable_reps"] == "2/3"
+    assert step8["ttft_ms_p99"] == pytest.approx((100.0 + 300.0 + 100.0) / 3)

@@ -14,6 +14,7 @@ def test_builtin_hypotheses_are_registered_with_their_outputs():
     assert {"H0", "H7", "H8"} <= set(registry.ids())
     h0 = registry.get("H0")
     assert h0.outputs() == {"summary": "results/H0/summary.csv", "uwork": "results/H0/uwork.csv",
+                            "latency": "results/H0/latency.png", "points": "results/H0/points.csv",
                             "verdict": "results/H0/verdict.json"}
     assert registry.get("H8").needs == ("uwork",)
 

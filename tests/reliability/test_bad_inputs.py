@@ -183,4 +183,4 @@ def test_snakemake_stops_with_one_line_on_a_bad_key(tmp_path):
                            "--configfile", str(cfg), "-n"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "config error" in line]
-    assert errors == ["config error: unknown key 'hypotheses.H8.loda' (allowed here: description, load, points, profile, reps, stacks, sweep)"]
+    assert errors == ["config error: unknown key 'hypotheses.H8.loda' (allowed here: description, engine, load, points, profile, reps, stacks, sweep)"]

@@ -70,6 +70,9 @@ def test_secrets_are_redacted_everywhere(make_cell, tmp_path, monkeypatch):
 def test_html_report_escapes_every_value(tmp_path):
     (tmp_path / "H8").mkdir()
     (tmp_path / "H8" / "summary.csv").write_text("stack,model\nsim-B,<script>alert(1)</script>\n")
+    (tmp_path / "H8" / "verdict.json").write_text(json.dumps({  # the report reads what verdict.json names
+        "hyp": "H8", "question": "<script>q</script>", "verdict": "<b>v</b>", "tables": {"summary": "summary.csv"},
+        "key_columns": {"summary": ["stack", "model"]}}))
     html = build_report(tmp_path, tmp_path / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

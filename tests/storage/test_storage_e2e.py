@@ -61,7 +61,7 @@ def test_h6_hit_knee_follows_capacity(run):
     prompt = cfg["hypotheses"]["H6"]["load"]["workload"]["context_tokens"] * kv_bytes_per_token("llama-3.1-8b", "fp8")
     prof = cfg["profiles"]["spill"]
     share0 = parse_bytes(prof["tier0"]) / (parse_bytes(prof["tier0"]) + parse_bytes(prof["tier1"]))
-    points = [r for r in rows(run / "results/H6/points.csv") if r["family"] == "total"]
+    points = [r for r in rows(run / "results/H6/cells.csv") if r["family"] == "total"]
     assert points
     for r in points:
         users, t1 = int(r["concurrency"]), int(r["tier1_bytes"])

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kvharness.analysis.evidence import cov, mean_ci
 from kvharness.analysis.knee import collapse_point, u_work
-from kvharness.analysis.registry import Context, Gate, Hypothesis, Result, Table, register
+from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta
 
 TRANSPARENCY_PCT = 5.0
 H0_COLUMNS = [
-    "stack", "role", "tiered", "profile", "concurrency", "status", "n_requests", "n_ok", "n_errors", "error_rate",
-    "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "ttft_p99_over_p50", "stable",
+    "stack", "role", "tiered", "profile", "concurrency", "status", "n_reps", "n_requests", "n_ok", "n_errors",
+    "error_rate", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "ttft_ms_p99_ci_low",
+    "ttft_ms_p99_ci_high", "ttft_p99_cov", "ttft_p99_over_p50", "stable", "stable_reps",
     "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s", "output_tok_s",
-    "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes", "code_fingerprint",
+    "goodput_req_s", "good_fraction", "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes", "code_fingerprint",
 ]
+UWORK_COLUMNS = ["stack", "role", "u_work", "u_work_used", "u_work_reps", "u_work_min", "u_work_max",
+                 "reps_agree", "headline_rep", "censored", "knee_at", "knee_reps", "n_steps", "n_reps"]
+#: metrics averaged over a step's repetitions in the summary (the mean of each rep's percentile)
+_MEAN_METRICS = ("n_requests", "n_ok", "n_errors", "error_rate", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95",
+                 "ttft_ms_p99", "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s",
+                 "output_tok_s", "goodput_req_s", "good_fraction", "kv_hit_pct", "tier2_file_bytes")
 
 
 def by_stack(rows: Sequence[dict]) -> dict[str, list[dict]]:
@@ -25,20 +33,66 @@ def by_stack(rows: Sequence[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _mean_steps(rows: Sequence[dict]) -> list[dict]:
+    """One step per concurrency of one stack: each metric the mean over its reps, p99 with its t interval."""
+    per_c: dict[int, list[dict]] = {}
+    for r in rows:
+        per_c.setdefault(r["concurrency"], []).append(r)
+    steps = []
+    for c, reps in sorted(per_c.items()):
+        first = reps[0]
+        step = {k: first.get(k) for k in H0_COLUMNS}
+        for m in _MEAN_METRICS:
+            step[m] = mean_ci(r.get(m) for r in reps)["mean"]
+        p99 = mean_ci(r.get("ttft_ms_p99") for r in reps)
+        step.update(n_reps=len(reps), ttft_ms_p99_ci_low=p99["ci_low"], ttft_ms_p99_ci_high=p99["ci_high"],
+                    ttft_p99_cov=cov(r.get("ttft_ms_p99") for r in reps),
+                    ttft_p99_over_p50=(step["ttft_ms_p99"] / step["ttft_ms_p50"]) if step.get("ttft_ms_p50") else None,
+                    status=";".join(sorted({str(r.get("status")) for r in reps})),
+                    alignment=min((r["alignment"] for r in reps if r.get("alignment") is not None), default=None),
+                    client_bound=any(r.get("client_bound") for r in reps))
+        steps.append(step)
+    return steps
+
+
+def headline(per_rep: dict[int, dict]) -> int:
+    """The repetition whose U_work is the headline: the lower median of the per-rep U_work values.
+
+    A rep without U_work (no stable pair) ranks below every number. With 2 reps this is the smaller
+    value, with 3 the middle one: the headline is a load that at least half of the launches held."""
+    order = sorted(per_rep, key=lambda rep: (per_rep[rep]["u_work"] is not None, per_rep[rep]["u_work"] or 0, rep))
+    return order[(len(order) - 1) // 2]
+
+
 def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """(summary rows per stack x concurrency, U_work row per stack)."""
+    """(summary rows per stack x concurrency over reps, U_work row per stack with its per-rep spread).
+
+    U_work and the knee are computed per repetition (each rep is a full sweep, its own launches); the
+    headline value is the lower-median rep's (:func:`headline`). The summary's ``stable`` is the step's
+    stability on the rep-mean curve, ``stable_reps`` how many reps found it stable."""
     summary, uwork_rows = [], []
     per_stack = by_stack(rows)
-    knees = {}
-    for stack, steps in sorted(per_stack.items()):
-        knee = u_work(steps)
-        knees[stack] = knee
-        for s in sorted(steps, key=lambda s: s["concurrency"]):
-            summary.append({**{k: s.get(k) for k in H0_COLUMNS}, "stable": knee["stable"][s["concurrency"]]})
+    curves, knees, heads = {}, {}, {}
+    for stack, stack_rows in sorted(per_stack.items()):
+        per_rep: dict[int, list[dict]] = {}
+        for r in stack_rows:
+            per_rep.setdefault(int(r.get("rep") or 0), []).append(r)
+        rep_knees = {rep: u_work(steps) for rep, steps in sorted(per_rep.items())}
+        curve = _mean_steps(stack_rows)
+        mean_knee = u_work(curve)
+        curves[stack], knees[stack] = curve, mean_knee
+        head_rep = headline(rep_knees)
+        heads[stack] = (head_rep, rep_knees)
+        for step in curve:
+            c = step["concurrency"]
+            n_stable = sum(1 for k in rep_knees.values() if k["stable"].get(c))
+            summary.append({**step, "stable": mean_knee["stable"][c], "stable_reps": f"{n_stable}/{step['n_reps']}"})
     roles = {r["stack"]: r["role"] for r in rows}
     ref_stack = next((s for s, role in roles.items() if role == "A"), None)
-    for stack, knee in sorted(knees.items()):
-        steps = sorted(per_stack[stack], key=lambda s: s["concurrency"])
+    for stack in sorted(per_stack):
+        head_rep, rep_knees = heads[stack]
+        knee = rep_knees[head_rep]
+        steps = curves[stack]
         used, note = knee["u_work"], ""
         if used is None:
             used = steps[0]["concurrency"]
@@ -48,12 +102,23 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
                     f"using the lowest swept concurrency {used}")
         elif knee["censored"]:
             note = f"stable to the end of the sweep: the knee lies above {used}"
+        values = [k["u_work"] for _, k in sorted(rep_knees.items())]
+        numbers = [v for v in values if v is not None]
+        agree = len(set(values)) == 1
+        if not agree:
+            note = "; ".join(filter(None, [note, f"U_work differs between reps ({', '.join(str(v) for v in values)}): "
+                                                 f"the headline is the lower median (rep {head_rep})"]))
         row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_used": used,
-               "censored": knee["censored"], "knee_at": knee["knee_at"], "n_steps": knee["n_steps"], **collapse_point(steps), "note": note}
-        # Transparency (B vs A within +-5 %): median TTFT at the concurrency levels both stacks hold stably.
+               "u_work_reps": ";".join("none" if v is None else str(v) for v in values),
+               "u_work_min": min(numbers) if numbers else None, "u_work_max": max(numbers) if numbers else None,
+               "reps_agree": agree, "headline_rep": head_rep, "censored": knee["censored"],
+               "knee_at": knee["knee_at"],
+               "knee_reps": ";".join("none" if k["knee_at"] is None else str(k["knee_at"]) for _, k in sorted(rep_knees.items())),
+               "n_steps": knee["n_steps"], "n_reps": len(rep_knees), **collapse_point(steps), "note": note}
+        # Transparency (B vs A within +-5 %): rep-mean p50 TTFT at the concurrency levels both stacks hold stably.
         if ref_stack and stack != ref_stack:
-            ref = {s["concurrency"]: s for s in per_stack[ref_stack]}
-            shared = [s for s in steps if s["concurrency"] in ref and knee["stable"][s["concurrency"]]
+            ref = {s["concurrency"]: s for s in curves[ref_stack]}
+            shared = [s for s in steps if s["concurrency"] in ref and knees[stack]["stable"][s["concurrency"]]
                       and knees[ref_stack]["stable"].get(s["concurrency"])]
             deltas = [pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50")) for s in shared]
             deltas = [d for d in deltas if d is not None]
@@ -65,13 +130,15 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     return summary, uwork_rows
 
 
-
-
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
+    from kvharness.report.figures import plot_latency_vs_concurrency
+
     summary, uwork_rows = h0_tables(ctx.rows)
-    return Result(tables={"summary": summary, "uwork": uwork_rows}, facts={"uwork": uwork_rows})
+    return Result(tables={"summary": summary, "uwork": uwork_rows},
+                  figures={"latency": lambda path: plot_latency_vs_concurrency(summary, uwork_rows, path)},
+                  facts={"uwork": uwork_rows})
 
 
 def verdict(result: Result) -> str:
@@ -83,7 +150,8 @@ def verdict(result: Result) -> str:
         if r["u_work"] is None:
             parts.append(f"{r['stack']} has no stable pair of steps (using {r['u_work_used']})")
         else:
-            parts.append(f"{r['stack']} {r['u_work']}{' (censored: stable to the end of the sweep)' if r['censored'] else ''}")
+            spread = "" if r.get("reps_agree", True) else f", reps ranged {r['u_work_min']}–{r['u_work_max']}: unstable"
+            parts.append(f"{r['stack']} {r['u_work']}{' (censored: stable to the end of the sweep)' if r['censored'] else ''}{spread}")
     sentence = "U_work: " + "; ".join(parts) + "."
     for r in rows:
         if "transparent" in r:
@@ -95,6 +163,10 @@ def verdict(result: Result) -> str:
 def gates(result: Result) -> list[Gate]:
     out = []
     for r in result.facts["uwork"]:
+        if (r.get("n_reps") or 1) >= 2:
+            out.append(Gate(f"{r['stack']} U_work the same in every rep", r["reps_agree"], r["u_work_reps"],
+                            "one value", f"headline = lower median (rep {r['headline_rep']})"))
+    for r in result.facts["uwork"]:
         if "transparent" in r:
             out.append(Gate(f"{r['stack']} transparent vs A (p50 TTFT)", r["transparent"],
                             r["vs_A_ttft_p50_worst_pct"], f"±{TRANSPARENCY_PCT:g} %"))
@@ -105,11 +177,22 @@ register(Hypothesis(
     id="H0",
     question="Where is each stack's queue knee (U_work), and is the tiered stack transparent below it?",
     analyze=analyze,
-    tables=(Table("summary", H0_COLUMNS, "per stack x concurrency: TTFT/E2E percentiles, stability"),
-            Table("uwork", ["stack", "role", "u_work", "u_work_used"], "U_work, knee and collapse point per stack")),
+    tables=(Table("summary", H0_COLUMNS, "per stack x concurrency, means over reps: TTFT/E2E percentiles, stability, goodput",
+                  key_columns=("stack", "concurrency", "n_reps", "ttft_ms_p50", "ttft_ms_p99", "ttft_p99_cov",
+                               "stable", "stable_reps", "goodput_req_s", "good_fraction", "error_rate", "status")),
+            Table("uwork", UWORK_COLUMNS, "U_work, knee and collapse point per stack, per rep and headline",
+                  key_columns=("stack", "role", "u_work", "u_work_reps", "reps_agree", "censored", "knee_at",
+                               "collapse_at", "vs_A_ttft_p50_worst_pct", "transparent", "note"))),
+    figures=(Figure("latency", "TTFT p50 and p99 (ms, log scale) vs concurrency (users in flight, log scale), one "
+                               "panel per stack, means over repetitions with the p99's 95 % t interval; the solid "
+                               "line marks the headline U_work, the band the range of per-rep U_work, the dashed "
+                               "line the knee (first two consecutive unstable steps)."),),
     verdict=verdict,
     gates=gates,
     provides={"uwork": "uwork"},
     how_to_read="A step is stable when p99 TTFT <= 2 x p50. U_work is the highest concurrency whose step and the next "
-                "are both stable, below the first two consecutive unstable steps (the knee).",
+                "are both stable, below the first two consecutive unstable steps (the knee). It is computed per "
+                "repetition; the headline is the lower median of the reps' values, and u_work_reps shows their "
+                "spread (reps that disagree mean the knee is not sharp on this machine). Percentiles in the "
+                "summary are means over reps; goodput counts requests meeting every SLO of the load.",
 ))

@@ -182,7 +182,7 @@ def analyze(ctx: Context) -> Result:
         facts[f"{fam}_hit_knee_monotone"] = non_decreasing(mine, "hit_knee") if fam == "total" else None
         facts[f"{fam}_u_work_monotone"] = non_decreasing(mine, "u_work") if fam == "total" else None
     facts["lfu_beats_lru"], facts["lfu_gap_pp"] = lfu_beats_lru(policy)
-    return Result(tables={"summary": knees, "points": points, "policy": policy},
+    return Result(tables={"summary": knees, "cells": points, "policy": policy},
                   figures={"knees": lambda path: plot_knees(points, path)}, facts=facts)
 
 
@@ -220,7 +220,7 @@ register(Hypothesis(
     question="How do the T0/T1 split, the T0+T1 total and the eviction policy move the tiered stack's knees?",
     analyze=analyze,
     tables=(Table("summary", KNEE_COLUMNS, "per tier point: U_work and the memory hit-rate knee"),
-            Table("points", POINT_COLUMNS, "per cell: tier sizes, policy, concurrency, hit rates, TTFT"),
+            Table("cells", POINT_COLUMNS, "per cell: tier sizes, policy, concurrency, hit rates, TTFT"),
             Table("policy", POLICY_COLUMNS, "eviction policies on the hot-set + scan workload, per concurrency")),
     figures=(Figure("knees", "Memory-tier (T0+T1) hit rate (%) vs concurrency (users, log2) per tier point; the dashed "
                              "line is the 50 % hit-rate knee threshold."),),

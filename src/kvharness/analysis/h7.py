@@ -21,7 +21,7 @@ OVERHEAD_LIMIT_PCT = 3.0
 H7_COLUMNS = [
     "stack", "telemetry_interval_ms", "interval_achieved_median_ms", "interval_achieved_p99_ms", "ticks_missed",
     "alignment", "collector_cpu_pct_of_core", "overhead_ok", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
-    "p99_impact_pct", "tail_requests", "tail_covered", "tail_resolved", "code_fingerprint",
+    "p99_impact_pct", "goodput_req_s", "good_fraction", "tail_requests", "tail_covered", "tail_resolved", "code_fingerprint",
 ]
 
 
@@ -96,7 +96,10 @@ register(Hypothesis(
     id="H7",
     question="What does the telemetry cadence cost (collector CPU, p99 impact), and do tail events stay attributable?",
     analyze=analyze,
-    tables=(Table("summary", H7_COLUMNS, "per cadence: collector cost, p99 impact, tail attribution"),),
+    tables=(Table("summary", H7_COLUMNS, "per cadence: collector cost, p99 impact, tail attribution",
+                  key_columns=("stack", "telemetry_interval_ms", "interval_achieved_median_ms", "alignment",
+                               "collector_cpu_pct_of_core", "overhead_ok", "ttft_ms_p99", "p99_impact_pct",
+                               "goodput_req_s", "good_fraction", "tail_covered", "tail_resolved")),),
     verdict=verdict,
     gates=gates,
     how_to_read="p99_impact_pct compares each cadence's p99 TTFT with the slowest cadence measured; tail_covered is "

@@ -11,10 +11,10 @@ from kvharness.stats import pct_delta
 LATENCY_COLUMNS = [f"{m}_p{q}" for m in ("ttft_ms", "e2e_ms") for q in (50, 95, 99)]
 H8_COLUMNS = [
     "stack", "role", "tiered", "profile", "status", "u_work", "concurrency", "memory_budget_bytes",
-    "tier0_bytes", "tier1_bytes", "tier2_bytes", "n_requests", "n_ok", "n_errors", "error_rate",
-    *LATENCY_COLUMNS, "req_s", "output_tok_s", "kv_hit_pct", "tier2_file_bytes", "client_bound", "code_fingerprint",
+    "tier0_bytes", "tier1_bytes", "tier2_bytes", "n_reps", "n_requests", "n_ok", "n_errors", "error_rate",
+    *LATENCY_COLUMNS, "ttft_ms_p99_ci_low", "ttft_ms_p99_ci_high", "req_s", "output_tok_s", "goodput_req_s", "good_fraction", "kv_hit_pct", "tier2_file_bytes", "client_bound", "code_fingerprint",
 ]
-H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "error_rate"]
+H8_DELTA_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "goodput_req_s", "error_rate"]
 
 
 # What A and B may differ in: the KV connector and the device pool (tier0 + tier1 for A at equal memory).
@@ -58,18 +58,42 @@ def h8_table(rows: Sequence[dict], uwork: dict[str, int | None] | None = None) -
     return table
 
 
+_REP_MEAN_METRICS = [*LATENCY_COLUMNS, "req_s", "output_tok_s", "goodput_req_s", "good_fraction", "error_rate",
+                     "n_requests", "n_ok", "n_errors", "kv_hit_pct", "tier2_file_bytes"]
+
+
+def mean_over_reps(rows: Sequence[dict]) -> list[dict]:
+    """One row per stack: each metric the mean over the stack's repetitions (with the p99's 95 % t
+    interval and n_reps), so B is compared with A's mean, never with one of A's reps."""
+    from kvharness.analysis.evidence import aggregate
+
+    out = []
+    for agg in aggregate(rows, ["stack"], _REP_MEAN_METRICS):
+        first = next(r for r in rows if r["stack"] == agg["stack"])
+        row = {**first, **{m: agg[f"{m}_mean"] for m in _REP_MEAN_METRICS}, "n_reps": agg["n_reps"],
+               "ttft_ms_p99_ci_low": agg["ttft_ms_p99_ci_low"], "ttft_ms_p99_ci_high": agg["ttft_ms_p99_ci_high"],
+               "status": ";".join(sorted({str(r.get("status")) for r in rows if r["stack"] == agg["stack"]}))}
+        out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
     from kvharness.analysis.run import uwork_by_stack
     from kvharness.report.hero import plot_hero
 
+    from kvharness.analysis.evidence import differs
     from kvharness.analysis.records import read_json
 
-    rows = ctx.rows
-    for row, d in zip(rows, ctx.cell_dirs):  # what each engine ran with, for the A/B parity column
+    for row, d in zip(ctx.rows, ctx.cell_dirs):  # what each engine ran with, for the A/B parity column
         row["engine_settings"] = read_json(d / "summary.json").get("engine_settings")
-    table = h8_table(rows, uwork_by_stack(ctx.upstream["uwork"]))
+    table = h8_table(mean_over_reps(ctx.rows), uwork_by_stack(ctx.upstream["uwork"]))
+    reps = {stack: [r.get("ttft_ms_p99") for r in ctx.rows if r["stack"] == stack] for stack in {r["stack"] for r in ctx.rows}}
+    ref = next((r["stack"] for r in table if r["role"] == "A"), None)
+    for row in table:
+        if ref is not None and row["stack"] != ref:
+            row["vs_A_ttft_ms_p99_differs"] = differs(reps[ref], reps[row["stack"]])["differs"]
     return Result(tables={"summary": table}, figures={"hero": lambda path: plot_hero(table, path)},
                   facts={"rows": table})
 
@@ -85,7 +109,9 @@ def verdict(result: Result) -> str:
         d = r.get("vs_A_ttft_ms_p99_pct")
         same = r.get("concurrency") == ref.get("concurrency")
         load = "at the same concurrency" if same else f"at concurrency {r.get('concurrency')} vs A's {ref.get('concurrency')}"
-        parts.append(f"{r['stack']} p99 TTFT {'—' if d is None else f'{d:+.1f} %'} vs A ({load})")
+        beyond = {True: ", beyond the reps' 95 % intervals", False: ", within the reps' 95 % intervals: no clear difference"}
+        parts.append(f"{r['stack']} p99 TTFT {'—' if d is None else f'{d:+.1f} %'} vs A ({load}"
+                     f"{beyond.get(r.get('vs_A_ttft_ms_p99_differs'), '')})")
     return "; ".join(parts) + "."
 
 
@@ -93,11 +119,15 @@ register(Hypothesis(
     id="H8",
     question="At equal memory budget, what does tiering cost without reuse and buy with it?",
     analyze=analyze,
-    tables=(Table("summary", H8_COLUMNS, "hero table: one row per stack with B-vs-A deltas"),),
+    tables=(Table("summary", H8_COLUMNS, "hero table: one row per stack with B-vs-A deltas",
+                  key_columns=("stack", "role", "concurrency", "memory_budget_bytes", "ttft_ms_p50", "ttft_ms_p99",
+                               "vs_A_ttft_ms_p99_pct", "e2e_ms_p99", "goodput_req_s", "good_fraction", "error_rate",
+                               "status")),),
     figures=(Figure("hero", "Stack A (memory-only) vs Stack B (tiered KV) at equal memory budget: TTFT and E2E "
                             "percentiles in ms and throughput, each stack at the load in its row."),),
     verdict=verdict,
     needs=("uwork",),
     how_to_read="Equal memory budget: A gets T0+T1 as its device pool, B gets T0 on the device and T1 in host memory "
-                "(plus T2 on disk). vs_A_*_pct are B's percent differences from A.",
+                "(plus T2 on disk). vs_A_*_pct are B's percent differences from A; with reps, each row is the mean "
+                "over the stack's reps (points.csv has the intervals).",
 ))

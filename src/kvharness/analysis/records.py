@@ -6,8 +6,21 @@ counted, never silently dropped. Shared by the analysis, the cell runner and the
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
+
+try:  # 3-4x faster on big cells; anything it refuses (NaN, Infinity) is read again by json
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency, json the fallback
+    _fast_loads = json.loads
+
+
+def _loads(line: str):
+    try:
+        return _fast_loads(line)
+    except ValueError:
+        return json.loads(line)
 
 
 class RecordError(ValueError):
@@ -21,27 +34,33 @@ def read_jsonl(path: str | Path, tolerate_truncated_tail: bool = True) -> tuple[
     line that ends in a newline was written that way and raises, naming file and line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: missing") from None
-    lines = text.split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     records: list[dict] = []
     truncated = 0
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if tolerate_truncated_tail and i == last and not text.endswith("\n"):
-                truncated = 1
-                break
-            raise RecordError(f"{path}:{i + 1}: malformed JSON line ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise RecordError(f"{path}:{i + 1}: expected a JSON object per line, got {type(rec).__name__}")
-        records.append(rec)
+    try:
+        fh = path.open(errors="replace")
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing") from None
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a million fresh dicts would trigger full collections over all of them again and again
+    try:
+        with fh:  # line by line: a big cell's text is never held whole beside its records
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    rec = _loads(line)
+                except json.JSONDecodeError as exc:
+                    # only the file's last line can lack its newline: that is a cut tail
+                    if tolerate_truncated_tail and not line.endswith("\n"):
+                        truncated = 1
+                        break
+                    raise RecordError(f"{path}:{i + 1}: malformed JSON line ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise RecordError(f"{path}:{i + 1}: expected a JSON object per line, got {type(rec).__name__}")
+                records.append(rec)
+    finally:
+        if gc_was_on:
+            gc.enable()
     return records, truncated
 
 

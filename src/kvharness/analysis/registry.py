@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/kvharness
+#: per-point evidence over repetitions, written by the runner for every hypothesis (kvharness.analysis.run)
+POINTS = "points"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Table:
     name: str
     columns: Sequence[str]
     description: str = ""
+    key_columns: Sequence[str] = ()  # what the report's compact table shows (default: the first columns)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Hypothesis:
         """Output name -> path, as the generated rule declares them."""
         out = {t.name: f"{results_dir}/{self.id}/{t.name}.csv" for t in self.tables}
         out.update({f.name: f"{results_dir}/{self.id}/{f.name}.png" for f in self.figures})
+        out[POINTS] = f"{results_dir}/{self.id}/{POINTS}.csv"  # written by the runner for every hypothesis
         out["verdict"] = f"{results_dir}/{self.id}/verdict.json"
         return out
 
@@ -123,8 +127,8 @@ def register(h: Hypothesis) -> Hypothesis:
     frame = inspect.stack()[1]
     module_file = str(Path(frame.filename).resolve())
     names = [t.name for t in h.tables] + [f.name for f in h.figures]
-    if len(set(names)) != len(names) or "verdict" in names:
-        raise RegistryError(f"{h.id}: output names must be unique and not 'verdict' ({names})")
+    if len(set(names)) != len(names) or "verdict" in names or POINTS in names:
+        raise RegistryError(f"{h.id}: output names must be unique and not 'verdict' or '{POINTS}' ({names})")
     for result, table in h.provides.items():
         if table not in {t.name for t in h.tables}:
             raise RegistryError(f"{h.id}: provides {result!r} from unknown table {table!r}")

@@ -1,8 +1,14 @@
 """Running one registered hypothesis: cell folders + upstream results in, declared files out.
 
 Shared by the generated workflow rules (``workflow/scripts/analyze.py``) and ``kvharness analyze``.
-Besides the declared tables and figures it writes ``verdict.json``: the question, the computed verdict,
-the gates (value and limit), one-line notes, the cells' status counts and their code fingerprints.
+Besides the declared tables and figures it writes, for every hypothesis:
+
+- ``points.csv``: one row per point (stack x swept values, ``rep`` excluded) over its repetitions: mean
+  and 95 % t interval of p50/p95/p99 TTFT, p50/p99 TPOT, p99 E2E, req/s, goodput and good fraction, the
+  CoV of p99 across reps, the worst rep's p99 deviation from the mean, and the fewest ok requests of a rep;
+- ``verdict.json``: the question, the computed verdict, the gates (the hypothesis's own, then the common
+  ones of :mod:`kvharness.analysis.gates`, each with value and limit), one-line notes, the cells' status
+  counts, their code fingerprints and provenance (stacks, model, measured UTC span).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kvharness.analysis import registry
+from kvharness.analysis import evidence, gates, registry
 from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
 from kvharness.provenance import utc_now
@@ -54,23 +60,90 @@ def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dic
     return notes
 
 
+POINT_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99", "e2e_ms_p99",
+                 "req_s", "goodput_req_s", "good_fraction")
+
+
+REPORT_COLUMNS = 10  # a table without key_columns shows its first declared columns in the report
+POINT_KEY_COLUMNS = ("n_reps", "ttft_ms_p50_mean", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low", "ttft_ms_p99_ci_high",
+                     "ttft_p99_cov", "goodput_req_s_mean", "good_fraction_mean", "n_ok_min", "status")
+
+
+def _read_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (ValueError, OSError):
+        return {}
+
+
+def point_keys(cell_dirs: Sequence[Path]) -> list[str]:
+    """Columns naming a point: the stack, then every swept axis of the cells (``rep`` excluded)."""
+    keys = ["stack"]
+    for d in cell_dirs:
+        for key in (_read_or_empty(Path(d) / "cell.json").get("sweep") or {}):
+            if key != "rep" and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Per point over its repetitions (evidence.aggregate), plus reproducibility and sample counts."""
+    table = evidence.aggregate(rows, keys, POINT_METRICS)
+    members: dict[tuple, list[dict]] = {}
+    for r in rows:
+        members.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    need = evidence.min_samples(99)
+    for p in table:
+        reps = members[tuple(p.get(k) for k in keys)]
+        p["reps"] = ";".join(str(r.get("rep", 0)) for r in sorted(reps, key=lambda r: r.get("rep", 0)))
+        p["ttft_p99_max_dev_pct"] = gates.p99_deviation_pct(r.get("ttft_ms_p99") for r in reps)
+        p["n_ok_min"] = min((r.get("n_ok") or 0) for r in reps)
+        p["enough_samples_p99"] = p["n_ok_min"] >= need
+        p["status"] = ";".join(sorted({str(r.get("status")) for r in reps}))
+    return sorted(table, key=lambda p: tuple((v is None, str(type(v)), v) for v in (p.get(k) for k in keys)))
+
+
 def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
     status: dict[str, int] = {}
     fingerprints: dict[str, list[str]] = {}
+    stacks: dict[str, dict] = {}
+    models: set[tuple] = set()
+    starts, ends, shas = [], [], set()
     for d in cell_dirs:
         d = Path(d)
-        try:
-            status_value = read_json(d / "summary.json").get("status", "unknown")
-        except ValueError:
-            status_value = "unknown"
+        summary = _read_or_empty(d / "summary.json")
+        status_value = summary.get("status", "unknown")
         status[status_value] = status.get(status_value, 0) + 1
-        try:
-            fp = read_json(d / "provenance.json").get("code_fingerprint") or "unknown"
-        except ValueError:
-            fp = "unknown"
+        prov = _read_or_empty(d / "provenance.json")
+        fp = prov.get("code_fingerprint") or "unknown"
         fingerprints.setdefault(fp, []).append(d.name)
+        if prov.get("git_sha"):
+            shas.add(prov["git_sha"])
+        spec = _read_or_empty(d / "cell.json")
+        stack = spec.get("stack") or {}
+        if stack.get("name"):
+            stacks[stack["name"]] = {"role": spec.get("role"), "kind": stack.get("kind"),
+                                     "tiered": bool(stack.get("tiered")), "description": stack.get("description", "")}
+        if spec.get("model"):
+            models.add((spec.get("model"), spec.get("served_model_name"), spec.get("precision"), spec.get("hardware")))
+        starts.extend([summary["started_utc"]] if summary.get("started_utc") else [])
+        ends.extend([summary["finished_utc"]] if summary.get("finished_utc") else [])
+    provenance = {
+        "stacks": stacks,
+        "models": [dict(zip(("model", "served_model_name", "precision", "hardware"), m)) for m in sorted(models, key=str)],
+        "measured_from_utc": min(starts) if starts else None, "measured_to_utc": max(ends) if ends else None,
+        "git_shas": sorted(shas),
+    }
     return {"cell_status": status, "code_fingerprints": fingerprints,
-            "mixed_code": len(fingerprints) > 1}
+            "mixed_code": len(fingerprints) > 1, "provenance": provenance}
+
+
+def gate_status(gate_dicts: Sequence[dict]) -> str:
+    """fail if any gate failed, pass if at least one passed and none failed, else n/a."""
+    passed = [g.get("passed") for g in gate_dicts]
+    if any(p is False for p in passed):
+        return "fail"
+    return "pass" if any(p is True for p in passed) else "n/a"
 
 
 def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Mapping[str, str | Path],
@@ -93,16 +166,28 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
         path.parent.mkdir(parents=True, exist_ok=True)
         result.figures[fig.name](path)
         written.append(path)
+    keys = point_keys(cells)
+    points = points_table(ctx.rows, keys)
+    if registry.POINTS in outputs:
+        written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status"]))
     facts = _cell_facts(cells)
     if facts["mixed_code"]:
-        ctx.notes.append(f"cells were measured by different code ({len(facts['code_fingerprints'])} fingerprints)")
+        ctx.notes.append(f"cells were measured by different code ({len(facts['code_fingerprints'])} code "
+                         f"fingerprints, see provenance): compare them with care")
     for note in ctx.notes:
         log.warning("%s: %s", hyp, note)
-    gates = [g.as_dict() for g in h.gates(result)]
+    gate_dicts = [{**g.as_dict(), "scope": hyp} for g in h.gates(result)]
+    gate_dicts += [{**g.as_dict(), "scope": "common"} for g in gates.common_gates(ctx.rows, points, keys)]
+    tables = {t.name: Path(outputs[t.name]).name for t in h.tables}
+    if registry.POINTS in outputs:
+        tables[registry.POINTS] = Path(outputs[registry.POINTS]).name
     verdict = {
         "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
-        "gates": gates, "notes": ctx.notes, **facts, "n_cells": len(cells), "analysed_utc": utc_now(),
-        "tables": {t.name: Path(outputs[t.name]).name for t in h.tables},
+        "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
+        "n_cells": len(cells), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
+        "tables": tables,
+        "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},
+                        registry.POINTS: keys + list(POINT_KEY_COLUMNS)},
         "figures": {f.name: {"file": Path(outputs[f.name]).name, "caption": f.caption} for f in h.figures},
     }
     path = Path(outputs["verdict"])

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json", "none"), default="table",
                         help="what goes to stdout at the end: the result table, the JSON summary, or nothing "
                              "(default: %(default)s)")
+    parser.add_argument("--start-file", metavar="PATH",
+                        help="start the load only once PATH exists (a caller starts the process early, so its "
+                             "start-up overlaps the server's; the cell runner creates PATH when telemetry runs)")
     g = parser.add_argument_group("convenience flags (build a spec without a file, or override --spec)")
     g.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8355")
     g.add_argument("--model", help="model name sent in every request")
@@ -151,6 +154,24 @@ def _say(*parts) -> None:
         pass
 
 
+START_FILE_TIMEOUT_S = 3600.0
+
+
+def _wait_for_start(path: str | None) -> bool:
+    """Block until ``path`` exists (True) or the timeout passes (False); no path: start at once."""
+    if not path:
+        return True
+    import time
+
+    deadline = time.monotonic() + START_FILE_TIMEOUT_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            print(f"kvharness loadgen: --start-file {path} did not appear within {START_FILE_TIMEOUT_S:.0f} s", file=sys.stderr)
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
     from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table
 
@@ -177,15 +198,20 @@ def main(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     runner_ctx, loop_name = _event_loop_runner()
+    start_file = getattr(args, "start_file", None)
     if spec["workers"] > 1:
         from kvharness.loadgen.workers import run_workers
 
+        if not _wait_for_start(start_file):
+            return 2
         summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
     else:
         progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
         out = open(args.out, "w", encoding="utf-8")
         try:
             runner = Runner(spec, out, pattern=pattern, progress=progress)
+            if not _wait_for_start(start_file):  # everything imported and built: only the load is left
+                return 2
             with runner_ctx as loop_runner:
                 summary = loop_runner.run(runner.run())
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a histogram (seconds) of the stack's own that gives tierN fetch p50/p95/p99, e.g. "
                              "tier2=my_disk_read_seconds or tier1='family{tier=1}' (repeatable)")
     parser.add_argument("--duration-s", type=float, help="stop after T seconds (default: until SIGTERM/SIGINT)")
+    parser.add_argument("--start-file", metavar="PATH",
+                        help="start sampling only once PATH exists (a caller starts the process early, so its "
+                             "start-up overlaps the server's; the first tick's clock starts then)")
     parser.add_argument("--scrape-timeout-ms", type=float,
                         help="per-request scrape timeout (default 40%% of the interval, 50..1000 ms)")
     parser.add_argument("--scrape-client", choices=("raw", "stdlib", "httpx"), default="raw",
@@ -74,7 +78,12 @@ def main(args: argparse.Namespace) -> int:
         scrape_timeout_s=(args.scrape_timeout_ms / 1000.0) if args.scrape_timeout_ms else None,
         scrape_client=args.scrape_client,
     )
-    summary = Collector(cfg, stop).run()
+    collector = Collector(cfg, stop)
+    start_file = getattr(args, "start_file", None)
+    while start_file and not os.path.exists(start_file):  # everything imported and opened: only sampling is left
+        if stop.wait(0.005):
+            return 0  # stopped before it was asked to sample: nothing was measured
+    summary = collector.run()
     keys = ("ticks_expected", "ticks_present", "ticks_missed", "interval_achieved_median_ms",
             "interval_achieved_p99_ms", "alignment_fraction", "collector_cpu_pct_of_core")
     print(json.dumps({k: summary.get(k) for k in keys}), file=sys.stderr)

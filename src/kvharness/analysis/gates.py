@@ -1,0 +1,169 @@
+"""The plan's quality gates (SPEC.md "Quality gates"), one function each, shared by every hypothesis.
+
+Each returns a :class:`~kvharness.analysis.registry.Gate`: pass/fail (None = does not apply here, or
+no data), the measured value and the limit, so a reader sees how far from the line a result is.
+
+| gate | function | applies |
+|---|---|---|
+| >= 95 % of 200 ms windows have samples from every source | :func:`alignment_gate` | every cell |
+| enough successful requests for the percentile reported (p99: >= 500) | :func:`samples_gate` | every cell |
+| CoV of p99 TTFT across repetitions < 10 % | :func:`cov_p99_gate` | points with >= 2 reps |
+| p99 reproducible within +-5 % (each rep's p99 vs the point's mean) | :func:`reproducible_p99_gate` | points with >= 2 reps |
+| Stack A's NVMe reads within +-10 % of idle | :func:`nvme_idle_gate` | H2A (the caller passes load and idle read rates) |
+| Stack B tier-2 hits >= 20 % near its knee | :func:`tier2_hits_gate` | H2B (the caller passes the knee cell's fraction) |
+
+The first four are evaluated by the runner (``kvharness.analysis.run``) for every hypothesis, on its
+cells and its ``points.csv``; the last two need a hypothesis's own notion of "idle" and "near the knee",
+so their authors call them from their ``gates`` function, reading the cells with
+:func:`nvme_read_mbs` and :func:`tier2_hit_fraction`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from kvharness.analysis.evidence import mean_ci, min_samples
+from kvharness.analysis.registry import Gate
+
+ALIGNMENT_LIMIT = 0.95
+COV_P99_LIMIT = 0.10
+REPRODUCIBLE_P99_PCT = 5.0
+NVME_IDLE_PCT = 10.0
+NVME_IDLE_FLOOR_MBS = 1.0  # below this a read rate is the device's noise floor: +-10 % of ~0 means nothing
+TIER2_HITS_LIMIT = 0.20
+
+
+def _point_label(point: Mapping, keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={point.get(k)}" for k in keys)
+
+
+def alignment_gate(rows: Iterable[Mapping], limit: float = ALIGNMENT_LIMIT) -> Gate:
+    """Every cell's telemetry covers >= ``limit`` of its sampling windows with every source.
+
+    ``rows``: cell rows (``alignment`` from the cell's collector summary). Value: the worst cell's fraction."""
+    rows = list(rows)
+    values = [(r.get("alignment"), r.get("cell")) for r in rows]
+    known = [(v, c) for v, c in values if v is not None]
+    name = "telemetry alignment (windows with every source)"
+    if not rows:
+        return Gate(name, None, None, f">= {limit:.0%}", "no cell")
+    if len(known) < len(values):
+        missing = [c for v, c in values if v is None]
+        return Gate(name, False, min((v for v, _ in known), default=None), f">= {limit:.0%}",
+                    f"{len(missing)} cell(s) without a collector summary (e.g. {missing[0]})")
+    worst, cell = min(known, key=lambda vc: vc[0])
+    below = sum(1 for v, _ in known if v < limit)
+    note = f"worst cell {cell}" + (f"; {below} of {len(known)} cells below" if below else "")
+    return Gate(name, worst >= limit, round(worst, 4), f">= {limit:.0%}", note)
+
+
+def samples_gate(rows: Iterable[Mapping], q: float = 99) -> Gate:
+    """Every cell has enough successful requests for its p``q`` (:func:`evidence.min_samples`)."""
+    rows = list(rows)
+    need = min_samples(q)
+    name = f"enough samples for p{q:g}"
+    if not rows:
+        return Gate(name, None, None, f">= {need} ok requests per cell", "no cell")
+    worst = min(rows, key=lambda r: r.get("n_ok") or 0)
+    short = sum(1 for r in rows if (r.get("n_ok") or 0) < need)
+    note = f"fewest in {worst.get('cell')}" + (f"; {short} of {len(rows)} cells short: their p{q:g} is indicative only" if short else "")
+    return Gate(name, short == 0, worst.get("n_ok") or 0, f">= {need} ok requests per cell", note)
+
+
+def cov_p99_gate(points: Iterable[Mapping], keys: Sequence[str] = (), limit: float = COV_P99_LIMIT) -> Gate:
+    """CoV of p99 TTFT across repetitions < ``limit`` at every point with >= 2 reps.
+
+    ``points``: rows of ``points.csv`` / :func:`evidence.aggregate` (``ttft_p99_cov``, ``n_reps``)."""
+    name = "CoV of p99 TTFT across reps"
+    covs = [(p.get("ttft_p99_cov"), p) for p in points if (p.get("n_reps") or 0) >= 2 and p.get("ttft_p99_cov") is not None]
+    if not covs:
+        return Gate(name, None, None, f"< {limit:.0%}", "one repetition per point: set reps >= 2 to evaluate")
+    worst, point = max(covs, key=lambda cp: cp[0])
+    over = sum(1 for c, _ in covs if c >= limit)
+    note = f"worst at {_point_label(point, keys)}" + (f"; {over} of {len(covs)} points over" if over else "")
+    return Gate(name, worst < limit, round(worst, 4), f"< {limit:.0%}", note)
+
+
+def p99_deviation_pct(values: Iterable[float | None]) -> float | None:
+    """Largest |rep p99 - mean| / mean of one point's repetitions, in percent (None below 2 reps)."""
+    vals = [float(v) for v in values if v is not None]
+    s = mean_ci(vals)
+    if s["n"] < 2 or not s["mean"]:
+        return None
+    return 100.0 * max(abs(v - s["mean"]) for v in vals) / abs(s["mean"])
+
+
+def reproducible_p99_gate(rows: Iterable[Mapping], keys: Sequence[str], limit_pct: float = REPRODUCIBLE_P99_PCT) -> Gate:
+    """Every repetition's p99 TTFT lies within +-``limit_pct`` % of its point's mean p99.
+
+    ``rows``: cell rows; ``keys``: the columns naming a point (the sweep axes except ``rep``, plus stack)."""
+    name = "p99 TTFT reproducible across reps"
+    groups: dict[tuple, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    devs = []
+    for point, members in groups.items():
+        d = p99_deviation_pct(m.get("ttft_ms_p99") for m in members)
+        if d is not None:
+            devs.append((d, dict(zip(keys, point))))
+    if not devs:
+        return Gate(name, None, None, f"±{limit_pct:g} %", "one repetition per point: set reps >= 2 to evaluate")
+    worst, point = max(devs, key=lambda dp: dp[0])
+    return Gate(name, worst <= limit_pct, round(worst, 2), f"±{limit_pct:g} %",
+                f"worst rep deviation from its point's mean, at {_point_label(point, keys)}")
+
+
+def nvme_idle_gate(load_mbs: float | None, idle_mbs: float | None, limit_pct: float = NVME_IDLE_PCT,
+                   floor_mbs: float = NVME_IDLE_FLOOR_MBS, name: str = "Stack A NVMe reads vs idle") -> Gate:
+    """The memory-only stack leaves the NVMe alone: reads under load within +-``limit_pct`` % of idle.
+
+    A read rate at or below ``floor_mbs`` (MiB/s) on both sides is idle by definition (a percentage of
+    ~0 is noise); the value is the percent change of the load's read rate against the idle one."""
+    limit = f"±{limit_pct:g} % of idle (or both <= {floor_mbs:g} MiB/s)"
+    if load_mbs is None or idle_mbs is None:
+        return Gate(name, None, None, limit, "no NVMe read rate (no tier-2 device sampled)")
+    if load_mbs <= floor_mbs and idle_mbs <= floor_mbs:
+        return Gate(name, True, round(load_mbs, 3), limit, f"load {load_mbs:.3f} MiB/s, idle {idle_mbs:.3f} MiB/s: both at the noise floor")
+    if idle_mbs <= 0:
+        return Gate(name, False, None, limit, f"load reads {load_mbs:.3f} MiB/s against an idle of 0")
+    pct = 100.0 * (load_mbs - idle_mbs) / idle_mbs
+    return Gate(name, abs(pct) <= limit_pct, round(pct, 2), limit, f"load {load_mbs:.3f} MiB/s, idle {idle_mbs:.3f} MiB/s")
+
+
+def tier2_hits_gate(hit_fraction: float | None, limit: float = TIER2_HITS_LIMIT, where: str = "",
+                    name: str = "Stack B tier-2 hits near its knee") -> Gate:
+    """The tiered stack really reads from tier 2 near its knee: hits / (hits + misses) at tier 2 >= ``limit``."""
+    if hit_fraction is None:
+        return Gate(name, None, None, f">= {limit:.0%}", "no tier-2 lookups recorded")
+    return Gate(name, hit_fraction >= limit, round(hit_fraction, 4), f">= {limit:.0%}", where)
+
+
+# ---------------------------------------------------------------------------- readers for the last two
+
+
+def nvme_read_mbs(cell_dir: str | Path) -> float | None:
+    """Mean NVMe read rate (MiB/s) of a cell's tier-2 device over its sysmon ticks (None: not sampled)."""
+    from kvharness.analysis.records import read_jsonl
+
+    ticks, _ = read_jsonl(Path(cell_dir) / "sysmon.jsonl")
+    values = [t["nvme"]["rMBs"] for t in ticks if isinstance(t.get("nvme"), dict) and t["nvme"].get("rMBs") is not None]
+    return sum(values) / len(values) if values else None
+
+
+def tier2_hit_fraction(cell_dir: str | Path) -> float | None:
+    """Tier-2 hits / (hits + misses) over a cell's ``dynkv.jsonl`` (per-tick counter deltas)."""
+    from kvharness.analysis.records import read_jsonl
+
+    ticks, _ = read_jsonl(Path(cell_dir) / "dynkv.jsonl")
+    hits = misses = 0.0
+    for t in ticks:
+        tier = t.get("tier2") or {}
+        hits += tier.get("hits") or 0
+        misses += tier.get("misses") or 0
+    return hits / (hits + misses) if hits + misses else None
+
+
+def common_gates(rows: Sequence[Mapping], points: Sequence[Mapping], keys: Sequence[str]) -> list[Gate]:
+    """The gates that apply to every hypothesis: samples, alignment, and with reps CoV and reproducibility."""
+    return [samples_gate(rows), alignment_gate(rows), cov_p99_gate(points, keys), reproducible_p99_gate(rows, keys)]
