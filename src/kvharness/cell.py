@@ -257,6 +257,11 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
         collector = _start(argv, tmp / "collector.log")
         if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0):
             log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
+        idle_s = float(load.get("idle_window_s") or 0.0)
+        if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.idle)
+            idle_start = time.monotonic_ns()
+            time.sleep(idle_s)
+            summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s}
 
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
