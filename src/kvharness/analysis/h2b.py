@@ -28,12 +28,12 @@ SUMMARY_COLUMNS = [
     "onboard_bytes", "tier2_read_bytes", "tier2_file_read_bytes", "nvme_r_await_ms_mean", "tier2_fetch_ms_p95_metric",
     "tier2_fetch_ms_p95_join", "join_note", "fetch_share_metric", "fetch_share_join", "kv_hit_pct", "preemptions",
 ]
-KNEE_COLUMNS = ["method", "reported", "knee_at", "censored", "n_points_with_data", "note",
-                "first_tier2_read_at", "working_set_exceeds_t0t1_at"]
+KNEE_COLUMNS = ["method", "reported", "knee_at", "censored", "n_points_with_data", "note", "methods_agree",
+                "agreement_note", "first_tier2_read_at", "working_set_exceeds_t0t1_at"]
 JOIN_COLUMNS = ["stack", "context_tokens", "cell", "tick", "ts", "n_first_tokens", "ttft_ms_p50", "ttft_ms_p95",
                 "ttft_ms_p99", "nvme_device", "nvme_rps", "nvme_rMBs", "nvme_r_await_ms", "nvme_aqu_sz", "nvme_util_pct",
                 "tier2_read_bytes", "tier2_file_read_bytes", "tier2_fetch_ms_p95_metric", "t2_read_ms", "tier2_fetched",
-                "t2_fetch_est_ms"]
+                "t2_fetchers", "t2_fetch_est_ms"]
 #: a point "reads tier 2" when the stack onboarded at least this share of its prompt blocks from disk
 #: (a stray block or two during warm-up is not spill)
 TIER2_READ_MIN_PCT = 1.0
@@ -83,12 +83,31 @@ def knee_rows(summary: Sequence[dict]) -> list[dict]:
     if summary and metric["n_with_data"] == 0:
         metric["note"] = "the stack exports no tier-2 fetch latency (tier2.fetch_p95_ms is null in every window)"
     reported = "stack metric" if metric["n_with_data"] else "window join" if join["n_with_data"] else None
+    agree, why = methods_agree(summary, metric, join)
     out = []
     for name, k in (("stack metric", metric), ("window join", join)):
         out.append({"method": name, "reported": name == reported, "knee_at": k["knee_at"], "censored": k["censored"],
-                    "n_points_with_data": k["n_with_data"], "note": k["note"],
-                    "first_tier2_read_at": first_read, "working_set_exceeds_t0t1_at": crosses})
+                    "n_points_with_data": k["n_with_data"], "note": k["note"], "methods_agree": agree,
+                    "agreement_note": why, "first_tier2_read_at": first_read, "working_set_exceeds_t0t1_at": crosses})
     return out
+
+
+def methods_agree(summary: Sequence[dict], metric: dict, join: dict) -> tuple[bool | None, str]:
+    """Whether the two methods' knees are within one sweep step ("not reached" = one step past the last
+    point), and if not, the measured reason: how the two fetch estimates compare where both have data."""
+    if not metric["n_with_data"] or not join["n_with_data"]:
+        missing = "stack metric" if not metric["n_with_data"] else "window join"
+        return None, f"not compared: the {missing} method had no data"
+    values = [r[AXIS] for r in summary] + [None]
+    a, b = values.index(metric["knee_at"]), values.index(join["knee_at"])
+    if abs(a - b) <= 1:
+        return True, "within one sweep step"
+    both = [(r["tier2_fetch_ms_p95_metric"], r["tier2_fetch_ms_p95_join"]) for r in summary
+            if r.get("tier2_fetch_ms_p95_metric") and r.get("tier2_fetch_ms_p95_join")]
+    ratio = sorted(m / j for m, j in both)[len(both) // 2] if both else None
+    return False, ("the stack's fetch p95 is " + (f"{ratio:.1f}x" if ratio else "not comparable to")
+                   + " the window join's (median over points): the join sees only the device's read service time, "
+                     "the stack's histogram also its transfer, queueing and bucket interpolation")
 
 
 def plot_h2b(summary: Sequence[dict], joins: Sequence[dict], path: Path) -> None:

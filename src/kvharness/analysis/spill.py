@@ -102,10 +102,12 @@ def window_join(cell_dir: str | Path) -> list[dict]:
     """One row per telemetry window with at least one first token in it (tick index: a tick with
     ``mono_ns = m`` covers ``(m - interval, m]``), joined with the NVMe counters and tier-2 reads of that tick.
 
-    ``t2_read_ms`` = the device's read service time in the window (r/s x r_await x window length);
-    ``t2_fetch_est_ms`` = that time shared among the window's requests, when the window had tier-2 reads
-    (the stack's tier-2 bytes out, or its real file reads; a stack with no tier counters: any device read).
-    An upper bound on a request's tier-2 stall, because concurrent reads overlap.
+    ``t2_read_ms`` = the device's busy wall time in the window (%util x window) times tier 2's share of the
+    device's read bytes (the stack's tier-2 read bytes, real file bytes for the simulator, / the device's
+    read bytes; 1 for a stack without tier counters); ``t2_fetchers`` = the requests that fetched from tier
+    2 in the window: tier-2 hit blocks / prompt blocks per request (no tier counters: every request whose
+    first token fell in the window); ``t2_fetch_est_ms`` = ``t2_read_ms`` per fetching request, for windows
+    with tier-2 reads. An upper bound on a request's tier-2 stall when fetches overlap one another.
     """
     from kvharness.telemetry.read import TickIndex
 
@@ -116,7 +118,10 @@ def window_join(cell_dir: str | Path) -> list[dict]:
     has_tier_counters = any((t.get("tier2") or {}).get("bytes_out") is not None
                             or (t.get("sim") or {}).get("tier2_file_read_bytes") is not None for t in dyn.values())
     by_tick: dict[int, list[float]] = {}
-    for r in _ok_requests(cell_dir):
+    ok = _ok_requests(cell_dir)
+    tpb = int(read_json(cell_dir / "cell.json")["engine"].get("tokens_per_block") or 0)
+    blocks_per_request = (sum(int(r.get("prompt_tokens") or 0) for r in ok) / len(ok) / tpb) if ok and tpb else None
+    for r in ok:
         if r.get("first_token_ns") is None:
             continue
         tick = sysmon.at(r["first_token_ns"])
@@ -130,9 +135,15 @@ def window_join(cell_dir: str | Path) -> list[dict]:
         d = dyn.get(k) or {}
         t2_bytes = (d.get("tier2") or {}).get("bytes_out")
         t2_file = (d.get("sim") or {}).get("tier2_file_read_bytes")
-        rps, r_await = nvme.get("rps"), nvme.get("r_await_ms")
-        read_ms = rps * r_await * interval / 1e9 if rps is not None and r_await is not None else None
+        rps, r_await, util = nvme.get("rps"), nvme.get("r_await_ms"), nvme.get("util_pct")
+        real = t2_file if t2_file is not None else t2_bytes
+        dev_bytes = nvme.get("r_bytes")
+        share = min(1.0, real / dev_bytes) if real is not None and dev_bytes else (1.0 if not has_tier_counters else 0.0)
+        read_ms = util / 100.0 * interval / 1e6 * share if util is not None else None
         fetched = bool(t2_bytes or t2_file) if has_tier_counters else bool(rps)
+        t2_hits = (d.get("tier2") or {}).get("hits")
+        fetchers = (max(1.0, t2_hits / blocks_per_request) if t2_hits and blocks_per_request
+                    else float(len(ttfts)))
         rows.append({
             "tick": k, "mono_ns": tick["mono_ns"], "ts": tick.get("ts"), "n_first_tokens": len(ttfts),
             "ttft_ms_p50": percentile(ttfts, 50), "ttft_ms_p95": percentile(ttfts, 95), "ttft_ms_p99": percentile(ttfts, 99),
@@ -140,22 +151,22 @@ def window_join(cell_dir: str | Path) -> list[dict]:
             "nvme_aqu_sz": nvme.get("aqu_sz"), "nvme_util_pct": nvme.get("util_pct"),
             "tier2_read_bytes": t2_bytes, "tier2_file_read_bytes": t2_file,
             "tier2_fetch_ms_p95_metric": (d.get("tier2") or {}).get("fetch_p95_ms"),
-            "t2_read_ms": read_ms, "tier2_fetched": fetched,
-            "t2_fetch_est_ms": read_ms / len(ttfts) if fetched and read_ms is not None else (0.0 if read_ms is not None else None),
+            "t2_read_ms": read_ms, "tier2_fetched": fetched, "t2_fetchers": fetchers if fetched else 0.0,
+            "t2_fetch_est_ms": read_ms / fetchers if fetched and read_ms is not None else (0.0 if read_ms is not None else None),
         })
     return rows
 
 
 def join_fetch_p95(rows: Sequence[dict]) -> tuple[float | None, str]:
-    """(tier-2 fetch p95 from the window join, note): the 95th percentile, over requests whose first token
-    fell in a window with tier-2 reads, of that window's ``t2_fetch_est_ms``; 0 when the cell had windows
+    """(tier-2 fetch p95 from the window join, note): the 95th percentile, over the tier-2 fetching requests
+    of the windows with tier-2 reads, of their window's ``t2_fetch_est_ms``; 0 when the cell had windows
     but none read tier 2; None with the reason when no window has NVMe telemetry."""
     with_nvme = [r for r in rows if r.get("t2_read_ms") is not None]
     if not rows:
         return None, "no request's first token fell in a recorded telemetry window"
     if not with_nvme:
         return None, "no NVMe telemetry for the tier-2 device (sysmon nvme is null)"
-    fetched = [(r["t2_fetch_est_ms"], r["n_first_tokens"]) for r in with_nvme if r["tier2_fetched"]]
+    fetched = [(r["t2_fetch_est_ms"], r["t2_fetchers"]) for r in with_nvme if r["tier2_fetched"]]
     if not fetched:
         return 0.0, "no window read tier 2"
     return weighted_percentile(fetched, 95), f"{len(fetched)} of {len(with_nvme)} windows read tier 2"
