@@ -121,6 +121,8 @@ def plot_h2b(summary: Sequence[dict], joins: Sequence[dict], path: Path) -> None
     for q, style in ((50, "-"), (95, "--"), (99, ":")):
         ax1.plot(xs, [r.get(f"ttft_ms_p{q}") for r in summary], style, marker="o", label=f"p{q} TTFT")
     ax1.plot(xs, [r.get("tier2_fetch_ms_p95_metric") for r in summary], marker="x", label="tier-2 fetch p95 (stack)")
+    ax1.plot(xs, [r.get("tier2_fetch_ms_p95_join") or None for r in summary], marker="+",
+             label="tier-2 fetch p95 (window join)")
     for r in summary:
         if r.get("fits_in"):
             ax1.annotate(r["fits_in"], (r[AXIS], r.get("ttft_ms_p99") or 0), fontsize=7, textcoords="offset points",
@@ -198,7 +200,7 @@ register(Hypothesis(
                                                 "one is reported, and where tier-2 reads start"),
             Table("p99_vs_nvme", JOIN_COLUMNS, "per telemetry window: TTFT of the requests whose first token fell in "
                                                "it, joined with NVMe r_await and tier-2 reads")),
-    figures=(Figure("ttft", "Left: p50/p95/p99 TTFT and the stack's tier-2 fetch p95 (ms, log) vs context (tokens), "
+    figures=(Figure("ttft", "Left: p50/p95/p99 TTFT and tier-2 fetch p95 by both methods (ms, log) vs context (tokens), "
                             "labelled with the tiers the working set fits in. Right: p99 TTFT of each telemetry window's "
                             "requests (ms) vs that window's NVMe r_await (ms), coloured by context (tokens)."),),
     verdict=verdict,
