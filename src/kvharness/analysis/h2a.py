@@ -23,7 +23,7 @@ NVME_TOLERANCE_PCT = 10.0
 NVME_FLOOR_MBS = 2.0
 SUMMARY_COLUMNS = [
     "stack", "profile", "context_tokens", "concurrency", "status", "n_ok", "n_errors", "error_classes_json",
-    "preemptions", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "req_s", "prompt_tok_s", "pool_bytes",
+    "preemptions", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "p99_enough_samples", "req_s", "prompt_tok_s", "pool_bytes",
     "admits_context_tokens", "working_set_bytes", "fits_in", "collapsed", "nvme_device", "idle_window_s",
     "idle_rMBs", "load_rMBs", "nvme_delta_MBs", "nvme_delta_pct", "nvme_bound", "nvme_gate",
     "tier2_file_read_bytes",
@@ -120,12 +120,11 @@ def verdict(result: Result) -> str:
     col, summary = result.facts["collapse"], result.facts["summary"]
     if not col:
         return "No H2A cell finished."
-    parts = []
-    for c in col:
-        if c["collapse_at"] is None:
-            parts.append(f"not within the sweep under {c['profile']}")
-        else:
-            parts.append(f"at {c['collapse_at']} tokens under {c['profile']} ({c['collapse_cause']}: {c['collapse_reason']})")
+    hit = [f"at {c['collapse_at']} tokens under {c['profile']} ({c['collapse_cause']}: {c['collapse_reason']})"
+           for c in col if c["collapse_at"] is not None]
+    held = [c for c in col if c["collapse_at"] is None]
+    parts = hit + ([f"not within the sweep (up to {held[0]['envelope_context_tokens']} tokens) under "
+                    + " and ".join(c["profile"] for c in held)] if held else [])
     gated = [r for r in summary if r.get("nvme_gate") is not None]
     if not gated:
         nv = "its NVMe gate could not be evaluated (no idle window or no NVMe telemetry)"
@@ -139,7 +138,7 @@ def verdict(result: Result) -> str:
             where = ", ".join(f"{r['profile']} {r[AXIS]}" for r in failed)
             nv = (f"its NVMe reads exceed the idle bound at {len(failed)} of {len(gated)} points ({where}; largest rise "
                   f"{worst['nvme_delta_MBs']:+.2f} MB/s over idle)")
-    return f"Stack A at {col[0]['concurrency']} users collapses " + "; ".join(parts) + f"; {nv}."
+    return f"Stack A at {col[0]['concurrency']} users collapses " + ", and ".join(parts) + f"; {nv}."
 
 
 def gates(result: Result) -> list[Gate]:

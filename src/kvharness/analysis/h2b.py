@@ -23,7 +23,7 @@ from kvharness.analysis.spill import join_fetch_p95, spill_rows, window_join
 AXIS = "context_tokens"
 TIER2_HIT_GATE_PCT = 20.0
 SUMMARY_COLUMNS = [
-    "stack", "context_tokens", "concurrency", "status", "n_ok", "n_errors", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
+    "stack", "context_tokens", "concurrency", "status", "n_ok", "n_errors", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "p99_enough_samples",
     "working_set_bytes", "fits_in", "tier0_bytes", "tier1_bytes", "tier1_hit_pct", "tier2_hit_pct", "spill_bytes",
     "onboard_bytes", "tier2_read_bytes", "tier2_file_read_bytes", "nvme_r_await_ms_mean", "tier2_fetch_ms_p95_metric",
     "tier2_fetch_ms_p95_join", "join_note", "fetch_share_metric", "fetch_share_join", "kv_hit_pct", "preemptions",

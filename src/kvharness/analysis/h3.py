@@ -19,7 +19,7 @@ from kvharness.analysis.spill import envelope, spill_rows
 AXIS = "context_tokens"
 MAP_COLUMNS = [
     "stack", "role", "concurrency", "context_tokens", "status", "collapsed", "why", "n_requests", "n_ok",
-    "n_errors", "error_classes_json", "preemptions", "ttft_ms_p50", "ttft_ms_p99", "req_s", "prompt_tok_s",
+    "n_errors", "error_classes_json", "preemptions", "ttft_ms_p50", "ttft_ms_p99", "p99_enough_samples", "req_s", "prompt_tok_s",
     "pool_bytes", "admits_context_tokens", "working_set_bytes", "fits_in",
 ]
 ENVELOPE_COLUMNS = [

@@ -234,6 +234,9 @@ def spill_row(cell_dir: str | Path, row: dict) -> dict:
     out["pool_bytes"] = row.get("tier0_bytes")
     out["admits_context_tokens"] = (int(row["tier0_bytes"] // (conc * kv))
                                     if kv and isinstance(conc, int) and conc > 0 and row.get("tier0_bytes") else None)
+    from kvharness.analysis.evidence import enough_samples
+
+    out["p99_enough_samples"] = enough_samples(row.get("n_ok"), 99)  # p99 from fewer is flagged, still shown
     ctx = row.get("context_tokens")
     out["prompt_tok_s"] = row["req_s"] * ctx if row.get("req_s") is not None and ctx else row.get("req_s")
     return out
