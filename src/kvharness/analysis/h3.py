@@ -95,13 +95,18 @@ def plot_h3(summary: Sequence[dict], fmap: Sequence[dict], path: Path) -> None:
     ax1.set_yscale("log")
     ax1.set_title("p99 TTFT; circled = collapsed")
     ax1.legend(fontsize=7)
-    for i, role in enumerate(sorted({r["role"] for r in summary})):
+    floor = min((r[AXIS] for r in fmap), default=1) / 2  # "no context of the sweep": drawn below its first point
+    for role in sorted({r["role"] for r in summary}):
         rows = sorted((r for r in summary if r["role"] == role), key=lambda r: r["concurrency"])
         cs = [r["concurrency"] for r in rows]
-        ax2.plot(cs, [r["envelope_context_tokens"] or 0 for r in rows], marker=markers.get(role, "^"),
-                 label=f"{rows[0]['stack']} envelope (measured)")
-        ax2.plot(cs, [r["admits_context_tokens"] or 0 for r in rows], ls="--", lw=1,
+        env, = ax2.plot(cs, [r["envelope_context_tokens"] or floor for r in rows], marker=markers.get(role, "^"),
+                        label=f"{rows[0]['stack']} envelope (measured)")
+        ax2.plot(cs, [r["admits_context_tokens"] or floor for r in rows], ls="--", lw=1, color=env.get_color(),
                  label=f"{rows[0]['stack']} pool / (c x KV bytes per token)")
+        for r in rows:
+            if r["envelope_context_tokens"] is None:
+                ax2.annotate("below the sweep", (r["concurrency"], floor), fontsize=7, textcoords="offset points",
+                             xytext=(4, 4))
     ax2.set_xlabel("concurrency (users in flight)")
     ax2.set_ylabel("largest context without collapse (tokens)")
     ax2.set_xscale("log", base=2)
