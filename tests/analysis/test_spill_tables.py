@@ -70,3 +70,28 @@ def test_window_join_without_tier_counters_attributes_device_reads(tmp_path):
 def test_window_join_without_nvme_says_why(tmp_path):
     value, note = join_fetch_p95(window_join(write_cell(tmp_path / "nonvme", with_nvme=False)))
     assert value is None and "no NVMe telemetry" in note
+
+
+def test_nvme_gate_prefers_the_stacks_own_reads():
+    from kvharness.analysis.h2a import nvme_gate
+
+    # the shared device got busier during the load (a neighbour), the stack itself read nothing more
+    idle = {"idle_window_s": 1.0, "idle_rMBs": 0.1, "load_rMBs": 12.0, "stack_idle_read_MBs": 0.0, "stack_load_read_MBs": 0.0}
+    g = nvme_gate(idle)
+    assert g["nvme_gate"] is True and g["nvme_basis"] == "stack process reads"
+    idle.update(stack_idle_read_MBs=None)
+    g = nvme_gate(idle)
+    assert g["nvme_gate"] is False and g["nvme_basis"].startswith("tier-2 device")
+    assert nvme_gate({"idle_window_s": None})["nvme_gate"] is None
+    big = {"idle_window_s": 1.0, "stack_idle_read_MBs": 100.0, "stack_load_read_MBs": 109.0}
+    assert nvme_gate(big)["nvme_gate"] is True and nvme_gate({**big, "stack_load_read_MBs": 111.0})["nvme_gate"] is False
+
+
+def test_tree_io_of_this_process():
+    import os
+
+    from kvharness.procio import tree_io
+
+    io = tree_io([os.getpid()])
+    assert io is None or (io["processes"] >= 1 and io["read_bytes"] >= 0)
+    assert tree_io([2**22 + 12345]) is None  # no such process

@@ -3,9 +3,11 @@ collapse point per profile, and the control gate "A's NVMe reads stay within +-1
 against the idle window each cell records before its load starts (``load.idle_window_s``).
 
 A memory-only stack has no disk tier, so whatever its pool does, the tier-2 device must not see it. The
-gate compares mean read MB/s on the tier-2 device during the load with the idle window's; because the
-device is shared with the rest of the machine, a difference below an absolute noise floor
-(``NVME_FLOOR_MBS``, 2 MB/s) also passes, and the table says which bound applied. The stack's own tier-2 file reads (simulator ground truth) sit beside.
+gate compares the stack's own storage reads (its process tree's /proc io, recorded by the cell at idle
+start, load start and load end) during the load with the idle window's; without them, the tier-2
+device's median read MB/s per tick (shared with the rest of the machine). A difference below an absolute
+noise floor (``NVME_FLOOR_MBS``, 2 MB/s) also passes; the table says which basis and bound applied. The
+stack's own tier-2 file reads (simulator ground truth) and the device's reads sit beside.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ SUMMARY_COLUMNS = [
     "stack", "profile", "context_tokens", "concurrency", "status", "n_ok", "n_errors", "error_classes_json",
     "preemptions", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "p99_enough_samples", "req_s", "prompt_tok_s", "pool_bytes",
     "admits_context_tokens", "working_set_bytes", "fits_in", "collapsed", "nvme_device", "idle_window_s",
-    "idle_rMBs", "load_rMBs", "nvme_delta_MBs", "nvme_delta_pct", "nvme_bound", "nvme_gate",
+    "stack_idle_read_MBs", "stack_load_read_MBs", "idle_rMBs", "load_rMBs", "nvme_basis", "nvme_delta_MBs",
+    "nvme_delta_pct", "nvme_bound", "nvme_gate",
     "tier2_file_read_bytes",
 ]
 COLLAPSE_COLUMNS = ["stack", "profile", "concurrency", "pool_bytes", "collapse_at", "collapse_cause", "collapse_reason",
@@ -33,11 +36,18 @@ COLLAPSE_COLUMNS = ["stack", "profile", "concurrency", "pool_bytes", "collapse_a
 
 
 def nvme_gate(idle: dict, tolerance_pct: float = NVME_TOLERANCE_PCT, floor_mbs: float = NVME_FLOOR_MBS) -> dict:
-    """Load-window reads within +-tolerance of the idle window's, or within the absolute floor."""
-    i, l = idle.get("idle_rMBs"), idle.get("load_rMBs")
+    """Load-window reads within +-tolerance of the idle window's, or within the absolute floor.
+
+    The reads compared are the stack's own (its process tree's storage read bytes, /proc/<pid>/io) when the
+    cell recorded them, so a neighbour on a shared disk cannot fail the control; else the tier-2 device's
+    median read MB/s (``nvme_basis`` says which)."""
+    if idle.get("stack_idle_read_MBs") is not None and idle.get("stack_load_read_MBs") is not None:
+        i, l, basis = idle["stack_idle_read_MBs"], idle["stack_load_read_MBs"], "stack process reads"
+    else:
+        i, l, basis = idle.get("idle_rMBs"), idle.get("load_rMBs"), "tier-2 device reads (median per tick)"
     if i is None or l is None:
         why = "no idle window (load.idle_window_s is 0)" if idle.get("idle_window_s") is None else "no NVMe telemetry"
-        return {"nvme_delta_MBs": None, "nvme_delta_pct": None, "nvme_bound": why, "nvme_gate": None}
+        return {"nvme_delta_MBs": None, "nvme_delta_pct": None, "nvme_bound": why, "nvme_gate": None, "nvme_basis": None}
     delta = l - i
     pct = 100.0 * delta / i if i else None
     allowed = max(tolerance_pct / 100.0 * i, floor_mbs)
@@ -45,9 +55,10 @@ def nvme_gate(idle: dict, tolerance_pct: float = NVME_TOLERANCE_PCT, floor_mbs: 
              else f"noise floor {floor_mbs:g} MB/s")
     if delta < -allowed:
         # fewer reads under load than at idle: the stack cannot cause that; the idle baseline caught other traffic
-        return {"nvme_delta_MBs": delta, "nvme_delta_pct": pct, "nvme_gate": True,
-                "nvme_bound": f"{bound}; below idle (the idle window caught other traffic on the shared device)"}
-    return {"nvme_delta_MBs": delta, "nvme_delta_pct": pct, "nvme_bound": bound, "nvme_gate": delta <= allowed}
+        return {"nvme_delta_MBs": delta, "nvme_delta_pct": pct, "nvme_gate": True, "nvme_basis": basis,
+                "nvme_bound": f"{bound}; below idle (the idle window caught other traffic)"}
+    return {"nvme_delta_MBs": delta, "nvme_delta_pct": pct, "nvme_bound": bound, "nvme_gate": delta <= allowed,
+            "nvme_basis": basis}
 
 
 def h2a_tables(cell_dirs: Sequence[Path], rows: Sequence[dict], tol: float = NVME_TOLERANCE_PCT,

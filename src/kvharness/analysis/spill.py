@@ -183,7 +183,8 @@ def idle_nvme(cell_dir: str | Path) -> dict:
     summary = read_json(cell_dir / "summary.json")
     ticks = [t for t in _ticks(cell_dir, "sysmon.jsonl") if t.get("nvme")]
     out = {"idle_window_s": None, "idle_ticks": 0, "load_ticks": 0, "idle_rMBs": None, "load_rMBs": None,
-           "idle_rps": None, "load_rps": None, "nvme_device": ticks[0]["nvme"].get("device") if ticks else None}
+           "idle_rps": None, "load_rps": None, "nvme_device": ticks[0]["nvme"].get("device") if ticks else None,
+           "stack_idle_read_MBs": None, "stack_load_read_MBs": None}
     window = summary.get("idle_window")
     records, _ = read_jsonl(cell_dir / "metrics.jsonl")
     starts = [r["sched_ns"] for r in records if r.get("sched_ns") is not None]
@@ -195,6 +196,13 @@ def idle_nvme(cell_dir: str | Path) -> dict:
             out["load_rMBs"] = percentile([t["nvme"]["rMBs"] for t in load], 50)
             out["load_rps"] = percentile([t["nvme"]["rps"] for t in load], 50)
     if window:
+        # the stack's own storage reads (/proc/<pid>/io of its process tree) in the idle window and the load
+        a, b, c = (window.get(k) for k in ("stack_io_start", "stack_io_load_start", "stack_io_load_end"))
+        load_s = (max(ends) - min(starts)) / 1e9 if starts and ends else None
+        if a and b and window.get("seconds"):
+            out["stack_idle_read_MBs"] = (b["read_bytes"] - a["read_bytes"]) / 2**20 / window["seconds"]
+        if b and c and load_s:
+            out["stack_load_read_MBs"] = (c["read_bytes"] - b["read_bytes"]) / 2**20 / load_s
         interval = _interval_ns(cell_dir)
         idle = [t for t in ticks if window["start_mono_ns"] + interval <= t["mono_ns"] <= window["end_mono_ns"]]
         out.update(idle_window_s=window.get("seconds"), idle_ticks=len(idle))
