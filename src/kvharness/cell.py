@@ -260,10 +260,10 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             log.warning("cell %s: collector produced no sample within 5 s", spec["cell"])
         idle_s = float(load.get("idle_window_s") or 0.0)
         if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
-            idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids())
+            idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
             time.sleep(idle_s)
             summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
-                                      "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids())}
+                                      "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
 
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
@@ -290,7 +290,7 @@ def run_cell(spec: dict, out_dir: str | Path, uwork_csv: str | None = None, uwor
             failure = f"cell timeout: the load did not finish within {budget:.0f} s (load.cell_timeout_s)"
         summary["loadgen_rc"] = loadgen_rc
         if "idle_window" in summary:  # the stack's own storage reads during the load, for the idle comparison
-            summary["idle_window"]["stack_io_load_end"] = tree_io(stack.pids())
+            summary["idle_window"]["stack_io_load_end"] = tree_io(stack.pids)
         dead = stack.dead_process()
         if dead is not None:
             failure = failure or f"stack process {dead.args[0]!r} exited with code {dead.returncode} during the load (crash)"
