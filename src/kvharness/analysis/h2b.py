@@ -174,6 +174,12 @@ def verdict(result: Result) -> str:
         k = f"no storage knee within the sweep by the {knee['method']} method"
     else:
         k = f"the storage knee ({knee['method']} method) is at {knee['knee_at']} tokens"
+        if knee["censored"] == "below":
+            k += " (the first point with tier-2 fetches)"
+    other = next((r for r in result.facts["storage_knee"] if knee is not None and r["method"] != knee["method"]), None)
+    if other is not None and knee["methods_agree"] is False:
+        where = f"at {other['knee_at']} tokens" if other["knee_at"] is not None else "none within the sweep"
+        k += f"; the {other['method']} method disagrees ({where})"
     top = summary[-1]
     return (f"Stack B: {spill} ({cross}); {k}; p99 TTFT goes from {summary[0]['ttft_ms_p99']:.0f} ms at "
             f"{summary[0][AXIS]} to {top['ttft_ms_p99']:.0f} ms at {top[AXIS]} tokens.")
