@@ -24,6 +24,7 @@ from pathlib import Path
 from kvharness import bgio, cellguard, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.config import REPO_ROOT, ConfigError
+from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.coldstart import first_request_check, prepare as cold_prepare
@@ -453,6 +454,12 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # load may start now rather than one interval later (a whole 5 s at H7's slowest cadence)
         if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0, nonempty=False):
             log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
+        idle_s = float(load.get("idle_window_s") or 0.0)
+        if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
+            idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
+            time.sleep(idle_s)
+            summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
+                                      "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
         budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
             noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
@@ -468,6 +475,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         if noise is not None:
             noise.stop()  # the noise lasts exactly as long as the load
         summary["loadgen_rc"] = loadgen_rc
+        if "idle_window" in summary:  # the stack's own storage reads during the load, for the idle comparison
+            summary["idle_window"]["stack_io_load_end"] = tree_io(stack.pids)
         if dead is not None:
             failure = failure or f"{_dead_stack_line(spec, stack, dead)} during the load (crash); the load was stopped"
         elif loadgen_rc not in (0, None) and failure is None:
@@ -498,6 +507,9 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
                 signal.signal(s, h)
 
     # ---- summarize what was measured (also for failed cells: nothing is lost)
+    records_file = tmp / "metrics.jsonl"
+    if not (tmp / "load.go").exists() and records_file.exists() and records_file.stat().st_size == 0:
+        records_file.unlink()  # the load generator was started early but never let go: no record, no file
     phases.start("write")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:

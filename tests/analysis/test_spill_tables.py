@@ -1,0 +1,97 @@
+"""H2B's storage-knee table and window join on hand-made inputs: a stack without per-tier latency
+(`external`) still gets a knee by the window join, or rows that say why; never an empty table."""
+
+import json
+
+from kvharness.analysis.h2b import knee_rows
+from kvharness.analysis.spill import join_fetch_p95, window_join
+
+GIB = 2**30
+
+
+def point(ctx, ttft95, metric=None, join=None, hit=0.0, note=""):
+    return {"context_tokens": ctx, "ttft_ms_p95": ttft95, "tier2_fetch_ms_p95_metric": metric,
+            "tier2_fetch_ms_p95_join": join, "join_note": note, "tier2_hit_pct": hit,
+            "working_set_bytes": ctx * 10 * 65536, "tier0_bytes": 1 * GIB, "tier1_bytes": 1 * GIB}
+
+
+def test_stack_without_fetch_latency_gets_the_window_join_knee():
+    rows = knee_rows([point(1024, 100, join=10), point(2048, 100, join=60, hit=30), point(4096, 100, join=80, hit=50)])
+    by = {r["method"]: r for r in rows}
+    assert by["window join"]["reported"] and not by["stack metric"]["reported"]
+    assert by["window join"]["knee_at"] == 2048
+    assert "exports no tier-2 fetch latency" in by["stack metric"]["note"]
+    assert by["stack metric"]["methods_agree"] is None and "had no data" in by["stack metric"]["agreement_note"]
+    assert {r["first_tier2_read_at"] for r in rows} == {2048}
+    assert {r["working_set_exceeds_t0t1_at"] for r in rows} == {4096}  # 4096 x 10 x 64 KiB = 2.5 GiB > 2 GiB
+
+
+def test_no_data_at_all_still_gives_two_rows_that_say_why():
+    rows = knee_rows([point(1024, 100, note="no NVMe telemetry for the tier-2 device (sysmon nvme is null)")])
+    assert [r["method"] for r in rows] == ["stack metric", "window join"]
+    assert not any(r["reported"] for r in rows)
+    assert "no NVMe telemetry" in rows[1]["note"]
+    assert knee_rows([])[0]["note"] == "no finished cell"
+
+
+def test_methods_that_disagree_say_by_how_much():
+    rows = knee_rows([point(1024, 100, metric=60, join=5), point(2048, 100, metric=70, join=6),
+                      point(4096, 100, metric=80, join=7)])
+    assert rows[0]["knee_at"] == 1024 and rows[1]["knee_at"] is None
+    assert rows[0]["methods_agree"] is False and "x the window join" in rows[0]["agreement_note"]
+
+
+def write_cell(d, with_nvme=True):
+    d.mkdir()
+    (d / "cell.json").write_text(json.dumps({"engine": {"tokens_per_block": 32}, "telemetry": {"interval_ms": 200}}))
+    (d / "collector_summary.json").write_text(json.dumps({"interval_ms": 200}))
+    ticks = []
+    for k in range(1, 6):
+        nvme = {"device": "nvme0n1", "rps": 100.0, "r_await_ms": 2.0, "util_pct": 50.0, "r_bytes": 4096,
+                "rMBs": 1.0, "aqu_sz": 1.0} if with_nvme else None
+        ticks.append({"tick": k, "mono_ns": k * 200_000_000, "ts": k, "nvme": nvme})
+    (d / "sysmon.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    reqs = [{"rc": 0, "lat_ttft_ms": 50.0 + i, "first_token_ns": 250_000_000 + i * 150_000_000, "prompt_tokens": 64}
+            for i in range(5)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    return d
+
+
+def test_window_join_without_tier_counters_attributes_device_reads(tmp_path):
+    rows = window_join(write_cell(tmp_path / "ext"))  # no dynkv.jsonl: an external endpoint
+    assert rows and all(r["tier2_fetched"] for r in rows)
+    # 50 % util of a 200 ms window = 100 ms of device time, shared by the window's requests
+    assert {r["t2_read_ms"] for r in rows} == {100.0}
+    assert all(r["t2_fetch_est_ms"] == 100.0 / r["n_first_tokens"] for r in rows)
+    value, note = join_fetch_p95(rows)
+    assert value == 100.0 and "windows read tier 2" in note
+
+
+def test_window_join_without_nvme_says_why(tmp_path):
+    value, note = join_fetch_p95(window_join(write_cell(tmp_path / "nonvme", with_nvme=False)))
+    assert value is None and "no NVMe telemetry" in note
+
+
+def test_nvme_gate_prefers_the_stacks_own_reads():
+    from kvharness.analysis.h2a import nvme_gate
+
+    # the shared device got busier during the load (a neighbour), the stack itself read nothing more
+    idle = {"idle_window_s": 1.0, "idle_rMBs": 0.1, "load_rMBs": 12.0, "stack_idle_read_MBs": 0.0, "stack_load_read_MBs": 0.0}
+    g = nvme_gate(idle)
+    assert g["nvme_gate"] is True and g["nvme_basis"] == "stack process reads"
+    idle.update(stack_idle_read_MBs=None)
+    g = nvme_gate(idle)
+    assert g["nvme_gate"] is False and g["nvme_basis"].startswith("tier-2 device")
+    assert nvme_gate({"idle_window_s": None})["nvme_gate"] is None
+    big = {"idle_window_s": 1.0, "stack_idle_read_MBs": 100.0, "stack_load_read_MBs": 109.0}
+    assert nvme_gate(big)["nvme_gate"] is True and nvme_gate({**big, "stack_load_read_MBs": 111.0})["nvme_gate"] is False
+
+
+def test_tree_io_of_this_process():
+    import os
+
+    from kvharness.procio import tree_io
+
+    io = tree_io([os.getpid()])
+    assert io is None or (io["processes"] >= 1 and io["read_bytes"] >= 0)
+    assert tree_io([2**22 + 12345]) is None  # no such process
