@@ -64,9 +64,9 @@ def cell_uwork(wildcards):
 
     path = registry.result_path("uwork", PRESENT)
     spec = cell_spec(wildcards)
-    rule = spec["load"]["concurrency"]
+    how = spec["load"]["concurrency"]
     # uwork: this stack's own; uwork_min / uwork_max: the lower / higher of the hypothesis's stacks (equal load)
-    stacks = [spec["stack"]["name"]] if rule == "uwork" else \
+    stacks = [spec["stack"]["name"]] if how == "uwork" else \
         [load_stack(CFG["stacks"][role])["name"] for role in CFG["hypotheses"][wildcards.hyp]["stacks"]]
     with open(path) as fh:
         found = {row["stack"]: int(float(row["u_work_used"])) for row in csv.DictReader(fh) if row.get("u_work_used")}
@@ -74,8 +74,8 @@ def cell_uwork(wildcards):
     if missing:
         raise ConfigError(f"{path}: no U_work for stack {missing[0]!r}: add its role to the stacks of the U_work hypothesis")
     values = [found[s] for s in stacks]
-    value = values[0] if rule == "uwork" else (min(values) if rule == "uwork_min" else max(values))
-    return {"value": value, "from": path, "rule": rule, "of": dict(zip(stacks, values))}
+    value = values[0] if how == "uwork" else (min(values) if how == "uwork_min" else max(values))
+    return {"value": value, "from": path, "rule": how, "of": dict(zip(stacks, values))}
 
 
 def analysis_code(hyp):

@@ -35,12 +35,13 @@ H9_COLUMNS = [
     "n_resumes", "resume_prompt_tokens", "resume_cached_tokens", "resume_ttft_ms_mean", "resume_ttft_ms_min",
     "resume_ttft_ms_max", "warm_ttft_ms", "cold_ttft_ms", "vs_warm_ms", "served_by",
     "t0_hit_blocks", "t1_onboard_blocks", "t2_onboard_blocks", "prompt_blocks", "tier1_read_bytes",
-    "tier2_read_bytes", "bytes_loaded_per_resume", "tier2_real_io_ms", "rehydration_ms_modelled", "status",
+    "tier2_read_bytes", "bytes_loaded_per_resume", "tier2_real_io_ms", "stack_fetch_ms", "rehydration_ms_modelled",
+    "status",
 ]
 FIT_COLUMNS = [
     "stack", "tier", "n_points", "gib_min", "gib_max", "fitted_ms_per_gib", "intercept_ms", "link_ms_per_gib",
     "real_io_ms_per_gib", "model_ms_per_gib", "fitted_vs_model_pct", "within_tolerance", "speedup",
-    "fitted_ms_per_gib_modelled", "bandwidth_bytes_s",
+    "fitted_ms_per_gib_modelled", "bandwidth_bytes_s", "stack_fetch_ms_per_gib", "stack_fetch_vs_model_pct",
 ]
 
 
@@ -57,8 +58,9 @@ def _tier_hits(tick: dict) -> tuple[float, float, float]:
 
 
 def _scrape_counter(cell: Path, name: str, start_ns: int, end_ns: int) -> float | None:
-    """Delta of a raw counter of the stack's scrapes (``scrapes.jsonl.gz``) over [start, end]: the last
-    scrape at or before start against the first at or after end. None when the counter is not exported."""
+    """Delta of a raw counter of the stack's scrapes (``scrapes.jsonl.gz``) over [start, end], summed over
+    its label sets: the last scrape at or before start against the first at or after end. None when the
+    counter is not exported."""
     from kvharness.telemetry.prom import parse_body
 
     path = cell / "scrapes.jsonl.gz"
@@ -74,9 +76,10 @@ def _scrape_counter(cell: Path, name: str, start_ns: int, end_ns: int) -> float 
             body = rec.get("body")
             if not body or name not in body:
                 continue
-            value = next((v for (n, _l), v in parse_body(body).counters.items() if n == name), None)
-            if value is None:
+            values = [v for (n, _l), v in parse_body(body).counters.items() if n == name]
+            if not values:
                 continue
+            value = sum(values)
             if rec["mono_ns"] <= start_ns:
                 before = value
             elif rec["mono_ns"] >= end_ns:
@@ -127,7 +130,7 @@ def cell_resumes(cell_dir: str | Path) -> dict:
     row["resume_prompt_tokens"] = stats.mean([r["prompt_tokens"] for r in resumes if r.get("prompt_tokens") is not None])
     row["resume_cached_tokens"] = stats.mean([r["cached_tokens"] for r in resumes if r.get("cached_tokens") is not None])
     for key in ("t0_hit_blocks", "t1_onboard_blocks", "t2_onboard_blocks", "prompt_blocks", "tier1_read_bytes",
-                "tier2_read_bytes", "bytes_loaded_per_resume", "tier2_real_io_ms"):
+                "tier2_read_bytes", "bytes_loaded_per_resume", "tier2_real_io_ms", "stack_fetch_ms"):
         row[key] = None
     row["served_by"] = None
     if not resumes:
@@ -152,6 +155,8 @@ def cell_resumes(cell_dir: str | Path) -> dict:
         row["served_by"] = deepest if share[deepest] >= SERVED_SHARE * row["prompt_blocks"] else "recompute"
         io_s = _scrape_counter(cell, "kvsim_tier2_read_io_seconds_sum", start, end)
         row["tier2_real_io_ms"] = None if io_s is None else 1000.0 * io_s
+        fetch_s = _scrape_counter(cell, "kvsim_tier_fetch_seconds_sum", start, end)
+        row["stack_fetch_ms"] = None if fetch_s is None else 1000.0 * fetch_s / len(resumes)
     return row
 
 
@@ -171,20 +176,26 @@ def _bandwidths(spec: dict) -> dict:
 # --------------------------------------------------------------------------- tables
 
 def h9_table(cells: Sequence[dict]) -> list[dict]:
-    """One row per cell, with its warm and cold references (same stack, context, speedup, rep)."""
+    """One row per cell, with its warm and cold references: the mean resume TTFT over every warm (cold)
+    cell of the same stack, context and speedup, all repetitions pooled."""
     def key(c):
-        return (c["stack"], c["context_tokens"], c["speedup"], c["rep"])
+        return (c["stack"], c["context_tokens"], c["speedup"])
 
-    warm = {key(c): c for c in cells if c["condition"] == "warm"}
-    cold = {key(c): c for c in cells if c["condition"] == "cold"}
+    def pooled(condition):
+        ref: dict = {}
+        for c in cells:
+            if c["condition"] == condition:
+                ref.setdefault(key(c), []).extend(c["ttfts"])
+        return {k: stats.mean(v) for k, v in ref.items() if v}
+
+    warm, cold = pooled("warm"), pooled("cold")
     out = []
     for c in cells:
         row = dict(c)
         if row["condition"] == "pressure":
             row["condition"] = {"T1": "T1", "T2": "T2"}.get(c["served_by"], f"pressure→{c['served_by']}")
-        w, k = warm.get(key(c)), cold.get(key(c))
-        row["warm_ttft_ms"] = w["resume_ttft_ms_mean"] if w else None
-        row["cold_ttft_ms"] = k["resume_ttft_ms_mean"] if k else None
+        row["warm_ttft_ms"] = warm.get(key(c))
+        row["cold_ttft_ms"] = cold.get(key(c))
         m = row["resume_ttft_ms_mean"]
         row["vs_warm_ms"] = None if m is None or row["warm_ttft_ms"] is None else m - row["warm_ttft_ms"]
         row["rehydration_ms_modelled"] = None if row["vs_warm_ms"] is None else row["vs_warm_ms"] * c["speedup"]
@@ -228,6 +239,12 @@ def fit_table(rows: Sequence[dict]) -> list[dict]:
             if not mine:
                 continue
             slope, icpt = _linfit(xs, ys)
+            # the same fit on the stack's own onboarding timer (kvsim_tier_fetch_seconds, per resume): free
+            # of HTTP and scheduling noise, so it checks the bandwidth model even on a busy host
+            fx = [r["bytes_loaded_per_resume"] / GIB for r in mine if r.get("stack_fetch_ms") is not None]
+            fy = [r["stack_fetch_ms"] - ((r.get("tier2_real_io_ms") or 0.0) / r["n_resumes"] if tier == "T2" else 0.0)
+                  for r in mine if r.get("stack_fetch_ms") is not None]
+            fslope, _ = _linfit(fx, fy)
             speedup = mine[0]["speedup"]
             bw = (mine[0].get("bandwidths") or {}).get(tier)
             link = 1000.0 * GIB / bw / speedup if bw else None
@@ -242,6 +259,8 @@ def fit_table(rows: Sequence[dict]) -> list[dict]:
                 "within_tolerance": None if pct is None else abs(pct) <= 100 * FIT_TOLERANCE,
                 "speedup": speedup, "fitted_ms_per_gib_modelled": None if slope is None else slope * speedup,
                 "bandwidth_bytes_s": bw, "_points": list(zip(xs, ys)),
+                "stack_fetch_ms_per_gib": fslope,
+                "stack_fetch_vs_model_pct": None if fslope is None or not model else 100.0 * (fslope - model) / model,
             })
     return out
 
