@@ -239,9 +239,14 @@ def gates(result: Result) -> list[Gate]:
 def analyze(ctx: Context) -> Result:
     from kvharness.report.hero import plot_hero
 
+    from kvharness.analysis.run import uwork_by_stack
+
+    own = uwork_by_stack(ctx.upstream.get("uwork") or [])
     rows = []
     for row, d in zip(ctx.rows, ctx.cell_dirs):
-        rows.append({**row, **cell_extras(d)})
+        extra = cell_extras(d)
+        extra["u_work"] = own.get(row["stack"], extra["u_work"])  # the stack's own U_work, whatever load it ran at
+        rows.append({**row, **extra})
     hero = hero_table(rows)
     cap = capacity_table(rows)
     for r in hero:
