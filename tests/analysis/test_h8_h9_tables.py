@@ -31,6 +31,7 @@ def test_hero_pairs_both_stacks_at_the_same_concurrency_and_compares_with_the_sp
     result = Result(tables={}, facts={"hero": table, "capacity": cap, "workloads": ["chat", "noreuse"]})
     text = h8.verdict(result)
     assert "chat" in text and "B beats A" in text and "B is within 2.0 % of A" in text
+    assert "p99 TTFT -39.2 % at c=4 (uwork_min), beyond the repetition spread" in text
 
 
 def test_hero_says_by_how_much_b_misses_transparency():
@@ -38,6 +39,7 @@ def test_hero_says_by_how_much_b_misses_transparency():
     table = h8.hero_table(rows)
     text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows),
                                                "workloads": ["noreuse"]}))
+    assert "B is slower than A (p99 up to +20.0 %)" not in text  # one rep each: no spread, so not "beyond"
     assert "not within ±5 % of A (up to 20.0 % off)" in text
     gates = {g.name: g for g in h8.gates(Result(tables={}, facts={"hero": table}))}
     assert not gates["no reuse, uwork_max: B within ±5 % of A (p99 TTFT)"].passed
@@ -93,3 +95,15 @@ def test_out_of_order_resumes_are_said():
     (o,) = h9.orderings(rows)
     assert not o["ordered"]
     assert "not in the order" in h9.verdict(Result(tables={}, facts={"rows": rows, "fits": [], "orderings": [o]}))
+
+
+def test_verdict_says_b_loses_and_when_the_noise_hides_five_percent():
+    rows = [hero_row("sim-A", "A", "chat", "uwork_min", 4, 50 + d) for d in (0, 2)] + \
+           [hero_row("sim-B", "B", "chat", "uwork_min", 4, 70 + d) for d in (0, 2)] + \
+           [hero_row("sim-A", "A", "noreuse", "uwork_min", 4, 50 + d) for d in (0, 10)] + \
+           [hero_row("sim-B", "B", "noreuse", "uwork_min", 4, 44 + d) for d in (0, 10)]
+    table = h8.hero_table(rows)
+    text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows),
+                                               "workloads": ["chat", "noreuse"]}))
+    assert "chat: B is slower than A (p99 up to +39.2 %)" in text
+    assert "noreuse: B is not within ±5 % of A (up to 10.9 % off) but within the repetition spread" in text

@@ -22,6 +22,7 @@ from kvharness import stats
 from kvharness.analysis import evidence
 from kvharness.analysis.records import read_json
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.units import format_bytes
 
 SLO_GOOD_FRACTION = 0.95     # a load "meets the SLO" when >= 95 % of its requests meet every SLO
 TRANSPARENT_PCT = 5.0        # no-reuse: B within +-5 % of A
@@ -177,6 +178,13 @@ def _capacity(cap: Sequence[dict], wl: str, role: str) -> tuple[int | None, bool
     return (p["max_slo_concurrency"], p["censored"]) if p else (None, False)
 
 
+def _sweep_deltas(cap: Sequence[dict], wl: str) -> list[tuple[int, float]]:
+    """(concurrency, B's p99 TTFT vs A's in %) at every swept load both stacks ran."""
+    a = {p["concurrency"]: p["ttft_ms_p99"] for p in cap if p["workload"] == wl and p["role"] == "A"}
+    b = {p["concurrency"]: p["ttft_ms_p99"] for p in cap if p["workload"] == wl and p["role"] == "B"}
+    return [(c, stats.pct_delta(b[c], a[c])) for c in sorted(set(a) & set(b)) if a[c] and b[c] is not None]
+
+
 def workload_sentence(wl: str, hero: Sequence[dict], cap: Sequence[dict]) -> str:
     mine = [r for r in hero if r["workload"] == wl]
     bs = [r for r in mine if r["role"] != "A" and r.get("vs_A_ttft_ms_p99_pct") is not None]
@@ -185,11 +193,23 @@ def workload_sentence(wl: str, hero: Sequence[dict], cap: Sequence[dict]) -> str
     parts = []
     for r in bs:
         d = r["vs_A_ttft_ms_p99_pct"]
-        load = f"c={r['concurrency']}" if r["same_concurrency"] else "different concurrencies (not an equal-load comparison)"
+        load = f"c={r['concurrency']} ({r['load_rule']})" if r["same_concurrency"] else \
+            "different concurrencies (not an equal-load comparison)"
         beyond = {True: "beyond", False: "within", None: "without"}[r["b_p99_differs"]]
-        parts.append(f"p99 TTFT {d:+.1f} % at {load} ({beyond} the repetition spread)")
-    worst = max(abs(r["vs_A_ttft_ms_p99_pct"]) for r in bs)
-    tiered_kept = all(abs(r["vs_A_ttft_ms_p99_pct"]) <= TRANSPARENT_PCT for r in bs)
+        parts.append(f"p99 TTFT {d:+.1f} % at {load}, {beyond} the repetition spread")
+    deltas = [r["vs_A_ttft_ms_p99_pct"] for r in bs]
+    worst = max(abs(d) for d in deltas)
+    if all(d < 0 for d in deltas) and all(r["b_p99_differs"] for r in bs):
+        lead = "B beats A"
+    elif all(d > 0 for d in deltas) and any(r["b_p99_differs"] for r in bs):
+        lead = f"B is slower than A (p99 up to {max(deltas):+.1f} %)"
+    elif worst <= TRANSPARENT_PCT:
+        lead = f"B is within {worst:.1f} % of A"
+    elif all(r["b_p99_differs"] is False for r in bs):
+        lead = (f"B is not within ±{TRANSPARENT_PCT:g} % of A (up to {worst:.1f} % off) but within the repetition "
+                f"spread: ±{TRANSPARENT_PCT:g} % is not resolvable at this noise")
+    else:
+        lead = f"B is not within ±{TRANSPARENT_PCT:g} % of A (up to {worst:.1f} % off)"
     ca, cens_a = _capacity(cap, wl, "A")
     cb, cens_b = _capacity(cap, wl, "B")
     slo = next((x["slo_ttft_ms"] for x in cap if x["workload"] == wl), None)
@@ -198,16 +218,14 @@ def workload_sentence(wl: str, hero: Sequence[dict], cap: Sequence[dict]) -> str
         return "none" if c is None else f"{'≥ ' if cens else ''}{c}"
     capacity = f"highest load meeting the SLO (TTFT ≤ {slo} ms for ≥ 95 % of requests): A {fmt(ca, cens_a)}, B {fmt(cb, cens_b)}"
     if ca and cb and cb != ca:
-        capacity += f" ({cb / ca:.2g}× {'for B' if cb > ca else 'for A'})"
-    mem = mine[0].get("fits_in")
-    head = f"{wl} (working set fits in {mem})" if mem else wl
-    if all(r["vs_A_ttft_ms_p99_pct"] < 0 and r["b_p99_differs"] for r in bs):
-        lead = "B beats A"
-    elif tiered_kept:
-        lead = f"B is within {worst:.1f} % of A"
-    else:
-        lead = f"B is not within ±{TRANSPARENT_PCT:g} % of A (up to {worst:.1f} % off)"
-    return f"{head}: {lead}: " + ", ".join(parts) + f"; {capacity}"
+        capacity += f" ({cb / ca:.2g}× for B)" if cb > ca else f" ({ca / cb:.2g}× for A)"
+    sweep = _sweep_deltas(cap, wl)
+    if sweep:
+        capacity += "; B's p99 vs A's across the loads: " + ", ".join(f"c{c} {d:+.0f} %" for c, d in sweep)
+    b_row = next((r for r in mine if r["role"] != "A"), mine[0])
+    ws = b_row.get("working_set_bytes")
+    head = wl if not ws else f"{wl} (working set {format_bytes(ws)}, fits B's {b_row.get('fits_in')})"
+    return f"{head}: {lead}: " + "; ".join(parts) + f"; {capacity}"
 
 
 def verdict(result: Result) -> str:

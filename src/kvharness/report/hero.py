@@ -40,8 +40,9 @@ def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
                                linewidths=2)
                     d = r.get("vs_A_ttft_ms_p99_pct")
                     if d is not None:
-                        ax.annotate(f"B {d:+.0f} %\n({r['load_rule']})", (r["concurrency"], r["ttft_ms_p99"]),
-                                    textcoords="offset points", xytext=(6, -22), fontsize=7)
+                        dy = -24 if r["load_rule"] == "uwork_min" else 10  # equal U_work: both at one x
+                        ax.annotate(f"B {d:+.0f} % ({r['load_rule']})", (r["concurrency"], r["ttft_ms_p99"]),
+                                    textcoords="offset points", xytext=(8, dy), fontsize=7)
         slo = next((p["slo_ttft_ms"] for p in capacity if p["workload"] == wl and p.get("slo_ttft_ms")), None)
         if slo:
             ax.axhline(slo, color="crimson", linestyle="--", linewidth=1.2, label=f"SLO TTFT {slo:g} ms")
@@ -49,9 +50,10 @@ def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
         ax.set_yscale("log")
         ax.set_xlabel("concurrency (users in flight)")
         ax.set_ylabel("p99 TTFT (ms)")
-        row = next((r for r in table if r["workload"] == wl), {})
+        row = next((r for r in table if r["workload"] == wl and r.get("tiered")), None) or \
+            next((r for r in table if r["workload"] == wl), {})
         ws = row.get("working_set_bytes")
-        ax.set_title(f"{wl}" + (f" — working set {format_bytes(ws)} (fits {row.get('fits_in')})" if ws else ""), fontsize=9)
+        ax.set_title(f"{wl}" + (f" — working set {format_bytes(ws)} (fits B's {row.get('fits_in')})" if ws else ""), fontsize=9)
         ax.legend(fontsize=7)
     budget = next((r.get("memory_budget_bytes") for r in table if r.get("memory_budget_bytes")), None)
     fig.suptitle(f"{title} ({format_bytes(budget) if budget else '?'} each); dotted: highest load meeting the SLO")
