@@ -9,6 +9,8 @@ from kvharness.config import (
     ConfigError,
     cell_index,
     check_config_files,
+    load_stack,
+    needs_uwork,
     validate_config,
 )  # noqa: E402
 
@@ -52,7 +54,7 @@ def cell_priority(wildcards):
 
 def uses_uwork(wildcards):
     spec = cell_spec(wildcards)
-    return spec["load"].get("concurrency") == "uwork"
+    return spec["load"].get("concurrency") in ("uwork", "uwork_min", "uwork_max")
 
 
 def uwork_checkpoint():
@@ -79,14 +81,35 @@ def cell_uwork(wildcards):
     import csv
 
     path = registry.result_path("uwork", PRESENT)
-    stack = cell_spec(wildcards)["stack"]["name"]
-    with open(path) as fh:
-        for row in csv.DictReader(fh):
-            if row["stack"] == stack and row.get("u_work_used"):
-                return {"value": int(float(row["u_work_used"])), "from": path}
-    raise ConfigError(
-        f"{path}: no U_work for stack {stack!r}: add its role to the stacks of the U_work hypothesis"
+    spec = cell_spec(wildcards)
+    how = spec["load"]["concurrency"]
+    # uwork: this stack's own; uwork_min / uwork_max: the lower / higher of the hypothesis's stacks (equal load)
+    stacks = (
+        [spec["stack"]["name"]]
+        if how == "uwork"
+        else [
+            load_stack(CFG["stacks"][role])["name"]
+            for role in CFG["hypotheses"][wildcards.hyp]["stacks"]
+        ]
     )
+    with open(path) as fh:
+        found = {
+            row["stack"]: int(float(row["u_work_used"]))
+            for row in csv.DictReader(fh)
+            if row.get("u_work_used")
+        }
+    missing = [s for s in stacks if s not in found]
+    if missing:
+        raise ConfigError(
+            f"{path}: no U_work for stack {missing[0]!r}: add its role to the stacks of the U_work hypothesis"
+        )
+    values = [found[s] for s in stacks]
+    value = (
+        values[0]
+        if how == "uwork"
+        else (min(values) if how == "uwork_min" else max(values))
+    )
+    return {"value": value, "from": path, "rule": how, "of": dict(zip(stacks, values))}
 
 
 def analysis_code(hyp):

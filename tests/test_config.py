@@ -47,12 +47,17 @@ def test_default_config_expands_h0_and_h8():
     assert len(h0) == 2 * len(BASE["hypotheses"]["H0"]["sweep"]["concurrency"])
     assert {c["cell"] for c in h0} >= {"sim-A_c1", "sim-B_c256"}
     h8 = {c["cell"]: c for c in expand_cells(cfg, "H8")}
-    assert set(h8) == {"sim-A", "sim-B"}
+    # two workloads x (two equal-load rules x 2 reps + a 3-point SLO sweep), per stack
+    assert {"sim-A_wlnoreuse_cuwork_min_rep0", "sim-B_wlchat_cuwork_max_rep1", "sim-B_wlchat_c128"} <= set(h8)
     # Equal memory budget: the memory-only stack gets T0 + T1 as its device pool.
-    a, b = h8["sim-A"]["tiers"], h8["sim-B"]["tiers"]
+    a, b = h8["sim-A_wlchat_c8"]["tiers"], h8["sim-B_wlchat_c8"]["tiers"]
     assert a["memory_budget_bytes"] == b["memory_budget_bytes"] == a["tier0_bytes"] == b["tier0_bytes"] + b["tier1_bytes"]
     assert a["tier2_bytes"] == 0 and b["tier2_bytes"] > 0
-    assert h8["sim-A"]["load"]["workload"]["buckets"][0]["weight"] == 0.6  # SPEC's H8 mix by default
+    noreuse, chat = h8["sim-A_wlnoreuse_c8"]["load"], h8["sim-B_wlchat_c8"]["load"]
+    assert noreuse["workload"]["buckets"][0]["weight"] == 0.6  # SPEC's H8 mix by default
+    assert chat["workload"]["first_turn_buckets"] == noreuse["workload"]["buckets"]  # the same mix, as chat
+    assert "variants" not in chat and chat["endpoint"] == "chat"
+    assert h8["sim-A_wlnoreuse_cuwork_min_rep0"]["load"]["concurrency"] == "uwork_min"
     assert cfg["engine"]["tokens_per_block"] == 32  # defaults filled from the schema
 
 
@@ -65,7 +70,59 @@ def test_load_tokenizer_is_accepted_and_reaches_the_cell():
     cfg = copy.deepcopy(BASE)
     cfg["hypotheses"]["H8"]["load"]["tokenizer"] = "models/llama/tokenizer.json"
     cells = {c["cell"]: c for c in expand_cells(validate_config(cfg), "H8")}
-    assert cells["sim-A"]["load"]["tokenizer"] == "models/llama/tokenizer.json"
+    assert cells["sim-A_wlchat_c8"]["load"]["tokenizer"] == "models/llama/tokenizer.json"
     cfg["hypotheses"]["H8"]["load"]["tokenizer"] = 7
     with pytest.raises(ConfigError, match="tokenizer"):
         validate_config(cfg)
+
+
+def test_h8_chat_working_set_exceeds_memory_and_fits_the_disk_tier():
+    from kvharness.cell import kv_bytes_per_token
+    from kvharness.workingset import working_set
+
+    cfg = validate_config(copy.deepcopy(BASE))
+    cell = next(c for c in expand_cells(cfg, "H8") if c["cell"] == "sim-B_wlchat_c8")
+    load = {**cell["load"], "concurrency": 8}
+    ws = working_set(load, cell["tiers"], kv_bytes_per_token(cfg["model"], cfg["precision"], cfg["hardware"]))
+    t = cell["tiers"]
+    assert t["tier0_bytes"] + t["tier1_bytes"] < ws["working_set_bytes"] <= t["tier0_bytes"] + t["tier1_bytes"] + t["tier2_bytes"]
+    assert ws["fits_in"] == "T0+T1+T2"
+
+
+def test_pressure_bytes_become_a_count_of_pressure_prompts():
+    from kvharness.cell import kv_bytes_per_token
+    from kvharness.pressure import pressure_requests
+
+    cfg = validate_config(copy.deepcopy(BASE))
+    kv = kv_bytes_per_token(cfg["model"], cfg["precision"], cfg["hardware"])
+    cells = {c["cell"]: c for c in expand_cells(cfg, "H9")}
+    t2 = next(c for name, c in cells.items() if "press4GiB" in name and c["role"] == "B")
+    p = t2["load"]["workload"]["pressure"]
+    assert p["count"] == pressure_requests(4 * 1024**3, p["context_tokens"], kv) == 32  # 4 GiB / (2048 x 64 KiB)
+    assert t2["load"]["pressure_bytes"] == 4 * 1024**3 and p["rate"] is None
+    warm = next(c for name, c in cells.items() if "press0_rep0" in name)
+    assert warm["load"]["workload"]["pressure"] is None
+    cold = next(c for name, c in cells.items() if "rescold" in name)
+    assert cold["load"]["workload"]["cold_resume"] is True
+    assert t2["sim"]["speedup"] == 1 and t2["tiers"]["tier0_bytes"] == 1024**3
+
+
+def test_load_variant_axis_names_an_unknown_variant():
+    cfg = copy.deepcopy(BASE)
+    cfg["hypotheses"]["H8"]["sweep"]["variant"] = ["noreuse", "nope"]
+    with pytest.raises(ConfigError, match=r"H8.sweep.variant: unknown load variant 'nope' \(load.variants defines: noreuse, chat\)"):
+        validate_config(cfg)
+
+
+def test_uwork_min_and_max_read_every_stack(tmp_path):
+    from kvharness.cell import read_uwork, resolve_load
+
+    csv_path = tmp_path / "uwork.csv"
+    csv_path.write_text("stack,role,u_work,u_work_used\nsim-A,A,4,4\nsim-B,B,16,16\n")
+    assert read_uwork(csv_path, "sim-A", "uwork_min") == 4
+    assert read_uwork(csv_path, "sim-A", "uwork_max") == 16
+    assert read_uwork(csv_path, "sim-B") == 16
+    spec = {"hyp": "H8", "stack": {"name": "sim-A"}, "load": {"concurrency": "uwork_max", "pattern": {"kind": "closed"}}}
+    load = resolve_load(spec, uwork={"value": 16, "from": "x", "rule": "uwork_max"})
+    assert load["concurrency"] == 16 and load["concurrency_source"]["rule"] == "uwork_max"
+    assert resolve_load(spec, uwork_csv=str(csv_path))["concurrency"] == 16

@@ -67,8 +67,12 @@ def _raise_interrupt(signum, _frame):
     raise CellInterrupted(f"signal {signal.Signals(signum).name}")
 
 
-def read_uwork(path: str | Path, stack_name: str) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv``."""
+def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
+    """U_work of ``stack_name`` from an H0 ``uwork.csv``; with ``rule`` ``uwork_min`` / ``uwork_max`` the lower /
+    higher U_work of ``stacks`` (default: every stack in the file), so every stack runs at the same load."""
+    if rule in ("uwork_min", "uwork_max"):
+        values = [read_uwork(path, s) for s in (stacks or _uwork_stacks(path))]
+        return min(values) if rule == "uwork_min" else max(values)
     path = Path(path)
     try:
         with path.open() as fh:
@@ -85,6 +89,14 @@ def read_uwork(path: str | Path, stack_name: str) -> int:
     raise ConfigError(f"{path}: no U_work row for stack {stack_name!r} (stacks: {[r.get('stack') for r in rows]})")
 
 
+def _uwork_stacks(path: str | Path) -> list[str]:
+    try:
+        with Path(path).open() as fh:
+            return [r["stack"] for r in csv.DictReader(fh) if r.get("stack")]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
+
+
 def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
     """The concrete load of a cell: `uwork` concurrency from the `uwork` result, burst size defaulted.
 
@@ -92,17 +104,18 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
     is read instead when it is not given (``kvharness cell --uwork``). The cell records which it used.
     """
     load = json.loads(json.dumps(spec["load"]))
-    if load.get("concurrency") == "uwork":
+    rule = load.get("concurrency")
+    if rule in ("uwork", "uwork_min", "uwork_max"):
         if isinstance(uwork, dict):
             value, source = int(uwork["value"]), str(uwork.get("from"))
         elif isinstance(uwork, int):
             value, source = uwork, "given"
         elif uwork_csv:
-            value, source = read_uwork(uwork_csv, spec["stack"]["name"]), str(uwork_csv)
+            value, source = read_uwork(uwork_csv, spec["stack"]["name"], rule), str(uwork_csv)
         else:
             raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs the uwork result (H0's uwork.csv)")
         load["concurrency"] = value
-        load["concurrency_source"] = {"result": "uwork", "from": source, "value": value}
+        load["concurrency_source"] = {"result": "uwork", "rule": rule, "from": source, "value": value}
     pattern = load.setdefault("pattern", {"kind": "closed"})
     if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
         pattern["burst_size"] = load["concurrency"]

@@ -283,9 +283,15 @@ def swept_axes(h: dict) -> set[str]:
 
 
 def needs_uwork(h: dict) -> bool:
-    """Does this hypothesis run (some of) its cells at the stack's U_work (an upstream result of H0)?"""
+    """Does this hypothesis run (some of) its cells at a U_work (an upstream result of H0)?"""
+    from kvharness.analysis.axes import UWORK_RULES
+
     kind = (h["load"].get("pattern") or {}).get("kind", "closed")
-    return kind in CLOSED_PATTERNS and h["load"].get("concurrency") == "uwork" and "concurrency" not in swept_axes(h)
+    swept = [v for v in (h.get("sweep") or {}).get("concurrency", [])] + \
+        [p["concurrency"] for p in h.get("points") or [] if "concurrency" in p]
+    if any(v in UWORK_RULES for v in swept):
+        return True
+    return kind in CLOSED_PATTERNS and h["load"].get("concurrency") in UWORK_RULES and "concurrency" not in swept_axes(h)
 
 
 def _check_context_limits(cfg: dict) -> None:

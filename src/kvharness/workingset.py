@@ -34,7 +34,9 @@ def working_set_tokens(load: Mapping) -> dict:
     kind = w["kind"]
     if kind == "sessioned_chat":
         per_turn = w["turn_tokens"] + w["output_tokens"] + 2  # user words + reply + two role tokens
-        history = w["first_turn_tokens"] + w["output_tokens"] + 1 + (w["turns"] + w["resume_turns"] - 1) * per_turn
+        first = _mean_prompt({"kind": "mixed_context", "buckets": w["first_turn_buckets"]}) \
+            if w.get("first_turn_buckets") else w["first_turn_tokens"]
+        history = first + w["output_tokens"] + 1 + (w["turns"] + w["resume_turns"] - 1) * per_turn
         reusable = w["sessions"] * history
         pressure = w.get("pressure") or {}
         inflight = users * (pressure.get("context_tokens", 0) if pressure else 0)

@@ -160,6 +160,53 @@ def test_sessions_resume_turn_contains_full_history(server):
         assert r["context_tokens"] == r["prompt_tokens"]
 
 
+def test_sessions_pressure_count_finishes_before_the_resume(server):
+    server.behaviour.update(ttft_s=0.02)
+    spec = spec_for(server, endpoint="chat", max_requests=None, pattern={"kind": "closed", "concurrency": 2},
+                    workload={"kind": "sessioned_chat", "sessions": 2, "turns": 1, "first_turn_tokens": 40,
+                              "turn_tokens": 10, "output_tokens": 3, "idle_s": 0.05, "resume_turns": 1,
+                              "pressure": {"count": 5, "context_tokens": 30, "output_tokens": 1}})
+    _, _, recs = run(spec)
+    pressure = [r for r in recs if r["phase"] == "pressure"]
+    resume = [r for r in recs if r["phase"] == "resume"]
+    assert len(pressure) == 5 and len(resume) == 2  # exactly `count`, not a Poisson draw
+    gaps = sorted(r["sched_ns"] for r in pressure)
+    assert len({b - a for a, b in zip(gaps, gaps[1:])}) == 1  # evenly spread over the idle gap
+    assert min(r["sched_ns"] for r in resume) >= max(r["end_ns"] for r in pressure)  # all done before the resume
+
+
+def test_sessions_cold_resume_shares_no_prefix_but_keeps_lengths(server):
+    spec = spec_for(server, endpoint="chat", max_requests=None, pattern={"kind": "closed", "concurrency": 1},
+                    workload={"kind": "sessioned_chat", "sessions": 2, "turns": 2, "first_turn_tokens": 40,
+                              "turn_tokens": 10, "output_tokens": 3, "resume_turns": 1, "cold_resume": True})
+    _, _, recs = run(spec)
+    bodies = [b["messages"] for b in server.requests]
+    builds = [m for m in bodies if len(m) == 3]  # second build turn: user, assistant, user
+    resumes = [m for m in bodies if len(m) == 5]
+    assert len(builds) == 2 and len(resumes) == 2
+    firsts = {m[0]["content"] for m in builds}
+    for m in resumes:
+        assert m[0]["content"] not in firsts  # a new first message: nothing of the history is reused
+        assert m[0]["content"].split()[0] not in {f.split()[0] for f in firsts}
+    lens = sorted(r["prompt_tokens"] for r in recs if r["phase"] == "resume")
+    warm = sorted(r["context_tokens"] for r in recs if r["phase"] == "resume")
+    assert lens == warm  # same lengths as a warm resume would send
+
+
+def test_sessions_first_turn_buckets_fix_each_sessions_length(server):
+    buckets = [{"name": "s", "min_tokens": 20, "max_tokens": 30, "weight": 0.5},
+               {"name": "l", "min_tokens": 200, "max_tokens": 240, "weight": 0.5}]
+    spec = spec_for(server, endpoint="chat", max_requests=None, pattern={"kind": "closed", "concurrency": 4},
+                    workload={"kind": "sessioned_chat", "sessions": 16, "turns": 1, "output_tokens": 2,
+                              "resume_turns": 0, "first_turn_buckets": buckets})
+    _, _, recs = run(spec)
+    again = run(spec)[2]
+    lengths = {r["session_id"]: r["prompt_tokens"] for r in recs}
+    assert lengths == {r["session_id"]: r["prompt_tokens"] for r in again}  # seeded per session
+    assert all(20 <= n <= 30 or 200 <= n <= 240 for n in lengths.values())
+    assert any(n <= 30 for n in lengths.values()) and any(n >= 200 for n in lengths.values())
+
+
 def test_lora_round_robin_as_model_and_adapter_id(server):
     _, _, recs = run(spec_for(server, max_requests=6, pattern={"kind": "closed", "concurrency": 1},
                               lora={"adapters": ["a", "b", "c"], "policy": "round_robin"}))

@@ -66,7 +66,7 @@ BAD = [
     ("negative duration", _set(["hypotheses", "H0", "load", "duration_s"], -1), r"duration_s: -1 is less than or equal to the minimum"),
     ("non-loopback bind", _set(["host"], "0.0.0.0"), r"host: '0.0.0.0' is not a loopback address; set allow_remote_bind"),
     ("bad eviction policy", _set(["engine", "eviction_policy"], "random"), r"eviction_policy: 'random' is not one of"),
-    ("bucket min > max", _set(["hypotheses", "H8", "load", "workload", "buckets"],
+    ("bucket min > max", _set(["hypotheses", "H8", "load", "variants", "noreuse", "workload", "buckets"],
                               [{"name": "x", "min_tokens": 900, "max_tokens": 100, "weight": 1}]), r"buckets\[0\].max_tokens: expected an integer >= min_tokens \(900\), got 100"),
     ("uwork without H0", _del(["hypotheses", "H0"]), r"'uwork' needs hypothesis H0"),
     ("speedup zero", _set(["sim", "speedup"], 0), r"sim.speedup: 0 is less than or equal to the minimum"),

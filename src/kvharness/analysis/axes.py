@@ -11,6 +11,7 @@ axis (each repetition its own launch).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -120,16 +121,49 @@ def _set_rep(spec: dict, value: Any, cfg: dict) -> None:
     spec["sim"]["seed"] = int(spec["sim"].get("seed", 0)) + value
 
 
+def _set_variant(spec: dict, value: Any, cfg: dict) -> None:
+    """A named variant of the load (``load.variants.<name>``: pattern, workload, endpoint, slo, ...)
+    replaces those keys of the hypothesis's load; the variants themselves never reach a cell."""
+    variants = spec["load"].pop("variants", None) or {}
+    if value not in variants:
+        raise AxisError(f"unknown load variant {value!r} (load.variants defines: {', '.join(variants) or 'none'})")
+    spec["load"].update(json.loads(json.dumps(variants[value])))
+
+
+def _set_context(spec: dict, value: Any, cfg: dict) -> None:
+    key = "first_turn_tokens" if spec["load"]["workload"]["kind"] == "sessioned_chat" else "context_tokens"
+    _set_workload(key, ("fixed_context", "sessioned_chat"))(spec, value, cfg)
+
+
+def _set_pressure_bytes(spec: dict, value: Any, cfg: dict) -> None:
+    from kvharness.pressure import apply_pressure_bytes
+
+    apply_pressure_bytes(spec, value, cfg)
+
+
+def _set_resume(spec: dict, value: Any, cfg: dict) -> None:
+    _set_workload("cold_resume", ("sessioned_chat",))(spec, value == "cold", cfg)
+
+
+def _set_sim_speedup(spec: dict, value: Any, cfg: dict) -> None:
+    spec["sim"]["speedup"] = value
+
+
 _INT = {"type": "integer", "minimum": 1}
+#: concurrency values read from H0's U_work: the cell's own stack, or the lower / higher of the hypothesis's stacks
+UWORK_RULES = ("uwork", "uwork_min", "uwork_max")
 _BYTES = {"type": ["string", "integer"], "description": "a byte size such as 8GiB or an integer"}
 _OPEN = ("constant", "poisson", "gamma")
 
 AXES: dict[str, Axis] = {a.key: a for a in [
-    Axis("concurrency", "c", "users in flight (closed and bursty loads)", _INT, _set_load("concurrency")),
+    Axis("variant", "wl", "a named load variant of the hypothesis (load.variants: workload, pattern, ...)",
+         {"type": "string"}, _set_variant),
+    Axis("concurrency", "c", "users in flight (closed and bursty loads); uwork, uwork_min, uwork_max read H0's U_work",
+         {"oneOf": [_INT, {"type": "string", "enum": list(UWORK_RULES)}]}, _set_load("concurrency")),
     Axis("rate", "r", "open-loop arrival rate in requests/s (constant, poisson, gamma patterns)",
          {"type": "number", "exclusiveMinimum": 0}, _set_pattern("rate", _OPEN)),
-    Axis("context_tokens", "ctx", "prompt length of a fixed_context workload", _INT,
-         _set_workload("context_tokens", ("fixed_context",))),
+    Axis("context_tokens", "ctx", "prompt length of a fixed_context workload (first turn of a sessioned_chat)", _INT,
+         _set_context),
     Axis("prefix_groups", "pg", "distinct reusable prompts of a fixed/mixed workload (the working set)", _INT,
          _set_workload("prefix_groups", ("fixed_context", "mixed_context"))),
     Axis("profile", "prof", "tier profile (comfy, spill, stress, ...)", {"type": "string"}, _set_profile),
@@ -151,8 +185,12 @@ AXES: dict[str, Axis] = {a.key: a for a in [
     Axis("idle_gap_s", "idle", "idle gap before sessions resume (sessioned_chat)",
          {"type": "number", "minimum": 0}, _set_workload("idle_s", ("sessioned_chat",))),
     Axis("pressure_bytes", "press", "eviction pressure between build and resume, in KV bytes (sessioned_chat)",
-         _BYTES, _set_workload("pressure_bytes", ("sessioned_chat",))),
+         _BYTES, _set_pressure_bytes),
     Axis("telemetry_interval_ms", "tel", "collector cadence", {"type": "integer", "minimum": 10}, _set_telemetry),
+    Axis("resume", "res", "how sessions resume (sessioned_chat): shared history, or cold (same lengths, new words)",
+         {"type": "string", "enum": ["shared", "cold"]}, _set_resume),
+    Axis("sim_speedup", "sp", "simulator speedup of a sim stack (modelled time / S; 1 = real time)",
+         {"type": "number", "exclusiveMinimum": 0}, _set_sim_speedup),
     Axis("rep", "rep", "repetition index (each its own launch); usually set with `reps: N`",
          {"type": "integer", "minimum": 0}, _set_rep),
 ]}

@@ -53,6 +53,13 @@ def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dic
         spec = read_json(Path(d) / "cell.json")
         source = spec["load"].get("concurrency_source")
         stack = spec["stack"]["name"]
+        rule = source.get("rule", "uwork") if isinstance(source, dict) else None
+        if rule in ("uwork_min", "uwork_max") and current:
+            want = (min if rule == "uwork_min" else max)(current.values())
+            if int(spec["load"]["concurrency"]) != want:
+                notes.append(f"cell {Path(d).name} was measured at {rule} {spec['load']['concurrency']}, "
+                             f"but the current {rule} is {want}: re-measure it")
+            continue
         if isinstance(source, dict) and source.get("result") == "uwork" and stack in current \
                 and int(spec["load"]["concurrency"]) != current[stack]:
             notes.append(f"cell {Path(d).name} was measured at U_work {spec['load']['concurrency']}, "

@@ -388,11 +388,13 @@ class TraceReplay(LoadPattern):
 class SessionPhases(LoadPattern):
     """Multi-turn sessions: build (every session's first ``turns`` turns, ``concurrency`` sessions at a
     time, each turn due when the previous ended + think), idle (``idle_s``; Poisson eviction-pressure
-    requests at ``pressure_rate`` if given), resume (``resume_turns`` more turns per session)."""
+    requests at ``pressure_rate`` if given, or exactly ``pressure_count`` requests spread evenly over the
+    gap, the resume then waiting until every one of them finished), resume (``resume_turns`` more turns
+    per session)."""
 
     def __init__(self, concurrency: int, sessions: int, turns: int, idle_s: float, resume_turns: int,
                  think_time_s: float = 0.0, think_dist: str = "fixed", pressure_rate: float | None = None,
-                 seed: int = 0):
+                 seed: int = 0, pressure_count: int | None = None):
         self.concurrency = self.in_flight_cap = concurrency
         self.sessions = sessions
         self.turns = {"build": turns, "resume": resume_turns}
@@ -400,6 +402,7 @@ class SessionPhases(LoadPattern):
         self.think_s = think_time_s
         self.think_dist = think_dist
         self.pressure_rate = pressure_rate
+        self.pressure_count = pressure_count or 0
         self.rng = random.Random(seed)
         self.stopped = False
         self.session_turn = [0] * sessions
@@ -423,12 +426,27 @@ class SessionPhases(LoadPattern):
             for user in range(self.concurrency):
                 self.free.put((t_ns, user, None))
         elif self.phase == "idle":
+            self.idle_start_ns = t_ns
             self.idle_end_ns = t_ns + int(self.idle_s * NS)
             self.pressure_t_ns = t_ns
+            self.pressure_sent = self.pressure_open = 0
+            self.pressure_last_end_ns = t_ns
 
     async def next(self) -> Ticket | None:
         while not self.stopped and self.phase is not None:
             if self.phase == "idle":
+                if self.pressure_count:
+                    if self.pressure_sent < self.pressure_count:
+                        gap = (self.idle_end_ns - self.idle_start_ns) // self.pressure_count
+                        t = self.idle_start_ns + self.pressure_sent * gap
+                        self.pressure_sent += 1
+                        self.pressure_open += 1
+                        return Ticket(t, phase="pressure")
+                    while self.pressure_open > 0 and not self.stopped:
+                        self.idle_event.clear()
+                        await self.idle_event.wait()
+                    self._begin_next_phase(max(self.idle_end_ns, self.pressure_last_end_ns))
+                    continue
                 if self.pressure_rate:
                     self.pressure_t_ns += int(self.rng.expovariate(self.pressure_rate) * NS)
                     if self.pressure_t_ns < self.idle_end_ns:
@@ -461,6 +479,11 @@ class SessionPhases(LoadPattern):
 
     def completed(self, ticket: Ticket, end_ns: int, ok: bool) -> None:
         if ticket.phase == "pressure":
+            if self.pressure_count:
+                self.pressure_open -= 1
+                self.pressure_last_end_ns = max(self.pressure_last_end_ns, end_ns)
+                if self.pressure_open == 0:
+                    self.idle_event.set()
             return
         self.outstanding -= 1
         self.last_end_ns = max(self.last_end_ns, end_ns)
@@ -491,7 +514,7 @@ def make_pattern(spec: dict) -> LoadPattern:
     if w["kind"] == "sessioned_chat":
         pressure = w.get("pressure") or {}
         return SessionPhases(p["concurrency"], w["sessions"], w["turns"], w["idle_s"], w["resume_turns"],
-                             p["think_time_s"], p["think_dist"], pressure.get("rate"), seed)
+                             p["think_time_s"], p["think_dist"], pressure.get("rate"), seed, pressure.get("count"))
     if kind == "closed":
         return ClosedLoop(p["concurrency"], p["think_time_s"], p["think_dist"], seed, p["spawn_rate"])
     if kind == "bursty":

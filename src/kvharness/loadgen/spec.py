@@ -238,11 +238,16 @@ def _check_buckets(path: str, v: Any) -> list[dict]:
 def _check_pressure(path: str, v: Any) -> Any:
     if v is None:
         return None
-    return _check_object(path, v, {
-        "rate": (number(0.0, exclusive=True), REQUIRED),
+    out = _check_object(path, v, {
+        "rate": (number(0.0, exclusive=True, nullable=True), None),
+        "count": (integer(1, nullable=True), None),
         "context_tokens": (integer(1), 2048),
         "output_tokens": (integer(1), 1),
     })
+    if (out["rate"] is None) == (out["count"] is None):
+        raise SpecError(f"load spec: {path}: expected exactly one of 'rate' (Poisson requests/s) or 'count' "
+                        "(that many requests spread over the idle gap, all finished before the resume)")
+    return out
 
 
 _COMMON_WORKLOAD = {
@@ -261,11 +266,13 @@ WORKLOAD_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "sessions": (integer(1), REQUIRED),
         "turns": (integer(1), 3),
         "first_turn_tokens": (integer(1), 1024),
+        "first_turn_buckets": (lambda p, v: None if v is None else _check_buckets(p, v), None),
         "turn_tokens": (integer(1), 128),
         "output_tokens": (integer(1), 32),
         "idle_s": (number(0.0), 0.0),
         "resume_turns": (integer(0), 1),
         "pressure": (_check_pressure, None),
+        "cold_resume": (boolean(), False),
         "nonce": (string(_NONCE), "prefix"),
     },
     "trace": {

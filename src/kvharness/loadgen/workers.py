@@ -60,8 +60,10 @@ def split_spec(spec: dict, i: int, n: int) -> dict | None:
         w["sessions"] = _share(w["sessions"], i, n)
         if w["sessions"] == 0:
             return None
-        if w.get("pressure"):
+        if w.get("pressure") and w["pressure"].get("rate"):
             w["pressure"]["rate"] = w["pressure"]["rate"] / n
+        if w.get("pressure") and w["pressure"].get("count"):
+            w["pressure"]["count"] = max(1, _share(w["pressure"]["count"], i, n))
     for key in ("rate", "start_rate", "end_rate", "spawn_rate"):
         if p.get(key) is not None:
             p[key] = p[key] / n

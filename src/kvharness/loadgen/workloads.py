@@ -362,15 +362,19 @@ class TraceWorkload(Workload):
 class SessionedChat(Workload):
     """Multi-turn chat: every turn resends the session's full history plus new user text.
 
-    The first turn of a session has ``first_turn_tokens`` words (its first word is the session's
+    The first turn of a session has ``first_turn_tokens`` words (or a length drawn per session from
+    ``first_turn_buckets``, the mixed-context buckets; its first word is the session's
     nonce, so sessions do not share a prefix with each other but each session's history is a stable
     prefix of its next turn), later turns add ``turn_tokens`` words. Eviction-pressure requests
-    (phase ``pressure``) are unique single-message prompts of ``pressure.context_tokens``.
+    (phase ``pressure``) are unique single-message prompts of ``pressure.context_tokens``. With
+    ``cold_resume`` the first resume turn of a session resends a history of the same lengths in new
+    words (the cold control: nothing of it is cached anywhere).
     """
 
     def __init__(self, spec: dict):
         super().__init__(spec)
         self.history: dict[str, list[dict]] = {}
+        self.spec_seed = spec["seed"]
         self.history_tokens: dict[str, int] = {}
         self.session_adapter: dict[str, str] = {}
 
@@ -383,8 +387,10 @@ class SessionedChat(Workload):
         hist = self.history.setdefault(sid, [])
         seq = self.seq
         self.seq += 1
+        if hist and ticket.phase == "resume" and self.w.get("cold_resume"):
+            hist = self._fresh_history(hist, seq)  # the cold control: same lengths, no shared prefix
         if not hist:
-            n = max(1, self.w["first_turn_tokens"] - 1)  # "<user>" is the first token
+            n = max(1, self.first_turn_tokens(sid) - 1)  # "<user>" is the first token
             nonce, used = self.nonce_words(seq, n) if self.nonce else ("", 0)
             text = " ".join(x for x in (nonce, self.corpus.words(n - used)) if x)
         else:
@@ -400,6 +406,35 @@ class SessionedChat(Workload):
         ctx = self.history_tokens.get(sid, 0) + 1 + len(text.split())
         labels = {"bucket": None, "context_tokens": ctx, "adapter_id": adapter, "model": body["model"]}
         return Request(self.path, json.dumps(body).encode(), labels, keep_text=True, messages=messages)
+
+    def first_turn_tokens(self, sid: str) -> int:
+        """``first_turn_tokens``, or a length drawn from ``first_turn_buckets`` (weight, then uniform in
+        the bucket) by a generator seeded with the run seed and the session, so it is the same every run."""
+        buckets = self.w.get("first_turn_buckets")
+        if not buckets:
+            return self.w["first_turn_tokens"]
+        rng = random.Random(f"{self.spec_seed}:{sid}")
+        total = sum(b["weight"] for b in buckets)
+        x, acc = rng.random() * total, 0.0
+        for b in buckets:
+            acc += b["weight"]
+            if x < acc:
+                break
+        return rng.randint(b["min_tokens"], b["max_tokens"])
+
+    def _fresh_history(self, hist: list[dict], seq: int) -> list[dict]:
+        """The history with every message replaced by new words of the same count (the first starting
+        with a fresh nonce), so nothing of it can be found in any KV tier."""
+        out = []
+        for i, m in enumerate(hist):
+            n = len(m["content"].split())
+            if i == 0:
+                nonce, used = self.nonce_words(seq, n)
+                text = " ".join(x for x in (nonce, self.corpus.words(n - used) if n > used else "") if x)
+            else:
+                text = self.corpus.words(n) if n else ""
+            out.append({"role": m["role"], "content": text})
+        return out
 
     def completed(self, ticket, request: Request, ok: bool, text: str) -> None:
         if ticket.phase == "pressure" or not ok:

