@@ -489,8 +489,10 @@ def sweep_points(h: dict) -> list[dict]:
     if h.get("points"):
         combos = [{**c, **p} for p in h["points"] for c in combos]
     reps = int(h.get("reps") or 1)
-    if reps > 1:
-        combos = [{**c, "rep": r} for r in range(reps) for c in combos]
+    if reps > 1:  # a point that names its own rep keeps it (it is already one repetition)
+        combos = [c for r in range(reps) for c in ([{**c, "rep": r} for c in combos if "rep" not in c]
+                                                    + ([c for c in combos if "rep" in c and c["rep"] == r]))] \
+            + [c for c in combos if "rep" in c and not 0 <= c["rep"] < reps]
     return combos
 
 

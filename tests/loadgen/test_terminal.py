@@ -88,7 +88,8 @@ def test_pty_final_frame_is_exact_and_table_has_every_column(server, tmp_path):
 def test_not_a_tty_prints_only_the_table_with_chosen_percentiles(server, tmp_path):
     out = tmp_path / "m.jsonl"
     r = subprocess.run(_args(server, out, "--percentiles", "50,90,99"), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stderr == ""
+    noise = [line for line in r.stderr.splitlines() if "the client was the bottleneck" not in line]  # a busy box may warn
+    assert r.returncode == 0 and noise == []
     lines = r.stdout.splitlines()
     assert "kvharness loadgen result" in lines[0] and set(lines[-1]) == {"="}
     header = next(ln for ln in lines if ln.startswith("latency (ms)"))

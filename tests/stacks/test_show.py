@@ -1,6 +1,7 @@
 """kvharness cell --show: every argv, container argument and env of a cell, secrets redacted."""
 
 from kvharness.stacks.show import describe_cell
+from kvharness.stacks.sizing import workload_max_seq_len
 
 from .conftest import real_cells
 
@@ -19,7 +20,7 @@ def test_show_prints_docker_run_env_and_engine_yaml_with_secrets_redacted(tmp_pa
     assert "DYN_KVBM_CPU_CACHE_OVERRIDE_NUM_BLOCKS=2048" in text
     assert "teardown: docker stop kvh-dynamo-kvbm-" in text
     assert "lists 'llama-3.1-8b-instruct'" in text and "(worker)" in text
-    assert "kv_connector_config:" in text and "max_seq_len: 3232" in text
+    assert "kv_connector_config:" in text and f"max_seq_len: {workload_max_seq_len(spec['load'], 32)}" in text
 
 
 def test_show_marks_a_refused_cell(tmp_path):

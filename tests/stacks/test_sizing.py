@@ -73,7 +73,8 @@ def test_a_and_b_engine_yamls_differ_only_in_the_connector_and_the_pool(tmp_path
     assert b.pop("kv_connector_config")["connector_module"] == "kvbm.trtllm_integration.connector"
     pool_a, pool_b = a["kv_cache_config"].pop("max_tokens"), b["kv_cache_config"].pop("max_tokens")
     assert a == b  # everything else identical
-    assert a["max_batch_size"] == 64 and a["max_num_tokens"] == 8192 and a["max_seq_len"] == 3232
+    assert a["max_batch_size"] == 64 and a["max_num_tokens"] == 8192
+    assert a["max_seq_len"] == workload_max_seq_len(cells["A"]["load"], 32) == b["max_seq_len"]
     assert a["return_perf_metrics"] is True and a["enable_iter_perf_stats"] is True
     # equal memory: A's device pool = B's device + host tiers
     t = cells["B"]["tiers"]

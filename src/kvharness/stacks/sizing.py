@@ -30,7 +30,14 @@ def workload_max_seq_len(load: dict, tokens_per_block: int) -> int | None:
     Both stacks of a hypothesis run the same workload, so both get the same ``max_seq_len``."""
     wl = load.get("workload") or {}
     prompts = [wl.get("context_tokens")] + [b.get("max_tokens") for b in wl.get("buckets") or []]
-    prompts += [wl.get("max_context_tokens")]
+    prompts += [wl.get("max_context_tokens"), wl.get("scan_tokens")]
+    if wl.get("kind") == "sessioned_chat":  # the last turn resends the whole history
+        first = max([wl.get("first_turn_tokens") or 0] + [b.get("max_tokens") or 0 for b in wl.get("first_turn_buckets") or []])
+        turns = int(wl.get("turns") or 1) + int(wl.get("resume_turns") or 0)
+        per_turn = int(wl.get("turn_tokens") or 0) + int(wl.get("output_tokens") or 0) + 2
+        prompts.append(first + 1 + int(wl.get("output_tokens") or 0) + (turns - 1) * per_turn)
+        pressure = wl.get("pressure") or {}
+        prompts.append(pressure.get("context_tokens"))
     prompts = [int(p) for p in prompts if isinstance(p, (int, float)) and p > 0]
     if not prompts:
         return None
