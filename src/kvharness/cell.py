@@ -463,9 +463,10 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
 
         phases.start("collectors")
         telemetry_go.touch()
-        # sysmon.jsonl is opened right before the baseline read; tick 1 carries the delta from it, so the
-        # load may start now rather than one interval later (a whole 5 s at H7's slowest cadence)
-        if not _wait_for_file(tmp / "sysmon.jsonl", collector, 5.0, nonempty=False):
+        # The load starts after the collector's first tick: its first scrape of the stack's counters is the
+        # baseline every counter delta of the cell is taken from (adapter loads, tier bytes), so nothing the
+        # load does may happen before it. Costs up to one interval (a whole 5 s at H7's slowest cadence).
+        if not _wait_for_file(tmp / "sysmon.jsonl", collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
             log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
         idle_s = float(load.get("idle_window_s") or 0.0)
         if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
