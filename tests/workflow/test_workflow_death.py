@@ -101,4 +101,4 @@ def test_two_workflows_in_two_directories_never_measure_at_the_same_time(tmp_pat
     for (s1, f1, a), (s2, f2, b) in zip(spans, spans[1:]):
         assert f1 <= s2, f"{a} ({s1}..{f1}) overlaps {b} ({s2}..{f2})"
     logs = "".join(p.read_text() for d in dirs for p in (d / "results/H0/logs").glob("*.log"))
-    assert "waiting for the benchmark lock" in logs and "held by pid" in logs
+    assert "waiting for the benchmark lock" in logs and "held by" in logs  # the holder may not have written its pid yet

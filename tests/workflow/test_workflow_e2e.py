@@ -149,13 +149,19 @@ def test_a_changed_uwork_remeasures_exactly_its_cells_and_an_unchanged_one_none(
         proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")
         assert proc.returncode == 0, proc.stderr[-3000:]
         after = {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")}
-        changed = {s for s in after if after[s] != before[s]}
-        assert changed, (before, after)
-        assert _measured(proc) == {("H8", s) for s in changed}  # H0's cells are never re-measured
-        for s in changed:
-            spec = json.loads((finished_run / f"results/H8/cells/{s}/cell.json").read_text())
-            assert spec["load"]["concurrency"] == int(after[s])
-            assert spec["load"]["concurrency_source"]["from"] == "results/H0/uwork.csv"
+        assert after != before, (before, after)
+        measured = _measured(proc)
+        if min(map(int, after.values())) == min(map(int, before.values())):  # H8 runs at uwork_min: unchanged
+            assert measured == set()
+            return
+        assert measured and {h for h, _ in measured} == {"H8"}  # H0's cells are never re-measured
+        for _, cell in measured:  # each re-measured cell ran at the new U_work (H8: both stacks at uwork_min)
+            spec = json.loads((finished_run / f"results/H8/cells/{cell}/cell.json").read_text())
+            source = spec["load"]["concurrency_source"]
+            assert source["from"] == "results/H0/uwork.csv" and spec["load"]["concurrency"] == source["value"]
+            assert source["value"] == min(int(v) for v in after.values())
+        h8_cells = {p.name for p in (finished_run / "results/H8/cells").iterdir() if "." not in p.name}
+        assert {c for _, c in measured} == h8_cells  # every H8 cell used the old U_work, so all of them
     finally:
         code.write_bytes(original)  # a new mtime, so Snakemake sees the change back
     proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")  # back to the old U_work
