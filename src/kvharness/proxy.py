@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 import signal
@@ -558,15 +557,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend-timeout-s", type=float, default=600.0, help="answer 502 when the backend sends no head for this long")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def serve(args) -> int:
     adapter_bytes = parse_bytes(args.adapter_bytes, "--adapter-bytes")
     directory = args.adapter_dir or os.path.join(tempfile.gettempdir(), "kvharness-proxy-lora")
@@ -592,6 +582,8 @@ async def serve(args) -> int:
 
 
 def main(args) -> int:
+    from kvharness.sim.cli import _is_loopback  # one definition of 'loopback' for every server we start
+
     if not _is_loopback(args.host) and not args.allow_remote:
         print(f"kvharness proxy: --host {args.host} is not a loopback address; pass --allow-remote to expose it",
               file=sys.stderr)
