@@ -1,8 +1,13 @@
 """Helpers for fault-injection tests: real cells on the simulated stacks, made to fail on purpose."""
 
 import copy
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -32,3 +37,31 @@ def make_cell(tmp_path):
         return spec
 
     return build
+
+
+def wait_for_children(proc, names, timeout=30):
+    """Descendants of ``proc`` once every name in ``names`` shows up in their command lines."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        cmdlines = [" ".join(k.cmdline()) for k in kids if k.is_running()]
+        if all(any(n in c for c in cmdlines) for n in names):
+            return kids
+        time.sleep(0.05)
+    raise AssertionError(f"children {names} never all appeared")
+
+
+@pytest.fixture
+def start_cell(tmp_path):
+    """``start(spec, names)``: run ``kvharness cell`` on ``spec`` as a child process and wait until every
+    process named in ``names`` runs under it; returns (proc, cell folder, its descendants)."""
+
+    def start(spec, names=()):
+        spec_path = tmp_path / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        out = tmp_path / "cells" / spec["cell"]
+        proc = subprocess.Popen([sys.executable, "-m", "kvharness", "cell", "--spec", str(spec_path), "--out", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return proc, out, (wait_for_children(proc, names) if names else [])
+
+    return start

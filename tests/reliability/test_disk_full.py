@@ -2,7 +2,6 @@
 completed cells untouched. Needs a small tmpfs (root); skipped with the reason when it cannot mount."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """The harness itself dies or misbehaves: a stack killed mid-load, leftover folders, the benchmark lock,
 a full disk (issue 18). Snakemake-level cases live in tests/workflow/test_workflow_death.py."""
 
-import json
 import os
 import subprocess
 import sys
@@ -17,37 +16,16 @@ from kvharness.cell import CellFailed, run_cell
 
 
 
-def start_cell(spec, tmp_path):
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    out = tmp_path / "cells" / spec["cell"]
-    proc = subprocess.Popen([sys.executable, "-m", "kvharness", "cell", "--spec", str(spec_path), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, out
-
-
-def wait_for_children(proc, names, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        cmdlines = [" ".join(k.cmdline()) for k in kids if k.is_running()]
-        if all(any(n in c for c in cmdlines) for n in names):
-            return kids
-        time.sleep(0.05)
-    raise AssertionError(f"children {names} never all appeared")
-
-
 def only_failed(out: Path) -> Path:
     kept = sorted(out.parent.glob(out.name + ".failed-*"))
     assert len(kept) == 1 and not out.exists(), kept
     return kept[0]
 
 
-def test_a_stack_killed_mid_load_ends_the_cell_at_once_with_few_errors(make_cell, tmp_path):
+def test_a_stack_killed_mid_load_ends_the_cell_at_once_with_few_errors(make_cell, start_cell, tmp_path):
     spec = make_cell(role="B", concurrency=4, duration_s=30.0)
     spec["load"]["max_errors"] = None  # only the stack watch may stop this load
-    proc, out = start_cell(spec, tmp_path)
-    kids = wait_for_children(proc, ["kvharness sim", "kvharness sysmon", "kvharness loadgen"])
+    proc, out, kids = start_cell(spec, ["kvharness sim", "kvharness sysmon", "kvharness loadgen"])
     metrics = out.with_name(out.name + ".tmp") / "metrics.jsonl"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (not metrics.exists() or metrics.stat().st_size < 2000):

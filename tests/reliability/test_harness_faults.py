@@ -20,32 +20,10 @@ def descendants_alive(procs):
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def start_cell(spec, tmp_path):
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    out = tmp_path / "cells" / spec["cell"]
-    proc = subprocess.Popen([sys.executable, "-m", "kvharness", "cell", "--spec", str(spec_path), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, out
-
-
-def wait_for_children(proc, names, timeout=30):
-    """Descendants of ``proc`` once every name in ``names`` shows up in their command lines."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        cmdlines = [" ".join(k.cmdline()) for k in kids if k.is_running()]
-        if all(any(n in c for c in cmdlines) for n in names):
-            return kids
-        time.sleep(0.1)
-    raise AssertionError(f"children {names} never all appeared")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_during_a_cell_stops_every_child_within_10s(make_cell, tmp_path, sig):
+def test_signal_during_a_cell_stops_every_child_within_10s(make_cell, start_cell, tmp_path, sig):
     spec = make_cell(concurrency=4, duration_s=30.0)
-    proc, out = start_cell(spec, tmp_path)
-    kids = wait_for_children(proc, ["kvharness sim", "kvharness sysmon", "kvharness loadgen"])
+    proc, out, kids = start_cell(spec, ["kvharness sim", "kvharness sysmon", "kvharness loadgen"])
     pids = {k.pid for k in kids}
     t0 = time.monotonic()
     proc.send_signal(sig)
@@ -79,10 +57,9 @@ def test_tier2_disk_full_is_a_clear_error(make_cell, tmp_path):
     assert "shrink profiles.comfy.tier2" in (kept[0] / "reason.txt").read_text()
 
 
-def test_a_dying_collector_marks_the_cell_degraded(make_cell, tmp_path):
+def test_a_dying_collector_marks_the_cell_degraded(make_cell, start_cell, tmp_path):
     spec = make_cell(concurrency=2, duration_s=3.0)
-    proc, out = start_cell(spec, tmp_path)
-    kids = wait_for_children(proc, ["kvharness sysmon", "kvharness loadgen"])
+    proc, out, kids = start_cell(spec, ["kvharness sysmon", "kvharness loadgen"])
     collector = next(k for k in kids if "kvharness sysmon" in " ".join(k.cmdline()))
     collector.kill()
     proc.wait(timeout=60)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.evidence import enough_samples
 from kvharness.analysis.records import read_json, read_jsonl
@@ -89,10 +90,7 @@ def h1_table(rows: Sequence[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- figure
 
 def plot_h1(table: Sequence[dict], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("loads_per_1k_requests", "adapter loads per 1,000 requests", 1.0),
               ("tier2_read_bytes_total", "tier-2 reads: KV + adapters (MiB)", 1 / 2**20),
@@ -115,10 +113,7 @@ def plot_h1(table: Sequence[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("H1: LoRA adapter churn vs adapter count (dashed: resident slots)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.knee import collapse_point
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.spill import envelope, idle_nvme, spill_rows
@@ -88,10 +89,7 @@ def h2a_tables(cell_dirs: Sequence[Path], rows: Sequence[dict], tol: float = NVM
 
 
 def plot_h2a(summary: Sequence[dict], order: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for prof in order:
@@ -113,9 +111,7 @@ def plot_h2a(summary: Sequence[dict], order: Sequence[str], path: Path) -> None:
     ax2.set_ylabel("NVMe reads, load minus idle (MB/s)")
     ax2.set_title("tier-2 device reads vs the idle window")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration

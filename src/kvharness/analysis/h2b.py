@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.knee import STORAGE_KNEE_SHARE, storage_knee
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.spill import join_fetch_p95, spill_rows, window_join
@@ -111,10 +112,7 @@ def methods_agree(summary: Sequence[dict], metric: dict, join: dict) -> tuple[bo
 
 
 def plot_h2b(summary: Sequence[dict], joins: Sequence[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     xs = [r[AXIS] for r in summary]
@@ -140,9 +138,7 @@ def plot_h2b(summary: Sequence[dict], joins: Sequence[dict], path: Path) -> None
     ax2.set_xlabel("NVMe r_await in the window (ms)")
     ax2.set_ylabel("p99 TTFT of the window's requests (ms)")
     ax2.set_title("per telemetry window" + ("" if pts else " (no NVMe telemetry)"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.knee import collapse_point, step_causes
 from kvharness.analysis.registry import Context, Figure, Hypothesis, Result, Table, register
 from kvharness.analysis.spill import envelope, spill_rows
@@ -74,10 +75,7 @@ def h3_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def plot_h3(summary: Sequence[dict], fmap: Sequence[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     markers = {"A": "o", "B": "s"}
@@ -112,9 +110,7 @@ def plot_h3(summary: Sequence[dict], fmap: Sequence[dict], path: Path) -> None:
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log", base=2)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration

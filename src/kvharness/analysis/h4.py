@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.evidence import differs, mean_ci
 from kvharness.analysis.knee import COLLAPSE_TTFT_P99_MS
@@ -115,10 +116,7 @@ def window_table(cell_dirs: Sequence[Path], rows: Sequence[dict]) -> list[dict]:
 
 
 def plot_p99(summary: Sequence[dict], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = sorted({(r["stack"], r["profile"]) for r in summary})
     fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(points)), 4.2))
@@ -140,17 +138,11 @@ def plot_p99(summary: Sequence[dict], path: Path, title: str) -> Path:
     ax.set_ylabel("p99 TTFT (ms), mean of reps ± 95 % CI")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_windows(table: Sequence[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for bio, color in (("off", "#4C72B0"), ("on", "#DD8452")):
@@ -165,10 +157,7 @@ def plot_windows(table: Sequence[dict], path: Path) -> Path:
         ax.set_ylabel("p99 TTFT (ms) of requests scheduled in the window")
         ax.legend()
     fig.suptitle("H4B: p99 TTFT per 1 s window vs NVMe latency and tier-2 fetch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declarations

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.evidence import enough_samples
 from kvharness.analysis.records import read_json, read_jsonl
@@ -100,10 +101,7 @@ def crossings(table: Sequence[dict]) -> dict:
 # --------------------------------------------------------------------------- figure
 
 def plot_h5(table: Sequence[dict], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     gib = 2**30
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -137,10 +135,7 @@ def plot_h5(table: Sequence[dict], path: str | Path) -> Path:
     for ax in (ax1, ax2, ax3):
         ax.legend(fontsize=7)
     fig.suptitle("H5: hit ratios, spill and tail TTFT vs working-set bytes (dotted: tier capacities)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration

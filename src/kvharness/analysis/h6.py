@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.h4 import storage_row
 from kvharness.analysis.knee import u_work
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
@@ -140,10 +141,7 @@ def lfu_beats_lru(policy: Sequence[dict]) -> tuple[bool | None, float | None]:
 
 
 def plot_knees(points: Sequence[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fams = [f for f in ("split", "total", "policy") if any(p["family"] == f for p in points)]
     fig, axes = plt.subplots(1, max(1, len(fams)), figsize=(5.2 * max(1, len(fams)), 4.2), squeeze=False)
@@ -162,10 +160,7 @@ def plot_knees(points: Sequence[dict], path: Path) -> Path:
         ax.set_ylabel("memory-tier (T0+T1) hit rate (%)")
         ax.set_title({"split": "T0/T1 split at fixed total", "total": "T0+T1 total", "policy": "eviction policy (hot set + scan)"}[fam])
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- declaration
