@@ -36,6 +36,16 @@ def test_eviction_policies(policy, expected):
     assert t.pop_victim() is None
 
 
+def test_lfu_orders_an_inserted_block_by_the_hits_it_brings():
+    # an offloaded block arrives in the lower tier with its reuse history; LFU must key on it from the
+    # start (it used to be set after the block had joined the heap with 0 hits, so it went first)
+    t = TierIndex("t", 10, "lfu")
+    t.add(1, hits=5)
+    t.add(2)
+    t.add(3, hits=2)
+    assert [t.pop_victim()[0] for _ in range(3)] == [2, 3, 1]
+
+
 def test_referenced_blocks_are_never_evicted():
     t = TierIndex("t", 10, "lru")
     t.add(1)

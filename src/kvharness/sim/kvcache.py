@@ -90,10 +90,13 @@ class TierIndex:
             e.ver += 1
             heapq.heappush(self._heap, (self._key(e), e.ver, h))
 
-    def add(self, h: int, ref: int = 0) -> Entry:
+    def add(self, h: int, ref: int = 0, hits: int = 0) -> Entry:
+        """Insert block ``h``; ``hits`` is the reuse history it brings from the tier above (LFU keys on it,
+        so it is set before the block joins the eviction order)."""
         self._tick += 1
         e = Entry(self._tick)
         e.ref = ref
+        e.hits = hits
         self.entries[h] = e
         if ref == 0:
             self.n_evictable += 1
@@ -260,7 +263,7 @@ class KVCache:
             self.stats.t1_evictions += 1
             if self.t2.capacity > 0:
                 self._offload_to_t2(vh, ve, from_device=False)
-        self.t1.add(h).hits = e0.hits  # the block's reuse history travels with it
+        self.t1.add(h, hits=e0.hits)  # the block's reuse history travels with it
         self.stats.offload_d2h += 1
         self.t1.compact()
 
@@ -277,7 +280,7 @@ class KVCache:
                 return
             self.stats.t2_evictions += 1
             self.store.free_slot(victim[1].slot, victim[1].ready)
-        ne = self.t2.add(h)
+        ne = self.t2.add(h, hits=e.hits)
         ne.slot = self.store.alloc_slot()
         ne.ready = self.store.write_block(ne.slot, h)
         if from_device:
