@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 from kvharness.analysis.cells import cell_row
+from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.records import read_json, read_jsonl
-from kvharness.analysis.registry import Context, Gate, Hypothesis, Result, Table, register
+from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta, percentile
 
 OVERHEAD_LIMIT_PCT = 3.0
@@ -66,11 +67,44 @@ def h7_table(rows: Sequence[dict]) -> list[dict]:
     return table
 
 
+def plot_h7(table: Sequence[dict], path: str | Path) -> Path:
+    """Collector CPU (% of a core) and p99 TTFT vs cadence per stack: every cell a dot, the mean per
+    cadence a line; the overhead limit dashed."""
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for stack in sorted({r["stack"] for r in table}):
+        mine = [r for r in table if r["stack"] == stack]
+        for ax, key in ((ax1, "collector_cpu_pct_of_core"), (ax2, "ttft_ms_p99")):
+            pts = [(r["telemetry_interval_ms"], r[key]) for r in mine if r.get(key) is not None]
+            if not pts:
+                continue
+            xs = sorted({x for x, _ in pts})
+            means = [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs]
+            line, = ax.plot(xs, means, marker="o", label=stack)
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=12, alpha=0.5, color=line.get_color())
+    ax1.axhline(OVERHEAD_LIMIT_PCT, color="grey", linestyle="--", linewidth=1, label=f"limit {OVERHEAD_LIMIT_PCT:g} %")
+    ax1.set_ylabel("collector CPU (% of one core)")
+    ax2.set_ylabel("p99 TTFT (ms)")
+    cadences = sorted({r["telemetry_interval_ms"] for r in table})
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(cadences, [f"{x:g}" for x in cadences])
+        ax.set_xlabel("telemetry interval (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax1.set_title("what sampling costs")
+    ax2.set_title("what the load sees")
+    fig.suptitle("H7: telemetry cadence (dots: cells; lines: mean per cadence)")
+    return save_figure(fig, path, rect=(0, 0, 1, 0.94))
+
+
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
     table = h7_table([cadence_row(d) for d in ctx.cell_dirs])
-    return Result(tables={"summary": table}, facts={"rows": table})
+    return Result(tables={"summary": table}, figures={"cadence": lambda path: plot_h7(table, path)},
+                  facts={"rows": table})
 
 
 def verdict(result: Result) -> str:
@@ -100,6 +134,9 @@ register(Hypothesis(
                   key_columns=("stack", "telemetry_interval_ms", "interval_achieved_median_ms", "alignment",
                                "collector_cpu_pct_of_core", "overhead_ok", "ttft_ms_p99", "p99_impact_pct",
                                "goodput_req_s", "good_fraction", "tail_covered", "tail_resolved")),),
+    figures=(Figure("cadence", "Left: the collector's CPU (% of one core) vs telemetry interval (ms, log) per stack, "
+                               "the 3 % limit dashed. Right: p99 TTFT (ms) vs telemetry interval (ms, log). Dots are "
+                               "cells (repetitions), lines the mean per cadence."),),
     verdict=verdict,
     gates=gates,
     how_to_read="p99_impact_pct compares each cadence's p99 TTFT with the slowest cadence measured; tail_covered is "
