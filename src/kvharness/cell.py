@@ -463,10 +463,12 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
 
         phases.start("collectors")
         telemetry_go.touch()
-        # The load starts after the collector's first tick: its first scrape of the stack's counters is the
-        # baseline every counter delta of the cell is taken from (adapter loads, tier bytes), so nothing the
-        # load does may happen before it. Costs up to one interval (a whole 5 s at H7's slowest cadence).
-        if not _wait_for_file(tmp / "sysmon.jsonl", collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
+        # The load starts after the collector's first scrape of the stack's counters (its tick-0 line in
+        # dynkv.jsonl, written at once): that scrape is the baseline every counter delta of the cell is taken
+        # from (adapter loads, tier bytes), so nothing the load does may happen before it. Without a metrics
+        # source, the first host tick (one interval) stands in.
+        first = tmp / ("dynkv.jsonl" if plan.metrics_urls else "sysmon.jsonl")
+        if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
             log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
         idle_s = float(load.get("idle_window_s") or 0.0)
         if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)

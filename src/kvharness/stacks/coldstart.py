@@ -96,7 +96,7 @@ def drop_page_cache() -> str:
 
 def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: float | None = None) -> dict:
     """Run the stack's resets and the checks 1-3 above; returns the ``cold_start`` record."""
-    import httpx
+    from kvharness.stacks import http
 
     cfg = cfg or {}
     out: dict = {"resets": [], "checks": {}, "verified": True}
@@ -113,9 +113,9 @@ def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: f
         out["checks"]["counters"] = "no metrics source"
         return out
     try:
-        with httpx.Client(timeout=30.0, trust_env=False) as client:
+        with http.Client(timeout=30.0) as client:
             _run_checks(client, plan, cfg, fresh, out)
-    except httpx.HTTPError as exc:
+    except http.HTTPError as exc:
         raise StackLaunchError(f"cold start: {type(exc).__name__} talking to {plan.base_url}: {exc}") from None
     return out
 

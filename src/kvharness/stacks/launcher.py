@@ -324,8 +324,7 @@ class RunningStack:
     def wait_healthy(self) -> float:
         """Wait until the stack is ready (readiness.py: health 200, served model listed by /v1/models, every
         ``ready_urls`` 200); returns seconds waited. Raises StackLaunchError with the log tail."""
-        import httpx
-
+        from kvharness.stacks import http
         from kvharness.stacks.readiness import wait_ready
 
         if not self.plan.health_url and not self.plan.ready_urls:
@@ -333,7 +332,7 @@ class RunningStack:
             return 0.0
         t0 = time.monotonic()
         deadline = t0 + self.plan.startup_timeout_s
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
+        with http.Client(timeout=2.0) as client:
             try:
                 state = wait_ready(client, self.plan.health_url, self.plan.models_url, self.plan.served_model_name,
                                    self.plan.ready_urls, deadline, self.poll_s, self._check_alive, t0,

@@ -54,7 +54,7 @@ def wait_ready(client, health_url: str | None, models_url: str | None, model: st
     ``check_alive`` raises when a stack process died (the caller's error names it and its log);
     ``on_first_answer`` runs once the first step holds (the launcher proves there that whoever answered
     is the stack it started, before waiting any longer on someone else's server)."""
-    import httpx
+    from kvharness.stacks.http import HTTPError
 
     state = ReadyState()
     steps: list[tuple[str, str, str]] = []
@@ -80,7 +80,7 @@ def wait_ready(client, health_url: str | None, models_url: str | None, model: st
                     state.last = f"{model!r} not listed yet (listed: {ids or 'none'})"
                 else:
                     state.last = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
+            except HTTPError as exc:
                 state.last = type(exc).__name__
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: {url} (last: {state.last})")

@@ -440,17 +440,19 @@ class Collector:
             self.counts["procs"] += 1
         dyn = None
         if self.scraper is not None:
-            deltas, status = self.scraper.scrape(tick, ts, mono_ns)
-            for name, st in status.items():
-                if st.get("ok"):
-                    got.add(name)
-            if self.block_bytes is None:
-                self._discover_block_bytes()
-            mapped = map_deltas(deltas, self.block_bytes, self.cfg.fetch_hists)
-            dyn = {"ts": rec["ts"], "mono_ns": mono_ns, "tick": tick,
-                   "kv_block_size_bytes": self.block_bytes, **mapped, "sources": status,
-                   "baseline": [n for n in status if status[n].get("ok") and deltas.get(n) is None]}
+            dyn = self._scrape(tick, rec["ts"], mono_ns)
+            got.update(name for name, st in dyn["sources"].items() if st.get("ok"))
         return rec, dyn, got
+
+    def _scrape(self, tick: int, ts: float, mono_ns: int) -> dict:
+        """One scrape of every source as a dynkv record: mapped deltas since the previous scrape, and which
+        sources were at their baseline (their first good scrape: no deltas yet)."""
+        deltas, status = self.scraper.scrape(tick, ts, mono_ns)
+        if self.block_bytes is None:
+            self._discover_block_bytes()
+        return {"ts": round(ts, 6), "mono_ns": mono_ns, "tick": tick, "kv_block_size_bytes": self.block_bytes,
+                **map_deltas(deltas, self.block_bytes, self.cfg.fetch_hists), "sources": status,
+                "baseline": [n for n in status if status[n].get("ok") and deltas.get(n) is None]}
 
     # --------------------------------------------------------------------------------------- loop
     def run(self) -> dict:
@@ -479,10 +481,17 @@ class Collector:
                     prev["disk"] = (line, t0)
             if self.procs is not None:
                 self.procs.sample(t0)
-            if self.scraper is not None:
-                pass  # the first scrape of each source is its baseline (tick 1)
         except (OSError, ValueError):
             pass
+        if self.scraper is not None:
+            # tick 0: the first scrape of each source, its baseline, at once. Its record (baseline only, no
+            # deltas) tells a waiting caller that every later counter delta starts here, so the load can
+            # start now instead of one interval later; tick 1 then carries the first deltas.
+            dyn0 = self._scrape(0, time.time(), t0)
+            dynkv.write(json.dumps(dyn0, separators=(",", ":")) + "\n")
+            dynkv.flush()
+            writer.writerow(csv_row(dyn0))
+            csvf.flush()
         end_ns = t0 + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         late_ns = int(self.interval_ns * cfg.late_fraction)
         sample_ns: list[int] = []
