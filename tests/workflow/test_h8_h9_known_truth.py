@@ -59,13 +59,18 @@ def test_h9_fit_is_against_the_configured_tier_bandwidths(run):
     fits = {r["tier"]: r for r in rows(run, "H9", "fit")}
     for tier, bw in (("T1", tm.bw_g1_g2), ("T2", tm.bw_g2_g3)):
         assert f(fits[tier]["model_ms_per_gib"]) == pytest.approx(1000.0 * GIB / bw, rel=1e-4)  # speedup 1; csv: 6 digits
-        assert f(fits[tier]["fitted_ms_per_gib"]) > 0 and f(fits[tier]["stack_fetch_ms_per_gib"]) > 0
-    # 4 points per tier on a busy 2-core host are too few to hold the slope to 25 % here (a 20 ms event-loop
-    # stall moves it by half); the default config's H9 (8 points per tier over 6x the bytes) gates it at
-    # 25 % in results/H9/verdict.json. Here: tier 2 costs more per GiB than tier 1, as 7 < 14 GB/s says.
+        # the real tier-2 read overlaps the modelled transfer: the model is the slower of the two per GiB
+        real = f(fits[tier]["real_io_ms_per_gib"]) or 0.0
+        assert f(fits[tier]["link_ms_per_gib"]) == pytest.approx(1000.0 * GIB / bw, rel=1e-4)
+        assert f(fits[tier]["model_ms_per_gib"]) == pytest.approx(max(1000.0 * GIB / bw, real), rel=1e-4)
+        # known truth: what the resumes cost per GiB loaded, fitted from their TTFTs, is what the
+        # configured bandwidth implies, within the acceptance's 25 %; so is the stack's own onboarding timer
+        assert abs(f(fits[tier]["fitted_vs_model_pct"])) <= 25, fits[tier]
+        assert f(fits[tier]["stack_fetch_ms_per_gib"]) == pytest.approx(f(fits[tier]["model_ms_per_gib"]), rel=0.25)
     verdict = json.loads((run / "results/H9/verdict.json").read_text())
-    assert {g["name"] for g in verdict["gates"]} >= {"sim-B T1 fitted cost within 25 % of the model",
-                                                     "sim-B T2 fitted cost within 25 % of the model"}
+    gates = {g["name"]: g for g in verdict["gates"]}
+    for tier in ("T1", "T2"):
+        assert gates[f"sim-B {tier} fitted cost within 25 % of the model"]["passed"] is True
 
 
 def test_h8_equal_load_and_what_tiering_buys(run):
@@ -83,14 +88,14 @@ def test_h8_equal_load_and_what_tiering_buys(run):
     # what tiering buys, from the stacks' counters: B brings back from disk what A must recompute
     assert f(b["t2_hit_pct"]) > 10 and f(a["t2_hit_pct"]) == 0 and f(a["t1_hit_pct"]) == 0
     assert f(a["miss_pct"]) > f(b["miss_pct"]) + 10
-    # B's p99 against A's: the verdict says what the table shows (on a host whose tier-2 reads are slow,
-    # real reads at speedup 20 can cost more than recomputing, and then B loses; see docs/hypotheses.md)
-    verdict = json.loads((run / "results/H8/verdict.json").read_text())["verdict"]
+    # known truth: at equal load B brings back from disk what A recomputes, so its p99 TTFT is lower by
+    # more than the two cells' repetition spread (tier 2 is modelled at 7 GB/s against 8,000 prefill
+    # tokens/s: a 2 MiB block loads 13x faster than its 32 tokens recompute)
     d_chat = f(b["vs_A_ttft_ms_p99_pct"])
-    if d_chat < 0 and b["b_p99_differs"] == "True":
-        assert "chat (working set" in verdict and "B beats A" in verdict
-    else:
-        assert f"p99 TTFT {d_chat:+.1f} % at c={b['concurrency']}" in verdict
+    assert d_chat < 0 and b["b_p99_differs"] == "True", b
+    verdict = json.loads((run / "results/H8/verdict.json").read_text())["verdict"]
+    assert "chat (working set" in verdict and "B beats A" in verdict
+    # no reuse: B is transparent (within ±5 % of A), or the verdict says by how much it is not
     nr = pairs[("noreuse", "uwork_min")]["B"]
     d = f(nr["vs_A_ttft_ms_p99_pct"])
     if abs(d) <= 5:
