@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import StealMeter, cores, cpu_fields
+from machine import StealMeter, cores, cpu_fields, proc_cpu_s
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -65,12 +65,7 @@ class RefServer:
 
     def cpu_s(self) -> float:
         """CPU seconds the server process has used so far (Linux /proc; 0 elsewhere)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as fh:
-                f = fh.read().rsplit(")", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -73,3 +73,13 @@ class StealMeter:
 def load_average() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the name in () may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0

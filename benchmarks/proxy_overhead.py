@@ -37,23 +37,13 @@ import tempfile
 import time
 import urllib.request
 
-from machine import StealMeter, cores, load_average
+from machine import StealMeter, cores, load_average, proc_cpu_s
 from sim_common import ROOT, free_port, sim_process
 
 sys.path.insert(0, str(ROOT / "src"))
 from kvharness.stats import percentile  # noqa: E402
 
 MODEL = "bench-model"
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0.0 where /proc is missing)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def load_spec(base: str, concurrency: int, think_ms: float, duration_s: float, warmup_s: float,
