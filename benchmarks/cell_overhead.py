@@ -43,7 +43,7 @@ def cell_breakdown(cell_dir: Path) -> dict | None:
     if bench.exists():
         try:
             job_s = float(bench.read_text().splitlines()[1].split("\t")[0])
-            out["job_overhead"] = job_s - duration
+            out["job_s"] = job_s
             out["job_start"] = job_s - summary["wall_s"]
         except (IndexError, ValueError):
             pass
@@ -51,11 +51,19 @@ def cell_breakdown(cell_dir: Path) -> dict | None:
     records, _ = read_jsonl(cell_dir / "metrics.jsonl")
     sched = [r["sched_ns"] for r in records if r.get("sched_ns")]
     ends = [r["end_ns"] for r in records if r.get("end_ns")]
+    if sched and ends:  # a load that ends early (max_requests, a finished chat) is shorter than duration_s
+        span = (max(ends) - min(sched)) / 1e9
+        if duration <= 0 or span < duration:
+            duration = span
+            out["duration"] = duration
+            out["overhead"] = summary["wall_s"] - duration
     if sched and ends and "load" in starts and "teardown" in starts:
         first, last = min(sched), max(ends)
         out["loadgen_start"] = (first - starts["load"]) / 1e9
         out["drain"] = max(0.0, (last - first) / 1e9 - duration)
         out["loadgen_exit"] = (starts["teardown"] - last) / 1e9
+    if "job_s" in out:
+        out["job_overhead"] = out.pop("job_s") - out["duration"]
     return out
 
 
