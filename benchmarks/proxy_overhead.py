@@ -34,11 +34,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 from machine import StealMeter, cores, load_average, proc_cpu_s
-from sim_common import ROOT, free_port, sim_process
+from sim_common import ROOT, free_port, sim_process, wait_healthy
 
 sys.path.insert(0, str(ROOT / "src"))
 from kvharness.stats import percentile  # noqa: E402
@@ -88,18 +87,9 @@ def main() -> int:
             preexec_fn=pin)
         try:
             pbase = f"http://127.0.0.1:{pport}"
-            deadline = time.time() + 20
-            while True:
-                try:
-                    with urllib.request.urlopen(pbase + "/health", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.time() > deadline or proxy.poll() is not None:
-                    print("proxy did not become healthy; see", os.path.join(tmp, "proxy.log"))
-                    return 1
-                time.sleep(0.05)
+            if not wait_healthy(pbase, proxy, 20.0):
+                print("proxy did not become healthy; see", os.path.join(tmp, "proxy.log"))
+                return 1
             paths = {"direct": load_spec(base, a.concurrency, a.think_ms, a.duration_s, a.warmup_s, None),
                      "proxy": load_spec(pbase, a.concurrency, a.think_ms, a.duration_s, a.warmup_s,
                                         {"count": a.adapters, "policy": "random", "send_as": "adapter_id"})}

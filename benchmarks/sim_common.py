@@ -28,6 +28,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Poll ``base``/health until it answers 200 (True), or ``proc`` exits or ``timeout_s`` passes (False)."""
+    deadline = time.time() + timeout_s
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 @contextlib.contextmanager
 def sim_process(args: list[str], log_path: str | None = None, startup_timeout: float = 20.0,
                 cpus: set[int] | None = None):
@@ -41,19 +57,10 @@ def sim_process(args: list[str], log_path: str | None = None, startup_timeout: f
                             preexec_fn=pin)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + startup_timeout
-        while True:
+        if not wait_healthy(base, proc, startup_timeout):
             if proc.poll() is not None:
                 raise RuntimeError(f"sim exited with {proc.returncode}: {' '.join(cmd)}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("sim did not become healthy")
-            time.sleep(0.05)
+            raise RuntimeError("sim did not become healthy")
         yield base, proc, port
     finally:
         if proc.poll() is None:
