@@ -1,8 +1,13 @@
 """Suite-wide settings."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -17,3 +22,20 @@ def _private_benchmark_lock(tmp_path_factory):
         os.environ.pop("KVHARNESS_LOCK", None)
     else:
         os.environ["KVHARNESS_LOCK"] = old
+
+
+@pytest.fixture(scope="session")
+def snakemake_workdir(tmp_path_factory):
+    """``run(name, configfile, targets, cores=1, timeout=600)``: the workflow run to its targets in a fresh
+    working directory (a finished run, asserted); returns that directory. The known-truth tests read the
+    tables it produced."""
+
+    def run(name: str, configfile, targets: list[str], cores: int = 1, timeout: float = 600) -> Path:
+        workdir = tmp_path_factory.mktemp(name)
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                               str(workdir), "--configfile", str(configfile), "--cores", str(cores), *targets],
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return workdir
+
+    return run

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,13 +37,8 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("h1h5")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(CONFIG), "--cores", "2", "results/H1/summary.csv", "results/H5/summary.csv"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+def run(snakemake_workdir):
+    return snakemake_workdir("h1h5", CONFIG, ["results/H1/summary.csv", "results/H5/summary.csv"], cores=2, timeout=600)
 
 
 @pytest.mark.slow

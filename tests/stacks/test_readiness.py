@@ -3,7 +3,6 @@
 The stand-in frontend is the simulator with ``--register-after-s``: like Dynamo's frontend it answers
 ``/health`` 200 at once and lists the model only once "a worker registered"."""
 
-import sys
 import urllib.request
 
 import pytest

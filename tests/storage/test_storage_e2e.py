@@ -6,9 +6,6 @@ tier sizes and the model's KV bytes per token, never written by hand."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("storage")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(TINY), "--cores", "1", "results/H4B/summary.csv", "results/H6/summary.csv"],
-                          capture_output=True, text=True, timeout=400, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+def run(snakemake_workdir):
+    return snakemake_workdir("storage", TINY, ["results/H4B/summary.csv", "results/H6/summary.csv"], cores=1, timeout=400)
 
 
 def rows(path: Path) -> list[dict]:

@@ -4,8 +4,6 @@ configs/models.yaml, the tier sizes, the KV bytes per token; never from a hand-w
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,13 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("known_truth")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(CONFIG), "--cores", "1", "results/H8/summary.csv", "results/H9/summary.csv"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+def run(snakemake_workdir):
+    return snakemake_workdir("known_truth", CONFIG, ["results/H8/summary.csv", "results/H9/summary.csv"], cores=1, timeout=600)
 
 
 def rows(run, hyp, table="summary"):

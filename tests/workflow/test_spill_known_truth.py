@@ -5,8 +5,6 @@ values are computed from that config (tier bytes, KV bytes per token from config
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,13 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("spill")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(TINY), "--cores", "2", *TARGETS],
-                          capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+def run(snakemake_workdir):
+    return snakemake_workdir("spill", TINY, TARGETS, cores=2, timeout=400)
 
 
 def table(run, hyp, name="summary"):
