@@ -468,6 +468,13 @@ class Collector:
             writer = csv.writer(csvf)
             writer.writerow(CSV_COLUMNS)
             csvf.flush()
+
+        def write_dyn(dyn: dict) -> None:  # one scrape record: dynkv.jsonl and its CSV view, flushed
+            dynkv.write(json.dumps(dyn, separators=(",", ":")) + "\n")
+            dynkv.flush()
+            writer.writerow(csv_row(dyn))
+            csvf.flush()
+
         cpu0 = time.process_time()
         wall_start = time.time()
         prev: dict = {}
@@ -487,11 +494,7 @@ class Collector:
             # tick 0: the first scrape of each source, its baseline, at once. Its record (baseline only, no
             # deltas) tells a waiting caller that every later counter delta starts here, so the load can
             # start now instead of one interval later; tick 1 then carries the first deltas.
-            dyn0 = self._scrape(0, time.time(), t0)
-            dynkv.write(json.dumps(dyn0, separators=(",", ":")) + "\n")
-            dynkv.flush()
-            writer.writerow(csv_row(dyn0))
-            csvf.flush()
+            write_dyn(self._scrape(0, time.time(), t0))
         end_ns = t0 + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         late_ns = int(self.interval_ns * cfg.late_fraction)
         sample_ns: list[int] = []
@@ -532,10 +535,7 @@ class Collector:
             sysmon.write(json.dumps(rec, separators=(",", ":")) + "\n")
             sysmon.flush()
             if dyn is not None:
-                dynkv.write(json.dumps(dyn, separators=(",", ":")) + "\n")
-                dynkv.flush()
-                writer.writerow(csv_row(dyn))
-                csvf.flush()
+                write_dyn(dyn)
             for s in got:
                 self.counts[s] = self.counts.get(s, 0) + 1
             if all(s in got for s in self.sources):
