@@ -87,6 +87,16 @@ def test_h5_hit_ratios_cross_at_the_tier_capacities(run, cfg):
         w.setdefault("resume_turns", 1)
         tokens = working_set_tokens({"workload": w, "concurrency": int(r["sessions"])})["working_set_tokens"]
         assert num(r["kv_working_set_bytes"]) == tokens * kv
+    # every prompt block the stack looked up is in the counters, the load's last requests included (the
+    # collector's closing scrape): T0 lookups = full blocks of the successful prompts (no warm-up here)
+    for cell in sorted((run / "results/H5/cells").iterdir()):
+        spec = json.loads((cell / "cell.json").read_text())
+        assert not spec["load"].get("warmup_s")
+        tpb = int(spec["engine"]["tokens_per_block"])
+        records = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
+        blocks = sum(int(r["prompt_tokens"]) // tpb for r in records if r.get("rc") == 0)
+        row = next(r for r in rows if int(r["sessions"]) == spec["load"]["workload"]["sessions"])
+        assert num(row["lookup_blocks"]) == blocks, cell.name
     ws = [num(r["working_set_bytes"]) for r in rows]
     t0_hits = [num(r["t0_hit_ratio"]) for r in rows]
     t2_hits = [num(r["tier2_hit_blocks"]) for r in rows]

@@ -44,6 +44,18 @@ def fio_procs(marker: str) -> list[psutil.Process]:
     return out
 
 
+def timed_fio(marker: str) -> list[psutil.Process]:
+    """The timed job's fio processes (the main one and its forked jobs), not the file layout's."""
+    out = []
+    for p in fio_procs(marker):
+        try:
+            if "--time_based" in p.cmdline():
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
 def start_cell(tmp_path: Path, duration_s: float) -> tuple[subprocess.Popen, dict]:
     spec = noisy_cell(tmp_path, duration_s)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -58,11 +70,14 @@ def test_killing_the_cell_while_fio_runs_leaves_no_fio(tmp_path, sig):
     proc, spec = start_cell(tmp_path, duration_s=60)
     marker = str(tmp_path / "tier2")
     try:
+        # fio installs its signal handlers (the ones that write its report) before it forks its job
+        # processes: wait for the jobs, or a signal that lands while fio is still parsing kills it silently
         deadline = time.monotonic() + 40
-        while not any("--time_based" in p.cmdline() for p in fio_procs(marker) if p.is_running()):
+        while len(timed_fio(marker)) < 1 + spec["background_io"]["numjobs"]:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "fio never started"
+            assert time.monotonic() < deadline, "fio never started its jobs"
             time.sleep(0.1)
+        time.sleep(0.3)
         proc.send_signal(sig)
         proc.wait(timeout=30)
     finally:

@@ -134,6 +134,22 @@ def test_stop_event_ends_run_promptly(tmp_path):
     assert (tmp_path / "collector_summary.json").exists()
 
 
+def test_stop_takes_a_closing_scrape_so_the_last_counts_are_kept(tmp_path):
+    """The cell stops the collector when the load ends: what the counters moved since the last regular
+    tick (here: no regular tick at all) is still written, as one record marked final."""
+    bodies = [(FIX / n).read_text() for n in ("kvbm_1.prom", "kvbm_2.prom")]
+    stop = threading.Event()
+    with FakeMetrics(bodies) as fm:
+        cfg = CollectorConfig(out_dir=str(tmp_path), interval_ms=5000, scrapes={"kvbm": fm.url}, kv_block_bytes=2 << 20)
+        threading.Timer(0.3, stop.set).start()
+        s = Collector(cfg, stop).run()
+    dyn = _lines(tmp_path / "dynkv.jsonl")
+    assert [r["tick"] for r in dyn] == [0, 1] and dyn[0]["baseline"] == ["kvbm"]
+    assert dyn[1]["final"] is True and dyn[1]["tier2"]["hits"] == 4 and "final" not in dyn[0]
+    assert s["ticks_expected"] == 0 and s["ticks_present"] == 0  # the closing scrape is no tick
+    assert len(list(csv.DictReader(open(tmp_path / "dynkv_kv.csv")))) == 2
+
+
 def test_cli_runs_until_sigterm(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
     p = subprocess.Popen([sys.executable, "-m", "kvharness", "sysmon", "--out-dir", str(tmp_path / "o"),

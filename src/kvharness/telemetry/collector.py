@@ -544,6 +544,13 @@ class Collector:
             sample_ns.append(rec["mono_ns"])
             lags_ms.append(rec["lag_ms"])
             tick += 1
+        if self.scraper is not None and self.stop.is_set():
+            # the closing scrape: the counters moved since the last tick (the load's last requests) would
+            # otherwise be lost when the cell stops the collector. Its interval is shorter than the cadence,
+            # it is marked ``final`` and counts in no tick statistic.
+            dyn = self._scrape(tick, time.time(), time.monotonic_ns())
+            dyn["final"] = True
+            write_dyn(dyn)
         stop_ns = time.monotonic_ns()
         cpu_s = time.process_time() - cpu0
         sysmon.close()
