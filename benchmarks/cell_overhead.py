@@ -9,7 +9,9 @@ the load generator's start-up (phase start -> first scheduled send), the drain a
 (in-flight requests finishing) and the generator's exit. Prints the median of each and the overhead
 (wall - load duration) as a ratio of the goal (<= 1.0 s median). Exits 1 when the median misses it.
 With ``--results``, the jobs' Snakemake ``benchmark:`` files are read too: the job's wall time over the
-load duration, and how much of it is the job starting before the cell does.
+load duration (judged against the same goal: it is what a user waits for), and how much of it is the job
+starting before the cell does. A cell job is ``python -m kvharness cell --job FILE`` from ``shell:`` (no
+snakemake import in the job, the library's heavy imports deferred), so that part is small.
 """
 
 from __future__ import annotations
@@ -111,9 +113,12 @@ def main() -> int:
     print(f"cell_overhead: median overhead {med['overhead']:.2f} s = {ratio:.2f} x the goal ({GOAL_S:g} s)"
           f" -> {'OK' if ratio <= 1 else 'MISSED'}")
     if "job_overhead" in med:
+        job_ratio = med["job_overhead"] / GOAL_S
         print(f"cell_overhead: as Snakemake's benchmark files see the jobs: median {med['job_overhead']:.2f} s over the "
-              f"load duration, of which {med['job_start']:.2f} s is the job's own start outside the cell (the "
-              "script: directive's interpreter, its snakemake import and unpickling, importing kvharness.cell)")
+              f"load duration = {job_ratio:.2f} x the goal -> {'OK' if job_ratio <= 1 else 'MISSED'}; "
+              f"{med['job_start']:.2f} s of it is outside the cell (the job's shell and interpreter, importing "
+              "kvharness.cell_cli, Snakemake's own bookkeeping)")
+        ratio = max(ratio, job_ratio)
     return 0 if ratio <= 1 else 1
 
 

@@ -24,7 +24,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from kvharness.config import ConfigError
+from kvharness.errors import ConfigError
 
 #: the plan's job (SPEC.md H4B); every key can be overridden in the workflow config's `background_io`
 DEFAULTS = {

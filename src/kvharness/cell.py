@@ -23,11 +23,12 @@ from pathlib import Path
 
 from kvharness import bgio, cellguard, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
-from kvharness.config import REPO_ROOT, ConfigError
+from kvharness import REPO_ROOT
+from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
-from kvharness.stacks.coldstart import first_request_check, prepare as cold_prepare
+from kvharness.stacks.coldstart import baseline_check, first_request_check, prepare as cold_prepare
 from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
@@ -255,6 +256,22 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float, nonempt
     return False
 
 
+def _first_record(path: Path, timeout_s: float = 1.0) -> dict | None:
+    """The first JSON line of a file another process is writing (None when it is not complete in time)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError):
+            with open(path, encoding="utf-8") as fh:
+                line = fh.readline()
+            if line.endswith("\n"):
+                with contextlib.suppress(ValueError):
+                    return json.loads(line)
+                return None
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+
+
 def _dir_bytes(path: Path) -> tuple[int, int]:
     total = files = 0
     if path.is_dir():
@@ -470,6 +487,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         first = tmp / ("dynkv.jsonl" if plan.metrics_urls else "sysmon.jsonl")
         if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
             log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
+        if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
+            baseline_check(summary["cold_start"], _first_record(first))
         idle_s = float(load.get("idle_window_s") or 0.0)
         if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
             idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)

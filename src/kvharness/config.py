@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
+from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
+from kvharness.errors import ConfigError  # noqa: F401 (re-exported: kvharness.config.ConfigError)
 from kvharness.units import parse_bytes
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 SCHEMA_PATH = CONFIG_DIR / "config.schema.yaml"
 STACK_DIR = CONFIG_DIR / "stacks"
@@ -35,8 +36,6 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CLOSED_PATTERNS = ("closed", "bursty")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line: where, and what was expected."""
 
 
 # --------------------------------------------------------------------------- strict YAML

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import os
 import platform
 import re
@@ -75,6 +74,8 @@ def measurement_fingerprint(package_root: Path | None = None) -> str:
 
 
 def versions() -> dict[str, str | None]:
+    import importlib.metadata
+
     out: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("kvharness", "snakemake", "aiohttp", "httpx", "psutil", "nvidia-ml-py", "pandas"):
         try:

@@ -103,5 +103,7 @@ def test_finished_noisy_cell_keeps_fio_report(tmp_path):
     assert row["fio_engine"] in ("libaio", "io_uring", "posixaio", "psync") and row["fio_read_iops"] > 0
     summary = json.loads((cell / "summary.json").read_text())
     assert summary["capacity"]["verified"] is True
+    # cold-start check 2 ran on the collector's baseline scrape: a fresh stack has no hits
+    assert summary["cold_start"]["checks"]["hits_at_baseline"] == 0 and summary["cold_start"]["verified"] is True
     assert summary["tier2_file_bytes"] == 0  # fio's files are removed, never counted as tier-2 KV bytes
     assert fio_procs(str(tmp_path / "tier2")) == []

@@ -69,6 +69,7 @@ def test_short_run_with_scrape_writes_every_output(tmp_path):
     if first["gpu"] is None:
         assert first.get("gpu_reason") and "gpu_reason" not in sysmon[1]  # once
     assert dyn[0]["baseline"] == ["kvbm"] and dyn[1]["tier2"]["hits"] == 4
+    assert dyn[0]["baseline_hits"] > 0 and "baseline_hits" not in dyn[1]  # this fixture's stack is not fresh
     assert dyn[2]["raw"]["kvbm"]["kvbm_offload_blocks_d2h"] == 7  # reset handled
     assert dyn[1]["kv_block_size_bytes"] == 2 << 20
     for r in dyn:

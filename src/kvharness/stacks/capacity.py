@@ -13,7 +13,6 @@ reader is a hook (:data:`READERS`) that returns ``None`` until implemented, and 
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Callable
 
 from kvharness.units import format_bytes
@@ -26,8 +25,16 @@ class CapacityMismatch(RuntimeError):
 
 
 def _get_json(url: str, timeout: float = 5.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL of our own launch
-        return json.loads(resp.read().decode())
+    from kvharness.stacks import http
+
+    try:
+        with http.Client(timeout=timeout) as client:  # the cell's light stdlib client (no urllib.request import)
+            resp = client.get(url)
+    except http.HTTPError as exc:
+        raise OSError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    if resp.status_code != 200:
+        raise OSError(f"GET {url}: HTTP {resp.status_code}")
+    return json.loads(resp.content.decode())
 
 
 def read_sim(spec: dict, plan, stack) -> dict | None:

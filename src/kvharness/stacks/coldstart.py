@@ -14,7 +14,9 @@ Verification, recorded as ``cold_start`` in summary.json (a cell that fails it i
 
 1. the tier-2 directory holds no file older than the launch (the stack's own preallocation is new);
 2. the stack's hit counters (every tier's hits/hit tokens, KVBM matched tokens) are 0 at the baseline
-   scrape of a freshly launched stack;
+   scrape of a freshly launched stack: the collector's own first scrape (``dynkv.jsonl`` tick 0,
+   ``baseline_hits``, taken before the load starts) when the stack has no reset route, so the cell need
+   not parse metrics itself; the cell's own scrape where resets come first;
 3. where a reset route exists, a probe prompt is sent, the cache reset, and the same probe sent again:
    its counters must show 0 hits (the reset really empties the cache), then the cache is reset again;
 4. after the load, the cell's first request (earliest scheduled) reports 0 cached tokens in its usage.
@@ -26,24 +28,16 @@ import os
 import uuid
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kvharness.stacks.launcher import StackLaunchError
-from kvharness.telemetry.prom import DeltaState, Snapshot, map_deltas, parse_body
 
-HIT_FIELDS = ("hits", "hit_tokens")
-
-
-def hit_count(rec: dict) -> float:
-    """Every tier's hits and hit tokens in a mapped record, plus KVBM's matched tokens."""
-    total = 0.0
-    for tier in ("tier0", "tier1", "tier2"):
-        for f in HIT_FIELDS:
-            v = rec[tier].get(f)
-            total += float(v or 0)
-    total += float(rec["server"].get("matched_tokens") or 0)
-    return total
-
+if TYPE_CHECKING:  # the Prometheus parser is imported when a cold-start check first scrapes (prometheus_client)
+    from kvharness.telemetry.prom import Snapshot
 
 def scrape(client, urls: dict[str, str]) -> dict[str, Snapshot | None]:
+    from kvharness.telemetry.prom import parse_body
+
     out: dict[str, Snapshot | None] = {}
     for name, url in urls.items():
         try:
@@ -52,24 +46,6 @@ def scrape(client, urls: dict[str, str]) -> dict[str, Snapshot | None]:
         except Exception:  # noqa: BLE001 - a source that does not answer is recorded as such
             out[name] = None
     return out
-
-
-def hits_between(before: dict, after: dict) -> float | None:
-    """Hit counters gained between two scrapes of the same sources (None when no source answered)."""
-    deltas = {}
-    for name, snap in after.items():
-        if snap is None or before.get(name) is None:
-            continue
-        st = DeltaState()
-        st.update(before[name])
-        deltas[name] = st.update(snap)
-    if not deltas:
-        return None
-    return hit_count(map_deltas(deltas, None))
-
-
-def absolute_hits(snaps: dict) -> float | None:
-    return hits_between({k: Snapshot() for k in snaps}, snaps)
 
 
 def _reset(client, base_url: str, resets: list[dict]) -> list[dict]:
@@ -112,6 +88,9 @@ def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: f
     if not plan.metrics_urls and not cfg.get("reset"):
         out["checks"]["counters"] = "no metrics source"
         return out
+    if not cfg.get("reset"):  # check 2 reads the collector's baseline scrape (baseline_check)
+        out["checks"]["hits_at_baseline"] = "pending: the collector's baseline scrape" if fresh else None
+        return out
     try:
         with http.Client(timeout=30.0) as client:
             _run_checks(client, plan, cfg, fresh, out)
@@ -121,6 +100,8 @@ def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: f
 
 
 def _run_checks(client, plan, cfg: dict, fresh: bool, out: dict) -> None:
+    from kvharness.telemetry.prom import absolute_hits, hits_between
+
     resets = cfg.get("reset") or []
     if resets:
         out["resets"] += _reset(client, plan.base_url, resets)
@@ -143,6 +124,21 @@ def _run_checks(client, plan, cfg: dict, fresh: bool, out: dict) -> None:
         if probe_hits:
             out["verified"] = False
         out["resets"] += _reset(client, plan.base_url, resets)
+
+
+def baseline_check(cold: dict, tick0: dict | None) -> dict:
+    """Check 2 from the collector's first scrape (``dynkv.jsonl`` tick 0: ``baseline_hits``, the stack's hit
+    counters since its start); a stack whose baseline never came is not verified."""
+    if cold["checks"].get("hits_at_baseline") != "pending: the collector's baseline scrape":
+        return cold
+    hits = (tick0 or {}).get("baseline_hits")
+    cold["checks"]["hits_at_baseline"] = hits
+    if hits is None:
+        cold["checks"]["hits_at_baseline_missing"] = "the collector's baseline scrape has no answer from the stack"
+        cold["verified"] = False
+    elif hits:
+        cold["verified"] = False
+    return cold
 
 
 def first_request_check(cold: dict, records: list[dict]) -> dict:

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import yaml
-
-from kvharness.config import ConfigError
+from kvharness.errors import ConfigError
 from kvharness.stacks import identity
 from kvharness.provenance import redact_env
 from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
@@ -191,6 +189,8 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
         engine_yaml_path = workdir / "engine.yaml"
         all_names["engine_yaml"] = str(engine_yaml_path)
         rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
+        import yaml
+
         engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
         engine_settings = rendered
     else:  # no engine YAML (the simulator, an external endpoint): the engine names the cell hands over

@@ -12,7 +12,7 @@ it churns (Dynamo's KVBM guide), so such a cell is refused before launch.
 
 from __future__ import annotations
 
-from kvharness.config import ConfigError
+from kvharness.errors import ConfigError
 from kvharness.units import format_bytes
 
 GB = 10**9

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from kvharness.stats import percentile
 from kvharness.telemetry import host
 from kvharness.telemetry.gpu import GpuSampler
-from kvharness.telemetry.prom import TIER_FIELDS, DeltaState, SeriesCache, fetch_family, map_deltas, parse_body
+from kvharness.telemetry.prom import (TIER_FIELDS, DeltaState, SeriesCache, absolute_hits, fetch_family, map_deltas,
+                                      parse_body)
 
 CSV_COLUMNS = (["ts", "mono_ns", "tick", "kv_block_size_bytes"]
                + [f"tier{i}_{f}" for i in range(3) for f in TIER_FIELDS]
@@ -494,7 +495,11 @@ class Collector:
             # tick 0: the first scrape of each source, its baseline, at once. Its record (baseline only, no
             # deltas) tells a waiting caller that every later counter delta starts here, so the load can
             # start now instead of one interval later; tick 1 then carries the first deltas.
-            write_dyn(self._scrape(0, time.time(), t0))
+            base = self._scrape(0, time.time(), t0)
+            # the stack's hit counters since its start (the cold-start check of the cell: 0 on a fresh stack)
+            answered = {n: self.scraper.last_snap.get(n) for n, st in base["sources"].items() if st.get("ok")}
+            base["baseline_hits"] = absolute_hits(answered) if answered else None
+            write_dyn(base)
         end_ns = t0 + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         late_ns = int(self.interval_ns * cfg.late_fraction)
         sample_ns: list[int] = []

@@ -770,3 +770,37 @@ def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, floa
     if sim:
         for k, v in sim.items():
             _add(rec.setdefault("sim", {}), k, v)
+
+
+# ------------------------------------------------------------------ hit counts (the cold-start checks)
+
+HIT_FIELDS = ("hits", "hit_tokens")
+
+
+def hit_count(rec: dict) -> float:
+    """Every tier's hits and hit tokens in a mapped record, plus KVBM's matched tokens."""
+    total = 0.0
+    for tier in ("tier0", "tier1", "tier2"):
+        for f in HIT_FIELDS:
+            total += float(rec[tier].get(f) or 0)
+    total += float(rec["server"].get("matched_tokens") or 0)
+    return total
+
+
+def hits_between(before: dict, after: dict) -> float | None:
+    """Hit counters gained between two scrapes of the same sources (None when no source answered)."""
+    deltas = {}
+    for name, snap in after.items():
+        if snap is None or before.get(name) is None:
+            continue
+        st = DeltaState()
+        st.update(before[name])
+        deltas[name] = st.update(snap)
+    if not deltas:
+        return None
+    return hit_count(map_deltas(deltas, None))
+
+
+def absolute_hits(snaps: dict) -> float | None:
+    """Hit counters of a stack since it started: its scrapes against empty ones (a fresh stack: 0)."""
+    return hits_between({k: Snapshot() for k in snaps}, snaps)
