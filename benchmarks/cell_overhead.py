@@ -10,8 +10,8 @@ the load generator's start-up (phase start -> first scheduled send), the drain a
 (wall - load duration) as a ratio of the goal (<= 1.0 s median). Exits 1 when the median misses it.
 With ``--results``, the jobs' Snakemake ``benchmark:`` files are read too: the job's wall time over the
 load duration (judged against the same goal: it is what a user waits for), and how much of it is the job
-starting before the cell does. A cell job is ``python -m kvharness cell --job FILE`` from ``shell:`` (no
-snakemake import in the job, the library's heavy imports deferred), so that part is small.
+starting before the cell does (the ``script:`` directive's interpreter, its snakemake import and
+unpickling, importing kvharness.cell, whose heavy imports are deferred to where they are used).
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def main() -> int:
         job_ratio = med["job_overhead"] / GOAL_S
         print(f"cell_overhead: as Snakemake's benchmark files see the jobs: median {med['job_overhead']:.2f} s over the "
               f"load duration = {job_ratio:.2f} x the goal -> {'OK' if job_ratio <= 1 else 'MISSED'}; "
-              f"{med['job_start']:.2f} s of it is outside the cell (the job's shell and interpreter, importing "
-              "kvharness.cell_cli, Snakemake's own bookkeeping)")
+              f"{med['job_start']:.2f} s of it is outside the cell (the script: directive's interpreter, its "
+              "snakemake import and unpickling, importing kvharness.cell)")
         ratio = max(ratio, job_ratio)
     return 0 if ratio <= 1 else 1
 

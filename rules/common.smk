@@ -1,5 +1,4 @@
 # Helpers shared by the .smk files (config validation, cell expansion, the hypothesis registry).
-import shlex
 import sys
 from pathlib import Path
 
@@ -111,37 +110,6 @@ def cell_uwork(wildcards):
         else (min(values) if how == "uwork_min" else max(values))
     )
     return {"value": value, "from": path, "rule": how, "of": dict(zip(stacks, values))}
-
-
-def write_cell_job(wildcards, spec, uwork):
-    """The measuring process's input, written by its job: results/<hyp>/jobs/<cell>.json holding the
-    resolved spec and U_work (atomic). Returns its path."""
-    import json
-    import os
-
-    job = f"results/{wildcards.hyp}/jobs/{wildcards.cell}.json"
-    os.makedirs(os.path.dirname(job), exist_ok=True)
-    with open(f"{job}.tmp", "w") as fh:
-        json.dump({"spec": spec, "uwork": uwork}, fh, indent=1, default=str)
-    os.replace(f"{job}.tmp", job)
-    return job
-
-
-def _cell_python():
-    """The measuring interpreter: the conda env's `python` under --sdm conda (the rule's env is active in
-    its shell), else the one running Snakemake (the venv of ./setup.sh)."""
-    from snakemake_interface_executor_plugins.settings import DeploymentMethod
-
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-        return "python"
-    return shlex.quote(sys.executable)
-
-
-# paths only (the job file, the cell folder, the log: wildcards are constrained), never a config value
-CELL_COMMAND = (
-    f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
-    f"{_cell_python()} -m kvharness cell --job {{job:q}} --out {{output:q}} 2>> {{log:q}}"
-)
 
 
 def analysis_code(hyp):

@@ -13,8 +13,6 @@ from kvharness.errors import ConfigError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", help="cell spec JSON (as written to a cell's cell.json)")
-    p.add_argument("--job", help="a measurement job file of the workflow (results/<hyp>/jobs/<cell>.json: "
-                                 "the resolved spec and its U_work)")
     p.add_argument("--config", default="configs/config.yaml", help="workflow config (with --hyp/--cell)")
     p.add_argument("--hyp", help="hypothesis id, e.g. H0 (with --config)")
     p.add_argument("--cell", help="cell id, e.g. sim-A_c16 (with --config); omit to list the cells")
@@ -25,28 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "readiness, cold start, engine YAML) and exit; with --hyp and no --cell: every cell")
 
 
-def read_job(path: str) -> dict:
-    """A workflow job file ({"spec": {...}, "uwork": ...}); ConfigError naming the file otherwise."""
-    try:
-        with open(path) as fh:
-            job = json.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the job file ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a JSON job file ({exc})") from None
-    if not isinstance(job, dict) or not isinstance(job.get("spec"), dict):
-        raise ConfigError(f"{path}: spec: a job file holds the cell spec as an object under 'spec'")
-    return job
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    uwork = None
     try:
-        if args.job:
-            job = read_job(args.job)
-            spec, uwork = job["spec"], job.get("uwork")
-        elif args.spec:
+        if args.spec:
             with open(args.spec) as fh:
                 spec = json.load(fh)
         else:
@@ -75,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             print(describe_cell(spec))
             return 0
         out = args.out or f"results/{spec['hyp']}/cells/{spec['cell']}"
-        summary = run_cell(spec, out, uwork_csv=args.uwork, uwork=uwork)
+        summary = run_cell(spec, out, uwork_csv=args.uwork)
     except ConfigError as exc:
         print(f"kvharness cell: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-RUN_PARTS = ("kvharness sim", "kvharness loadgen", "kvharness sysmon", "kvharness cell")
+RUN_PARTS = ("kvharness sim", "kvharness loadgen", "kvharness sysmon", "run_cell")
 
 pytestmark = pytest.mark.slow
 
