@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import bgio, cellguard, stats
+from kvharness import REPO_ROOT, bgio, cellguard, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
-from kvharness import REPO_ROOT
 from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
