@@ -27,13 +27,16 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kvharness.stacks.launcher import StackLaunchError
 
 if TYPE_CHECKING:  # the Prometheus parser is imported when a cold-start check first scrapes (prometheus_client)
     from kvharness.telemetry.prom import Snapshot
+
+#: check 2's value until the collector's baseline scrape answers it (baseline_check)
+PENDING_BASELINE = "pending: the collector's baseline scrape"
+
 
 def scrape(client, urls: dict[str, str]) -> dict[str, Snapshot | None]:
     from kvharness.telemetry.prom import parse_body
@@ -89,7 +92,7 @@ def prepare(plan, cfg: dict | None, tier2_dir: Path, fresh: bool, launched_at: f
         out["checks"]["counters"] = "no metrics source"
         return out
     if not cfg.get("reset"):  # check 2 reads the collector's baseline scrape (baseline_check)
-        out["checks"]["hits_at_baseline"] = "pending: the collector's baseline scrape" if fresh else None
+        out["checks"]["hits_at_baseline"] = PENDING_BASELINE if fresh else None
         return out
     try:
         with http.Client(timeout=30.0) as client:
@@ -129,7 +132,7 @@ def _run_checks(client, plan, cfg: dict, fresh: bool, out: dict) -> None:
 def baseline_check(cold: dict, tick0: dict | None) -> dict:
     """Check 2 from the collector's first scrape (``dynkv.jsonl`` tick 0: ``baseline_hits``, the stack's hit
     counters since its start); a stack whose baseline never came is not verified."""
-    if cold["checks"].get("hits_at_baseline") != "pending: the collector's baseline scrape":
+    if cold["checks"].get("hits_at_baseline") != PENDING_BASELINE:
         return cold
     hits = (tick0 or {}).get("baseline_hits")
     cold["checks"]["hits_at_baseline"] = hits
