@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import REPO_ROOT, bgio, cellguard, stats
+from kvharness import REPO_ROOT, bgio, cellguard, clock, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
@@ -441,6 +441,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         for key in ("lora", "slo", "max_requests"):
             if load.get(key) is not None:
                 load_spec[key] = load[key]
+        if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
+            load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
         stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from kvharness import stats
+from kvharness import clock, stats
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 
 
@@ -19,14 +19,19 @@ def cell_row(cell_dir: str | Path) -> dict:
     if warmup_s > 0 and records:
         t0 = min(r["sched_ns"] for r in records if r.get("sched_ns") is not None)
         records = [r for r in records if r.get("sched_ns", t0) - t0 >= warmup_s * 1e9]
-    req = stats.summarize_requests(records, slo=spec["load"].get("slo"))
+    speedup = clock.speedup_of(spec)
+    # SLOs are stated in the stack's time; the records are wall time (clock.wall_slo)
+    req = stats.summarize_requests(records, slo=clock.wall_slo(spec["load"].get("slo"), speedup))
     req.pop("error_classes", None)
+    workload = spec["load"]["workload"]
     row = {
         "hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"], "role": spec["role"],
         "tiered": bool(spec["stack"].get("tiered")), "profile": spec["profile"],
         "concurrency": spec["load"]["concurrency"],
-        "workload": spec["load"]["workload"]["kind"],
-        "context_tokens": spec["load"]["workload"].get("context_tokens"),
+        "workload": workload["kind"],
+        # a chat session's context is its first turn (the context axis sets first_turn_tokens there)
+        "context_tokens": workload.get("context_tokens") or workload.get("first_turn_tokens"),
+        "speedup": speedup,
         **{k: spec["tiers"][k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes", "memory_budget_bytes")},
         "status": summary["status"],
         "alignment": summary.get("quality", {}).get("alignment"),
@@ -41,7 +46,8 @@ def cell_row(cell_dir: str | Path) -> dict:
     for key in ("working_set_bytes", "reusable_bytes", "inflight_bytes", "fits_in"):
         row[key] = ws.get(key)
     for key, value in (spec.get("sweep") or {}).items():  # every swept axis value is a column
-        row.setdefault(key, value)
+        if row.get(key) is None:  # a point is keyed by every swept value: never leave one blank
+            row[key] = value
     ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")
     row["ttft_p99_over_p50"] = (ttft99 / ttft50) if ttft50 else None
     return row

@@ -167,3 +167,53 @@ def tier2_hit_fraction(cell_dir: str | Path) -> float | None:
 def common_gates(rows: Sequence[Mapping], points: Sequence[Mapping], keys: Sequence[str]) -> list[Gate]:
     """The gates that apply to every hypothesis: samples, alignment, and with reps CoV and reproducibility."""
     return [samples_gate(rows), alignment_gate(rows), cov_p99_gate(points, keys), reproducible_p99_gate(rows, keys)]
+
+
+# ---------------------------------------------------------------------------- claims read their gates
+# A minimal local version of the shared "verdicts read the gates" helper (issue 22); the lead reconciles
+# it with the statistics module's at merge.
+
+GATED_LIST_MAX = 3  # failed gates named in one "not established" sentence; the rest are counted
+
+
+def _gate_value(value) -> str:
+    if value is None:
+        return "no value"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _matches(gate: Gate, names: Sequence[str]) -> bool:
+    return any(gate.name == n or gate.name.startswith(n) for n in names)
+
+
+def gated_sentence(claim: str, gates: list[Gate], depends_on: Sequence[str]) -> str:
+    """``claim`` only when every gate it depends on passed.
+
+    ``depends_on`` names gates: a gate belongs to the claim when its name equals an entry or starts with
+    it (so "A's NVMe reads" covers the per-point gates "A's NVMe reads ... (spill, 4096 tokens)").
+
+    * a gate failed -> "not established: <gate> <value> vs <limit>" instead of the claim (at most
+      ``GATED_LIST_MAX`` failed gates named, the rest counted);
+    * no gate failed, but one is n/a (``passed`` None) or an entry matched no gate -> the claim and, in
+      brackets, what it does not cover: "(not covered: <gate>: <why>)";
+    * every gate passed -> the claim as given.
+    """
+    mine = [g for g in gates if _matches(g, depends_on)]
+    failed = [g for g in mine if g.passed is False]
+    if failed:
+        named = "; ".join(f"{g.name} {_gate_value(g.value)} vs {g.limit}" for g in failed[:GATED_LIST_MAX])
+        more = f" (and {len(failed) - GATED_LIST_MAX} more failed)" if len(failed) > GATED_LIST_MAX else ""
+        return f"not established: {named}{more}"
+    open_ = [f"{g.name}: {g.note or 'not evaluated'}" for g in mine if g.passed is None]
+    open_ += [f"{n}: not evaluated" for n in depends_on if not any(_matches(g, [n]) for g in mine)]
+    if open_:
+        more = f"; and {len(open_) - GATED_LIST_MAX} more" if len(open_) > GATED_LIST_MAX else ""
+        return f"{claim} (not covered: {'; '.join(open_[:GATED_LIST_MAX])}{more})"
+    return claim
+
+
+def renamed(gate: Gate, name: str) -> Gate:
+    """The same gate under another name (e.g. a shared gate evaluated on one claim's cells)."""
+    return Gate(name, gate.passed, gate.value, gate.limit, gate.note)

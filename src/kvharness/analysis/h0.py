@@ -17,6 +17,7 @@ H0_COLUMNS = [
     "ttft_ms_p99_ci_high", "ttft_p99_cov", "ttft_p99_over_p50", "stable", "stable_reps",
     "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s", "output_tok_s",
     "goodput_req_s", "good_fraction", "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes", "code_fingerprint",
+    "speedup",  # the collapse limit (stack time) is compared in wall time: knee.collapse_limit_wall_ms
 ]
 UWORK_COLUMNS = ["stack", "role", "u_work", "u_work_used", "u_work_reps", "u_work_min", "u_work_max",
                  "reps_agree", "headline_rep", "censored", "knee_at", "knee_reps", "n_steps", "n_reps"]

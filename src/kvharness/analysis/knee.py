@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kvharness.clock import describe, wall_ms
+
 STABLE_RATIO = 2.0
-COLLAPSE_TTFT_P99_MS = 1000.0
+COLLAPSE_TTFT_P99_MS = 1000.0  # SPEC's collapse limit, in the stack's own time (kvharness.clock)
+
+
+def collapse_limit_wall_ms(step: dict, limit_ms: float = COLLAPSE_TTFT_P99_MS) -> float:
+    """The collapse limit (stack time) as the wall ms a step's measured p99 is compared with: divided
+    by the step's ``speedup`` (a simulated stack's; 1 when the step has none)."""
+    return wall_ms(limit_ms, step.get("speedup") or 1.0)
+
+
+def over_collapse_limit(step: dict, limit_ms: float = COLLAPSE_TTFT_P99_MS) -> bool:
+    """The step's measured p99 TTFT exceeds the collapse limit converted to wall time."""
+    p99 = step.get("ttft_ms_p99")
+    return p99 is not None and p99 > collapse_limit_wall_ms(step, limit_ms)
 
 
 def is_stable(p50: float | None, p99: float | None, ratio: float = STABLE_RATIO) -> bool:
@@ -95,7 +109,8 @@ def collapse_point(steps: Sequence[dict], limit_ms: float = COLLAPSE_TTFT_P99_MS
     """The first step along ``axis`` (concurrency, context_tokens, profile, ...) at which the system collapses,
     for one of SPEC's three causes, checked at each step in load order:
 
-    * ``p99``: p99 TTFT > ``limit_ms``;
+    * ``p99``: p99 TTFT > ``limit_ms`` (stated in the stack's time, compared in wall time: divided by the
+      step's ``speedup``, :func:`collapse_limit_wall_ms`);
     * ``throughput``: admitted throughput falls: errors (rejections, timeouts, OOM: any failed request, by
       class when the step has ``error_classes``), preemptions (``preemptions`` > 0), an admission limit (the
       engine's running-requests gauge never reached the offered ``concurrency`` while requests waited:
@@ -127,9 +142,8 @@ def step_causes(s: dict, limit_ms: float = COLLAPSE_TTFT_P99_MS) -> list[str]:
     """Every reason one cell, on its own, counts as collapsed (for feasibility maps): p99 over the limit,
     preemptions, rejections, timeouts, other errors."""
     why = []
-    p99 = s.get("ttft_ms_p99")
-    if p99 is not None and p99 > limit_ms:
-        why.append(f"p99 > {limit_ms / 1000:g} s")
+    if over_collapse_limit(s, limit_ms):
+        why.append(f"p99 > {describe(limit_ms, s.get('speedup'))}")
     if (s.get("preemptions") or 0) > 0:
         why.append("preemption")
     if _admission_limited(s):
@@ -164,9 +178,8 @@ def _error_kind(cls: str) -> str:
 
 
 def _step_collapse(s: dict, limit_ms: float, throughput_key: str, best: float) -> tuple[str, str] | None:
-    p99 = s.get("ttft_ms_p99")
-    if p99 is not None and p99 > limit_ms:
-        return "p99", f"p99 TTFT {p99:.0f} ms > {limit_ms:.0f} ms"
+    if over_collapse_limit(s, limit_ms):
+        return "p99", f"p99 TTFT {s['ttft_ms_p99']:.4g} ms > {describe(limit_ms, s.get('speedup'))}"
     if (s.get("n_errors") or 0) > 0:
         classes = s.get("error_classes") or {}
         detail = ", ".join(f"{_error_kind(k)} {v}" for k, v in sorted(classes.items())) or "errors"

@@ -7,7 +7,8 @@
 * ``window_join``: one row per telemetry window: the TTFT of the requests whose first token fell in it,
   joined on the tick index with the tier-2 device's NVMe counters and the stack's tier-2 read bytes.
 * ``join_fetch_p95``: the tier-2 fetch p95 estimated from that join (the storage knee's second method).
-* ``idle_nvme``: the tier-2 device's reads during the cell's idle window against those during the load.
+* ``idle_nvme``: the tier-2 device's reads during the cell's idle window against those during the load,
+  and the stack's own process-tree reads in both (attribution).
 """
 
 from __future__ import annotations
@@ -172,13 +173,19 @@ def join_fetch_p95(rows: Sequence[dict]) -> tuple[float | None, str]:
     return weighted_percentile(fetched, 95), f"{len(fetched)} of {len(with_nvme)} windows read tier 2"
 
 
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def idle_nvme(cell_dir: str | Path) -> dict:
-    """Median per-tick tier-2 device reads (MB/s, r/s) in the cell's idle window and during its load.
+    """The tier-2 device's mean read rate (MiB/s, r/s over its ticks) in the cell's idle window and during
+    its load, and the stack's own storage reads (its process tree's /proc io) in both.
 
     The idle window is ``summary.json``'s ``idle_window`` (``load.idle_window_s`` > 0); the load window
     runs from the first scheduled request to the last completion. Ticks are assigned by their window end.
-    Medians, not means: the device is usually shared (the OS, other jobs), and a neighbour's burst in one
-    tick must not decide a control gate; a stack that reads the device steadily moves the median."""
+    Means over equal ticks, i.e. bytes read / time: a stack that reads the device in bursts moves them as
+    much as one that reads steadily (a median would not see reads in fewer than half of the ticks)."""
     cell_dir = Path(cell_dir)
     summary = read_json(cell_dir / "summary.json")
     ticks = [t for t in _ticks(cell_dir, "sysmon.jsonl") if t.get("nvme")]
@@ -192,9 +199,8 @@ def idle_nvme(cell_dir: str | Path) -> dict:
     if starts and ends:
         load = [t for t in ticks if min(starts) < t["mono_ns"] <= max(ends)]
         out["load_ticks"] = len(load)
-        if load:
-            out["load_rMBs"] = percentile([t["nvme"]["rMBs"] for t in load], 50)
-            out["load_rps"] = percentile([t["nvme"]["rps"] for t in load], 50)
+        out["load_rMBs"] = _mean(t["nvme"].get("rMBs") for t in load)
+        out["load_rps"] = _mean(t["nvme"].get("rps") for t in load)
     if window:
         # the stack's own storage reads (/proc/<pid>/io of its process tree) in the idle window and the load
         a, b, c = (window.get(k) for k in ("stack_io_start", "stack_io_load_start", "stack_io_load_end"))
@@ -206,9 +212,8 @@ def idle_nvme(cell_dir: str | Path) -> dict:
         interval = _interval_ns(cell_dir)
         idle = [t for t in ticks if window["start_mono_ns"] + interval <= t["mono_ns"] <= window["end_mono_ns"]]
         out.update(idle_window_s=window.get("seconds"), idle_ticks=len(idle))
-        if idle:
-            out["idle_rMBs"] = percentile([t["nvme"]["rMBs"] for t in idle], 50)
-            out["idle_rps"] = percentile([t["nvme"]["rps"] for t in idle], 50)
+        out["idle_rMBs"] = _mean(t["nvme"].get("rMBs") for t in idle)
+        out["idle_rps"] = _mean(t["nvme"].get("rps") for t in idle)
     return out
 
 
