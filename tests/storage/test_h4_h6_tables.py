@@ -2,6 +2,7 @@
 
 from kvharness.analysis.h4 import summarize
 from kvharness.analysis.h6 import hit_knee, knee_table, lfu_beats_lru, non_decreasing, policy_table
+from kvharness.analysis.registry import Gate
 
 GIB = 1024**3
 
@@ -55,3 +56,25 @@ def test_policy_table_and_lfu_gate():
     assert lfu_beats_lru(table) == (True, 8.0)
     worse = [dict(r, vs_lru_memory_hit_pp=-5.0) if r["eviction_policy"] == "lfu" else r for r in table]
     assert lfu_beats_lru(worse)[0] is False
+
+
+def test_h6_censored_knees_are_marked_and_a_failed_gate_changes_the_sentence():
+    from kvharness.analysis.h6 import display_knees, verdict
+    from kvharness.analysis.registry import Result
+
+    # the larger total holds >= 50 % hits and a stable tail to the last step: both knees censored at 32
+    rows = [h6_row(GIB // 3, 2 * GIB // 3, c, h) for c, h in ((8, 90), (16, 5), (32, 1))]
+    rows += [h6_row(4 * GIB // 3, 8 * GIB // 3, c, h) for c, h in ((8, 95), (16, 92), (32, 80))]
+    knees = knee_table(rows)
+    small, large = sorted(display_knees(knees), key=lambda k: k["memory_budget_bytes"])
+    assert (large["hit_knee"], large["u_work"]) == ("32+", "32+") and small["hit_knee"] == "8"
+    facts = {"knees": knees, "policy": [], "total_hit_knee_monotone": True, "total_u_work_monotone": True,
+             "lfu_beats_lru": False, "lfu_gap_pp": 0.4,
+             "claim_gates": [Gate("enough samples for p99 (total)", True, 600, ">= 500")]}
+    text = verdict(Result(tables={}, facts=facts))
+    assert "the hit-rate knee never falls (8, 32+ users)" in text and "U_work " in text
+    assert "LFU beats LRU (" not in text
+    assert "not established: LFU beats LRU on the hot-set + scan workload 0.4 vs > 1 pp, never below" in text
+    facts["claim_gates"] = [Gate("enough samples for p99 (total)", False, 79, ">= 500 ok requests per cell")]
+    assert "not established: enough samples for p99 (total) 79 vs >= 500 ok requests per cell" in \
+        verdict(Result(tables={}, facts=facts))

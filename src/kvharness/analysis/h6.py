@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis import gates as G
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.h4 import storage_row
 from kvharness.analysis.knee import u_work
@@ -27,6 +28,8 @@ from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Resul
 
 HIT_KNEE_PCT = 50.0
 POLICY_MARGIN_PP = 1.0  # LFU must beat LRU by more than this many percentage points somewhere
+HIT_KNEE_GATE = "hit-rate knee non-decreasing as T0+T1 grows"
+LFU_GATE = "LFU beats LRU on the hot-set + scan workload"
 POINT_COLUMNS = ["family", "tier0_bytes", "tier1_bytes", "memory_budget_bytes", "eviction_policy", "scan_share",
                  "concurrency", "rep", "status", "n_ok", "ttft_ms_p50", "ttft_ms_p99", "ttft_p99_over_p50",
                  "memory_hit_pct", "t0_hit_pct", "t2_hit_pct", "kv_hit_pct", "working_set_bytes", "fits_in", "req_s"]
@@ -103,6 +106,20 @@ def knee_table(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+def shown(value, censored: bool) -> str | None:
+    """A knee as a reader sees it: "64+" when censored (no knee within the sweep: it lies at or beyond the
+    last step), the plain value otherwise; None stays None (no step qualified)."""
+    if value is None:
+        return None
+    return f"{value}+" if censored else str(value)
+
+
+def display_knees(knees: Sequence[dict]) -> list[dict]:
+    """The summary table's rows: ``u_work`` and ``hit_knee`` as shown (censored ones marked "+")."""
+    return [{**k, "u_work": shown(k["u_work"], k["u_work_censored"]),
+             "hit_knee": shown(k["hit_knee"], k["hit_knee_censored"])} for k in knees]
+
+
 def non_decreasing(knees: Sequence[dict], field: str) -> bool | None:
     """Is ``field`` non-decreasing as T0+T1 grows (None counts as below the lowest step)? None: < 2 points."""
     ordered = sorted(knees, key=lambda k: k["memory_budget_bytes"])
@@ -177,35 +194,51 @@ def analyze(ctx: Context) -> Result:
         facts[f"{fam}_hit_knee_monotone"] = non_decreasing(mine, "hit_knee") if fam == "total" else None
         facts[f"{fam}_u_work_monotone"] = non_decreasing(mine, "u_work") if fam == "total" else None
     facts["lfu_beats_lru"], facts["lfu_gap_pp"] = lfu_beats_lru(policy)
-    return Result(tables={"summary": knees, "cells": points, "policy": policy},
+    # U_work reads each cell's p99 TTFT: its claims depend on the samples gate over that family's cells
+    facts["claim_gates"] = [G.renamed(G.samples_gate([{**r, "cell": Path(d).name} for r, d in zip(rows, ctx.cell_dirs)
+                                                      if r["family"] == fam]), f"enough samples for p99 ({fam})")
+                            for fam in ("split", "total") if any(r["family"] == fam for r in rows)]
+    return Result(tables={"summary": display_knees(knees), "cells": points, "policy": policy},
                   figures={"knees": lambda path: plot_knees(points, path)}, facts=facts)
+
+
+def _knees_text(knees: Sequence[dict], field: str) -> str:
+    return ", ".join(shown(k[field], k[f"{field}_censored"]) or "none" for k in knees)
 
 
 def verdict(result: Result) -> str:
     f = result.facts
-    knees = [k for k in f["knees"] if k["family"] == "total"]
+    own = gates(result) + f.get("claim_gates", [])
+    knees = sorted((k for k in f["knees"] if k["family"] == "total"), key=lambda k: k["memory_budget_bytes"])
     parts = []
     if knees:
-        desc = ", ".join(f"{k['memory_budget_bytes'] / 1024**3:.3g} GiB → hit knee {k['hit_knee']}, U_work {k['u_work']}"
-                         for k in sorted(knees, key=lambda k: k["memory_budget_bytes"]))
-        mono = {True: "never falls", False: "FALLS", None: "cannot be judged"}[f["total_hit_knee_monotone"]]
-        parts.append(f"As T0+T1 grows the hit-rate knee {mono} ({desc})")
+        sizes = ", ".join(f"{k['memory_budget_bytes'] / 1024**3:.3g}" for k in knees)
+        hit = G.gated_sentence(f"the hit-rate knee never falls ({_knees_text(knees, 'hit_knee')} users)", own,
+                               [HIT_KNEE_GATE])
+        uw = G.gated_sentence(f"U_work {_knees_text(knees, 'u_work')}", own, ["enough samples for p99 (total)"])
+        parts.append(f"T0+T1 of {sizes} GiB: {hit}; {uw}")
     split = [k for k in f["knees"] if k["family"] == "split"]
     if split:
-        parts.append("at a fixed total the split moves U_work to " + ", ".join(
-            f"{k['u_work']} (T0 {k['tier0_bytes'] / 1024**3:.3g} GiB)" for k in split))
+        moves = ", ".join(f"{shown(k['u_work'], k['u_work_censored']) or 'none'} (T0 {k['tier0_bytes'] / 1024**3:.3g} GiB)"
+                          for k in split)
+        parts.append("at a fixed total the split gives " + G.gated_sentence(f"U_work {moves}", own,
+                                                                            ["enough samples for p99 (split)"]))
     if f["lfu_beats_lru"] is not None:
-        parts.append(f"on the hot-set + scan workload LFU {'beats' if f['lfu_beats_lru'] else 'does not beat'} LRU "
-                     f"(largest memory-hit gap {f['lfu_gap_pp']:+.1f} pp)")
-    return ("; ".join(parts) + ".") if parts else "No H6 tier point finished."
+        parts.append("eviction on the hot set + scan: " + G.gated_sentence(
+            f"LFU beats LRU (largest memory-hit gap {f['lfu_gap_pp']:+.1f} pp)", own, [LFU_GATE]))
+    return ("; ".join(parts) + ". A knee marked + lies at or beyond the last swept step.") if parts \
+        else "No H6 tier point finished."
 
 
 def gates(result: Result) -> list[Gate]:
     f = result.facts
+    total = sorted((k for k in f["knees"] if k["family"] == "total"), key=lambda k: k["memory_budget_bytes"])
     return [
-        Gate("hit-rate knee non-decreasing as T0+T1 grows", f["total_hit_knee_monotone"], None, "known truth of the model"),
-        Gate("U_work non-decreasing as T0+T1 grows", f["total_u_work_monotone"], None, "expected; timing-based"),
-        Gate("LFU beats LRU on the hot-set + scan workload", f["lfu_beats_lru"],
+        Gate(HIT_KNEE_GATE, f["total_hit_knee_monotone"], _knees_text(total, "hit_knee") or None,
+             "non-decreasing (known truth of the model)"),
+        Gate("U_work non-decreasing as T0+T1 grows", f["total_u_work_monotone"], _knees_text(total, "u_work") or None,
+             "non-decreasing (expected; timing-based)"),
+        Gate(LFU_GATE, f["lfu_beats_lru"],
              round(f["lfu_gap_pp"], 2) if f["lfu_gap_pp"] is not None else None, f"> {POLICY_MARGIN_PP:g} pp, never below"),
     ]
 
@@ -222,5 +255,6 @@ register(Hypothesis(
     verdict=verdict,
     gates=gates,
     how_to_read="memory_hit_pct = (T0 + T1 block hits) / prompt blocks looked up; tier-2 hits are not memory hits. "
-                "hit_knee = the highest concurrency up to which it stays >= 50 %; U_work as in H0.",
+                "hit_knee = the highest concurrency up to which it stays >= 50 %; U_work as in H0. A knee shown as "
+                "\"64+\" is censored: no knee within the sweep, it lies at or beyond the last step.",
 ))
