@@ -40,3 +40,22 @@ def test_goodput_slo_is_converted_with_the_cells_speedup(tmp_path):
     assert row["speedup"] == 20.0
     assert row["good_fraction"] == 0.5  # 10 and 40 ms meet 50 ms of wall time; 60 and 900 do not
     assert row["context_tokens"] == 1024  # a chat session's context is its first turn, never blank
+
+
+def test_points_are_keyed_by_context_for_chat_sessions(tmp_path):
+    from kvharness.analysis.run import points_table
+
+    rows = []
+    for ctx in (1024, 6144):
+        d = tmp_path / f"c{ctx}"
+        d.mkdir()
+        spec = {"hyp": "H9", "cell": d.name, "stack": {"name": "sim-B", "kind": "sim"}, "role": "B", "profile": "p",
+                "sim": {"speedup": 1}, "sweep": {"context_tokens": ctx, "pressure_bytes": 0},
+                "load": {"concurrency": 1, "workload": {"kind": "sessioned_chat", "first_turn_tokens": ctx}},
+                "tiers": {"tier0_bytes": 1, "tier1_bytes": 1, "tier2_bytes": 1, "memory_budget_bytes": 2}}
+        (d / "cell.json").write_text(json.dumps(spec))
+        (d / "summary.json").write_text(json.dumps({"status": "ok"}))
+        (d / "metrics.jsonl").write_text(json.dumps({"rc": 0, "lat_ttft_ms": ctx / 100, "sched_ns": 0, "end_ns": 1}) + "\n")
+        rows.append(cell_row(d))
+    points = points_table(rows, ["stack", "context_tokens", "pressure_bytes"])
+    assert [(p["context_tokens"], p["n_reps"], p["ttft_ms_p50_mean"]) for p in points] == [(1024, 1, 10.24), (6144, 1, 61.44)]

@@ -85,7 +85,8 @@ def test_fit_recovers_the_modelled_cost_per_gib_and_the_ordering():
     assert fits["T2"]["model_ms_per_gib"] == pytest.approx(153.39, abs=0.01)
     assert all(o["ordered"] for o in h9.orderings(rows))
     text = h9.verdict(Result(tables={}, facts={"rows": rows, "fits": h9.fit_table(rows), "orderings": h9.orderings(rows)}))
-    assert "warm 50 ms < T1" in text and "from T2 costs 153 ms/GiB vs 153 modelled (+0 %)" in text
+    assert "warm 50 ms, T1" in text and "; in the order warm < T1 < T2 < cold" in text
+    assert "from T2 costs 153 ms/GiB, within 25 % of the 153 modelled (+0 %)" in text
 
 
 def test_out_of_order_resumes_are_said():
@@ -94,7 +95,9 @@ def test_out_of_order_resumes_are_said():
     rows = h9.h9_table(cells)
     (o,) = h9.orderings(rows)
     assert not o["ordered"]
-    assert "not in the order" in h9.verdict(Result(tables={}, facts={"rows": rows, "fits": [], "orderings": [o]}))
+    text = h9.verdict(Result(tables={}, facts={"rows": rows, "fits": [], "orderings": [o]}))
+    assert "not established: sim-B ctx 1024: warm < T1 < T2 < cold -5 vs > 0 ms between neighbours" in text
+    assert "in the order" not in text  # a failed gate replaces the claim
 
 
 def test_verdict_says_b_loses_and_when_the_noise_hides_five_percent():

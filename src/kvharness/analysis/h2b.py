@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis import gates as G
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.knee import STORAGE_KNEE_SHARE, storage_knee
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
@@ -52,7 +53,7 @@ def h2b_tables(cell_dirs: Sequence[Path], rows: Sequence[dict]) -> dict[str, lis
         wrows = window_join(dirs[p["cell"]])
         joined, note = join_fetch_p95(wrows)
         awaits = [w["nvme_r_await_ms"] for w in wrows if w.get("nvme_r_await_ms") is not None]
-        row = {**{k: p.get(k) for k in SUMMARY_COLUMNS},
+        row = {**{k: p.get(k) for k in SUMMARY_COLUMNS}, "cell": p.get("cell"),
                "tier2_read_bytes": p.get("tier2_bytes_out"),
                "tier2_fetch_ms_p95_metric": p.get("tier2_fetch_ms_p95"),
                "tier2_fetch_ms_p95_join": joined, "join_note": note,
@@ -143,11 +144,29 @@ def plot_h2b(summary: Sequence[dict], joins: Sequence[dict], path: Path) -> None
 
 # --------------------------------------------------------------------------- declaration
 
+KNEE_SAMPLES = "enough samples for p95 (storage knee)"
+ENDS_SAMPLES = "enough samples for p99 (first and last context)"
+HIT_GATE = "tier-2 hits >= 20 % near the knee"
+
+
+def claim_gates(tables: dict) -> list[Gate]:
+    """The samples gate on the cells each claim reads: the storage knee compares TTFT p95 up to the knee
+    (every point when it was not reached); the p99 range reads the first and the last context."""
+    summary = tables["summary"]
+    if not summary:
+        return []
+    knee = next((k for k in tables["storage_knee"] if k["reported"]), None)
+    at = knee["knee_at"] if knee is not None else None
+    upto = [r for r in summary if at is None or r[AXIS] <= at]
+    return [G.renamed(G.samples_gate(upto, q=95), KNEE_SAMPLES),
+            G.renamed(G.samples_gate([summary[0], summary[-1]], q=99), ENDS_SAMPLES)]
+
+
 def analyze(ctx: Context) -> Result:
     tables = h2b_tables(ctx.cell_dirs, ctx.rows)
     return Result(tables=tables,
                   figures={"ttft": lambda path: plot_h2b(tables["summary"], tables["p99_vs_nvme"], path)},
-                  facts=tables)
+                  facts={**tables, "claim_gates": claim_gates(tables)})
 
 
 def _reported(result: Result) -> dict | None:
@@ -158,6 +177,7 @@ def verdict(result: Result) -> str:
     summary = result.facts["summary"]
     if not summary:
         return "No H2B cell finished."
+    own = gates(result) + result.facts.get("claim_gates", [])
     knee = _reported(result)
     first = result.facts["storage_knee"][0]
     spill = (f"tier-2 reads start at {first['first_tier2_read_at']} tokens" if first["first_tier2_read_at"] is not None
@@ -167,28 +187,29 @@ def verdict(result: Result) -> str:
     if knee is None:
         k = "no storage knee could be computed (neither the stack's fetch latency nor NVMe telemetry has data)"
     elif knee["knee_at"] is None:
-        k = f"no storage knee within the sweep by the {knee['method']} method"
+        k = G.gated_sentence(f"no storage knee within the sweep by the {knee['method']} method", own, [KNEE_SAMPLES])
     else:
-        k = f"the storage knee ({knee['method']} method) is at {knee['knee_at']} tokens"
+        claim = f"the storage knee ({knee['method']} method) is at {knee['knee_at']} tokens"
         if knee["censored"] == "below":
-            k += " (the first point with tier-2 fetches)"
+            claim += " (the first point with tier-2 fetches)"
+        k = "storage knee: " + G.gated_sentence(claim, own, [HIT_GATE, KNEE_SAMPLES])
     other = next((r for r in result.facts["storage_knee"] if knee is not None and r["method"] != knee["method"]), None)
     if other is not None and knee["methods_agree"] is False:
         where = f"at {other['knee_at']} tokens" if other["knee_at"] is not None else "none within the sweep"
         k += f"; the {other['method']} method disagrees ({where})"
     top = summary[-1]
-    return (f"Stack B: {spill} ({cross}); {k}; p99 TTFT goes from {summary[0]['ttft_ms_p99']:.0f} ms at "
-            f"{summary[0][AXIS]} to {top['ttft_ms_p99']:.0f} ms at {top[AXIS]} tokens.")
+    p99 = G.gated_sentence(f"p99 TTFT goes from {summary[0]['ttft_ms_p99']:.0f} ms at {summary[0][AXIS]} to "
+                           f"{top['ttft_ms_p99']:.0f} ms at {top[AXIS]} tokens", own, [ENDS_SAMPLES])
+    return f"Stack B: {spill} ({cross}); {k}; {p99}."
 
 
 def gates(result: Result) -> list[Gate]:
     knee = _reported(result)
     if knee is None or knee["knee_at"] is None:
-        return [Gate("tier-2 hits >= 20 % near the knee", None, None, f">= {TIER2_HIT_GATE_PCT:g} %",
-                     "no storage knee within the sweep")]
+        return [Gate(HIT_GATE, None, None, f">= {TIER2_HIT_GATE_PCT:g} %", "no storage knee within the sweep")]
     at = next(r for r in result.facts["summary"] if r[AXIS] == knee["knee_at"])
     hit = at.get("tier2_hit_pct")
-    return [Gate("tier-2 hits >= 20 % near the knee", hit is not None and hit >= TIER2_HIT_GATE_PCT, hit,
+    return [Gate(HIT_GATE, hit is not None and hit >= TIER2_HIT_GATE_PCT, hit,
                  f">= {TIER2_HIT_GATE_PCT:g} %", f"at {knee['knee_at']} tokens")]
 
 

@@ -23,8 +23,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from kvharness.analysis import gates as G
 from kvharness.analysis.plotting import pyplot, save_figure
-from kvharness import stats
+from kvharness import clock, stats
 from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 
@@ -116,7 +117,7 @@ def cell_resumes(cell_dir: str | Path) -> dict:
     tpb = int(spec["engine"]["tokens_per_block"])
     kv = (spec.get("working_set") or {}).get("kv_bytes_per_token")
     block_bytes = kv * tpb if kv else None
-    speedup = float(spec["sim"].get("speedup", 1.0)) if spec["stack"]["kind"] == "sim" else 1.0
+    speedup = clock.speedup_of(spec)
     row = {
         "cell": spec["cell"], "stack": spec["stack"]["name"], "role": spec["role"],
         "tiered": bool(spec["stack"].get("tiered")), "condition": condition_of(spec),
@@ -346,23 +347,33 @@ def analyze(ctx: Context) -> Result:
                   facts={"rows": rows, "fits": fits, "orderings": order})
 
 
+def _order_gate(o: dict) -> str:
+    return f"{o['stack']} ctx {o['context_tokens']}: warm < T1 < T2 < cold"
+
+
+def _fit_gate(f: dict) -> str:
+    return f"{f['stack']} {f['tier']} fitted cost within 25 % of the model"
+
+
 def verdict(result: Result) -> str:
     rows, fits, order = result.facts["rows"], result.facts["fits"], result.facts["orderings"]
     if not rows:
         return "H9 has no finished cell."
+    own = gates(result)
     parts = []
     for o in order:
         if o is not order[-1] and any(x["stack"] == o["stack"] for x in order[order.index(o) + 1:]):
             continue  # the largest context of each stack speaks for it
-        chain = " < ".join(f"{c} {v:.0f} ms" for c, v in o["chain"]) if o["ordered"] else \
-            ", ".join(f"{c} {v:.0f} ms" for c, v in o["chain"]) + " (not in the order warm < T1 < T2 < cold)"
-        parts.append(f"{o['stack']} resumes at {o['context_tokens']} tokens: {chain}")
+        means = ", ".join(f"{c} {v:.0f} ms" for c, v in o["chain"])
+        parts.append(f"{o['stack']} resumes at {o['context_tokens']} tokens: {means}; "
+                     + G.gated_sentence("in the order warm < T1 < T2 < cold", own, [_order_gate(o)]))
     for f in fits:
         if f["fitted_ms_per_gib"] is None:
             continue
-        model = "" if f["model_ms_per_gib"] is None else \
-            f" vs {f['model_ms_per_gib']:.0f} modelled ({f['fitted_vs_model_pct']:+.0f} %)"
-        parts.append(f"rehydration from {f['tier']} costs {f['fitted_ms_per_gib']:.0f} ms/GiB{model}")
+        claim = ("no model to compare with" if f["model_ms_per_gib"] is None else
+                 G.gated_sentence(f"within 25 % of the {f['model_ms_per_gib']:.0f} modelled ({f['fitted_vs_model_pct']:+.0f} %)",
+                                  own, [_fit_gate(f)]))
+        parts.append(f"{f['stack']}'s rehydration from {f['tier']} costs {f['fitted_ms_per_gib']:.0f} ms/GiB, {claim}")
     for stack in sorted({r["stack"] for r in rows if not r["tiered"]}):
         press = [r for r in rows if r["stack"] == stack and r["pressure_bytes"] > 0 and r["resume_ttft_ms_mean"]]
         if press:
@@ -374,12 +385,12 @@ def verdict(result: Result) -> str:
 def gates(result: Result) -> list[Gate]:
     out = []
     for o in result.facts["orderings"]:
-        out.append(Gate(f"{o['stack']} ctx {o['context_tokens']}: warm < T1 < T2 < cold", bool(o["ordered"]),
-                        o["min_gap_ms"], "> 0 ms between neighbours"))
+        missing = [c for c in ("warm", "T1", "T2", "cold") if c not in {name for name, _ in o["chain"]}]
+        out.append(Gate(_order_gate(o), None if missing else bool(o["ordered"]), o["min_gap_ms"],
+                        "> 0 ms between neighbours", f"no {', '.join(missing)} resume measured" if missing else ""))
     for f in result.facts["fits"]:
         if f["fitted_vs_model_pct"] is not None:
-            out.append(Gate(f"{f['stack']} {f['tier']} fitted cost within 25 % of the model", bool(f["within_tolerance"]),
-                            round(f["fitted_vs_model_pct"], 1), "|Δ| <= 25 %"))
+            out.append(Gate(_fit_gate(f), bool(f["within_tolerance"]), round(f["fitted_vs_model_pct"], 1), "|Δ| <= 25 %"))
     return out
 
 
