@@ -140,3 +140,18 @@ def test_admission_limit_is_a_throughput_collapse():
     assert step_causes(steps[3]) == ["admission limit (at most 3 of 8 users running)"]
     steps[2]["waiting_max"] = 0  # fewer running but nobody waiting: the clients, not the engine
     assert collapse_point(steps, axis="context_tokens")["collapse_at"] == 8192
+
+
+def test_storage_knee_with_histogram_buckets_is_undecided_where_a_bucket_straddles_the_line():
+    # TTFT p95 100 ms at every point: the line is 50 ms. Fetch p95 buckets (10, 25], (25, 50], (50, 75], (75, 100]:
+    # the (25, 50] bucket at 2048 may hold 49 ms or 26 ms -> undecided; the knee is certain only at 4096
+    pts = [{"context_tokens": c, "ttft_ms_p95": 100.0, "f": f, "lo": lo, "hi": hi}
+           for c, f, lo, hi in ((1024, 24.0, 10.0, 25.0), (2048, 48.0, 25.0, 50.0), (4096, 70.0, 50.0, 75.0))]
+    k = storage_knee(pts, "context_tokens", fetch_key="f", bounds=("lo", "hi"))
+    assert (k["knee_from"], k["knee_at"], k["undecided"], k["censored"]) == (2048, 4096, [2048], None)
+    assert "2048 the fetch p95's histogram bucket straddles" in k["note"]
+    # without the bounds the interpolated value alone decides (48 < 50: not reached at 2048)
+    k = storage_knee(pts, "context_tokens", fetch_key="f")
+    assert (k["knee_from"], k["knee_at"], k["undecided"]) == (4096, 4096, [])
+    k = storage_knee(pts[:2], "context_tokens", fetch_key="f", bounds=("lo", "hi"))
+    assert k["knee_at"] is None and k["censored"] == "above" and "at or after context_tokens 2048" in k["note"]

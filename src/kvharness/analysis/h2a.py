@@ -138,8 +138,8 @@ def analyze(ctx: Context) -> Result:
 
 def _collapse_claim(c: dict) -> str:
     if c["collapse_at"] is not None:
-        return f"at {c['collapse_at']} tokens under {c['profile']} ({c['collapse_cause']}: {c['collapse_reason']})"
-    return f"not within the sweep (up to {c['envelope_context_tokens']} tokens) under {c['profile']}"
+        return f"collapses at {c['collapse_at']} tokens ({c['collapse_cause']}: {c['collapse_reason']})"
+    return f"no collapse within the sweep (up to {c['envelope_context_tokens']} tokens)"
 
 
 def verdict(result: Result) -> str:
@@ -156,7 +156,7 @@ def verdict(result: Result) -> str:
                  if worst is not None and worst.get("nvme_delta_pct") is not None else "")
     nv = G.gated_sentence(f"the tier-2 device's reads stay within ±{G.NVME_IDLE_PCT:g} % of idle at every point{worst_txt}",
                           own, [NVME_GATE])
-    return (f"Stack A at {col[0]['concurrency']} users collapses — " + "; ".join(parts)
+    return (f"Stack A at {col[0]['concurrency']} users, collapse point per profile — " + "; ".join(parts)
             + f". NVMe control: {nv}.")
 
 

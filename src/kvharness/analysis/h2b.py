@@ -21,6 +21,7 @@ from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.knee import STORAGE_KNEE_SHARE, storage_knee
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.spill import join_fetch_p95, spill_rows, window_join
+from kvharness.analysis.storage import tier2_fetch_p95
 
 AXIS = "context_tokens"
 TIER2_HIT_GATE_PCT = 20.0
@@ -28,9 +29,9 @@ SUMMARY_COLUMNS = [
     "stack", "context_tokens", "concurrency", "status", "n_ok", "n_errors", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "p99_enough_samples",
     "working_set_bytes", "fits_in", "tier0_bytes", "tier1_bytes", "tier1_hit_pct", "tier2_hit_pct", "spill_bytes",
     "onboard_bytes", "tier2_read_bytes", "tier2_file_read_bytes", "nvme_r_await_ms_mean", "tier2_fetch_ms_p95_metric",
-    "tier2_fetch_ms_p95_join", "join_note", "fetch_share_metric", "fetch_share_join", "kv_hit_pct", "preemptions",
+    "tier2_fetch_ms_p95_lo", "tier2_fetch_ms_p95_hi", "tier2_fetch_ms_p95_join", "join_note", "fetch_share_metric", "fetch_share_join", "kv_hit_pct", "preemptions",
 ]
-KNEE_COLUMNS = ["method", "reported", "knee_at", "censored", "n_points_with_data", "note", "methods_agree",
+KNEE_COLUMNS = ["method", "reported", "knee_at", "knee_from", "undecided_at", "censored", "n_points_with_data", "note", "methods_agree",
                 "agreement_note", "first_tier2_read_at", "working_set_exceeds_t0t1_at"]
 JOIN_COLUMNS = ["stack", "context_tokens", "cell", "tick", "ts", "n_first_tokens", "ttft_ms_p50", "ttft_ms_p95",
                 "ttft_ms_p99", "nvme_device", "nvme_rps", "nvme_rMBs", "nvme_r_await_ms", "nvme_aqu_sz", "nvme_util_pct",
@@ -53,9 +54,12 @@ def h2b_tables(cell_dirs: Sequence[Path], rows: Sequence[dict]) -> dict[str, lis
         wrows = window_join(dirs[p["cell"]])
         joined, note = join_fetch_p95(wrows)
         awaits = [w["nvme_r_await_ms"] for w in wrows if w.get("nvme_r_await_ms") is not None]
+        hist = tier2_fetch_p95(dirs[p["cell"]])  # the cell's fetch histogram: p95 and its bucket's bounds
         row = {**{k: p.get(k) for k in SUMMARY_COLUMNS}, "cell": p.get("cell"),
                "tier2_read_bytes": p.get("tier2_bytes_out"),
-               "tier2_fetch_ms_p95_metric": p.get("tier2_fetch_ms_p95"),
+               "tier2_fetch_ms_p95_metric": (hist["tier2_fetch_ms_p95_hist"] if hist["tier2_fetch_ms_p95_hist"] is not None
+                                             else p.get("tier2_fetch_ms_p95")),
+               "tier2_fetch_ms_p95_lo": hist["tier2_fetch_ms_p95_lo"], "tier2_fetch_ms_p95_hi": hist["tier2_fetch_ms_p95_hi"],
                "tier2_fetch_ms_p95_join": joined, "join_note": note,
                "nvme_r_await_ms_mean": sum(awaits) / len(awaits) if awaits else None}
         row["fetch_share_metric"] = _share(row["tier2_fetch_ms_p95_metric"], row["ttft_ms_p95"])
@@ -75,7 +79,8 @@ def knee_rows(summary: Sequence[dict]) -> list[dict]:
     first_read = next((r[AXIS] for r in summary if reads_tier2(r)), None)
     crosses = next((r[AXIS] for r in summary if r.get("working_set_bytes") is not None
                     and r["working_set_bytes"] > (r.get("tier0_bytes") or 0) + (r.get("tier1_bytes") or 0)), None)
-    metric = storage_knee(summary, AXIS, fetch_key="tier2_fetch_ms_p95_metric")
+    metric = storage_knee(summary, AXIS, fetch_key="tier2_fetch_ms_p95_metric",
+                          bounds=("tier2_fetch_ms_p95_lo", "tier2_fetch_ms_p95_hi"))
     join = storage_knee(summary, AXIS, fetch_key="tier2_fetch_ms_p95_join")
     if not summary:
         metric["note"] = join["note"] = "no finished cell"
@@ -88,7 +93,8 @@ def knee_rows(summary: Sequence[dict]) -> list[dict]:
     agree, why = methods_agree(summary, metric, join)
     out = []
     for name, k in (("stack metric", metric), ("window join", join)):
-        out.append({"method": name, "reported": name == reported, "knee_at": k["knee_at"], "censored": k["censored"],
+        out.append({"method": name, "reported": name == reported, "knee_at": k["knee_at"], "knee_from": k["knee_from"],
+                    "undecided_at": ";".join(str(x) for x in k["undecided"]), "censored": k["censored"],
                     "n_points_with_data": k["n_with_data"], "note": k["note"], "methods_agree": agree,
                     "agreement_note": why, "first_tier2_read_at": first_read, "working_set_exceeds_t0t1_at": crosses})
     return out
@@ -187,9 +193,14 @@ def verdict(result: Result) -> str:
     if knee is None:
         k = "no storage knee could be computed (neither the stack's fetch latency nor NVMe telemetry has data)"
     elif knee["knee_at"] is None:
-        k = G.gated_sentence(f"no storage knee within the sweep by the {knee['method']} method", own, [KNEE_SAMPLES])
+        where = (f"; it may lie at {knee['knee_from']} tokens or beyond (the fetch histogram's buckets cannot tell)"
+                 if knee.get("knee_from") is not None else "")
+        k = G.gated_sentence(f"no storage knee within the sweep by the {knee['method']} method{where}", own, [KNEE_SAMPLES])
     else:
         claim = f"the storage knee ({knee['method']} method) is at {knee['knee_at']} tokens"
+        if knee.get("knee_from") is not None and knee["knee_from"] != knee["knee_at"]:
+            claim = (f"the storage knee ({knee['method']} method) lies between {knee['knee_from']} and {knee['knee_at']} "
+                     f"tokens (the fetch histogram's buckets cannot place it closer)")
         if knee["censored"] == "below":
             claim += " (the first point with tier-2 fetches)"
         k = "storage knee: " + G.gated_sentence(claim, own, [HIT_GATE, KNEE_SAMPLES])

@@ -201,31 +201,55 @@ STORAGE_KNEE_SHARE = 0.5
 
 
 def storage_knee(points: Sequence[dict], axis: str, fetch_key: str = "tier2_fetch_ms_p95",
-                 ttft_key: str = "ttft_ms_p95", share: float = STORAGE_KNEE_SHARE) -> dict:
+                 ttft_key: str = "ttft_ms_p95", share: float = STORAGE_KNEE_SHARE,
+                 bounds: tuple[str, str] | None = None) -> dict:
     """SPEC's storage knee: the first point along ``axis`` where tier-2 fetch p95 >= ``share`` x TTFT p95.
 
-    Returns knee_at (None when not reached), ``censored`` ("below" = already at the first point, so the
-    knee may lie below the sweep; "above" = not reached by the last point with data), n_with_data, the
-    share at every point (``shares``) and a one-line ``note``. With no point carrying both values the
-    knee is None, censored None, and the note says so (the caller names the method that lacked data).
+    ``bounds`` names the keys of an interval the fetch p95 is known to lie in (a histogram's bucket,
+    ``storage.quantile_bucket``): at a point whose interval straddles ``share`` x TTFT p95 the knee is
+    **undecided**, so the knee is reported as the first point where even the lower bound reaches it
+    (``knee_at``) and the earliest point it may lie at (``knee_from``: the first reached or undecided one).
+
+    Returns knee_at (None when not reached), knee_from, ``undecided`` (points), ``censored`` ("below" =
+    already at the first point, so the knee may lie below the sweep; "above" = not reached by the last
+    point with data), n_with_data, the share at every point (``shares``) and a one-line ``note``. With
+    no point carrying both values the knee is None, censored None, and the note says so (the caller names
+    the method that lacked data).
     """
     ordered = _ordered(points, axis, None)
     shares: list[tuple] = []
+    status: list[tuple] = []  # (x, share, "reached" | "undecided" | "below")
     for p in ordered:
         f, t = _numeric(p.get(fetch_key)), _numeric(p.get(ttft_key))
-        shares.append((p[axis], f / t if f is not None and t else None))
-    with_data = [(x, r) for x, r in shares if r is not None]
-    out = {"knee_at": None, "censored": None, "n_with_data": len(with_data), "shares": shares}
-    if not with_data:
+        r = f / t if f is not None and t else None
+        shares.append((p[axis], r))
+        if r is None:
+            continue
+        lo, hi = (_numeric(p.get(bounds[0])), _numeric(p.get(bounds[1]))) if bounds else (None, None)
+        if lo is None or hi is None:
+            lo = hi = f
+        state = "reached" if lo / t >= share else "below" if hi / t < share else "undecided"
+        status.append((p[axis], r, state))
+    out = {"knee_at": None, "knee_from": None, "undecided": [x for x, _, s in status if s == "undecided"],
+           "censored": None, "n_with_data": len(status), "shares": shares}
+    if not status:
         out["note"] = f"no point has both {fetch_key} and {ttft_key}"
         return out
-    for i, (x, r) in enumerate(with_data):
-        if r >= share:
+    unsure = (f"; at {', '.join(str(x) for x in out['undecided'])} the fetch p95's histogram bucket straddles "
+              f"{share:.0%} of TTFT p95 (undecided)") if out["undecided"] else ""
+    first_maybe = next((i for i, (_, _, s) in enumerate(status) if s != "below"), None)
+    if first_maybe is not None:
+        out["knee_from"] = status[first_maybe][0]
+    for i, (x, r, state) in enumerate(status):
+        if state == "reached":
             out.update(knee_at=x, censored="below" if i == 0 else None,
                        note=(f"tier-2 fetch p95 is {r:.1%} of TTFT p95 at {axis} {x}"
-                             + (" (the first point with data: the knee may lie below the sweep)" if i == 0 else "")))
+                             + (" (the first point with data: the knee may lie below the sweep)" if i == 0 else "")
+                             + unsure))
             return out
-    top = max(with_data, key=lambda xr: xr[1])
+    top = max(status, key=lambda s: s[1])
+    where = (f"the knee lies at or after {axis} {out['knee_from']}, or above the sweep" if out["undecided"]
+             else "the knee lies above the sweep, if anywhere")
     out.update(censored="above", note=f"not reached: tier-2 fetch p95 is at most {top[1]:.1%} of TTFT p95 "
-                                      f"(at {axis} {top[0]}); the knee lies above the sweep, if anywhere")
+                                      f"(at {axis} {top[0]}); {where}" + unsure)
     return out

@@ -106,6 +106,35 @@ def _hist_stats(h: dict | None) -> tuple[float | None, float | None, int]:
     return 1000.0 * h["sum"] / h["count"], (1000.0 * p95 if p95 is not None else None), int(h["count"])
 
 
+def quantile_bucket(h: dict | None, q: float) -> tuple[float | None, float | None, float | None]:
+    """(q-quantile in ms by Prometheus' interpolation, lower and upper bound in ms of the bucket it lies in)
+    of a histogram delta. The quantile is only known to lie in that bucket: interpolation assumes the
+    bucket's observations spread evenly, so identical fetches of 38 ms in a (25, 50] ms bucket read as a
+    p95 of 48.75 ms. The upper bound of the +Inf bucket is inf."""
+    from kvharness.telemetry.prom import histogram_quantile
+
+    if not h or h["count"] <= 0 or not h["buckets"]:
+        return None, None, None
+    les = sorted(h["buckets"])
+    rank = q / 100.0 * max(h["buckets"][le] for le in les)
+    lo, running = 0.0, 0.0
+    for le in les:
+        running = max(running, h["buckets"][le])
+        if running >= rank:
+            est = histogram_quantile(q / 100.0, h["buckets"])
+            return (None if est is None else 1000.0 * est), 1000.0 * lo, 1000.0 * le
+        lo = le
+    return None, None, None
+
+
+def tier2_fetch_p95(cell_dir: str | Path) -> dict:
+    """The cell's tier-2 fetch p95 from its fetch histogram (first and last scrape) with the bounds of
+    the bucket it lies in (``tier2_fetch_ms_p95_lo`` / ``_hi``); all None without the histogram."""
+    h = _histograms(Path(cell_dir), (FETCH_HIST,)).get(f"{FETCH_HIST}{{tier=2}}")
+    est, lo, hi = quantile_bucket(h, 95)
+    return {"tier2_fetch_ms_p95_hist": est, "tier2_fetch_ms_p95_lo": lo, "tier2_fetch_ms_p95_hi": hi}
+
+
 def tier_stats(cell_dir: str | Path) -> dict:
     cell_dir = Path(cell_dir)
     kv = _ticks(cell_dir, "dynkv.jsonl")
