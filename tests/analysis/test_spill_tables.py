@@ -139,12 +139,12 @@ def test_h2b_verdict_reads_its_gates():
         tables = {"summary": rows, "storage_knee": knee_rows(rows)}
         return h2b.verdict(Result(tables=tables, facts={**tables, "claim_gates": h2b.claim_gates(tables)}))
 
-    assert "storage knee: the storage knee (stack metric method) is at 2048 tokens;" in text(summary)
+    assert "storage knee: at 2048 tokens (stack metric method);" in text(summary)
     assert "p99 TTFT goes from 120 ms at 1024 to 300 ms at 4096 tokens." in text(summary)
     # tier 2 barely read at the knee: the knee is not established, and the sentence says by which gate
     low = [dict(r, tier2_hit_pct=5.0) if r["context_tokens"] == 2048 else r for r in summary]
     assert "storage knee: not established: tier-2 hits >= 20 % near the knee 5 vs >= 20 %" in text(low)
     # the first cell is short of requests for its p99: the p99 range is not stated
     short = [dict(summary[0], n_ok=40), *summary[1:]]
-    assert "not established: enough samples for p99 (first and last context) 40 vs >= " in text(short)
+    assert "p99 TTFT not established: enough samples for p99 (first and last context) 40 vs >= " in text(short)
     assert "not established: enough samples for p95 (storage knee) 40 vs >= " in text(short)

@@ -191,16 +191,16 @@ def verdict(result: Result) -> str:
     cross = (f"the working set exceeds T0+T1 from {first['working_set_exceeds_t0t1_at']} tokens"
              if first["working_set_exceeds_t0t1_at"] is not None else "the working set never exceeds T0+T1")
     if knee is None:
-        k = "no storage knee could be computed (neither the stack's fetch latency nor NVMe telemetry has data)"
+        k = "storage knee: none could be computed (neither the stack's fetch latency nor NVMe telemetry has data)"
     elif knee["knee_at"] is None:
         where = (f"; it may lie at {knee['knee_from']} tokens or beyond (the fetch histogram's buckets cannot tell)"
                  if knee.get("knee_from") is not None else "")
-        k = G.gated_sentence(f"no storage knee within the sweep by the {knee['method']} method{where}", own, [KNEE_SAMPLES])
+        k = "storage knee: " + G.gated_sentence(f"not within the sweep ({knee['method']} method){where}", own, [KNEE_SAMPLES])
     else:
-        claim = f"the storage knee ({knee['method']} method) is at {knee['knee_at']} tokens"
+        claim = f"at {knee['knee_at']} tokens ({knee['method']} method)"
         if knee.get("knee_from") is not None and knee["knee_from"] != knee["knee_at"]:
-            claim = (f"the storage knee ({knee['method']} method) lies between {knee['knee_from']} and {knee['knee_at']} "
-                     f"tokens (the fetch histogram's buckets cannot place it closer)")
+            claim = (f"between {knee['knee_from']} and {knee['knee_at']} tokens ({knee['method']} method; the fetch "
+                     f"histogram's buckets cannot place it closer)")
         if knee["censored"] == "below":
             claim += " (the first point with tier-2 fetches)"
         k = "storage knee: " + G.gated_sentence(claim, own, [HIT_GATE, KNEE_SAMPLES])
@@ -209,8 +209,8 @@ def verdict(result: Result) -> str:
         where = f"at {other['knee_at']} tokens" if other["knee_at"] is not None else "none within the sweep"
         k += f"; the {other['method']} method disagrees ({where})"
     top = summary[-1]
-    p99 = G.gated_sentence(f"p99 TTFT goes from {summary[0]['ttft_ms_p99']:.0f} ms at {summary[0][AXIS]} to "
-                           f"{top['ttft_ms_p99']:.0f} ms at {top[AXIS]} tokens", own, [ENDS_SAMPLES])
+    p99 = "p99 TTFT " + G.gated_sentence(f"goes from {summary[0]['ttft_ms_p99']:.0f} ms at {summary[0][AXIS]} to "
+                                         f"{top['ttft_ms_p99']:.0f} ms at {top[AXIS]} tokens", own, [ENDS_SAMPLES])
     return f"Stack B: {spill} ({cross}); {k}; {p99}."
 
 

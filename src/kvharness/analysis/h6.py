@@ -215,14 +215,14 @@ def verdict(result: Result) -> str:
         sizes = ", ".join(f"{k['memory_budget_bytes'] / 1024**3:.3g}" for k in knees)
         hit = G.gated_sentence(f"the hit-rate knee never falls ({_knees_text(knees, 'hit_knee')} users)", own,
                                [HIT_KNEE_GATE])
-        uw = G.gated_sentence(f"U_work {_knees_text(knees, 'u_work')}", own, ["enough samples for p99 (total)"])
+        uw = "U_work " + G.gated_sentence(_knees_text(knees, "u_work"), own, ["enough samples for p99 (total)"])
         parts.append(f"T0+T1 of {sizes} GiB: {hit}; {uw}")
     split = [k for k in f["knees"] if k["family"] == "split"]
     if split:
         moves = ", ".join(f"{shown(k['u_work'], k['u_work_censored']) or 'none'} (T0 {k['tier0_bytes'] / 1024**3:.3g} GiB)"
                           for k in split)
-        parts.append("at a fixed total the split gives " + G.gated_sentence(f"U_work {moves}", own,
-                                                                            ["enough samples for p99 (split)"]))
+        parts.append("at a fixed total the split gives U_work " + G.gated_sentence(moves, own,
+                                                                                   ["enough samples for p99 (split)"]))
     if f["lfu_beats_lru"] is not None:
         parts.append("eviction on the hot set + scan: " + G.gated_sentence(
             f"LFU beats LRU (largest memory-hit gap {f['lfu_gap_pp']:+.1f} pp)", own, [LFU_GATE]))
