@@ -1,6 +1,7 @@
 """H3: the context envelope. Under the stress profile, the largest context each stack serves without
 collapsing (its envelope), per concurrency, and a context x concurrency feasibility map saying which
-cells collapsed and why (preemption, rejection, timeout, p99 > 1 s, p99 growing without bound).
+cells collapsed and why (preemption, rejection, timeout, p99 > 1000 ms of the stack's time, p99 growing
+without bound).
 
 Known truth: a stack's envelope at concurrency c is bounded by what its device KV pool admits,
 pool bytes / (c x KV bytes per token); at equal memory budget the memory-only stack's pool is T0+T1
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kvharness.analysis.plotting import pyplot, save_figure
-from kvharness.analysis.knee import collapse_point, step_causes
+from kvharness.analysis.knee import collapse_limit_wall_ms, collapse_point, step_causes
 from kvharness.analysis.registry import Context, Figure, Hypothesis, Result, Table, register
 from kvharness.analysis.spill import envelope, spill_rows
 
@@ -21,7 +22,7 @@ AXIS = "context_tokens"
 MAP_COLUMNS = [
     "stack", "role", "concurrency", "context_tokens", "status", "collapsed", "why", "n_requests", "n_ok",
     "n_errors", "error_classes_json", "preemptions", "ttft_ms_p50", "ttft_ms_p99", "p99_enough_samples", "req_s", "prompt_tok_s",
-    "pool_bytes", "admits_context_tokens", "working_set_bytes", "fits_in",
+    "pool_bytes", "admits_context_tokens", "working_set_bytes", "fits_in", "speedup",
 ]
 ENVELOPE_COLUMNS = [
     "stack", "role", "tiered", "concurrency", "memory_budget_bytes", "pool_bytes", "envelope_context_tokens",
@@ -87,9 +88,10 @@ def plot_h3(summary: Sequence[dict], fmap: Sequence[dict], path: Path) -> None:
         bad = [r for r in pts if r["collapsed"] and r.get("ttft_ms_p99") is not None]
         ax1.scatter([r[AXIS] for r in bad], [r["ttft_ms_p99"] for r in bad], s=90, facecolors="none",
                     edgecolors=line.get_color(), linewidths=1.5)
-    ax1.axhline(1000, color="grey", ls=":", lw=1)
+    if fmap:
+        ax1.axhline(collapse_limit_wall_ms(fmap[0]), color="grey", ls=":", lw=1)
     ax1.set_xlabel("context (tokens)")
-    ax1.set_ylabel("p99 TTFT (ms)")
+    ax1.set_ylabel("p99 TTFT (ms, wall)")
     ax1.set_yscale("log")
     ax1.set_title("p99 TTFT; circled = collapsed")
     ax1.legend(fontsize=7)
@@ -165,11 +167,12 @@ register(Hypothesis(
     tables=(Table("summary", ENVELOPE_COLUMNS, "envelope per stack x concurrency: largest context without collapse, "
                                                "collapse point and cause, and what the device pool admits"),
             Table("feasibility", MAP_COLUMNS, "context x concurrency feasibility map: which cells collapsed and why")),
-    figures=(Figure("envelope", "Left: p99 TTFT (ms, log) vs context (tokens) per stack and concurrency, collapsed cells "
-                                "circled, 1 s limit dotted. Right: envelope (largest context without collapse, tokens) vs "
+    figures=(Figure("envelope", "Left: p99 TTFT (wall ms, log) vs context (tokens) per stack and concurrency, collapsed "
+                                "cells circled, the collapse limit (1000 ms of stack time, in wall ms) dotted. Right: envelope (largest context without collapse, tokens) vs "
                                 "concurrency (users), against pool bytes / (concurrency x KV bytes per token) dashed."),),
     verdict=verdict,
-    how_to_read="A (stack, concurrency) row collapses at the first context with p99 TTFT > 1 s, failed requests or "
+    how_to_read="A (stack, concurrency) row collapses at the first context with p99 TTFT > 1000 ms of the stack's time "
+                "(in wall time 1000 / speedup; collapse_reason shows both), failed requests or "
                 "preemptions, prompt tokens/s below 90 % of the best so far, or p99 growing without bound "
                 "(docs/definitions.md); the envelope is the context before it. admits_context_tokens is the device pool "
                 "divided by concurrency x KV bytes per token; steps_from_expected compares the two on the sweep.",
