@@ -451,7 +451,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # sends nothing until the collector has taken its baseline (load.go), and its clock starts then.
         go_file = tmp / "load.go"
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file)),
+                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file),
+                                             "--first-request", "skip", "--max-error-pct", "off"),
                          tmp / "loadgen.log")
         block_bytes = None
         kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
