@@ -122,10 +122,15 @@ def analysis_code(hyp):
 
 def analysis_outputs(hyp):
     """Declared outputs of `hyp`; its figures, summary table and points table registered for Snakemake's
-    report (`snakemake --report report.zip`), one category per hypothesis."""
+    report (`snakemake --report report.zip`), one category per hypothesis, once they exist."""
     h = registry.get(hyp)
     out = {}
     for name, path in h.outputs().items():
+        if not Path(path).exists():
+            # `snakemake --report` follows what was run: an output not made yet (a hypothesis of the
+            # config that was not run) is not marked, so the report of a subset builds without targets
+            out[name] = path
+            continue
         fig = next((f for f in h.figures if f.name == name), None)
         table = next((t for t in h.tables if t.name == name), None)
         if fig is not None:
