@@ -28,6 +28,12 @@ except (ConfigError, registry.RegistryError) as _exc:
     sys.exit(1)
 
 PRESENT = list(CFG["hypotheses"])
+try:  # planned cells and their estimates, for the progress line each cell job prints (kvharness.plan)
+    from kvharness.plan import write_progress_plan
+
+    write_progress_plan(CFG, CELLS)
+except (OSError, ValueError) as _exc:  # a progress line is never worth a failed workflow
+    sys.stderr.write(f"kvharness: no progress plan ({_exc})\n")
 RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
 
 

@@ -309,7 +309,7 @@ def log_outcome(summary: dict) -> str:
             f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
             + (f"; because: {', '.join(why)}" if why else ""))
     level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
-    log.log(level, "%s", line)
+    log.log(level, "%s", line, extra={"console": True})  # also on Snakemake's console (run_cell.py)
     return line
 
 

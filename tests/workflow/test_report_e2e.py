@@ -27,10 +27,21 @@ def run(tmp_path_factory):
     proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *TARGETS],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (workdir / "console.txt").write_text(proc.stdout + proc.stderr)
     proc = subprocess.run([sys.executable, "-m", "kvharness", "report", "--results", str(workdir / "results"),
                            "--out", str(workdir / "results/report.html")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
+
+
+def test_the_console_shows_each_cell_and_progress(run):
+    """What Snakemake's console shows per cell job: the cell's outcome line and its hypothesis's progress."""
+    console = (run / "console.txt").read_text()
+    cells = sorted(p.name for p in (run / "results/H0/cells").iterdir())
+    for cell in cells:
+        assert f"cell H0/{cell} " in console and "requests " in console
+    assert f"H0: {len(cells)}/{len(cells)} cells done, ~0m00s left" in console
+    assert "kvharness progress: H0: 1/" in console and "kvharness progress: H8: " in console
 
 
 def test_reps_give_points_with_intervals_and_common_gates(run):
