@@ -57,15 +57,17 @@ def test_finished_cells_give_overhead_rate_and_the_comparison(tmp_path):
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps({"status": "ok", "wall_s": 6.0, "phases_s": {"load": 5.0},
                                                     "requests": {"n_requests": 50}}))
-        (d / "cell.json").write_text(json.dumps({"load": {"concurrency": 4}, "stack": {"name": "sim-A"}}))
+        (d / "cell.json").write_text(json.dumps({"load": {"concurrency": 4}, "stack": {"name": "sim-A"},
+                                                 "measurement": {"lock": {"waited_s": 3.0 if i == 0 else 0.0}}}))
         (results / "H0" / "benchmarks").mkdir(exist_ok=True)
-        (results / "H0" / "benchmarks" / f"{c['cell']}.tsv").write_text("s\th:m:s\n7.0\t0:00:07\n")
+        job = 10.0 if i == 0 else 7.0  # the first also waited 3 s for another workflow's cell
+        (results / "H0" / "benchmarks" / f"{c['cell']}.tsv").write_text(f"s\th:m:s\n{job}\t0:00:07\n")
     ctx = P.build_context(cfg, results)
     assert ctx.overhead_s == pytest.approx(2.0) and ctx.rates[("H0", "sim-A")][0] == (4, 10.0)
     after = P.make_plan(cfg, ctx, ["H0"])
     assert after["hypotheses"]["H0"]["n_todo"] == 0 and after["hypotheses"]["H0"]["estimate_s"] == 0
     text, totals = P.compare(before, results)
-    assert totals["actual_s"] == pytest.approx(7.0 * len(cells))
+    assert totals["actual_s"] == pytest.approx(7.0 * len(cells)) and totals["lock_wait_s"] == 3.0
     assert totals["estimate_s"] == pytest.approx(sum(c["estimate_s"] for c in cells))
     assert "H0" in text and "%" in text
 

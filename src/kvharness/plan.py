@@ -90,11 +90,18 @@ def _json(path: Path) -> dict | None:
         return None
 
 
+def lock_wait_s(cell_dir: Path) -> float:
+    """Seconds the cell's job waited for the machine lock (another workflow's cell was measuring)."""
+    lock = ((_json(cell_dir / "cell.json") or {}).get("measurement") or {}).get("lock") or {}
+    return float(lock.get("waited_s") or 0.0)
+
+
 def _job_seconds(cell_dir: Path) -> float | None:
-    """What the cell's job took (Snakemake's benchmark file), else the cell's own wall time."""
+    """What the cell's job took (Snakemake's benchmark file), else the cell's own wall time; without
+    the wait for the machine lock, which no plan of this workflow can know."""
     bench = cell_dir.parents[1] / "benchmarks" / f"{cell_dir.name}.tsv"
     try:
-        return float(bench.read_text().splitlines()[1].split("\t")[0])
+        return float(bench.read_text().splitlines()[1].split("\t")[0]) - lock_wait_s(cell_dir)
     except (OSError, IndexError, ValueError):
         summary = _json(cell_dir / "summary.json") or {}
         return summary.get("wall_s")
@@ -316,7 +323,7 @@ def render(plan: dict, verbose: bool = False) -> str:
 def compare(plan: dict, results: Path) -> tuple[str, dict]:
     rows = {}
     for hyp, h in plan["hypotheses"].items():
-        est = act = 0.0
+        est = act = waited = 0.0
         n = 0
         for c in h["cells"]:
             if c["done"]:
@@ -325,14 +332,18 @@ def compare(plan: dict, results: Path) -> tuple[str, dict]:
             if took is None:
                 continue
             est, act, n = est + c["estimate_s"], act + took, n + 1
-        rows[hyp] = {"cells": n, "estimate_s": est, "actual_s": act}
-    lines = [f"{'hyp':<6}{'cells':>6}{'estimate':>10}{'actual':>10}{'error':>8}   (cell jobs only; plan of {plan['created_utc']})"]
+            waited += lock_wait_s(results / hyp / "cells" / c["cell"])
+        rows[hyp] = {"cells": n, "estimate_s": est, "actual_s": act, "lock_wait_s": waited}
+    lines = [f"{'hyp':<6}{'cells':>6}{'estimate':>10}{'actual':>10}{'error':>8}{'lock wait':>11}   "
+             f"(cell jobs, less their lock waits; plan of {plan['created_utc']})"]
     for hyp, r in rows.items():
         err = f"{100 * (r['estimate_s'] - r['actual_s']) / r['actual_s']:+.0f} %" if r["actual_s"] else "-"
-        lines.append(f"{hyp:<6}{r['cells']:>6}{_mmss(r['estimate_s']):>10}{_mmss(r['actual_s']):>10}{err:>8}")
+        lines.append(f"{hyp:<6}{r['cells']:>6}{_mmss(r['estimate_s']):>10}{_mmss(r['actual_s']):>10}{err:>8}"
+                     f"{_mmss(r['lock_wait_s']):>11}")
     e, a = sum(r["estimate_s"] for r in rows.values()), sum(r["actual_s"] for r in rows.values())
-    lines.append(f"{'total':<12}{_mmss(e):>10}{_mmss(a):>10}{(f'{100 * (e - a) / a:+.0f} %' if a else '-'):>8}")
-    return "\n".join(lines) + "\n", {"estimate_s": e, "actual_s": a, "per_hyp": rows}
+    w = sum(r["lock_wait_s"] for r in rows.values())
+    lines.append(f"{'total':<12}{_mmss(e):>10}{_mmss(a):>10}{(f'{100 * (e - a) / a:+.0f} %' if a else '-'):>8}{_mmss(w):>11}")
+    return "\n".join(lines) + "\n", {"estimate_s": e, "actual_s": a, "lock_wait_s": w, "per_hyp": rows}
 
 
 # ---- command line -------------------------------------------------------------------------------------
