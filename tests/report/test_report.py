@@ -29,7 +29,7 @@ def _hyp(root, hyp, verdict, figures=("fig",), model=EVIL, rows=3):
     (d / "points.csv").write_text("stack,n_reps,ttft_ms_p99_mean\nsim-A,2,12.5\n")
     (d / "verdict.json").write_text(json.dumps({
         "hyp": hyp, "question": f"question of {hyp}?", "verdict": verdict, "how_to_read": "read it so",
-        "gates": [{"name": "CoV of p99 TTFT across reps", "passed": True, "value": 0.031, "limit": "< 10%", "note": "", "scope": "common"},
+        "gates": [{"name": "CoV of p99 TTFT across reps", "passed": True, "value": 3.1, "limit": "< 10 %", "note": "", "scope": "common"},
                   {"name": "enough samples for p99", "passed": False, "value": 120, "limit": ">= 500 ok requests per cell", "note": "", "scope": "common"}],
         "gate_status": "fail", "notes": [], "cell_status": {"ok": 3, "degraded": 1}, "n_cells": 4,
         "code_fingerprints": {"abc123": ["c1", "c2", "c3", "c4"]}, "mixed_code": False,
