@@ -95,3 +95,13 @@ def test_cli_prints_each_hypothesis_and_saves_the_plan(tmp_path):
     assert set(saved["hypotheses"]) == {"H0", "H8"}
     r = subprocess.run([sys.executable, "-m", "kvharness", "plan", "H99"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "H99" in r.stderr
+
+
+def test_a_uwork_load_reads_h0s_uwork_or_says_it_assumed_one(tmp_path):
+    cfg = tiny()
+    spec = next(c for c in expand_cells(cfg, "H8") if c["load"]["concurrency"] == "uwork_min")
+    users, note = P.concurrency(spec, P.build_context(cfg, tmp_path))
+    assert "assumed" in note and users == sorted(cfg["hypotheses"]["H0"]["sweep"]["concurrency"])[1]
+    (tmp_path / "H0").mkdir()
+    (tmp_path / "H0" / "uwork.csv").write_text("stack,u_work_used\nsim-A,16\nsim-B,8\n")
+    assert P.concurrency(spec, P.build_context(cfg, tmp_path)) == (8, "")  # the lower of the two stacks

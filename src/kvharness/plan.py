@@ -147,12 +147,18 @@ def build_context(cfg: dict, results: Path, use_measured: bool = True) -> Contex
 
 # ---- per cell ---------------------------------------------------------------------------------------
 
+def hypothesis_stacks(cfg: dict, hyp: str) -> list[str]:
+    from kvharness.config import load_stack
+
+    return [load_stack(cfg["stacks"][role])["name"] for role in cfg["hypotheses"][hyp]["stacks"]]
+
+
 def concurrency(spec: dict, ctx: Context) -> tuple[int, str]:
     """(users, note): a U_work rule resolved from uwork.csv or assumed."""
     c = spec["load"].get("concurrency")
     if c not in UWORK_RULES:
         return int(c or 1), ""
-    stacks = [s["name"] for s in (ctx.cfg.get("_stack_objs") or [])] or list(ctx.uwork)
+    stacks = hypothesis_stacks(ctx.cfg, spec["hyp"])  # uwork_min / uwork_max: over the hypothesis's stacks
     if c == "uwork" and spec["stack"]["name"] in ctx.uwork:
         return ctx.uwork[spec["stack"]["name"]], ""
     values = [ctx.uwork[s] for s in stacks if s in ctx.uwork]
@@ -277,9 +283,8 @@ def estimate_cell(spec: dict, ctx: Context) -> Estimate:
 # ---- the plan ---------------------------------------------------------------------------------------
 
 def make_plan(cfg: dict, ctx: Context, hyps: list[str] | None = None) -> dict:
-    from kvharness.config import expand_cells, load_stack
+    from kvharness.config import expand_cells
 
-    ctx.cfg = dict(cfg, _stack_objs=[load_stack(n) for n in cfg["stacks"].values()])
     out = {"created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overhead_s": ctx.overhead_s,
            "overhead_basis": ctx.overhead_basis, "analysis_s": ANALYSIS_S, "workflow_start_s": WORKFLOW_START_S,
            "hypotheses": {}}
@@ -413,10 +418,7 @@ PROGRESS_DIR = Path(".snakemake") / "kvharness-plan"
 def write_progress_plan(cfg: dict, cells: dict, results: Path = Path("results"), where: Path = PROGRESS_DIR) -> None:
     """``<where>/<hyp>.json``: {"started": unix s, "cells": {cell: estimated s}} per hypothesis of ``cells``
     ((hyp, cell) -> spec, the workflow's index). Model estimates only: parsing stays cheap."""
-    from kvharness.config import load_stack
-
     ctx = build_context(cfg, results, use_measured=False)
-    ctx.cfg = dict(cfg, _stack_objs=[load_stack(n) for n in cfg["stacks"].values()])
     per_hyp: dict[str, dict] = {}
     for (hyp, cell), spec in cells.items():
         per_hyp.setdefault(hyp, {})[cell] = round(estimate_cell(spec, ctx).load_s + ctx.overhead_s, 2)
