@@ -18,15 +18,24 @@ def tiny(**extra):
     return validate_config({**yaml.safe_load((ROOT / "tests/workflow/tiny.yaml").read_text()), **extra})
 
 
-def test_duration_bound_cells_cost_their_load_plus_overhead(tmp_path):
+def test_duration_bound_cells_cost_their_load_drain_and_overhead(tmp_path):
     cfg = tiny()
     plan = P.make_plan(cfg, P.build_context(cfg, tmp_path / "results"), ["H0"])
     h0 = cfg["hypotheses"]["H0"]
     n = len(h0["sweep"]["concurrency"]) * len(h0["stacks"]) * h0.get("reps", 1)
-    per_cell = h0["load"]["duration_s"] + P.DEFAULT_OVERHEAD_S
-    assert plan["hypotheses"]["H0"]["n_cells"] == n
-    assert plan["hypotheses"]["H0"]["estimate_s"] == pytest.approx(n * per_cell + P.ANALYSIS_S)
-    assert plan["total_s"] == pytest.approx(n * per_cell + P.ANALYSIS_S + P.WORKFLOW_START_S)
+    cells = {c["cell"]: c for c in plan["hypotheses"]["H0"]["cells"]}
+    assert plan["hypotheses"]["H0"]["n_cells"] == n == len(cells)
+    drains = {}
+    for spec in expand_cells(cfg, "H0"):
+        users = spec["load"]["concurrency"]
+        drain = cells[spec["cell"]]["estimate_s"] - h0["load"]["duration_s"] - P.DEFAULT_OVERHEAD_S
+        # closed loop: the requests in flight at the end take one latency, users / throughput (Little's law)
+        assert drain == pytest.approx(users / P.model_rate(spec, users), abs=0.01)
+        drains[(spec["stack"]["name"], users)] = drain
+    assert drains[("sim-A", 128)] > drains[("sim-A", 1)] > 0
+    total = sum(c["estimate_s"] for c in cells.values())
+    assert plan["hypotheses"]["H0"]["estimate_s"] == pytest.approx(total + P.ANALYSIS_S, abs=0.1)
+    assert plan["total_s"] == pytest.approx(total + P.ANALYSIS_S + P.WORKFLOW_START_S, abs=0.1)
 
 
 def test_a_request_count_load_is_requests_over_rate_capped_by_its_duration(tmp_path):
@@ -100,8 +109,12 @@ def test_cli_prints_each_hypothesis_and_saves_the_plan(tmp_path):
 def test_a_uwork_load_reads_h0s_uwork_or_says_it_assumed_one(tmp_path):
     cfg = tiny()
     spec = next(c for c in expand_cells(cfg, "H8") if c["load"]["concurrency"] == "uwork_min")
-    users, note = P.concurrency(spec, P.build_context(cfg, tmp_path))
-    assert "assumed" in note and users == sorted(cfg["hypotheses"]["H0"]["sweep"]["concurrency"])[1]
+    ctx = P.build_context(cfg, tmp_path)
+    users, note = P.concurrency(spec, ctx)
+    h0 = expand_cells(cfg, "H0")
+    rates = {c["load"]["concurrency"]: P.model_rate(c, c["load"]["concurrency"]) for c in h0}
+    first = min(c for c, r in rates.items() if r >= P.UWORK_MODEL_SHARE * max(rates.values()))
+    assert "assumed" in note and users == first  # where the model's throughput nears its peak
     (tmp_path / "H0").mkdir()
     (tmp_path / "H0" / "uwork.csv").write_text("stack,u_work_used\nsim-A,16\nsim-B,8\n")
     assert P.concurrency(spec, P.build_context(cfg, tmp_path)) == (8, "")  # the lower of the two stacks

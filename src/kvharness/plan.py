@@ -13,7 +13,9 @@ Its load time comes from the first rule of ESTIMATORS that knows the cell:
 The expected rate is measured (finished cells of the same hypothesis and stack, nearest concurrency)
 when there is one, else the simulator's own step-time model for a simulated stack, else unknown (the
 duration bound is used and the line says so). A load at U_work uses H0's ``uwork.csv`` when it exists,
-else an assumed U_work (the middle of H0's sweep), said on the line.
+else an assumed U_work, said on the line: the first level of H0's sweep where the simulator model's
+throughput reaches 75 % of its peak (8 for the default config, the U_work docs/simulator.md measured on a
+quiet machine; a busy machine measures less, and its U_work cells then take longer than planned).
 
 ``kvharness plan`` saves its estimate to ``<results>/plan.json``; after the run ``kvharness plan
 --compare`` sets each cell's estimate beside what its job took (Snakemake's ``benchmark:`` file, else
@@ -34,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_OVERHEAD_S = 2.5     # per cell without a finished one to measure: job start ~1.3 s + cell ~1 s (sim)
+DEFAULT_OVERHEAD_S = 0.8     # per cell without a finished one to measure: job wall - load phase, median of
+                             # 54 simulated cells on the 2-core development box (0.7 s, 2026-12-05)
 ANALYSIS_S = 4.0             # per hypothesis: its analysis job (a checkpoint; figures included)
 WORKFLOW_START_S = 6.0       # Snakemake parsing the workflow and building the DAG, once per run
 UWORK_RULES = ("uwork", "uwork_min", "uwork_max")
+UWORK_MODEL_SHARE = 0.75     # U_work assumed before H0 ran: where the model's throughput reaches this share of its peak
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Context:
     overhead_basis: str = "default"
     rates: dict = field(default_factory=dict)    # (hyp, stack name) -> [(concurrency, req/s)]
     uwork: dict = field(default_factory=dict)     # stack name -> U_work used
-    uwork_assumed: int | None = None
+    uwork_assumed: dict = field(default_factory=dict)  # stack name -> U_work assumed before H0 ran
     use_measured: bool = True
 
 
@@ -139,10 +143,32 @@ def build_context(cfg: dict, results: Path, use_measured: bool = True) -> Contex
     if uwork_csv.is_file():
         with open(uwork_csv) as fh:
             ctx.uwork = {r["stack"]: int(float(r["u_work_used"])) for r in csv.DictReader(fh) if r.get("u_work_used")}
-    h0 = (cfg["hypotheses"].get("H0") or {}).get("sweep", {}).get("concurrency") or []
-    levels = sorted(c for c in h0 if isinstance(c, int))
-    ctx.uwork_assumed = levels[len(levels) // 2] if levels else 16
+    ctx.uwork_assumed = assumed_uwork(cfg)
     return ctx
+
+
+def assumed_uwork(cfg: dict, share: float = UWORK_MODEL_SHARE) -> dict:
+    """Stack name -> the U_work a plan assumes before H0 has measured one: the first level of H0's sweep
+    where the simulator model's throughput reaches ``share`` of its peak (past it, prompts queue); for a
+    stack the model does not cover, the middle of the sweep."""
+    from kvharness.config import expand_cells
+
+    if "H0" not in cfg["hypotheses"]:
+        return {}
+    by_stack: dict[str, list[tuple[int, float | None]]] = {}
+    for spec in expand_cells(cfg, "H0"):
+        c = spec["load"].get("concurrency")
+        if isinstance(c, int):
+            by_stack.setdefault(spec["stack"]["name"], []).append((c, model_rate(spec, c)))
+    out = {}
+    for stack, pts in by_stack.items():
+        pts = sorted(set(pts))
+        rates = [r for _, r in pts if r]
+        if len(rates) == len(pts) and rates:
+            out[stack] = next(c for c, r in pts if r >= share * max(rates))
+        else:
+            out[stack] = pts[len(pts) // 2][0]
+    return out
 
 
 # ---- per cell ---------------------------------------------------------------------------------------
@@ -161,10 +187,14 @@ def concurrency(spec: dict, ctx: Context) -> tuple[int, str]:
     stacks = hypothesis_stacks(ctx.cfg, spec["hyp"])  # uwork_min / uwork_max: over the hypothesis's stacks
     if c == "uwork" and spec["stack"]["name"] in ctx.uwork:
         return ctx.uwork[spec["stack"]["name"]], ""
+    pick = min if c != "uwork_max" else max
     values = [ctx.uwork[s] for s in stacks if s in ctx.uwork]
     if values:
-        return (min(values) if c != "uwork_max" else max(values)), ""
-    return int(ctx.uwork_assumed or 16), f"U_work assumed {ctx.uwork_assumed}"
+        return pick(values), ""
+    if c == "uwork":
+        stacks = [spec["stack"]["name"]]
+    assumed = [ctx.uwork_assumed[s] for s in stacks if s in ctx.uwork_assumed] or [16]
+    return pick(assumed), f"U_work assumed {pick(assumed)} (model; H0 measures it)"
 
 
 def _mean_bucket_tokens(buckets) -> float:
@@ -262,10 +292,17 @@ def request_rule(spec: dict, ctx: Context) -> Estimate | None:
 
 
 def duration_rule(spec: dict, ctx: Context) -> Estimate | None:
+    """The load's time, and for closed-loop users the drain after it: the requests in flight finish,
+    each taking users / rate (Little's law) at the expected rate."""
     load = spec["load"]
     if not load.get("duration_s"):
         return None
     t = float(load["duration_s"]) + float(load.get("warmup_s") or 0) + float(load.get("cooldown_s") or 0)
+    if (load.get("pattern") or {}).get("kind", "closed") in ("closed", "bursty"):
+        users, _ = concurrency(spec, ctx)
+        r, how = rate(spec, ctx, users)
+        if r:
+            return Estimate(t + users / r, f"duration {t:g} s + drain ({how})")
     return Estimate(t, f"duration {t:g} s")
 
 
