@@ -32,7 +32,10 @@ try:  # planned cells and their estimates, for the progress line each cell job p
     from kvharness.plan import write_progress_plan
 
     write_progress_plan(CFG, CELLS)
-except (OSError, ValueError) as _exc:  # a progress line is never worth a failed workflow
+except (
+    OSError,
+    ValueError,
+) as _exc:  # a progress line is never worth a failed workflow
     sys.stderr.write(f"kvharness: no progress plan ({_exc})\n")
 RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
 
@@ -128,7 +131,8 @@ def analysis_code(hyp):
 
 def analysis_outputs(hyp):
     """Declared outputs of `hyp`; its figures, summary table and points table registered for Snakemake's
-    report (`snakemake --report report.zip`), one category per hypothesis, once they exist."""
+    report (`snakemake --report report.zip`), one category per hypothesis, once they exist.
+    """
     h = registry.get(hyp)
     out = {}
     for name, path in h.outputs().items():
