@@ -103,6 +103,7 @@ def test_empty_labels_stay_null_and_the_schema_says_what_each_column_is(tmp_path
     df = pd.read_parquet(out)
     assert df["session_id"].tolist()[0] == "s-7" and df["session_id"].isna().tolist() == [False, True]
     assert df["turn"].isna().tolist() == [False, True] and "nan" not in df["session_id"].dropna().tolist()
+    assert str(df["turn"].dtype) == "Int64" and df["turn"].iloc[0] == 2  # a whole number, not 2.0 beside NaN
     assert df["stack_label"].tolist() == ["other-label"] * 2  # a label that differs from the stack name is kept
     assert df["load_concurrency"].notna().all()  # and so is a cell value that the records contradict
     assert open(csv_out).read().splitlines()[2].count(",,") >= 1  # empty in the CSV, not "nan"

@@ -13,7 +13,8 @@ parameter whose name a record also uses is written as ``cell_<name>`` (a measure
 overwritten). The record's ``stack`` label is ``stack_label`` (``df.stack`` is a DataFrame method) and
 a column equal in every row to one before it (``stack_label`` = ``stack_name``, ``load_concurrency`` or
 ``sweep_concurrency`` = ``concurrency``) is left out. Every column's description and unit are in the
-Parquet schema (field metadata ``description`` and ``unit``). Empty values are nulls, never text. Finished cells only by default (``ok`` and ``degraded``, see ``cell_status``);
+Parquet schema (field metadata ``description`` and ``unit``). Empty values are nulls, never text, and
+pandas reads integer and text columns as its nullable dtypes (an empty ``turn`` is <NA>, not NaN). Finished cells only by default (``ok`` and ``degraded``, see ``cell_status``);
 ``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` folders. Reads only: no cell is
 measured or changed.
 """
@@ -143,7 +144,23 @@ def to_table(rows: list[dict]):
         arrays.append(arr)
         description, unit = describe(name)
         fields.append(pa.field(name, arr.type, metadata={"description": description, "unit": unit}))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return _pandas_reads_nullable(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+
+
+def _pandas_reads_nullable(table):
+    """Add the schema metadata that makes pandas read integer, boolean and text columns as its nullable
+    dtypes (Int64, boolean, string): an empty ``turn`` beside whole numbers stays <NA>, not 0.0 and NaN.
+    The columns themselves are unchanged; other readers ignore the metadata."""
+    try:
+        import pandas as pd
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pandas comes with the analysis dependencies
+        return table
+    mapper = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
+              pa.string(): pd.StringDtype("python", na_value=pd.NA)}.get
+    empty = table.slice(0, 0).to_pandas(types_mapper=mapper)
+    meta = pa.Table.from_pandas(empty, preserve_index=False).schema.metadata or {}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
 
 
 def write_parquet(table, path: Path) -> None:
