@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import statistics
@@ -224,16 +225,23 @@ def request_shape(load: dict) -> tuple[int | None, float, float, int]:
     return load.get("max_requests") or load.get("min_ok_requests"), mean, mean, out
 
 
+@functools.lru_cache(maxsize=16)
+def _timing_model(hardware: str, model: str, precision: str):
+    from kvharness.sim.profiles import build_timing_model
+
+    try:
+        return build_timing_model(hardware, model, precision)
+    except (ValueError, OSError):
+        return None
+
+
 def model_rate(spec: dict, users: int) -> float | None:
     """Requests per second the simulator's step-time model gives for this load (simulated stacks only):
     the engine works requests off back to back, ``users`` at a time (capped by max_batch_size)."""
     if spec["stack"].get("kind") != "sim":
         return None
-    from kvharness.sim.profiles import build_timing_model
-
-    try:
-        tm = build_timing_model(spec["hardware"], spec["model"], spec["precision"])
-    except (ValueError, OSError):
+    tm = _timing_model(spec["hardware"], spec["model"], spec["precision"])
+    if tm is None:
         return None
     n, new, ctx_tokens, out = request_shape(spec["load"])
     batch = max(1, min(users, int(spec["engine"].get("max_batch_size") or users)))
