@@ -28,6 +28,15 @@ except (ConfigError, registry.RegistryError) as _exc:
     sys.exit(1)
 
 PRESENT = list(CFG["hypotheses"])
+try:  # planned cells and their estimates, for the progress line each cell job prints (kvharness.plan)
+    from kvharness.plan import write_progress_plan
+
+    write_progress_plan(CFG, CELLS)
+except (
+    OSError,
+    ValueError,
+) as _exc:  # a progress line is never worth a failed workflow
+    sys.stderr.write(f"kvharness: no progress plan ({_exc})\n")
 RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
 
 
@@ -122,10 +131,16 @@ def analysis_code(hyp):
 
 def analysis_outputs(hyp):
     """Declared outputs of `hyp`; its figures, summary table and points table registered for Snakemake's
-    report (`snakemake --report report.zip`), one category per hypothesis."""
+    report (`snakemake --report report.zip`), one category per hypothesis, once they exist.
+    """
     h = registry.get(hyp)
     out = {}
     for name, path in h.outputs().items():
+        if not Path(path).exists():
+            # `snakemake --report` follows what was run: an output not made yet (a hypothesis of the
+            # config that was not run) is not marked, so the report of a subset builds without targets
+            out[name] = path
+            continue
         fig = next((f for f in h.figures if f.name == name), None)
         table = next((t for t in h.tables if t.name == name), None)
         if fig is not None:

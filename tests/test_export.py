@@ -59,16 +59,16 @@ def test_parquet_and_csv_one_row_per_request(results, tmp_path):
     df = pd.read_parquet(out)
     assert len(df) == n_rows
     assert df.groupby("cell").size().to_dict() == counts
-    for col in ("hyp", "cell", "cell_status", "stack_name", "role", "profile", "tiered", "load_concurrency",
+    for col in ("hyp", "cell", "cell_status", "stack_name", "role", "profile", "tiered", "concurrency",
                 "load_workload", "load_context_tokens", "tier0_bytes", "tier1_bytes", "memory_budget_bytes",
-                "sweep_concurrency", "engine_tokens_per_block", "lat_ttft_ms", "itl_ms", "itl_ms_max"):
+                "engine_tokens_per_block", "lat_ttft_ms", "itl_ms", "itl_ms_max"):
         assert col in df.columns, col
     assert set(df["hyp"]) == {"H0"} and set(df["cell_status"]) == {"ok"}
-    assert set(df["sweep_concurrency"]) == {1, 2}
     assert list(df["itl_ms"].iloc[0]) == [2.0, 3.0] and df["itl_ms_max"].iloc[0] == 3.0
-    assert (df["stack"] == df["stack_name"]).all()
-    # the record's own concurrency is kept; the cell's parameter of the same meaning is load_concurrency
-    assert (df["concurrency"] == df["load_concurrency"]).all()
+    # no column shadows a DataFrame attribute (df.stack is a method), and none repeats another
+    assert not [c for c in df.columns if hasattr(pd.DataFrame, c)]
+    assert "stack_label" not in df.columns and "load_concurrency" not in df.columns
+    assert "sweep_concurrency" not in df.columns and set(df["concurrency"]) == {1, 2}
     back = pd.read_csv(csv_out)
     assert len(back) == n_rows and list(back.columns) == list(df.columns)
     assert json.loads(back["itl_ms"].iloc[0]) == [2.0, 3.0]
@@ -87,3 +87,28 @@ def test_failed_cells_only_on_request_and_cli(results, tmp_path):
     r = subprocess.run([sys.executable, "-m", "kvharness", "export", "--results", str(root), "--hyp", "H9"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "H9" in r.stderr
+
+
+def test_empty_labels_stay_null_and_the_schema_says_what_each_column_is(tmp_path):
+    import pyarrow.parquet as pq
+
+    cfg = validate_config(yaml.safe_load((ROOT / "tests/workflow/tiny.yaml").read_text()))
+    spec = expand_cells(cfg, "H0")[0]
+    d = _write_cell(tmp_path / "results", spec, 2)
+    rows = [dict(_record(0, "other-label", 9), session_id="s-7", turn=2),
+            dict(_record(1, "other-label", 9), session_id=None, turn=None)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, csv_out = tmp_path / "r.parquet", tmp_path / "r.csv"
+    export(tmp_path / "results", ["H0"], out, csv_out)
+    df = pd.read_parquet(out)
+    assert df["session_id"].tolist()[0] == "s-7" and df["session_id"].isna().tolist() == [False, True]
+    assert df["turn"].isna().tolist() == [False, True] and "nan" not in df["session_id"].dropna().tolist()
+    assert str(df["turn"].dtype) == "Int64" and df["turn"].iloc[0] == 2  # a whole number, not 2.0 beside NaN
+    assert df["stack_label"].tolist() == ["other-label"] * 2  # a label that differs from the stack name is kept
+    assert df["load_concurrency"].notna().all()  # and so is a cell value that the records contradict
+    assert open(csv_out).read().splitlines()[2].count(",,") >= 1  # empty in the CSV, not "nan"
+    schema = pq.read_schema(out)
+    meta = {f.name: {k.decode(): v.decode() for k, v in (f.metadata or {}).items()} for f in schema}
+    assert meta["lat_ttft_ms"]["unit"] == "ms" and "first token" in meta["lat_ttft_ms"]["description"]
+    assert meta["tier0_bytes"]["unit"] == "bytes" and meta["engine_tokens_per_block"]["description"]
+    assert all(m.get("description") for m in meta.values())

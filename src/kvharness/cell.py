@@ -309,7 +309,7 @@ def log_outcome(summary: dict) -> str:
             f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
             + (f"; because: {', '.join(why)}" if why else ""))
     level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
-    log.log(level, "%s", line)
+    log.log(level, "%s", line, extra={"console": True})  # also on Snakemake's console (run_cell.py)
     return line
 
 
@@ -453,7 +453,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # sends nothing until the collector has taken its baseline (load.go), and its clock starts then.
         go_file = tmp / "load.go"
         loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file)),
+                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file),
+                                             "--first-request", "skip", "--max-error-pct", "off"),
                          tmp / "loadgen.log")
         block_bytes = None
         kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])

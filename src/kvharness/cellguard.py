@@ -136,7 +136,8 @@ class BenchmarkLock:
                     raise BenchmarkBusy(f"benchmark lock {self.path} is held by {holder}; not waiting "
                                         f"(${LOCK_WAIT_ENV}={os.environ.get(LOCK_WAIT_ENV)})")
                 if not announced:
-                    log.info("cell %s: waiting for the benchmark lock %s, held by %s", self.cell, self.path, holder)
+                    log.info("cell %s: waiting for the benchmark lock %s, held by %s", self.cell, self.path, holder,
+                             extra={"console": True})
                     announced = True
                 time.sleep(poll_s)
         except BaseException:
@@ -148,7 +149,7 @@ class BenchmarkLock:
         _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(), "cell": self.cell,
                            "dir": self.folder, "since": self.acquired_utc})
         if announced:
-            log.info("cell %s: got the benchmark lock after %.1f s", self.cell, self.waited_s)
+            log.info("cell %s: got the benchmark lock after %.1f s", self.cell, self.waited_s, extra={"console": True})
         return self
 
     def describe(self) -> dict:

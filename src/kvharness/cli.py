@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "analyze": ("kvharness.analysis.cli", "turn cell folders into hypothesis summaries (U_work, knees, hero table)"),
     "proxy": ("kvharness.proxy", "LoRA adapter proxy: adapter tier-2 I/O in front of a one-model backend, streamed through"),
     "report": ("kvharness.report.cli", "plots and the HTML report from analysis outputs"),
+    "plan": ("kvharness.plan", "cells per hypothesis and the expected wall time, before a run; --compare after it"),
     "export": ("kvharness.export", "every request of a hypothesis (or of all) as one Parquet / CSV file, cell parameters as columns"),
 }
 

@@ -213,6 +213,7 @@ def validate_config(config: dict) -> dict:
     if err is not None:
         raise ConfigError(f"config error: {_describe_error(err)}")
     _fill_defaults(cfg, schema, schema)
+    _keep_only(cfg)
     _check_semantics(cfg)
     from kvharness import bgio
 
@@ -220,6 +221,21 @@ def validate_config(config: dict) -> dict:
         cells = expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
         bgio.check_available(cells)  # background_io on needs fio: one line now, not a silent quiet cell
     return cfg
+
+
+def _keep_only(cfg: dict) -> None:
+    """``only: [H...]``: keep those hypotheses and what they need upstream (H0 for a U_work load)."""
+    only = cfg.get("only")
+    if not only:
+        return
+    unknown = [h for h in only if h not in cfg["hypotheses"]]
+    if unknown:
+        raise ConfigError(f"config error: only: unknown hypothesis {unknown[0]!r} "
+                          f"(defined: {', '.join(cfg['hypotheses'])})")
+    keep = set(only)
+    if any(needs_uwork(cfg["hypotheses"][h]) for h in only) and "H0" in cfg["hypotheses"]:
+        keep.add("H0")
+    cfg["hypotheses"] = {h: v for h, v in cfg["hypotheses"].items() if h in keep}
 
 
 def _check_semantics(cfg: dict) -> None:

@@ -6,11 +6,15 @@ pandas, polars or DuckDB can group and compare requests without knowing the fold
 
     kvharness export --hyp H0 --out H0-requests.parquet --csv H0-requests.csv
     python -c "import pandas as pd; print(pd.read_parquet('H0-requests.parquet')
-               .groupby(['stack_name', 'load_concurrency']).lat_ttft_ms.quantile(0.99))"
+               .groupby(['stack_name', 'concurrency']).lat_ttft_ms.quantile(0.99))"
 
 Columns from the records keep their names (``lat_ttft_ms``, ``itl_ms`` as a list, ...); a cell
 parameter whose name a record also uses is written as ``cell_<name>`` (a measured value is never
-overwritten). Finished cells only by default (``ok`` and ``degraded``, see ``cell_status``);
+overwritten). The record's ``stack`` label is ``stack_label`` (``df.stack`` is a DataFrame method) and
+a column equal in every row to one before it (``stack_label`` = ``stack_name``, ``load_concurrency`` or
+``sweep_concurrency`` = ``concurrency``) is left out. Every column's description and unit are in the
+Parquet schema (field metadata ``description`` and ``unit``). Empty values are nulls, never text, and
+pandas reads integer and text columns as its nullable dtypes (an empty ``turn`` is <NA>, not NaN). Finished cells only by default (``ok`` and ``degraded``, see ``cell_status``);
 ``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` folders. Reads only: no cell is
 measured or changed.
 """
@@ -90,6 +94,8 @@ def request_rows(cell_dirs: list[Path]) -> list[dict]:
         params = cell_columns(spec, summary, d)
         for rec in records:
             row = dict(rec)
+            if "stack" in row:
+                row["stack_label"] = row.pop("stack")
             itl = rec.get("itl_ms")
             if isinstance(itl, list):
                 row["itl_ms_mean"] = sum(itl) / len(itl) if itl else None
@@ -100,20 +106,32 @@ def request_rows(cell_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+FIRST = ("hyp", "cell", "cell_status", "stack_name", "role", "concurrency")
+REPEATS = {"stack_label": "stack_name", "load_concurrency": "concurrency", "sweep_concurrency": "concurrency"}
+
+
 def _columns(rows: list[dict]) -> list[str]:
-    """Every column of every row, cell parameters first, then record fields in first-seen order."""
+    """Every column of every row, cell parameters first, then record fields in first-seen order; a
+    column of REPEATS is left out when it equals the column it repeats in every row."""
     seen: dict[str, None] = {}
     for row in rows:
         for k in row:
             seen.setdefault(k, None)
-    first = [k for k in ("hyp", "cell", "cell_status", "stack_name", "role") if k in seen]
-    return first + [k for k in seen if k not in first]
+    first = [k for k in FIRST if k in seen]
+    return [k for k in first + [k for k in seen if k not in first]
+            if not (k in REPEATS and all(_same(row.get(k), row.get(REPEATS[k])) for row in rows))]
+
+
+def _same(a, b) -> bool:
+    return a is not None and type(a) is type(b) and a == b
 
 
 def to_table(rows: list[dict]):
     import pyarrow as pa
 
-    arrays, names = [], []
+    from kvharness.export_schema import describe
+
+    arrays, fields = [], []
     for name in _columns(rows):
         values = [row.get(name) for row in rows]
         try:
@@ -124,8 +142,25 @@ def to_table(rows: list[dict]):
         if pa.types.is_null(arr.type):
             arr = arr.cast(pa.string())  # a column with no value anywhere: typed, so readers agree
         arrays.append(arr)
-        names.append(name)
-    return pa.Table.from_arrays(arrays, names=names)
+        description, unit = describe(name)
+        fields.append(pa.field(name, arr.type, metadata={"description": description, "unit": unit}))
+    return _pandas_reads_nullable(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+
+
+def _pandas_reads_nullable(table):
+    """Add the schema metadata that makes pandas read integer, boolean and text columns as its nullable
+    dtypes (Int64, boolean, string): an empty ``turn`` beside whole numbers stays <NA>, not 0.0 and NaN.
+    The columns themselves are unchanged; other readers ignore the metadata."""
+    try:
+        import pandas as pd
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pandas comes with the analysis dependencies
+        return table
+    mapper = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
+              pa.string(): pd.StringDtype("python", na_value=pd.NA)}.get
+    empty = table.slice(0, 0).to_pandas(types_mapper=mapper)
+    meta = pa.Table.from_pandas(empty, preserve_index=False).schema.metadata or {}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
 
 
 def write_parquet(table, path: Path) -> None:

@@ -10,9 +10,9 @@ from kvharness.analysis.evidence import aggregate
 
 def test_alignment_gate_reports_the_worst_cell_against_95_percent():
     ok = gates.alignment_gate([{"cell": "a", "alignment": 0.99}, {"cell": "b", "alignment": 0.95}])
-    assert ok.passed is True and ok.value == 0.95 and ok.limit == ">= 95%"
+    assert ok.passed is True and ok.value == 95.0 and ok.limit == ">= 95 %"  # value and limit in one unit
     bad = gates.alignment_gate([{"cell": "a", "alignment": 0.99}, {"cell": "b", "alignment": 0.94}])
-    assert bad.passed is False and bad.value == 0.94 and "b" in bad.note
+    assert bad.passed is False and bad.value == 94.0 and "b" in bad.note
     missing = gates.alignment_gate([{"cell": "a", "alignment": 0.99}, {"cell": "b", "alignment": None}])
     assert missing.passed is False and "without a collector summary" in missing.note
     assert gates.alignment_gate([]).passed is None
@@ -36,7 +36,7 @@ def test_cov_gate_is_the_worst_point_and_needs_two_reps():
     rows = _rep_rows({1024: [99.0, 100.0, 101.0], 2048: [90.0, 100.0, 110.0]})
     points = aggregate(rows, ["stack", "ctx"], ["ttft_ms_p99"])
     g = gates.cov_p99_gate(points, ["stack", "ctx"])
-    assert g.value == pytest.approx(0.10) and g.passed is False and "ctx=2048" in g.note
+    assert g.value == pytest.approx(10.0) and g.passed is False and "ctx=2048" in g.note and g.limit == "< 10 %"
     good = aggregate(_rep_rows({1024: [99.0, 100.0, 101.0]}), ["stack", "ctx"], ["ttft_ms_p99"])
     assert gates.cov_p99_gate(good).passed is True
     single = aggregate(_rep_rows({1024: [100.0]}), ["stack", "ctx"], ["ttft_ms_p99"])
@@ -62,7 +62,8 @@ def test_nvme_idle_gate_within_ten_percent_or_at_the_noise_floor():
 
 
 def test_tier2_hits_gate_and_its_reader(tmp_path):
-    assert gates.tier2_hits_gate(0.2).passed is True
+    assert gates.tier2_hits_gate(0.2).passed is True and gates.tier2_hits_gate(0.2).value == 20.0
+    assert gates.tier2_hits_gate(0.2).limit == ">= 20 %"
     assert gates.tier2_hits_gate(0.19).passed is False
     assert gates.tier2_hits_gate(None).passed is None
     ticks = [{"ts": 1, "tier2": {"hits": 3, "misses": 7}}, {"ts": 2, "tier2": {"hits": 1, "misses": 9}}, {"ts": 3}]

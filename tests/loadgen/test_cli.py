@@ -117,3 +117,52 @@ def test_workers_trace_keeps_timestamps(server, tmp_path):
     recs = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda x: x["sched_ns"])
     assert [x["trace_ts_ms"] for x in recs] == [0, 50, 100, 150, 200, 250]
     assert [round((x["sched_ns"] - recs[0]["sched_ns"]) / 1e6) for x in recs] == [0, 50, 100, 150, 200, 250]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the with-block ends: nothing listens there
+
+
+def test_closed_port_exits_5_fast_with_one_line_naming_the_url(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.monotonic()
+    r = loadgen("--base-url", url, "--model", "m", "--duration-s", "5", "--out", str(tmp_path / "m.jsonl"))
+    took = time.monotonic() - t0
+    assert r.returncode == 5
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{url}/v1/completions" in lines[0] and "connection refused" in lines[0]
+    assert took < 2.0 + 1.5  # the limit is 2 s of our own time; the rest is the interpreter starting under load
+
+
+def test_wrong_model_shows_the_servers_own_message(server, tmp_path):
+    server.behaviour.update(status=404)
+    r = loadgen("--base-url", server.base_url, "--model", "nope", "--duration-s", "5", "--out", str(tmp_path / "m.jsonl"))
+    assert r.returncode == 5 and len(server.requests) == 1  # the check request only: no load was sent
+    assert "HTTP 404: injected" in r.stderr and server.base_url in r.stderr
+
+
+def test_errors_over_the_threshold_exit_5_with_the_most_common_message(server, tmp_path):
+    out, summ = tmp_path / "m.jsonl", tmp_path / "s.json"
+    common = ("--base-url", server.base_url, "--model", "m", "--context-tokens", "5", "--output-tokens", "1",
+              "--max-requests", "6", "--first-request", "skip", "--summary-out", str(summ), "--out", str(out))
+    server.behaviour.update(status=500)
+    r = loadgen(*common)
+    assert r.returncode == 5, r.stderr
+    assert "no request succeeded (6 errors)" in r.stderr and "http_500 x6: injected" in r.stderr
+    assert "most common error     http_500: injected" in r.stdout and "CLIENT-BOUND" not in r.stdout
+    assert json.loads(summ.read_text())["top_error"] == {"class": "http_500", "count": 6, "message": "injected"}
+    r = loadgen(*common, "--max-error-pct", "off")  # the cell runner's way: it judges the cell itself
+    assert r.returncode == 0, r.stderr
+
+
+def test_error_share_is_judged_against_the_threshold():
+    from kvharness.loadgen.firstcheck import exit_verdict
+
+    assert exit_verdict({"n_ok": 9, "n_errors": 1}, 10.0) is None  # 10 % is allowed
+    assert "18.2 %" in exit_verdict({"n_ok": 9, "n_errors": 2}, 10.0)
+    assert exit_verdict({"n_ok": 0, "n_errors": 0}, 10.0) is None
+    assert exit_verdict({"n_ok": 0, "n_errors": 3}, None) is None

@@ -29,7 +29,7 @@ def _hyp(root, hyp, verdict, figures=("fig",), model=EVIL, rows=3):
     (d / "points.csv").write_text("stack,n_reps,ttft_ms_p99_mean\nsim-A,2,12.5\n")
     (d / "verdict.json").write_text(json.dumps({
         "hyp": hyp, "question": f"question of {hyp}?", "verdict": verdict, "how_to_read": "read it so",
-        "gates": [{"name": "CoV of p99 TTFT across reps", "passed": True, "value": 0.031, "limit": "< 10%", "note": "", "scope": "common"},
+        "gates": [{"name": "CoV of p99 TTFT across reps", "passed": True, "value": 3.1, "limit": "< 10 %", "note": "", "scope": "common"},
                   {"name": "enough samples for p99", "passed": False, "value": 120, "limit": ">= 500 ok requests per cell", "note": "", "scope": "common"}],
         "gate_status": "fail", "notes": [], "cell_status": {"ok": 3, "degraded": 1}, "n_cells": 4,
         "code_fingerprints": {"abc123": ["c1", "c2", "c3", "c4"]}, "mixed_code": False,
@@ -86,3 +86,19 @@ def test_the_page_in_headless_chromium(results, tmp_path):
     (results / "H0" / "fig.png").write_bytes(b"not a png")  # a figure that does not decode is caught
     bad = browser.inspect(build_report(results, results / "report.html"))
     assert any("broken image" in p for p in browser.problems(bad))
+
+
+def test_points_show_key_columns_without_empty_ones_and_link_the_full_file(tmp_path):
+    root = tmp_path / "results"
+    _hyp(root, "H0", "v")
+    cols = ["stack", "concurrency", "n_reps", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low", "ttft_ms_p99_ci_high",
+            *[f"extra_{i}" for i in range(30)]]
+    (root / "H0" / "points.csv").write_text(",".join(cols) + "\n" + "sim-A,4,1,12.5,,," + ",".join("1" * 30) + "\n")
+    v = json.loads((root / "H0" / "verdict.json").read_text())
+    v["key_columns"]["points"] = cols[:6]
+    (root / "H0" / "verdict.json").write_text(json.dumps(v))
+    html = build_report(root, root / "report.html").read_text()
+    points = html.split("<h3>points")[1].split("<h3>")[0]
+    assert "<th>ttft_ms_p99_mean</th>" in points and "ttft_ms_p99_ci_low</th>" not in points
+    assert "extra_0</th>" not in points and f"all {len(cols)} in <a href=\"H0/points.csv\">points.csv</a>" in points
+    assert "not shown: ttft_ms_p99_ci_low, ttft_ms_p99_ci_high" in points

@@ -1,5 +1,13 @@
 """kvharness cell --show: every argv, container argument and env of a cell, secrets redacted."""
 
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kvharness.config import CONFIG_DIR
 from kvharness.stacks.show import describe_cell
 from kvharness.stacks.sizing import workload_max_seq_len
 
@@ -28,3 +36,24 @@ def test_show_marks_a_refused_cell(tmp_path):
     spec["tiers"] = {**spec["tiers"], "tier0_bytes": 8 << 30}
     spec["tier2_root"] = str(tmp_path / "t2")
     assert "# REFUSED: profiles.spill: tier1 (4 GiB) is smaller than tier0 (8 GiB)" in describe_cell(spec)
+
+
+SHIPPED = sorted(p.stem for p in (CONFIG_DIR / "stacks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_show_works_for_every_shipped_stack_config(name, tmp_path):
+    role = yaml.safe_load((CONFIG_DIR / "stacks" / f"{name}.yaml").read_text()).get("role", "A")
+    other = {"A": "sim-B", "B": "sim-A"}[role]  # the partner: a simulated stack of the other role
+    spec = real_cells({role: name, "A" if role == "B" else "B": other}, "H8")[role]
+    spec["tier2_root"] = str(tmp_path / "t2")
+    text = describe_cell(spec)
+    assert f"stack {name} (role {role}" in text and "ready when: " in text
+    assert not re.search(r"\{[a-z_0-9]+\}", text), text  # every placeholder has a value
+
+
+def test_readme_show_command_lists_every_h8_cell():
+    r = subprocess.run([sys.executable, "-m", "kvharness", "cell", "--hyp", "H8", "--show"], capture_output=True,
+                       text=True, timeout=120, cwd=CONFIG_DIR.parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("# cell H8/") == 28 and "--fd '<fd of the port socket>'" in r.stdout

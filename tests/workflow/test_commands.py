@@ -48,3 +48,28 @@ def test_readme_command_plans(args, tmp_path):
     targets = [a for a in args if a.startswith("results/")]
     for t in targets:  # the target was planned, not swallowed by a multi-value option
         assert t in out, f"{t} not planned"
+
+
+def test_only_runs_and_reports_a_subset(tmp_path):
+    """`only:` keeps the named hypotheses (and H0 that H8's U_work load needs) out of the defaults that
+    Snakemake merges in: the plan holds their cells, their analyses and the page, nothing else."""
+    import yaml
+
+    from kvharness.config import expand_cells, validate_config
+
+    raw = yaml.safe_load((ROOT / "tests/workflow/tiny.yaml").read_text())
+    cfg_path = tmp_path / "subset.yaml"
+    cfg_path.write_text(yaml.safe_dump({**raw, "only": ["H8"]}))
+    merged = validate_config({**yaml.safe_load((ROOT / "configs/config.yaml").read_text()), **raw, "only": ["H8"]})
+    assert list(merged["hypotheses"]) == ["H0", "H8"]
+    n_cells = len(expand_cells(merged, "H0")) + len(expand_cells(merged, "H8"))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "-n", "results/report.html", f"--configfile={cfg_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total = re.search(r"^total\s+(\d+)", proc.stdout + proc.stderr, flags=re.M)
+    assert total and int(total.group(1)) == n_cells + 2 + 1  # cells, two analyses, the page
+    bad = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                          str(tmp_path), "-n", f"--configfile={cfg_path}", "--config", "only=[H99]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "only: unknown hypothesis 'H99'" in bad.stderr

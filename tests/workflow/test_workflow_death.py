@@ -101,3 +101,5 @@ def test_two_workflows_in_two_directories_never_measure_at_the_same_time(tmp_pat
         assert f1 <= s2, f"{a} ({s1}..{f1}) overlaps {b} ({s2}..{f2})"
     logs = "".join(p.read_text() for d in dirs for p in (d / "results/H0/logs").glob("*.log"))
     assert "waiting for the benchmark lock" in logs and "held by" in logs  # the holder may not have written its pid yet
+    consoles = "".join(outs)  # ... and where the user looks: Snakemake's console shows the wait and its end
+    assert "waiting for the benchmark lock" in consoles and "got the benchmark lock after" in consoles

@@ -1,4 +1,7 @@
-"""Snakemake adapter: measure one cell (kvharness.cell.run_cell)."""
+"""Snakemake adapter: measure one cell (kvharness.cell.run_cell).
+
+The cell's log gets everything; Snakemake's console (this job's stderr) gets what a user watches for:
+waits for the machine lock, the cell's outcome line and the hypothesis's progress (kvharness.plan)."""
 
 import logging
 import sys
@@ -7,9 +10,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
 from kvharness.cell import CellFailed, run_cell
 
+console = sys.stderr
 log_fh = open(snakemake.log[0], "a")  # noqa: F821 (snakemake is injected)
 sys.stderr = log_fh
 logging.basicConfig(stream=log_fh, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+to_console = logging.StreamHandler(console)
+to_console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+to_console.addFilter(lambda record: getattr(record, "console", False))
+logging.getLogger().addHandler(to_console)
+
+
+def progress() -> None:
+    from kvharness.plan import progress_line
+
+    try:
+        line = progress_line(snakemake.wildcards.hyp)  # noqa: F821
+    except (OSError, ValueError, KeyError):
+        line = None
+    if line:
+        print(f"kvharness progress: {line}", file=console, flush=True)
+
 
 try:
     run_cell(
@@ -18,5 +38,7 @@ try:
         uwork=snakemake.params.uwork,  # noqa: F821
     )
 except CellFailed as exc:
-    logging.error("%s", exc)
+    logging.error("%s", exc, extra={"console": True})
+    progress()
     sys.exit(1)
+progress()

@@ -34,6 +34,15 @@ NVME_IDLE_FLOOR_MBS = 1.0  # below this a read rate is the device's noise floor:
 TIER2_HITS_LIMIT = 0.20
 
 
+def _pct(fraction: float | None) -> float | None:
+    """A fraction as the percent the gate's limit is written in (value and limit in the same unit)."""
+    return None if fraction is None else round(100.0 * fraction, 2)
+
+
+def _pct_limit(op: str, fraction: float) -> str:
+    return f"{op} {100.0 * fraction:g} %"
+
+
 def _point_label(point: Mapping, keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={point.get(k)}" for k in keys)
 
@@ -41,21 +50,21 @@ def _point_label(point: Mapping, keys: Sequence[str]) -> str:
 def alignment_gate(rows: Iterable[Mapping], limit: float = ALIGNMENT_LIMIT) -> Gate:
     """Every cell's telemetry covers >= ``limit`` of its sampling windows with every source.
 
-    ``rows``: cell rows (``alignment`` from the cell's collector summary). Value: the worst cell's fraction."""
+    ``rows``: cell rows (``alignment`` from the cell's collector summary). Value: the worst cell's share, in %."""
     rows = list(rows)
     values = [(r.get("alignment"), r.get("cell")) for r in rows]
     known = [(v, c) for v, c in values if v is not None]
     name = "telemetry alignment (windows with every source)"
     if not rows:
-        return Gate(name, None, None, f">= {limit:.0%}", "no cell")
+        return Gate(name, None, None, _pct_limit(">=", limit), "no cell")
     if len(known) < len(values):
         missing = [c for v, c in values if v is None]
-        return Gate(name, False, min((v for v, _ in known), default=None), f">= {limit:.0%}",
+        return Gate(name, False, _pct(min((v for v, _ in known), default=None)), _pct_limit(">=", limit),
                     f"{len(missing)} cell(s) without a collector summary (e.g. {missing[0]})")
     worst, cell = min(known, key=lambda vc: vc[0])
     below = sum(1 for v, _ in known if v < limit)
     note = f"worst cell {cell}" + (f"; {below} of {len(known)} cells below" if below else "")
-    return Gate(name, worst >= limit, round(worst, 4), f">= {limit:.0%}", note)
+    return Gate(name, worst >= limit, _pct(worst), _pct_limit(">=", limit), note)
 
 
 def samples_gate(rows: Iterable[Mapping], q: float = 99) -> Gate:
@@ -78,11 +87,11 @@ def cov_p99_gate(points: Iterable[Mapping], keys: Sequence[str] = (), limit: flo
     name = "CoV of p99 TTFT across reps"
     covs = [(p.get("ttft_p99_cov"), p) for p in points if (p.get("n_reps") or 0) >= 2 and p.get("ttft_p99_cov") is not None]
     if not covs:
-        return Gate(name, None, None, f"< {limit:.0%}", "one repetition per point: set reps >= 2 to evaluate")
+        return Gate(name, None, None, _pct_limit("<", limit), "one repetition per point: set reps >= 2 to evaluate")
     worst, point = max(covs, key=lambda cp: cp[0])
     over = sum(1 for c, _ in covs if c >= limit)
     note = f"worst at {_point_label(point, keys)}" + (f"; {over} of {len(covs)} points over" if over else "")
-    return Gate(name, worst < limit, round(worst, 4), f"< {limit:.0%}", note)
+    return Gate(name, worst < limit, _pct(worst), _pct_limit("<", limit), note)
 
 
 def p99_deviation_pct(values: Iterable[float | None]) -> float | None:
@@ -135,8 +144,8 @@ def tier2_hits_gate(hit_fraction: float | None, limit: float = TIER2_HITS_LIMIT,
                     name: str = "Stack B tier-2 hits near its knee") -> Gate:
     """The tiered stack really reads from tier 2 near its knee: hits / (hits + misses) at tier 2 >= ``limit``."""
     if hit_fraction is None:
-        return Gate(name, None, None, f">= {limit:.0%}", "no tier-2 lookups recorded")
-    return Gate(name, hit_fraction >= limit, round(hit_fraction, 4), f">= {limit:.0%}", where)
+        return Gate(name, None, None, _pct_limit(">=", limit), "no tier-2 lookups recorded")
+    return Gate(name, hit_fraction >= limit, _pct(hit_fraction), _pct_limit(">=", limit), where)
 
 
 # ---------------------------------------------------------------------------- readers for the last two

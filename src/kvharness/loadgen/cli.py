@@ -1,7 +1,8 @@
 """`kvharness loadgen`: drive an OpenAI-compatible streaming endpoint and record every request.
 
 Exit codes: 0 the run completed (request errors are in the records), 2 bad input (one line on
-stderr naming the field), 3 stopped early by ``max_errors``/``max_consecutive_errors``, 4 stopped because
+stderr naming the field), 5 the server failed the first request, no request succeeded or more than
+``--max-error-pct`` of them failed (one line on stderr, the server's own words), 3 stopped early by ``max_errors``/``max_consecutive_errors``, 4 stopped because
 a record could not be written (disk full: what was written is kept, a cut last line is counted), 130
 SIGINT, 143 SIGTERM — in every case after ``metrics.jsonl`` and the summary of what completed were written.
 """
@@ -29,8 +30,11 @@ fixed_context|mixed_context|sessioned_chat|trace) is documented in docs/loadgen.
 The run ends with a table on stdout (requests, duration, req/s, output tok/s, goodput; TTFT, TPOT, ITL
 and E2E mean / percentiles / max in ms); a progress bar is shown on stderr only when both stdout and
 stderr are terminals (--progress on forces it).
+Before the load one short request checks that the server answers this model (--first-request skip: no
+check); its failure ends the run at once with the server's message.
 Exit codes: 0 completed, 2 bad input, 3 stopped by max_errors or max_consecutive_errors, 4 a record or the
-summary could not be written (disk full), 130 SIGINT, 143 SIGTERM.
+summary could not be written (disk full), 5 the first request failed, no request succeeded or more than
+--max-error-pct %% failed, 130 SIGINT, 143 SIGTERM.
 """
 
 
@@ -48,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json", "none"), default="table",
                         help="what goes to stdout at the end: the result table, the JSON summary, or nothing "
                              "(default: %(default)s)")
+    parser.add_argument("--first-request", choices=("check", "skip"), default="check",
+                        help="send one short request before the load and stop with exit 5 and the server's message "
+                             "when it fails (default: %(default)s; the cell runner skips it: it checks readiness itself)")
+    parser.add_argument("--max-error-pct", type=_error_pct, default=10.0, metavar="PCT|off",
+                        help="exit 5 when more than PCT %% of the measured requests failed, or none succeeded; 'off': "
+                             "exit 0 whatever the errors (default: %(default)s)")
     parser.add_argument("--start-file", metavar="PATH",
                         help="start the load only once PATH exists (a caller starts the process early, so its "
                              "start-up overlaps the server's; the cell runner creates PATH when telemetry runs)")
@@ -70,6 +80,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from kvharness.loadgen.lora import add_lora_arguments
 
     add_lora_arguments(parser)
+
+
+def _error_pct(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0..100 or 'off', got {text!r}")
+    return value
 
 
 def build_spec(args: argparse.Namespace) -> dict:
@@ -173,7 +195,7 @@ def _wait_for_start(path: str | None) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table
+    from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table, top_error
 
     try:
         percentiles = parse_percentiles(args.percentiles)
@@ -191,6 +213,14 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         _say(f"load spec: pattern.path: {exc}")
         return 2
+
+    if getattr(args, "first_request", "skip") == "check":
+        from kvharness.loadgen.firstcheck import first_request
+
+        problem = first_request(spec)
+        if problem is not None:
+            _say(f"kvharness loadgen: {problem}")
+            return 5
 
     from kvharness.loadgen.progress import RichProgress, want_progress
     from kvharness.loadgen.runner import Runner
@@ -221,8 +251,10 @@ def main(args: argparse.Namespace) -> int:
                 pass  # the write error is already in the summary (write_error): the run stopped on it
         signal_name, stop_reason = runner.signal_name, runner.stop_reason
     summary["event_loop"] = loop_name
-    latency = latency_table(_measured_records(args.out), percentiles)
+    measured = _measured_records(args.out)
+    latency = latency_table(measured, percentiles)
     summary["latency_ms"] = latency
+    summary["top_error"] = top_error(measured)
     summary["table_percentiles"] = list(percentiles)
     if args.summary_out:
         try:
@@ -230,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             _say(f"kvharness loadgen: cannot write {args.summary_out}: {exc.strerror or exc}")
             return 4
-    if summary.get("client_bound"):  # before the table, so that the table is what a terminal ends with
+    if summary.get("client_bound") and summary.get("n_ok"):  # before the table, so that the table is what a terminal ends with
         lag = summary.get("send_lag_ms_p99")
         _say("kvharness loadgen: WARNING: the client was the bottleneck (send-lag p99 "
              f"{'?' if lag is None else f'{lag:.2f}'} ms, CPU {summary.get('client_cpu_pct') or 0:.0f} % of a core); "
@@ -255,4 +287,12 @@ def main(args: argparse.Namespace) -> int:
     if stop_reason in ("max_errors", "max_consecutive_errors"):
         _say(f"kvharness loadgen: stopped after {summary.get('n_errors')} errors ({stop_reason})")
         return 3
+    from kvharness.loadgen.firstcheck import exit_verdict
+
+    verdict = exit_verdict(summary, getattr(args, "max_error_pct", None))
+    if verdict is not None:
+        top = summary.get("top_error") or {}
+        said = f"; most common: {top['class']} x{top['count']}: {top['message']}" if top.get("message") else ""
+        _say(f"kvharness loadgen: {spec['base_url']}: {verdict}{said}")
+        return 5
     return 0

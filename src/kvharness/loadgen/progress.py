@@ -52,7 +52,7 @@ class RichProgress:
         rate = r.n_done / elapsed if elapsed > 0 else 0.0
         in_flight = len(r.tasks) + len(r.in_flight)
         text = f"{r.n_done} done, {r.n_errors} errors, {in_flight} in flight, {rate:.0f} req/s"
-        if r.selfcheck.client_bound_now:
+        if r.selfcheck.client_bound_now and r.n_done > r.n_errors:  # never for a run with nothing ok
             text += " CLIENT-BOUND"
         if final and r.stop_reason:
             text += f" ({r.stop_reason})"

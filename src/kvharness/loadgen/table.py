@@ -69,6 +69,26 @@ def latency_table(records: Iterable[Mapping], percentiles: Sequence[float] = DEF
     return out
 
 
+def top_error(records: Iterable[Mapping]) -> dict | None:
+    """The most common error class of the failed records, its count and the server's message for it
+    (the first record of that class that carries one), or None when nothing failed."""
+    from kvharness.loadgen.firstcheck import server_message
+
+    counts: dict[str, int] = {}
+    message: dict[str, str] = {}
+    for r in records:
+        if stats.is_ok(r):
+            continue
+        cls = r.get("error_class") or "unknown"
+        counts[cls] = counts.get(cls, 0) + 1
+        if cls not in message and r.get("error"):
+            message[cls] = server_message(r["error"])
+    if not counts:
+        return None
+    cls = max(sorted(counts), key=counts.__getitem__)
+    return {"class": cls, "count": counts[cls], "message": message.get(cls)}
+
+
 def _num(v, fmt: str = ".2f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -109,6 +129,9 @@ def render_table(summary: Mapping, latency: Mapping, percentiles: Sequence[float
     classes = summary.get("error_classes") or {}
     if classes:
         kv("errors by class", ", ".join(f"{k} {v}" for k, v in sorted(classes.items())))
+    top = summary.get("top_error") or {}
+    if top.get("message"):
+        kv("most common error", f"{top['class']}: {top['message']}")
     kv("duration (s)", _num(summary.get("duration_s")))
     kv("request rate (req/s)", _num(summary.get("req_s")))
     kv("output tok/s", _num(summary.get("output_tok_s"), ".1f"))
@@ -117,7 +140,7 @@ def render_table(summary: Mapping, latency: Mapping, percentiles: Sequence[float
     good = summary.get("good_fraction")
     kv("goodput (req/s)", f"{_num(summary.get('goodput_req_s'))}  ({_num(None if good is None else 100 * good, '.1f')} % "
                           f"of requests good; {slo_text})")
-    if summary.get("client_bound"):
+    if summary.get("client_bound") and n_ok:  # with nothing ok the server is the story, not the client
         kv("client", "CLIENT-BOUND: latencies include the generator's own delay")
     cols = ["mean", *[pct_label(q) for q in percentiles], "max"]
     lines.append("-" * width)

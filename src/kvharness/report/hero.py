@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 from kvharness.units import format_bytes
 
+PANEL_WIDTH_IN = 6.5
 
-def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
-              title: str = "H8 hero: memory-only (A) vs tiered KV (B) at equal memory") -> Path:
-    """Per workload: p99 TTFT (ms) vs concurrency for every stack (the SLO sweep and the equal-load
-    cells), the SLO's TTFT as a horizontal line, the equal-load points ringed and labelled with B's delta."""
+
+def pct_label(delta: float) -> str:
+    """``+12 %``, ``-3 %``; a change that rounds to zero is ``±0 %`` (never ``-0 %``)."""
+    r = round(delta)
+    return "±0 %" if r == 0 else f"{r:+d} %"
+
+
+def build_hero(table: Sequence[dict], capacity: Sequence[dict],
+               title: str = "H8 hero: memory-only (A) vs tiered KV (B) at equal memory"):
+    """The figure (matplotlib): per workload, p99 TTFT (ms) vs concurrency for every stack (the SLO sweep
+    and the equal-load cells), the SLO's TTFT as a horizontal line, the equal-load points ringed; B's
+    change vs A at each equal load is listed in a box inside the panel (never over the tick labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,10 +30,11 @@ def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
 
     sns.set_theme(style="whitegrid", context="talk", font_scale=0.7)
     workloads = sorted({r["workload"] for r in capacity} | {r["workload"] for r in table}) or ["-"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(6.5 * len(workloads), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(PANEL_WIDTH_IN * len(workloads), 4.8), squeeze=False)
     stacks = sorted({(r["role"], r["stack"]) for r in capacity} | {(r["role"], r["stack"]) for r in table})
     colors = dict(zip(stacks, sns.color_palette("deep", max(len(stacks), 1))))
     for ax, wl in zip(axes[0], workloads):
+        deltas = []
         for key in stacks:
             role, stack = key
             pts = sorted((p["concurrency"], p["ttft_ms_p99"]) for p in capacity
@@ -40,9 +51,11 @@ def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
                                linewidths=2)
                     d = r.get("vs_A_ttft_ms_p99_pct")
                     if d is not None:
-                        dy = -24 if r["load_rule"] == "uwork_min" else 10  # equal U_work: both at one x
-                        ax.annotate(f"B {d:+.0f} % ({r['load_rule']})", (r["concurrency"], r["ttft_ms_p99"]),
-                                    textcoords="offset points", xytext=(8, dy), fontsize=7)
+                        deltas.append(f"{r['load_rule']} (c={r['concurrency']:g}): {pct_label(d)}")
+        if deltas:
+            ax.text(0.02, 0.97, "B vs A, p99 TTFT\n" + "\n".join(deltas), transform=ax.transAxes, va="top",
+                    ha="left", fontsize=7, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
+                                                 "edgecolor": "#bbb"})
         slo = next((p["slo_ttft_ms"] for p in capacity if p["workload"] == wl and p.get("slo_ttft_ms")), None)
         if slo:
             ax.axhline(slo, color="crimson", linestyle="--", linewidth=1.2, label=f"SLO TTFT {slo:g} ms")
@@ -54,10 +67,27 @@ def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
             next((r for r in table if r["workload"] == wl), {})
         ws = row.get("working_set_bytes")
         ax.set_title(f"{wl}" + (f" — working set {format_bytes(ws)} (fits B's {row.get('fits_in')})" if ws else ""), fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     budget = next((r.get("memory_budget_bytes") for r in table if r.get("memory_budget_bytes")), None)
-    fig.suptitle(f"{title} ({format_bytes(budget) if budget else '?'} each); dotted: highest load meeting the SLO")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    text = f"{title} ({format_bytes(budget) if budget else '?'} each); dotted: highest load meeting the SLO"
+    width = len(text)
+    renderer = fig.canvas.get_renderer()
+    while True:  # wrap until the title fits the figure's width (one panel is narrow)
+        lines = textwrap.wrap(text, width=width)
+        title = fig.suptitle("\n".join(lines))
+        box = title.get_window_extent(renderer)
+        if (box.x0 >= 0 and box.x1 <= fig.bbox.x1) or width <= 20:
+            break
+        width = int(width * 0.85)
+    fig.tight_layout()  # makes room for the (wrapped) title above the panels
+    return fig
+
+
+def plot_hero(table: Sequence[dict], capacity: Sequence[dict], path: str | Path,
+              title: str = "H8 hero: memory-only (A) vs tiered KV (B) at equal memory") -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = build_hero(table, capacity, title)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -90,6 +90,7 @@ code { font-size: 0.85em; }
 {% for t in s.tables %}
 <h3>{{ t.name }} <small>(<a href="{{ t.href }}">{{ t.file }}</a>, {{ t.n_rows }} row{{ '' if t.n_rows == 1 else 's' }}, {{ t.n_columns }} columns)</small></h3>
 {% if t.missing %}<p class="missing">{{ t.file }} is missing.</p>{% else %}
+{% if t.columns|length < t.n_columns %}<p class="na table-note">Key columns shown; all {{ t.n_columns }} in <a href="{{ t.href }}">{{ t.file }}</a>{% if t.empty %}; empty in every row, not shown: {{ t.empty|join(", ") }}{% endif %}.</p>{% endif %}
 <div class="scroll"><table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in t.rows %}<tr>{% for c in t.columns %}<td>{{ row[c] }}</td>{% endfor %}</tr>{% endfor %}
 </table></div>
@@ -169,9 +170,12 @@ def _section(verdict_path: Path, out_dir: Path) -> dict:
             continue
         columns, rows = _read_csv(path)
         keys = [c for c in (key_columns.get(name) or columns[:10]) if c in columns] or columns[:10]
+        empty = [c for c in keys if rows and all(r.get(c) in (None, "") for r in rows)]  # e.g. CIs of one rep
+        keys = [c for c in keys if c not in empty] or keys
         shown = [{c: _fmt(r.get(c)) for c in keys} for r in rows[:MAX_ROWS]]
         tables.append({"name": name, "file": file, "href": href, "missing": False, "columns": keys, "rows": shown,
-                       "n_rows": len(rows), "n_columns": len(columns), "more": max(0, len(rows) - MAX_ROWS)})
+                       "n_rows": len(rows), "n_columns": len(columns), "more": max(0, len(rows) - MAX_ROWS),
+                       "empty": empty})
     prov = v.get("provenance") or {}
     fingerprints = sorted(((fp, len(cells)) for fp, cells in (v.get("code_fingerprints") or {}).items()), key=lambda x: -x[1])
     measured = " → ".join(x for x in (prov.get("measured_from_utc"), prov.get("measured_to_utc")) if x) or "unknown"

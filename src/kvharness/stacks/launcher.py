@@ -166,6 +166,14 @@ def _pick_port(value, host: str, what: str, stack_name: str, launched: bool) -> 
     return port
 
 
+def _held_fd(held: Mapping, key: str, check_ports: bool):
+    """The fd of the socket the harness holds for ``key``; for ``--show`` (nothing bound) a placeholder
+    that says what the launched process would get there."""
+    if key in held:
+        return held[key].fileno()
+    return None if check_ports else f"<fd of the {key} socket>"
+
+
 def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, check_ports: bool = True) -> LaunchPlan:
     """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values.
     ``check_ports=False`` (``kvharness cell --show``) does not refuse a fixed port that is in use."""
@@ -180,8 +188,8 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
     runtime = stack.get("runtime") or {"kind": "host"}
     all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
                       "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"),
-                      "port_fd": held["port"].fileno() if "port" in held else None,
-                      "metrics_port_fd": held["metrics_port"].fileno() if "metrics_port" in held else None})
+                      "port_fd": _held_fd(held, "port", check_ports),
+                      "metrics_port_fd": _held_fd(held, "metrics_port", check_ports)})
     where = f"configs/stacks/{stack['name']}.yaml"
     engine_yaml_path = None
     engine_settings: dict = {}
