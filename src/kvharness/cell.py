@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import REPO_ROOT, bgio, cellguard, stats
+from kvharness import REPO_ROOT, bgio, cellguard, stats, validity
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
@@ -302,13 +302,14 @@ def log_outcome(summary: dict) -> str:
     def ms(key: str) -> str:
         return "-" if req.get(key) is None else f"{req[key]:.1f}"
 
-    why = (summary.get("reason") or "").splitlines()[:1] or summary.get("degraded_because") or []
+    why = ((summary.get("reason") or summary.get("degraded_reason") or "").splitlines()[:1]
+           or summary.get("degraded_because") or [])
     line = (f"cell {summary.get('hyp')}/{summary.get('cell')} {summary.get('status')}: "
             f"requests {req.get('n_ok', 0)} ok / {req.get('n_errors', 0)} errors, "
             f"TTFT p50 {ms('ttft_ms_p50')} ms p99 {ms('ttft_ms_p99')} ms, "
             f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
             + (f"; because: {', '.join(why)}" if why else ""))
-    level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
+    level = {"failed": logging.ERROR, "invalid": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
     log.log(level, "%s", line)
     return line
 
@@ -409,6 +410,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
                      "role": spec["role"], "profile": spec["profile"], "status": "running"}
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     stack = loadgen = collector = noise = None
+    load: dict = spec["load"]
     failure: str | None = None
     phases = _Phases(t_start)
     try:
@@ -561,12 +563,13 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             collector_summary = None
     summary["quality"] = _quality(collector_summary, summary["collector_rc"])
     summary["quality"].update(itl_flags(records, float(spec.get("quality", {}).get("itl_stall_ms", 1000.0))))
+    lg = None
     if (tmp / "loadgen_summary.json").exists():
         try:
             lg = read_json(tmp / "loadgen_summary.json")
             summary["client_bound"] = bool(lg.get("client_bound", False))
         except RecordError:
-            pass
+            lg = None
     files, nbytes = _dir_bytes(tier2_dir)
     summary["tier2_files"] = files
     summary["tier2_file_bytes"] = nbytes
@@ -577,13 +580,25 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     if summary.get("cold_start"):
         first_request_check(summary["cold_start"], records)
     if failure is None:
-        degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        quality = spec.get("quality") or {}
+        checked = validity.assess(records=records, requests=summary["requests"], load=load, loadgen=lg,
+                                  quality=summary["quality"], sim_io=_sim_io(tmp) if spec["stack"]["kind"] == "sim" else None,
+                                  hang_s=float(quality.get("hang_s", validity.HANG_S)))
+        summary["checks"] = checked["checks"]  # every validity check: value, limit, passed (validity.py)
+        degraded = [k for k in ("alignment_ok",) if not summary["quality"].get(k)] + checked["degraded_because"]
         if summary.get("cold_start") and not summary["cold_start"]["verified"]:
             degraded.append("cold_start")
         if summary["quality"]["itl_stalled"]:
             degraded.append("itl_stalled")
-        summary["status"] = "degraded" if degraded else "ok"
         summary["degraded_because"] = degraded
+        if checked["invalid_because"]:  # the measurement failed: kept and listed, never analysed
+            summary["status"] = "invalid"
+            summary["invalid_because"] = checked["invalid_because"]
+            summary["reason"] = validity.reasons(checked["checks"], checked["invalid_because"])
+        else:
+            summary["status"] = "degraded" if degraded else "ok"
+            if checked["degraded_because"]:
+                summary["degraded_reason"] = validity.reasons(checked["checks"], checked["degraded_because"])
     else:
         summary["status"] = "failed"
         summary["reason"] = failure
@@ -612,6 +627,22 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     cellguard.drop_owner_file(out_dir)
     claim.finish()
     return summary
+
+
+def _sim_io(tmp: Path) -> dict | None:
+    """The simulator's own tier-2 I/O errors and verify failures over the cell (its scraped counters'
+    deltas in dynkv.jsonl); None without a readable record."""
+    try:
+        recs, _ = read_jsonl(tmp / "dynkv.jsonl")
+    except RecordError:
+        return None
+    out = {"tier2_io_errors": 0.0, "tier2_verify_failures": 0.0}
+    for rec in recs:
+        sim = rec.get("sim") if isinstance(rec.get("sim"), dict) else {}
+        for key in out:
+            if isinstance(sim.get(key), (int, float)):
+                out[key] += sim[key]
+    return out
 
 
 def _write_cell_files(tmp: Path, spec: dict, summary: dict) -> str | None:

@@ -145,6 +145,16 @@ def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
             "mixed_code": len(fingerprints) > 1, "provenance": provenance}
 
 
+def invalid_cells(cell_dirs: Sequence[Path]) -> dict[str, str]:
+    """Cell folder name -> reason, for every cell whose ``summary.json`` says ``invalid``."""
+    out = {}
+    for d in cell_dirs:
+        summary = _read_or_empty(Path(d) / "summary.json")
+        if summary.get("status") == "invalid":
+            out[Path(d).name] = str(summary.get("reason") or ", ".join(summary.get("invalid_because") or []))
+    return out
+
+
 def gate_status(gate_dicts: Sequence[dict]) -> str:
     """fail if any gate failed, pass if at least one passed and none failed, else n/a."""
     passed = [g.get("passed") for g in gate_dicts]
@@ -161,7 +171,9 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     missing = [n for n in h.needs if n not in upstream]
     if missing:
         raise registry.RegistryError(f"{hyp} needs upstream result(s) {', '.join(missing)}")
-    cells = [Path(d) for d in cell_dirs]
+    every_cell = [Path(d) for d in cell_dirs]
+    invalid = invalid_cells(every_cell)  # the measurement failed: listed, never analysed as a point
+    cells = [d for d in every_cell if d.name not in invalid]
     ctx = registry.Context(hyp=hyp, cell_dirs=cells, upstream=upstream, config=dict(config or {}))
     ctx.notes.extend(stale_uwork_notes(cells, upstream))
     result = h.analyze(ctx)
@@ -177,7 +189,9 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     points = points_table(ctx.rows, keys)
     if registry.POINTS in outputs:
         written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status"]))
-    facts = _cell_facts(cells)
+    facts = _cell_facts(every_cell)
+    for name, why in invalid.items():
+        ctx.notes.append(f"cell {name} is invalid and not analysed: {why}")
     if facts["mixed_code"]:
         ctx.notes.append(f"cells were measured by different code ({len(facts['code_fingerprints'])} code "
                          f"fingerprints, see provenance): compare them with care")
@@ -191,7 +205,7 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     verdict = {
         "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
         "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
-        "n_cells": len(cells), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
+        "n_cells": len(every_cell), "invalid_cells": invalid, "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
         "tables": tables,
         "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},
                         registry.POINTS: keys + list(POINT_KEY_COLUMNS)},

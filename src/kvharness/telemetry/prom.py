@@ -754,6 +754,9 @@ def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, floa
                 if tier == "0":
                     _add(rec, "evictions", v)
             continue
+        if name.startswith("kvsim_tier2_io_errors{"):  # the simulator's own tier-2 I/O failures (validity.py)
+            _add(sim, "tier2_io_errors", v)
+            continue
         if "{" in name:
             continue
         key = {"kvsim_tier2_read_bytes": "tier2_file_read_bytes", "kvsim_tier2_write_bytes": "tier2_file_write_bytes",
