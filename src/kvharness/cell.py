@@ -51,7 +51,7 @@ class CellFailed(RuntimeError):
 
 
 class CellInterrupted(KeyboardInterrupt):
-    """SIGTERM/SIGHUP during a cell (SIGINT arrives as a plain KeyboardInterrupt)."""
+    """SIGTERM/SIGHUP/SIGINT during a cell; its text names the signal."""
 
 
 _interrupted: list[str] = []
@@ -65,6 +65,35 @@ def _raise_interrupt(signum, _frame):
         return
     _interrupted.append(signal.Signals(signum).name)
     raise CellInterrupted(f"signal {signal.Signals(signum).name}")
+
+
+def _defer_signal(signum, _frame):
+    # After the teardown the cell folder is being written: a late SIGTERM (the parent-death signal
+    # arriving after the watch thread's), a second Ctrl-C or a SIGHUP must not kill the runner between
+    # summary.json and reason.txt or before the rename. It is logged and the folder finished.
+    log.warning("signal %s while the cell folder is written: finishing it first", signal.Signals(signum).name)
+
+
+RESERVE_BYTES = 1 << 20  # freed before the closing files are written: a full disk still gets them
+RESERVE_REASON_BYTES = 64 << 10  # freed right before reason.txt
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Hold ``nbytes`` of the cell folder's filesystem in ``path`` (real blocks), for the failure record."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError:  # a filesystem without fallocate: write the bytes
+            os.pwrite(fd, b"\0" * nbytes, 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _release(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
@@ -401,6 +430,17 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
                          f"{out_dir}: {exc.strerror or exc}") from None
     tmp = claim.tmp
+    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
+        _reserve(tmp / ".reserve", RESERVE_BYTES)
+        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
+    except OSError as exc:
+        _release(tmp / ".reserve")
+        _release(tmp / ".reserve-reason")
+        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
+                                f"{exc.strerror or exc}")
+        claim.finish()
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = utc_now()
@@ -408,7 +448,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     tier2_dir = Path(spec["tier2_root"]).resolve() / spec["hyp"] / spec["cell"]
     summary: dict = {"hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"],
                      "role": spec["role"], "profile": spec["profile"], "status": "running"}
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     stack = loadgen = collector = noise = None
     load: dict = spec["load"]
     failure: str | None = None
@@ -525,7 +565,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         failure = str(exc)
     except KeyboardInterrupt as exc:
         died = watch.parent_died(wait_s=1.0 if "SIGTERM" in str(exc) else 0.0)  # SIGTERM is also the parent-death signal
-        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({exc or 'SIGINT'})"
+        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({str(exc) or 'signal SIGINT'})"
     except OSError as exc:  # the cell folder cannot be written (disk full, read-only)
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
@@ -539,14 +579,26 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             if stack is not None:
                 stack.stop()
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                old_handlers.setdefault(s, signal.getsignal(s))
+                signal.signal(s, _defer_signal)
+    try:
+        return _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load,
+                       collector)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
 
+
+def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load, collector):
+    """Summarize what was measured (also for failed cells: nothing is lost), write the closing files and
+    rename the folder; runs with signals deferred (_defer_signal)."""
     # ---- summarize what was measured (also for failed cells: nothing is lost)
     records_file = tmp / "metrics.jsonl"
     if not (tmp / "load.go").exists() and records_file.exists() and records_file.stat().st_size == 0:
         records_file.unlink()  # the load generator was started early but never let go: no record, no file
     phases.start("write")
+    _release(tmp / ".reserve")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
         records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
@@ -607,18 +659,21 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
     summary["phases_s"] = phases.done()  # where the wall time went (benchmarks/cell_overhead.py)
     summary["phase_starts_ns"] = {k: v for k, v in phases.starts_ns.items() if k != "end"}
+    if failure is not None:  # the reason first: it is what a failed folder must always have
+        _release(tmp / ".reserve-reason")
+        _write_reason(spec, tmp, failure)
     write_error = _write_cell_files(tmp, spec, summary)
     if write_error is not None and failure is None:  # a full disk while finishing: failed, keep what was written
         failure = write_error
         summary["status"] = "failed"
         summary["reason"] = failure
         _write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str))
+        _release(tmp / ".reserve-reason")
+        _write_reason(spec, tmp, failure)
+    _release(tmp / ".reserve-reason")
     log_outcome(summary)
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        reason_error = _write_text(tmp / "reason.txt", failure + "\n")
-        if reason_error is not None:  # the log is the last place the reason can go
-            log.error("cell %s/%s failed: %s (%s)", spec["hyp"], spec["cell"], failure.splitlines()[0], reason_error)
         os.replace(tmp, failed_dir)
         cellguard.drop_owner_file(failed_dir)
         claim.finish()
@@ -627,6 +682,12 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     cellguard.drop_owner_file(out_dir)
     claim.finish()
     return summary
+
+
+def _write_reason(spec: dict, tmp: Path, failure: str) -> None:
+    reason_error = _write_text(tmp / "reason.txt", failure + "\n")
+    if reason_error is not None:  # the log is the last place the reason can go
+        log.error("cell %s/%s failed: %s (%s)", spec["hyp"], spec["cell"], failure.splitlines()[0], reason_error)
 
 
 def _sim_io(tmp: Path) -> dict | None:

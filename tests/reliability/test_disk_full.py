@@ -80,9 +80,11 @@ def test_disk_full_mid_cell_is_a_failed_cell_with_reason_and_no_traceback(make_c
     assert "Traceback" not in output, output
     kept = sorted(cells.glob("sim-A_full.failed-*"))
     assert len(kept) == 1 and not out.exists() and not (cells / "sim-A_full.tmp").exists()
-    reason_file = kept[0] / "reason.txt"
-    reason = reason_file.read_text() if reason_file.exists() else output  # the log is the fallback
+    reason = (kept[0] / "reason.txt").read_text()  # room for it was reserved before the load
     assert "could not write its records (disk full?)" in reason, reason
+    assert json.loads((kept[0] / "summary.json").read_text())["status"] == "failed"
+    assert (kept[0] / "provenance.json").exists()
+    assert not list(kept[0].glob("*.tmp")) and not list(kept[0].glob("*.part")) and not list(kept[0].glob(".reserve*"))
     records, torn = read_jsonl(kept[0] / "metrics.jsonl")  # every line parses but a counted cut last one
     assert records and torn in (0, 1)
     filler.unlink()

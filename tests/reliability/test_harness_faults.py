@@ -33,7 +33,24 @@ def test_signal_during_a_cell_stops_every_child_within_10s(make_cell, start_cell
     assert proc.returncode != 0
     assert not out.exists()
     kept = list(out.parent.glob(out.name + ".failed-*"))
-    assert kept and "interrupted" in (kept[0] / "reason.txt").read_text()
+    assert kept and f"interrupted (signal {sig.name})" in (kept[0] / "reason.txt").read_text()
+
+
+def test_late_signals_while_the_folder_is_written_still_leave_reason_txt(make_cell, start_cell, tmp_path):
+    # SIGKILL of Snakemake: the watch thread's SIGTERM, then the parent-death signal; the second used to
+    # land after the teardown had restored the default handler, killing the runner between summary.json
+    # and reason.txt and leaving <cell>.tmp/. Here SIGTERMs keep coming until the runner exits.
+    spec = make_cell(concurrency=2, duration_s=30.0)
+    proc, out, kids = start_cell(spec, ["kvharness sim", "kvharness loadgen"])
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    assert proc.returncode != 0  # 1, or the storm's SIGTERM once the folder was final
+    assert not out.with_name(out.name + ".tmp").exists()
+    kept = list(out.parent.glob(out.name + ".failed-*"))
+    assert len(kept) == 1 and "interrupted (signal SIGTERM)" in (kept[0] / "reason.txt").read_text()
+    assert json.loads((kept[0] / "summary.json").read_text())["status"] == "failed"
+    assert not list(kept[0].glob(".reserve*"))
 
 
 def test_port_in_use_is_a_clear_error_before_launch(make_cell, tmp_path):
