@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from kvharness.analysis import registry  # noqa: E402
+from kvharness import uwork as uwork_result  # noqa: E402
 from kvharness.config import (
     ConfigError,
     cell_index,
@@ -28,6 +29,21 @@ except (ConfigError, registry.RegistryError) as _exc:
     sys.exit(1)
 
 PRESENT = list(CFG["hypotheses"])
+_KEPT_STALE = set()  # cell folders already checked for a stale U_work in this invocation
+
+
+def _uwork_max():
+    """The highest concurrency the `uwork` provider measures: a larger U_work is not one it found."""
+    try:
+        hyp, _ = registry.provider("uwork", PRESENT)
+    except registry.RegistryError:
+        return None
+    levels = [c["load"]["concurrency"] for (h, _), c in CELLS.items() if h == hyp]
+    levels = [c for c in levels if isinstance(c, int)]
+    return max(levels) if levels else None
+
+
+UWORK_MAX = _uwork_max()
 RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
 
 
@@ -73,13 +89,12 @@ def cell_inputs(wildcards):
 
 def cell_uwork(wildcards):
     """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
-    U_work re-measures exactly the cells that used the old value, and an unchanged one re-measures none.
+    U_work re-measures exactly the cells that used the old value (each kept first as `<cell>.stale-<UTC>/`),
+    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.uwork).
     """
     if not uses_uwork(wildcards):
         return None
     uwork_checkpoint()
-    import csv
-
     path = registry.result_path("uwork", PRESENT)
     spec = cell_spec(wildcards)
     how = spec["load"]["concurrency"]
@@ -92,24 +107,19 @@ def cell_uwork(wildcards):
             for role in CFG["hypotheses"][wildcards.hyp]["stacks"]
         ]
     )
-    with open(path) as fh:
-        found = {
-            row["stack"]: int(float(row["u_work_used"]))
-            for row in csv.DictReader(fh)
-            if row.get("u_work_used")
-        }
-    missing = [s for s in stacks if s not in found]
-    if missing:
-        raise ConfigError(
-            f"{path}: no U_work for stack {missing[0]!r}: add its role to the stacks of the U_work hypothesis"
-        )
-    values = [found[s] for s in stacks]
-    value = (
-        values[0]
-        if how == "uwork"
-        else (min(values) if how == "uwork_min" else max(values))
-    )
-    return {"value": value, "from": path, "rule": how, "of": dict(zip(stacks, values))}
+    try:
+        found = uwork_result.read(path, max_value=UWORK_MAX)
+        value = uwork_result.value(found, path, how, stacks)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(1)
+    cell_dir = f"results/{wildcards.hyp}/cells/{wildcards.cell}"
+    if not workflow.dryrun and cell_dir not in _KEPT_STALE:
+        _KEPT_STALE.add(cell_dir)
+        kept = uwork_result.keep_stale(cell_dir, value, path)
+        if kept is not None:
+            sys.stderr.write(f"{cell_dir}: U_work changed to {value}; the earlier measurement is kept in {kept}\n")
+    return {"value": value, "from": path, "rule": how, "of": {s: found[s] for s in stacks}}
 
 
 def analysis_code(hyp):

@@ -10,7 +10,6 @@ and :class:`CellFailed` is raised so the workflow marks the job failed and a rer
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from kvharness import REPO_ROOT, bgio, cellguard, stats, validity
+from kvharness import uwork as uwork_result
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
@@ -97,33 +97,13 @@ def _release(path: Path) -> None:
 
 
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv``; with ``rule`` ``uwork_min`` / ``uwork_max`` the lower /
-    higher U_work of ``stacks`` (default: every stack in the file), so every stack runs at the same load."""
-    if rule in ("uwork_min", "uwork_max"):
-        values = [read_uwork(path, s) for s in (stacks or _uwork_stacks(path))]
-        return min(values) if rule == "uwork_min" else max(values)
-    path = Path(path)
-    try:
-        with path.open() as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
-    for row in rows:
-        if row.get("stack") == stack_name:
-            value = row.get("u_work_used") or row.get("u_work")
-            try:
-                return int(float(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{path}: stack {stack_name}: u_work {value!r} is not a number") from None
-    raise ConfigError(f"{path}: no U_work row for stack {stack_name!r} (stacks: {[r.get('stack') for r in rows]})")
-
-
-def _uwork_stacks(path: str | Path) -> list[str]:
-    try:
-        with Path(path).open() as fh:
-            return [r["stack"] for r in csv.DictReader(fh) if r.get("stack")]
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
+    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.uwork`); with ``rule``
+    ``uwork_min`` / ``uwork_max`` the lower / higher U_work of ``stacks`` (default: every stack in the file),
+    so every stack runs at the same load."""
+    found = uwork_result.read(path)
+    if rule == "uwork":
+        stacks = [stack_name]
+    return uwork_result.value(found, path, rule, list(stacks or found))
 
 
 def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:

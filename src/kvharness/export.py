@@ -74,7 +74,7 @@ def find_cells(results: Path, hyps: list[str] | None, include_failed: bool) -> l
         for d in sorted(cells_dir.iterdir()):
             if not d.is_dir() or d.name.endswith(".tmp"):
                 continue
-            if ".failed-" in d.name and not include_failed:
+            if (".failed-" in d.name or ".stale-" in d.name) and not include_failed:
                 continue
             if (d / "cell.json").is_file():
                 cells.append(d)

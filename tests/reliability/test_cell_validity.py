@@ -31,7 +31,7 @@ def request(sent_ms, end_ms, rc=0, tokens_ms=(), error_class=None):
 def assess(records, concurrency=2, loadgen=None, quality=None, sim_io=None, errors=0):
     n = len(records)
     return validity.assess(records=records, requests={"n_requests": n, "n_errors": errors, "error_classes": {}},
-                           load=closed_load(concurrency), loadgen=loadgen or {"client_bound": False},
+                           load=closed_load(concurrency), loadgen=loadgen or {"client_bound": False, "selfcheck_windows": 4, "client_cpu_pct": 10.0},
                            quality=quality or {"collector_ok": True, "alignment": 1.0}, sim_io=sim_io, hang_s=1.0)
 
 
@@ -49,10 +49,19 @@ def test_a_healthy_closed_loop_passes_every_check():
 
 def test_a_client_bound_load_is_invalid_not_ok():
     # the concurrency-100000 cell: the load generator's self-check said client-bound, 73 % timed out
-    out = assess(healthy(), concurrency=100_000, loadgen={"client_bound": True, "client_bound_windows": 40},
-                 errors=30)
+    out = assess(healthy(), concurrency=100_000, errors=30,
+                 loadgen={"client_bound": True, "client_bound_windows": 150, "selfcheck_windows": 166,
+                          "client_cpu_pct": 97.0, "send_lag_ms_p50": 900.0})
     assert "client_not_bound" in out["invalid_because"]
-    assert "client-bound" in validity.reasons(out["checks"], out["invalid_because"])
+    assert "could not keep up (client CPU 97 % of a core, bound in 150 of 166" in validity.reasons(
+        out["checks"], out["invalid_because"])
+
+
+def test_one_late_send_on_a_busy_machine_is_not_a_failed_measurement():
+    # the load generator's own flag fires on a 5.2 ms send-lag p99 over 32 requests
+    out = assess(healthy(), loadgen={"client_bound": True, "client_bound_windows": 0, "selfcheck_windows": 3,
+                                     "client_cpu_pct": 9.8, "send_lag_ms_p50": 0.7})
+    assert out["invalid_because"] == [] and out["checks"]["client_not_bound"]["value"]["flag"] is True
 
 
 def test_far_fewer_requests_in_flight_than_asked_is_invalid():

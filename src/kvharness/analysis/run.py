@@ -34,13 +34,10 @@ def read_table(path: str | Path) -> list[dict]:
 
 
 def uwork_by_stack(rows: Sequence[dict]) -> dict[str, int]:
-    """stack -> U_work used (the ``uwork`` result's rows)."""
-    out = {}
-    for r in rows:
-        value = r.get("u_work_used") or r.get("u_work")
-        if value not in (None, ""):
-            out[r["stack"]] = int(float(value))
-    return out
+    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.uwork`)."""
+    from kvharness import uwork
+
+    return uwork.from_rows(rows, "the uwork result")
 
 
 def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dict]]) -> list[str]:
@@ -107,6 +104,7 @@ def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
         p["n_ok_min"] = min((r.get("n_ok") or 0) for r in reps)
         p["enough_samples_p99"] = p["n_ok_min"] >= need
         p["status"] = ";".join(sorted({str(r.get("status")) for r in reps}))
+        p["torn_lines"] = sum(int(r.get("truncated_lines") or 0) for r in reps)  # cut last lines, not analysed
     return sorted(table, key=lambda p: tuple((v is None, str(type(v)), v) for v in (p.get(k) for k in keys)))
 
 
@@ -188,8 +186,12 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     keys = point_keys(cells)
     points = points_table(ctx.rows, keys)
     if registry.POINTS in outputs:
-        written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status"]))
+        written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status", "torn_lines"]))
     facts = _cell_facts(every_cell)
+    torn = {r["cell"]: r["truncated_lines"] for r in ctx.rows if r.get("truncated_lines")}
+    if torn:
+        ctx.notes.append(f"{sum(torn.values())} cut record line(s) dropped (a writer killed mid-line) in "
+                         f"{', '.join(sorted(torn))}")
     for name, why in invalid.items():
         ctx.notes.append(f"cell {name} is invalid and not analysed: {why}")
     if facts["mixed_code"]:
@@ -205,7 +207,7 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     verdict = {
         "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
         "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
-        "n_cells": len(every_cell), "invalid_cells": invalid, "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
+        "n_cells": len(every_cell), "invalid_cells": invalid, "torn_lines": sum(torn.values()), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
         "tables": tables,
         "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},
                         registry.POINTS: keys + list(POINT_KEY_COLUMNS)},
