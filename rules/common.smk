@@ -11,6 +11,7 @@ from kvharness.config import (
     cell_index,
     check_config_files,
     load_stack,
+    name_the_file,
     needs_uwork,
     validate_config,
 )  # noqa: E402
@@ -19,11 +20,19 @@ try:
     check_config_files(
         workflow.configfiles
     )  # strict re-read: duplicate keys, emptied sections
-    CFG = validate_config(config)
-    CELLS = cell_index(CFG)
-    HYPS = registry.load(CFG["hypothesis_modules"])
-    for _hyp in CFG["hypotheses"]:
-        registry.get(_hyp)
+    try:
+        CFG = validate_config(config)
+        CELLS = cell_index(CFG)
+        HYPS = registry.load(CFG["hypothesis_modules"])
+        for _hyp in CFG["hypotheses"]:
+            try:
+                registry.get(_hyp)
+            except registry.RegistryError as _exc:
+                raise ConfigError(f"hypotheses.{_hyp}: {_exc}") from None
+    except ConfigError as _exc:  # name the file (and line) that set the field
+        _default = Path(workflow.basedir) / "configs" / "config.yaml"  # given --configfile values override it
+        _files = sorted(workflow.configfiles, key=lambda p: Path(p).resolve() != _default.resolve())
+        raise name_the_file(_exc, _files) from None
 except (ConfigError, registry.RegistryError) as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)

@@ -28,7 +28,7 @@ from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.coldstart import baseline_check, first_request_check, prepare as cold_prepare
-from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
+from kvharness.stacks.sizing import check_host_tier, check_memory_pools, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -436,6 +436,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     try:
         load = resolve_load(spec, uwork_csv, uwork)
         check_host_tier(spec)
+        check_memory_pools(spec)
         shutil.rmtree(tier2_dir, ignore_errors=True)
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
