@@ -86,3 +86,14 @@ def test_the_page_in_headless_chromium(results, tmp_path):
     (results / "H0" / "fig.png").write_bytes(b"not a png")  # a figure that does not decode is caught
     bad = browser.inspect(build_report(results, results / "report.html"))
     assert any("broken image" in p for p in browser.problems(bad))
+
+
+def test_invalid_cells_are_listed_with_their_reason(results):
+    path = results / "H0" / "verdict.json"
+    verdict = json.loads(path.read_text())
+    verdict["cell_status"] = {"ok": 3, "invalid": 1}
+    verdict["invalid_cells"] = {"sim-A_c100000": "the load generator could not keep up (client CPU 97 % of a core)"}
+    path.write_text(json.dumps(verdict))
+    section = build_report(results, results / "report.html").read_text().split('id="hyp-H0"')[1].split("</section>")[0]
+    assert "1 invalid" in section and 'class="invalid-cell"' in section
+    assert "<code>sim-A_c100000</code>: the load generator could not keep up (client CPU 97 % of a core)" in section
