@@ -18,28 +18,26 @@ import numpy as np
 ACHIEVED_CONCURRENCY_MIN = 0.5  # peak requests in flight / concurrency asked for, closed loops
 ALIGNMENT_INVALID_BELOW = 0.5   # telemetry covers under half the windows: a gap, not a thin record
 CLIENT_CPU_PCT = 90.0           # the load generator's CPU over the whole run, % of one core
-CLIENT_BOUND_SHARE = 0.25       # share of its 0.5 s self-check windows in which it was bound
-CLIENT_SEND_LAG_P50_MS = 5.0    # the typical send late by more than this: the schedule was not kept
+CLIENT_SEND_LAG_P50_MS = 10.0   # the typical send late by more than this: the schedule was not kept
 HANG_S = 5.0                    # the server sent nothing for this long while requests were outstanding
 
 
 def client_bound(loadgen: dict) -> dict | None:
-    """Whether the client, not the server, set the pace for a real share of the load. The load generator's
-    own ``client_bound`` flag also fires on one late send in a short run (its whole-run send-lag p99 >
-    5 ms), which a busy machine gives any cell; that is recorded, not taken for a failed measurement."""
-    if not loadgen or loadgen.get("selfcheck_windows") is None and loadgen.get("client_cpu_pct") is None:
+    """Whether the client, not the server, set the pace: it used a whole core, or its typical send went out
+    late. The load generator's own ``client_bound`` flag (send-lag p99 > 5 ms in a 0.5 s window) also fires
+    when a busy machine delays a burst of sends while the client idles; that is recorded here, not taken
+    for a failed measurement."""
+    if not loadgen or (loadgen.get("client_cpu_pct") is None and loadgen.get("send_lag_ms_p50") is None):
         return None
-    windows, n_bound = int(loadgen.get("selfcheck_windows") or 0), int(loadgen.get("client_bound_windows") or 0)
     cpu, lag50 = float(loadgen.get("client_cpu_pct") or 0.0), float(loadgen.get("send_lag_ms_p50") or 0.0)
     why = []
     if cpu > CLIENT_CPU_PCT:
         why.append(f"client CPU {cpu:.0f} % of a core")
-    if windows >= 2 and n_bound >= CLIENT_BOUND_SHARE * windows:
-        why.append(f"bound in {n_bound} of {windows} self-check windows")
     if lag50 > CLIENT_SEND_LAG_P50_MS:
         why.append(f"send lag p50 {lag50:.1f} ms")
     return {"bound": bool(why), "why": ", ".join(why), "flag": bool(loadgen.get("client_bound")),
-            "bound_windows": n_bound, "windows": windows, "cpu_pct": round(cpu, 1), "send_lag_ms_p50": round(lag50, 3)}
+            "bound_windows": loadgen.get("client_bound_windows"), "windows": loadgen.get("selfcheck_windows"),
+            "cpu_pct": round(cpu, 1), "send_lag_ms_p50": round(lag50, 3)}
 
 
 def _check(kind: str, value, limit: str, passed: bool | None, why: str = "") -> dict:
@@ -104,8 +102,7 @@ def assess(*, records: list[dict], requests: dict, load: dict, loadgen: dict | N
     loadgen = loadgen or {}
     bound = client_bound(loadgen)
     checks["client_not_bound"] = _check(
-        "measurement", bound, f"client CPU <= {CLIENT_CPU_PCT:g} % of a core, < {CLIENT_BOUND_SHARE:.0%} of the "
-        f"self-check windows bound, send lag p50 <= {CLIENT_SEND_LAG_P50_MS:g} ms",
+        "measurement", bound, f"client CPU <= {CLIENT_CPU_PCT:g} % of a core, send lag p50 <= {CLIENT_SEND_LAG_P50_MS:g} ms",
         None if bound is None else not bound["bound"],
         f"the load generator could not keep up ({(bound or {}).get('why')})")
     pattern = (load.get("pattern") or {}).get("kind", "closed")
