@@ -30,15 +30,21 @@ try:
             except registry.RegistryError as _exc:
                 raise ConfigError(f"hypotheses.{_hyp}: {_exc}") from None
     except ConfigError as _exc:  # name the file (and line) that set the field
-        _default = Path(workflow.basedir) / "configs" / "config.yaml"  # given --configfile values override it
-        _files = sorted(workflow.configfiles, key=lambda p: Path(p).resolve() != _default.resolve())
+        _default = (
+            Path(workflow.basedir) / "configs" / "config.yaml"
+        )  # given --configfile values override it
+        _files = sorted(
+            workflow.configfiles, key=lambda p: Path(p).resolve() != _default.resolve()
+        )
         raise name_the_file(_exc, _files) from None
 except (ConfigError, registry.RegistryError) as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)
 
 PRESENT = list(CFG["hypotheses"])
-_KEPT_STALE = set()  # cell folders already checked for a stale U_work in this invocation
+_KEPT_STALE = (
+    set()
+)  # cell folders already checked for a stale U_work in this invocation
 
 
 def _uwork_max():
@@ -127,8 +133,15 @@ def cell_uwork(wildcards):
         _KEPT_STALE.add(cell_dir)
         kept = uwork_result.keep_stale(cell_dir, value, path)
         if kept is not None:
-            sys.stderr.write(f"{cell_dir}: U_work changed to {value}; the earlier measurement is kept in {kept}\n")
-    return {"value": value, "from": path, "rule": how, "of": {s: found[s] for s in stacks}}
+            sys.stderr.write(
+                f"{cell_dir}: U_work changed to {value}; the earlier measurement is kept in {kept}\n"
+            )
+    return {
+        "value": value,
+        "from": path,
+        "rule": how,
+        "of": {s: found[s] for s in stacks},
+    }
 
 
 def analysis_code(hyp):

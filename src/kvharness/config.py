@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
-from kvharness.errors import ConfigError  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness.errors import ConfigError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
 from kvharness.units import parse_bytes
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -73,11 +73,7 @@ def load_yaml_strict(path: str | Path) -> Any:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    text = utf8_text(path, data, "save the file as UTF-8")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

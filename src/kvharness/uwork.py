@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from kvharness.errors import ConfigError
+from kvharness.errors import ConfigError, utf8_text
 
 RULES = ("uwork", "uwork_min", "uwork_max")
 VALUE_COLUMN = "u_work_used"
@@ -72,12 +72,7 @@ def read(path: str | Path, max_value: int | None = None) -> dict[str, int]:
         raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                          f"{RERUN}") from None
+    text = utf8_text(path, data, RERUN)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames
     if not header or not any(h.strip() for h in header):
