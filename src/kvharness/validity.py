@@ -108,7 +108,7 @@ def assess(*, records: list[dict], requests: dict, load: dict, loadgen: dict | N
     pattern = (load.get("pattern") or {}).get("kind", "closed")
     conc = load.get("concurrency")
     if pattern == "closed" and isinstance(conc, int) and conc > 0 and records:
-        want = min(conc, len(records))
+        want = min(conc, int(load.get("max_requests") or conc))  # a capped load cannot have more in flight
         peak = peak_in_flight(records)
         checks["achieved_concurrency"] = _check(
             "measurement", peak, f">= {ACHIEVED_CONCURRENCY_MIN:.0%} of {want} in flight",
