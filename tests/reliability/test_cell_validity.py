@@ -150,3 +150,16 @@ def test_a_server_stopped_mid_load_is_not_ok(make_cell, start_cell, tmp_path):
     assert "a hang" in summary["degraded_reason"]
     assert summary["checks"]["server_not_silent"]["value"] >= 1.5
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in kids if p.pid == sim.pid)
+
+
+def test_the_simulators_tier2_io_errors_reach_the_cell_through_its_scrapes():
+    from kvharness.telemetry.prom import DeltaState, map_deltas, parse_body
+
+    def body(n):
+        return ("# TYPE kvsim_tier2_io_errors_total counter\n"
+                f'kvsim_tier2_io_errors_total{{kind="write"}} {n}\nkvsim_tier2_io_errors_total{{kind="read"}} 1\n')
+
+    st = DeltaState()
+    st.update(parse_body(body(0)))
+    rec = map_deltas({"sim": st.update(parse_body(body(600)))}, None)
+    assert rec["sim"]["tier2_io_errors"] == 600  # 600 new write errors, no new read error

@@ -754,15 +754,13 @@ def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, floa
                 if tier == "0":
                     _add(rec, "evictions", v)
             continue
-        if name.startswith("kvsim_tier2_io_errors{"):  # the simulator's own tier-2 I/O failures (validity.py)
-            _add(sim, "tier2_io_errors", v)
-            continue
         if "{" in name:
             continue
         key = {"kvsim_tier2_read_bytes": "tier2_file_read_bytes", "kvsim_tier2_write_bytes": "tier2_file_write_bytes",
                "kvsim_preemptions": "preemptions", "kvsim_prompt_tokens": "prompt_tokens",
                "kvsim_cached_tokens": "cached_tokens", "kvsim_lora_loads": "lora_loads",
                "kvsim_lora_hits": "lora_hits", "kvsim_tier2_verify_failures": "tier2_verify_failures",
+               "kvsim_tier2_io_errors": "tier2_io_errors",  # summed over kind (write/read): validity.py
                "kvsim_prefetches": "prefetches"}.get(name)
         if key == "prefetches":
             _add(rec, "prefetches", v)
