@@ -10,8 +10,8 @@ pandas, polars or DuckDB can group and compare requests without knowing the fold
 
 Columns from the records keep their names (``lat_ttft_ms``, ``itl_ms`` as a list, ...); a cell
 parameter whose name a record also uses is written as ``cell_<name>`` (a measured value is never
-overwritten). Finished cells only by default (``ok``, ``degraded`` and ``invalid``, see ``cell_status``; never ``.stale-``);
-``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` folders. Reads only: no cell is
+overwritten). Finished cells only by default (``ok``, ``degraded`` and ``invalid``, see ``cell_status``);
+``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` and ``<cell>.stale-<UTC>/`` folders. Reads only: no cell is
 measured or changed.
 """
 
