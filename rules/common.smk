@@ -5,11 +5,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from kvharness.analysis import registry  # noqa: E402
+from kvharness import uwork as uwork_result  # noqa: E402
 from kvharness.config import (
     ConfigError,
     cell_index,
     check_config_files,
     load_stack,
+    name_the_file,
     needs_uwork,
     validate_config,
 )  # noqa: E402
@@ -18,11 +20,23 @@ try:
     check_config_files(
         workflow.configfiles
     )  # strict re-read: duplicate keys, emptied sections
-    CFG = validate_config(config)
-    CELLS = cell_index(CFG)
-    HYPS = registry.load(CFG["hypothesis_modules"])
-    for _hyp in CFG["hypotheses"]:
-        registry.get(_hyp)
+    try:
+        CFG = validate_config(config)
+        CELLS = cell_index(CFG)
+        HYPS = registry.load(CFG["hypothesis_modules"])
+        for _hyp in CFG["hypotheses"]:
+            try:
+                registry.get(_hyp)
+            except registry.RegistryError as _exc:
+                raise ConfigError(f"hypotheses.{_hyp}: {_exc}") from None
+    except ConfigError as _exc:  # name the file (and line) that set the field
+        _default = (
+            Path(workflow.basedir) / "configs" / "config.yaml"
+        )  # given --configfile values override it
+        _files = sorted(
+            workflow.configfiles, key=lambda p: Path(p).resolve() != _default.resolve()
+        )
+        raise name_the_file(_exc, _files) from None
 except (ConfigError, registry.RegistryError) as _exc:
     sys.stderr.write(f"{_exc}\n")
     sys.exit(1)
@@ -37,6 +51,24 @@ except (
     ValueError,
 ) as _exc:  # a progress line is never worth a failed workflow
     sys.stderr.write(f"kvharness: no progress plan ({_exc})\n")
+
+_KEPT_STALE = (
+    set()
+)  # cell folders already checked for a stale U_work in this invocation
+
+
+def _uwork_max():
+    """The highest concurrency the `uwork` provider measures: a larger U_work is not one it found."""
+    try:
+        hyp, _ = registry.provider("uwork", PRESENT)
+    except registry.RegistryError:
+        return None
+    levels = [c["load"]["concurrency"] for (h, _), c in CELLS.items() if h == hyp]
+    levels = [c for c in levels if isinstance(c, int)]
+    return max(levels) if levels else None
+
+
+UWORK_MAX = _uwork_max()
 RUNNER = str(Path(workflow.basedir) / "src/kvharness/analysis/run.py")
 
 
@@ -82,13 +114,12 @@ def cell_inputs(wildcards):
 
 def cell_uwork(wildcards):
     """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
-    U_work re-measures exactly the cells that used the old value, and an unchanged one re-measures none.
+    U_work re-measures exactly the cells that used the old value (each kept first as `<cell>.stale-<UTC>/`),
+    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.uwork).
     """
     if not uses_uwork(wildcards):
         return None
     uwork_checkpoint()
-    import csv
-
     path = registry.result_path("uwork", PRESENT)
     spec = cell_spec(wildcards)
     how = spec["load"]["concurrency"]
@@ -101,24 +132,26 @@ def cell_uwork(wildcards):
             for role in CFG["hypotheses"][wildcards.hyp]["stacks"]
         ]
     )
-    with open(path) as fh:
-        found = {
-            row["stack"]: int(float(row["u_work_used"]))
-            for row in csv.DictReader(fh)
-            if row.get("u_work_used")
-        }
-    missing = [s for s in stacks if s not in found]
-    if missing:
-        raise ConfigError(
-            f"{path}: no U_work for stack {missing[0]!r}: add its role to the stacks of the U_work hypothesis"
-        )
-    values = [found[s] for s in stacks]
-    value = (
-        values[0]
-        if how == "uwork"
-        else (min(values) if how == "uwork_min" else max(values))
-    )
-    return {"value": value, "from": path, "rule": how, "of": dict(zip(stacks, values))}
+    try:
+        found = uwork_result.read(path, max_value=UWORK_MAX)
+        value = uwork_result.value(found, path, how, stacks)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(1)
+    cell_dir = f"results/{wildcards.hyp}/cells/{wildcards.cell}"
+    if not workflow.dryrun and cell_dir not in _KEPT_STALE:
+        _KEPT_STALE.add(cell_dir)
+        kept = uwork_result.keep_stale(cell_dir, value, path)
+        if kept is not None:
+            sys.stderr.write(
+                f"{cell_dir}: U_work changed to {value}; the earlier measurement is kept in {kept}\n"
+            )
+    return {
+        "value": value,
+        "from": path,
+        "rule": how,
+        "of": {s: found[s] for s in stacks},
+    }
 
 
 def analysis_code(hyp):

@@ -10,7 +10,6 @@ and :class:`CellFailed` is raised so the workflow marks the job failed and a rer
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -21,14 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import REPO_ROOT, bgio, cellguard, clock, stats
+from kvharness import REPO_ROOT, bgio, cellguard, clock, stats, validity
+from kvharness import uwork as uwork_result
 from kvharness.analysis.records import RecordError, read_json, read_jsonl
 from kvharness.errors import ConfigError
 from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.coldstart import baseline_check, first_request_check, prepare as cold_prepare
-from kvharness.stacks.sizing import check_host_tier, sizing_names, vllm_transfer_config
+from kvharness.stacks.sizing import check_host_tier, check_memory_pools, sizing_names, vllm_transfer_config
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -51,7 +51,7 @@ class CellFailed(RuntimeError):
 
 
 class CellInterrupted(KeyboardInterrupt):
-    """SIGTERM/SIGHUP during a cell (SIGINT arrives as a plain KeyboardInterrupt)."""
+    """SIGTERM/SIGHUP/SIGINT during a cell; its text names the signal."""
 
 
 _interrupted: list[str] = []
@@ -67,34 +67,43 @@ def _raise_interrupt(signum, _frame):
     raise CellInterrupted(f"signal {signal.Signals(signum).name}")
 
 
+def _defer_signal(signum, _frame):
+    # After the teardown the cell folder is being written: a late SIGTERM (the parent-death signal
+    # arriving after the watch thread's), a second Ctrl-C or a SIGHUP must not kill the runner between
+    # summary.json and reason.txt or before the rename. It is logged and the folder finished.
+    log.warning("signal %s while the cell folder is written: finishing it first", signal.Signals(signum).name)
+
+
+RESERVE_BYTES = 1 << 20  # freed before the closing files are written: a full disk still gets them
+RESERVE_REASON_BYTES = 64 << 10  # freed right before reason.txt
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Hold ``nbytes`` of the cell folder's filesystem in ``path`` (real blocks), for the failure record."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError:  # a filesystem without fallocate: write the bytes
+            os.pwrite(fd, b"\0" * nbytes, 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _release(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv``; with ``rule`` ``uwork_min`` / ``uwork_max`` the lower /
-    higher U_work of ``stacks`` (default: every stack in the file), so every stack runs at the same load."""
-    if rule in ("uwork_min", "uwork_max"):
-        values = [read_uwork(path, s) for s in (stacks or _uwork_stacks(path))]
-        return min(values) if rule == "uwork_min" else max(values)
-    path = Path(path)
-    try:
-        with path.open() as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
-    for row in rows:
-        if row.get("stack") == stack_name:
-            value = row.get("u_work_used") or row.get("u_work")
-            try:
-                return int(float(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{path}: stack {stack_name}: u_work {value!r} is not a number") from None
-    raise ConfigError(f"{path}: no U_work row for stack {stack_name!r} (stacks: {[r.get('stack') for r in rows]})")
-
-
-def _uwork_stacks(path: str | Path) -> list[str]:
-    try:
-        with Path(path).open() as fh:
-            return [r["stack"] for r in csv.DictReader(fh) if r.get("stack")]
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (run H0 first: snakemake results/H0/uwork.csv)") from None
+    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.uwork`); with ``rule``
+    ``uwork_min`` / ``uwork_max`` the lower / higher U_work of ``stacks`` (default: every stack in the file),
+    so every stack runs at the same load."""
+    found = uwork_result.read(path)
+    if rule == "uwork":
+        stacks = [stack_name]
+    return uwork_result.value(found, path, rule, list(stacks or found))
 
 
 def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | None = None) -> dict:
@@ -302,13 +311,14 @@ def log_outcome(summary: dict) -> str:
     def ms(key: str) -> str:
         return "-" if req.get(key) is None else f"{req[key]:.1f}"
 
-    why = (summary.get("reason") or "").splitlines()[:1] or summary.get("degraded_because") or []
+    why = ((summary.get("reason") or summary.get("degraded_reason") or "").splitlines()[:1]
+           or summary.get("degraded_because") or [])
     line = (f"cell {summary.get('hyp')}/{summary.get('cell')} {summary.get('status')}: "
             f"requests {req.get('n_ok', 0)} ok / {req.get('n_errors', 0)} errors, "
             f"TTFT p50 {ms('ttft_ms_p50')} ms p99 {ms('ttft_ms_p99')} ms, "
             f"tier-2 {format_bytes(summary.get('tier2_file_bytes') or 0)} in {summary.get('tier2_files') or 0} files"
             + (f"; because: {', '.join(why)}" if why else ""))
-    level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
+    level = {"failed": logging.ERROR, "invalid": logging.ERROR, "degraded": logging.WARNING}.get(summary.get("status"), logging.INFO)
     log.log(level, "%s", line, extra={"console": True})  # also on Snakemake's console (run_cell.py)
     return line
 
@@ -400,6 +410,17 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
                          f"{out_dir}: {exc.strerror or exc}") from None
     tmp = claim.tmp
+    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
+        _reserve(tmp / ".reserve", RESERVE_BYTES)
+        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
+    except OSError as exc:
+        _release(tmp / ".reserve")
+        _release(tmp / ".reserve-reason")
+        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
+                                f"{exc.strerror or exc}")
+        claim.finish()
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = utc_now()
@@ -407,13 +428,15 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     tier2_dir = Path(spec["tier2_root"]).resolve() / spec["hyp"] / spec["cell"]
     summary: dict = {"hyp": spec["hyp"], "cell": spec["cell"], "stack": spec["stack"]["name"],
                      "role": spec["role"], "profile": spec["profile"], "status": "running"}
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     stack = loadgen = collector = noise = None
+    load: dict = spec["load"]
     failure: str | None = None
     phases = _Phases(t_start)
     try:
         load = resolve_load(spec, uwork_csv, uwork)
         check_host_tier(spec)
+        check_memory_pools(spec)
         shutil.rmtree(tier2_dir, ignore_errors=True)
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
@@ -526,7 +549,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         failure = str(exc)
     except KeyboardInterrupt as exc:
         died = watch.parent_died(wait_s=1.0 if "SIGTERM" in str(exc) else 0.0)  # SIGTERM is also the parent-death signal
-        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({exc or 'SIGINT'})"
+        failure = cellguard.WORKFLOW_DIED if died else f"interrupted ({str(exc) or 'signal SIGINT'})"
     except OSError as exc:  # the cell folder cannot be written (disk full, read-only)
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
@@ -540,14 +563,26 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             if stack is not None:
                 stack.stop()
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                old_handlers.setdefault(s, signal.getsignal(s))
+                signal.signal(s, _defer_signal)
+    try:
+        return _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load,
+                       collector)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
 
+
+def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load, collector):
+    """Summarize what was measured (also for failed cells: nothing is lost), write the closing files and
+    rename the folder; runs with signals deferred (_defer_signal)."""
     # ---- summarize what was measured (also for failed cells: nothing is lost)
     records_file = tmp / "metrics.jsonl"
     if not (tmp / "load.go").exists() and records_file.exists() and records_file.stat().st_size == 0:
         records_file.unlink()  # the load generator was started early but never let go: no record, no file
     phases.start("write")
+    _release(tmp / ".reserve")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
         records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
@@ -564,12 +599,13 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             collector_summary = None
     summary["quality"] = _quality(collector_summary, summary["collector_rc"])
     summary["quality"].update(itl_flags(records, float(spec.get("quality", {}).get("itl_stall_ms", 1000.0))))
+    lg = None
     if (tmp / "loadgen_summary.json").exists():
         try:
             lg = read_json(tmp / "loadgen_summary.json")
             summary["client_bound"] = bool(lg.get("client_bound", False))
         except RecordError:
-            pass
+            lg = None
     files, nbytes = _dir_bytes(tier2_dir)
     summary["tier2_files"] = files
     summary["tier2_file_bytes"] = nbytes
@@ -580,13 +616,25 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     if summary.get("cold_start"):
         first_request_check(summary["cold_start"], records)
     if failure is None:
-        degraded = [k for k in ("collector_ok", "alignment_ok") if not summary["quality"].get(k)]
+        quality = spec.get("quality") or {}
+        checked = validity.assess(records=records, requests=summary["requests"], load=load, loadgen=lg,
+                                  quality=summary["quality"], sim_io=_sim_io(tmp) if spec["stack"]["kind"] == "sim" else None,
+                                  hang_s=float(quality.get("hang_s", validity.HANG_S)))
+        summary["checks"] = checked["checks"]  # every validity check: value, limit, passed (validity.py)
+        degraded = [k for k in ("alignment_ok",) if not summary["quality"].get(k)] + checked["degraded_because"]
         if summary.get("cold_start") and not summary["cold_start"]["verified"]:
             degraded.append("cold_start")
         if summary["quality"]["itl_stalled"]:
             degraded.append("itl_stalled")
-        summary["status"] = "degraded" if degraded else "ok"
         summary["degraded_because"] = degraded
+        if checked["invalid_because"]:  # the measurement failed: kept and listed, never analysed
+            summary["status"] = "invalid"
+            summary["invalid_because"] = checked["invalid_because"]
+            summary["reason"] = validity.reasons(checked["checks"], checked["invalid_because"])
+        else:
+            summary["status"] = "degraded" if degraded else "ok"
+            if checked["degraded_because"]:
+                summary["degraded_reason"] = validity.reasons(checked["checks"], checked["degraded_because"])
     else:
         summary["status"] = "failed"
         summary["reason"] = failure
@@ -595,18 +643,21 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     summary["wall_s"] = round(time.monotonic() - t_start, 3)
     summary["phases_s"] = phases.done()  # where the wall time went (benchmarks/cell_overhead.py)
     summary["phase_starts_ns"] = {k: v for k, v in phases.starts_ns.items() if k != "end"}
+    if failure is not None:  # the reason first: it is what a failed folder must always have
+        _release(tmp / ".reserve-reason")
+        _write_reason(spec, tmp, failure)
     write_error = _write_cell_files(tmp, spec, summary)
     if write_error is not None and failure is None:  # a full disk while finishing: failed, keep what was written
         failure = write_error
         summary["status"] = "failed"
         summary["reason"] = failure
         _write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str))
+        _release(tmp / ".reserve-reason")
+        _write_reason(spec, tmp, failure)
+    _release(tmp / ".reserve-reason")
     log_outcome(summary)
     if failure is not None:
         failed_dir = out_dir.with_name(f"{out_dir.name}.failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        reason_error = _write_text(tmp / "reason.txt", failure + "\n")
-        if reason_error is not None:  # the log is the last place the reason can go
-            log.error("cell %s/%s failed: %s (%s)", spec["hyp"], spec["cell"], failure.splitlines()[0], reason_error)
         os.replace(tmp, failed_dir)
         cellguard.drop_owner_file(failed_dir)
         claim.finish()
@@ -615,6 +666,28 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
     cellguard.drop_owner_file(out_dir)
     claim.finish()
     return summary
+
+
+def _write_reason(spec: dict, tmp: Path, failure: str) -> None:
+    reason_error = _write_text(tmp / "reason.txt", failure + "\n")
+    if reason_error is not None:  # the log is the last place the reason can go
+        log.error("cell %s/%s failed: %s (%s)", spec["hyp"], spec["cell"], failure.splitlines()[0], reason_error)
+
+
+def _sim_io(tmp: Path) -> dict | None:
+    """The simulator's own tier-2 I/O errors and verify failures over the cell (its scraped counters'
+    deltas in dynkv.jsonl); None without a readable record."""
+    try:
+        recs, _ = read_jsonl(tmp / "dynkv.jsonl")
+    except RecordError:
+        return None
+    out = {"tier2_io_errors": 0.0, "tier2_verify_failures": 0.0}
+    for rec in recs:
+        sim = rec.get("sim") if isinstance(rec.get("sim"), dict) else {}
+        for key in out:
+            if isinstance(sim.get(key), (int, float)):
+                out[key] += sim[key]
+    return out
 
 
 def _write_cell_files(tmp: Path, spec: dict, summary: dict) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
-from kvharness.errors import ConfigError  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness.errors import ConfigError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
 from kvharness.units import parse_bytes
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -70,9 +70,10 @@ def load_yaml_strict(path: str | Path) -> Any:
     """Parse a YAML file; a duplicate key or a syntax error is a ConfigError naming file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = utf8_text(path, data, "save the file as UTF-8")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -113,6 +114,40 @@ def check_config_file(path: str | Path, model: str | None = None) -> dict:
         except (TypeError, ValueError):
             pass  # a value of the wrong type: the schema check of the merged config names it
     return raw
+
+
+def locate(field: str, paths) -> str | None:
+    """``file:line`` of the last of ``paths`` that sets the dotted ``field`` (``hypotheses.H0.reps``), else None;
+    ``paths`` in the order they override each other (the last wins)."""
+    parts = field.split(".")
+    for path in reversed(list(paths)):
+        try:
+            node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        line = None
+        for part in parts:
+            hit = next(((k, v) for k, v in node.value if str(k.value) == part), None) \
+                if isinstance(node, yaml.MappingNode) else None
+            if hit is None:
+                line = None  # only a file that sets the whole field counts
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        if line is not None:
+            return f"{path}:{line}"
+    return None
+
+
+def name_the_file(exc: ConfigError, paths) -> ConfigError:
+    """The error with the file and line that set its field in front (``configs/x.yaml:12: hypotheses.H0.reps: ...``)."""
+    text = str(exc).removeprefix("config error: ")
+    field = text.split(":", 1)[0].strip()
+    if " " in field or not field:
+        return exc
+    where = locate(field, paths)
+    if where is None:  # a field the files do not set (a required key missing): name the section
+        where = next((w for w in (locate(field.rsplit(".", n)[0], paths) for n in (1, 2)) if w), None)
+    return ConfigError(f"{where}: {text}") if where else exc
 
 
 def check_config_files(paths) -> None:
@@ -594,6 +629,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "hardware": cfg["hardware"],
                 "tier2_root": cfg["tier2_root"],
                 "keep_tier2_files": cfg["keep_tier2_files"],
+                **({"remote_machine": True} if cfg.get("remote_machine") else {}),  # absent by default: no re-measure
             }
             cell["load"].setdefault("pattern", {"kind": "closed"})
             cell["load"]["slo"] = {**cfg.get("slo", {}), **(cell["load"].get("slo") or {})}  # plan SLOs, per-key override

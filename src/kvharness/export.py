@@ -14,8 +14,9 @@ overwritten). The record's ``stack`` label is ``stack_label`` (``df.stack`` is a
 a column equal in every row to one before it (``stack_label`` = ``stack_name``, ``load_concurrency`` or
 ``sweep_concurrency`` = ``concurrency``) is left out. Every column's description and unit are in the
 Parquet schema (field metadata ``description`` and ``unit``). Empty values are nulls, never text, and
-pandas reads integer and text columns as its nullable dtypes (an empty ``turn`` is <NA>, not NaN). Finished cells only by default (``ok`` and ``degraded``, see ``cell_status``);
-``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` folders. Reads only: no cell is
+pandas reads integer and text columns as its nullable dtypes (an empty ``turn`` is <NA>, not NaN).
+Finished cells only by default (``ok``, ``degraded`` and ``invalid``, see ``cell_status``);
+``--include-failed`` adds the records kept in ``<cell>.failed-<UTC>/`` and ``<cell>.stale-<UTC>/`` folders. Reads only: no cell is
 measured or changed.
 """
 
@@ -78,7 +79,7 @@ def find_cells(results: Path, hyps: list[str] | None, include_failed: bool) -> l
         for d in sorted(cells_dir.iterdir()):
             if not d.is_dir() or d.name.endswith(".tmp"):
                 continue
-            if ".failed-" in d.name and not include_failed:
+            if (".failed-" in d.name or ".stale-" in d.name) and not include_failed:
                 continue
             if (d / "cell.json").is_file():
                 cells.append(d)

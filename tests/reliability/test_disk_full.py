@@ -80,9 +80,11 @@ def test_disk_full_mid_cell_is_a_failed_cell_with_reason_and_no_traceback(make_c
     assert "Traceback" not in output, output
     kept = sorted(cells.glob("sim-A_full.failed-*"))
     assert len(kept) == 1 and not out.exists() and not (cells / "sim-A_full.tmp").exists()
-    reason_file = kept[0] / "reason.txt"
-    reason = reason_file.read_text() if reason_file.exists() else output  # the log is the fallback
+    reason = (kept[0] / "reason.txt").read_text()  # room for it was reserved before the load
     assert "could not write its records (disk full?)" in reason, reason
+    assert json.loads((kept[0] / "summary.json").read_text())["status"] == "failed"
+    assert (kept[0] / "provenance.json").exists()
+    assert not list(kept[0].glob("*.tmp")) and not list(kept[0].glob("*.part")) and not list(kept[0].glob(".reserve*"))
     records, torn = read_jsonl(kept[0] / "metrics.jsonl")  # every line parses but a counted cut last one
     assert records and torn in (0, 1)
     filler.unlink()
@@ -90,3 +92,26 @@ def test_disk_full_mid_cell_is_a_failed_cell_with_reason_and_no_traceback(make_c
     if (kept[0] / "summary.json").exists():
         summary = json.loads((kept[0] / "summary.json").read_text())
         assert summary["status"] == "failed"
+
+
+def test_a_full_tier2_disk_is_counted_as_simulator_io_errors_and_the_cell_invalid(make_cell, start_cell, small_fs):
+    # issue 25: the simulator swallowed ENOSPC on tier-2 writes, counted them as bytes written, and the cell
+    # was ok. Tier 2 on the 8 MiB filesystem, filled once the load runs: every write past it fails.
+    spec = make_cell(role="B", concurrency=4, duration_s=3.0, request_timeout_s=10.0, context_tokens=2048)
+    spec["tier2_root"] = str(small_fs / "tier2")
+    spec["sim"]["block_bytes_scale"] = 0.05  # 128 MiB of tier 2 -> 6.4 MiB of file: fits before the fill
+    spec["tiers"].update({"tier0_bytes": 160 << 20, "tier1_bytes": 320 << 20, "tier2_bytes": 128 << 20})
+    proc, out, _ = start_cell(spec, ["kvharness sim", "kvharness loadgen"])
+    metrics = out.with_name(out.name + ".tmp") / "metrics.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.02)
+    fill(small_fs / "filler")
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    summary = json.loads((out / "summary.json").read_text())
+    check = summary["checks"]["simulator_io"]
+    assert check["passed"] is False and check["value"] > 0, check
+    assert summary["status"] == "invalid" and "simulator_io" in summary["invalid_because"]
+    assert "tier-2 file I/O failed" in summary["reason"]
+    assert "kvsim: tier-2 write of" in (out / "server.log").read_text()

@@ -37,14 +37,20 @@ def test_a_stack_killed_mid_load_ends_the_cell_at_once_with_few_errors(make_cell
     took = time.monotonic() - t_kill
     output = proc.stdout.read()
     assert proc.returncode == 1, output
-    assert took < 2.0, f"the cell took {took:.2f} s to end after the stack died"
+    # "At once" is measured on the load's own clock, so a busy machine cannot fail it: the requests that
+    # failed after the crash all ended within a short window (the runner's stack watch polls every 20 ms
+    # and stops the load generator), not over the 30 s the load would have run. How many failed in that
+    # window depends on how fast the client loops against a closed port, i.e. on the machine: not asserted.
+    assert took < 15.0, f"the cell took {took:.2f} s to end after the stack died (its load was 30 s)"
     kept = only_failed(out)
     reason = (kept / "reason.txt").read_text()
     assert reason.startswith("stack sim-B (role B, main command, pid ") and "exited with code -9 during the load" in reason
     assert "python" not in reason
     records, _ = read_jsonl(kept / "metrics.jsonl")
     errors = [r for r in records if r["rc"] != 0]
-    assert len(errors) < 100, f"{len(errors)} error records after the crash"
+    assert errors, "no request saw the crash"
+    window_s = (max(r["end_ns"] for r in errors) - min(r["end_ns"] for r in errors)) / 1e9
+    assert window_s < 1.0, f"{len(errors)} error records over {window_s:.2f} s after the crash: the load was not stopped"
     assert sum(1 for r in records if r["rc"] == 0) > 0  # what completed before the crash is kept
     assert "Traceback" not in output
 

@@ -55,6 +55,9 @@ def test_http_errors_are_counted_per_class_and_in_the_error_rate(make_cell, tmp_
     assert req["n_ok"] > 0 and req["error_classes"].get(f"http_{status}", 0) > 0
     assert req["error_rate"] == pytest.approx(req["n_errors"] / req["n_requests"])
     assert 0.1 < req["error_rate"] < 0.6
+    # the server misbehaved: a result, analysed, but degraded with the partial percentiles named
+    assert summary["status"] == "degraded" and "server_errors" in summary["degraded_because"]
+    assert f"cover {req['n_ok']} of {req['n_requests']} requests" in summary["degraded_reason"]
 
 
 def test_malformed_event_is_a_parse_error_not_a_crash(make_cell, tmp_path):

@@ -102,3 +102,14 @@ def test_points_show_key_columns_without_empty_ones_and_link_the_full_file(tmp_p
     assert "<th>ttft_ms_p99_mean</th>" in points and "ttft_ms_p99_ci_low</th>" not in points
     assert "extra_0</th>" not in points and f"all {len(cols)} in <a href=\"H0/points.csv\">points.csv</a>" in points
     assert "not shown: ttft_ms_p99_ci_low, ttft_ms_p99_ci_high" in points
+
+
+def test_invalid_cells_are_listed_with_their_reason(results):
+    path = results / "H0" / "verdict.json"
+    verdict = json.loads(path.read_text())
+    verdict["cell_status"] = {"ok": 3, "invalid": 1}
+    verdict["invalid_cells"] = {"sim-A_c100000": "the load generator could not keep up (client CPU 97 % of a core)"}
+    path.write_text(json.dumps(verdict))
+    section = build_report(results, results / "report.html").read_text().split('id="hyp-H0"')[1].split("</section>")[0]
+    assert "1 invalid" in section and 'class="invalid-cell"' in section
+    assert "<code>sim-A_c100000</code>: the load generator could not keep up (client CPU 97 % of a core)" in section

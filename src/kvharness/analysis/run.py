@@ -34,13 +34,10 @@ def read_table(path: str | Path) -> list[dict]:
 
 
 def uwork_by_stack(rows: Sequence[dict]) -> dict[str, int]:
-    """stack -> U_work used (the ``uwork`` result's rows)."""
-    out = {}
-    for r in rows:
-        value = r.get("u_work_used") or r.get("u_work")
-        if value not in (None, ""):
-            out[r["stack"]] = int(float(value))
-    return out
+    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.uwork`)."""
+    from kvharness import uwork
+
+    return uwork.from_rows(rows, "the uwork result")
 
 
 def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dict]]) -> list[str]:
@@ -107,6 +104,7 @@ def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
         p["n_ok_min"] = min((r.get("n_ok") or 0) for r in reps)
         p["enough_samples_p99"] = p["n_ok_min"] >= need
         p["status"] = ";".join(sorted({str(r.get("status")) for r in reps}))
+        p["torn_lines"] = sum(int(r.get("truncated_lines") or 0) for r in reps)  # cut last lines, not analysed
     return sorted(table, key=lambda p: tuple((v is None, str(type(v)), v) for v in (p.get(k) for k in keys)))
 
 
@@ -145,6 +143,16 @@ def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
             "mixed_code": len(fingerprints) > 1, "provenance": provenance}
 
 
+def invalid_cells(cell_dirs: Sequence[Path]) -> dict[str, str]:
+    """Cell folder name -> reason, for every cell whose ``summary.json`` says ``invalid``."""
+    out = {}
+    for d in cell_dirs:
+        summary = _read_or_empty(Path(d) / "summary.json")
+        if summary.get("status") == "invalid":
+            out[Path(d).name] = str(summary.get("reason") or ", ".join(summary.get("invalid_because") or []))
+    return out
+
+
 def gate_status(gate_dicts: Sequence[dict]) -> str:
     """fail if any gate failed, pass if at least one passed and none failed, else n/a."""
     passed = [g.get("passed") for g in gate_dicts]
@@ -161,7 +169,9 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     missing = [n for n in h.needs if n not in upstream]
     if missing:
         raise registry.RegistryError(f"{hyp} needs upstream result(s) {', '.join(missing)}")
-    cells = [Path(d) for d in cell_dirs]
+    every_cell = [Path(d) for d in cell_dirs]
+    invalid = invalid_cells(every_cell)  # the measurement failed: listed, never analysed as a point
+    cells = [d for d in every_cell if d.name not in invalid]
     ctx = registry.Context(hyp=hyp, cell_dirs=cells, upstream=upstream, config=dict(config or {}))
     ctx.notes.extend(stale_uwork_notes(cells, upstream))
     result = h.analyze(ctx)
@@ -176,8 +186,14 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     keys = point_keys(cells)
     points = points_table(ctx.rows, keys)
     if registry.POINTS in outputs:
-        written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status"]))
-    facts = _cell_facts(cells)
+        written.append(write_csv(points, outputs[registry.POINTS], keys + ["n_reps", "reps", "status", "torn_lines"]))
+    facts = _cell_facts(every_cell)
+    torn = {r["cell"]: r["truncated_lines"] for r in ctx.rows if r.get("truncated_lines")}
+    if torn:
+        ctx.notes.append(f"{sum(torn.values())} cut record line(s) dropped (a writer killed mid-line) in "
+                         f"{', '.join(sorted(torn))}")
+    for name, why in invalid.items():
+        ctx.notes.append(f"cell {name} is invalid and not analysed: {why}")
     if facts["mixed_code"]:
         ctx.notes.append(f"cells were measured by different code ({len(facts['code_fingerprints'])} code "
                          f"fingerprints, see provenance): compare them with care")
@@ -191,7 +207,7 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
     verdict = {
         "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
         "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
-        "n_cells": len(cells), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
+        "n_cells": len(every_cell), "invalid_cells": invalid, "torn_lines": sum(torn.values()), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
         "tables": tables,
         "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},
                         registry.POINTS: keys + list(POINT_KEY_COLUMNS)},

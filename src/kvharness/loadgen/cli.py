@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -141,10 +142,15 @@ def build_spec(args: argparse.Namespace) -> dict:
 
 def _write_json_atomic(path: str, obj: dict) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no cut summary left beside the records
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _event_loop_runner():

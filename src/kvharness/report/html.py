@@ -101,6 +101,8 @@ code { font-size: 0.85em; }
 <h3>Cells and provenance</h3>
 <table>
 <tr><th>cells</th><td class="text">{{ s.status_line }}</td></tr>
+{% for name, why in s.invalid %}<tr class="invalid-cell"><th>invalid, not analysed</th><td class="text"><code>{{ name }}</code>: {{ why }}</td></tr>
+{% endfor %}
 <tr><th>stacks</th><td class="text">{% for name, st in s.stacks %}{{ name }} (role {{ st.role }}, {{ st.kind }}{{ ', tiered' if st.tiered else '' }}){{ "; " if not loop.last }}{% endfor %}</td></tr>
 <tr><th>model</th><td class="text">{% for m in s.models %}{{ m.served_model_name }} ({{ m.model }}, {{ m.precision }}, {{ m.hardware }}){{ "; " if not loop.last }}{% endfor %}</td></tr>
 <tr><th>code fingerprint</th><td class="text">{% for fp, n in s.fingerprints %}<code>{{ fp }}</code> ({{ n }} cell{{ '' if n == 1 else 's' }}){{ "; " if not loop.last }}{% endfor %}</td></tr>
@@ -185,6 +187,7 @@ def _section(verdict_path: Path, out_dir: Path) -> dict:
         "gate_counts": f"({n_pass} pass, {n_fail} fail, {len(gates) - n_pass - n_fail} n/a)",
         "status_line": ", ".join(f"{n} {k}" for k, n in sorted(status_counts.items())) + f" of {v.get('n_cells', '?')} cells"
         if status_counts else f"{v.get('n_cells', 0)} cells",
+        "invalid": sorted((v.get("invalid_cells") or {}).items()),
         "notes": v.get("notes") or [], "mixed_code": bool(v.get("mixed_code")), "figures": figures, "tables": tables,
         "stacks": sorted((prov.get("stacks") or {}).items()), "models": prov.get("models") or [],
         "fingerprints": fingerprints, "git": ", ".join(prov.get("git_shas") or []) or "unknown",

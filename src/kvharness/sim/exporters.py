@@ -145,6 +145,7 @@ class SimMetrics:
         self.t2_read_bytes = g.counter("kvsim_tier2_read_bytes_total", "Real bytes read from tier-2 files")
         self.t2_write_bytes = g.counter("kvsim_tier2_write_bytes_total", "Real bytes written to tier-2 files")
         self.t2_verify_fail = g.counter("kvsim_tier2_verify_failures_total", "Tier-2 reads whose block hash did not match")
+        self.t2_io_errors = g.counter("kvsim_tier2_io_errors_total", "Tier-2 block writes / reads that raised (ENOSPC, EIO), by kind", ("kind",))
         self.evictions = g.counter("kvsim_evictions_total", "Blocks evicted per tier", ("tier",))
         self.tier_hits = g.counter("kvsim_tier_hit_blocks_total", "Prompt blocks found per tier at admission (T1/T2: continuing the T0 match)", ("tier",))
         self.tier_misses = g.counter("kvsim_tier_miss_blocks_total", "Prompt blocks looked up in a tier and not found there", ("tier",))
@@ -213,6 +214,8 @@ class SimMetrics:
             self.t2_read_bytes.labels().set(store.bytes_read)
             self.t2_write_bytes.labels().set(store.bytes_written)
             self.t2_verify_fail.labels().set(store.verify_failures)
+            for kind, n in store.io_errors.items():
+                self.t2_io_errors.labels(kind).set(n)
         if self.mode == "A":
             used = kv.t0_used
             self.kv_used.set(used)

@@ -14,6 +14,7 @@ import asyncio
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,8 @@ class Tier2Store:
         self.bytes_written = 0
         self.bytes_read = 0
         self.verify_failures = 0
+        self.io_errors = {"write": 0, "read": 0}  # blocks whose tier-2 write / read raised (ENOSPC, EIO)
+        self._io_error_logged = False
         self.reads = 0
         self.io_threads = io_threads
         self._batch = None
@@ -174,7 +177,6 @@ class Tier2Store:
             self._batch = ([], self.loop.create_future())
             self.loop.call_soon(self._flush)
         self._batch[0].append((slot, h))
-        self.bytes_written += self.slot_bytes
         return self._batch[1]
 
     def _flush(self) -> None:
@@ -185,9 +187,12 @@ class Tier2Store:
 
         def done(f):
             if f.cancelled() or f.exception() is not None:
+                if not f.cancelled():  # ENOSPC, EIO: an error, counted and logged, never bytes written
+                    self._io_error("write", len(items), f.exception())
                 if not fut.done():
                     fut.set_result(None)
                 return
+            self.bytes_written += n
             if self.on_io:
                 self.on_io("write", n, f.result())
             if not fut.done():
@@ -203,8 +208,12 @@ class Tier2Store:
         runs = self._runs(slots_hashes)
         k = min(self.io_threads, len(runs))  # runs spread over the pool: queue depth > 1 like a real loader
         parts = [[x for run in runs[i::k] for x in run] for i in range(k)]
-        results = await asyncio.gather(*(self.loop.run_in_executor(self.pool, self._read_sync, p) for p in parts))
-        fails = sum(r[1] for r in results)
+        results = await asyncio.gather(*(self.loop.run_in_executor(self.pool, self._read_sync, p) for p in parts),
+                                       return_exceptions=True)
+        for part, r in zip(parts, results):
+            if isinstance(r, BaseException):
+                self._io_error("read", len(part), r)
+        fails = sum(r[1] for r in results if not isinstance(r, BaseException))
         self.verify_failures += fails
         nbytes = len(slots_hashes) * self.slot_bytes
         self.bytes_read += nbytes
@@ -213,6 +222,13 @@ class Tier2Store:
         if self.on_io:
             self.on_io("read", nbytes, dt)
         return dt
+
+    def _io_error(self, kind: str, blocks: int, exc: BaseException) -> None:
+        self.io_errors[kind] += blocks
+        if not self._io_error_logged:  # one line in the server log, then the counter speaks
+            self._io_error_logged = True
+            print(f"kvsim: tier-2 {kind} of {blocks} block(s) failed: {exc} ({self.path}); further errors "
+                  f"counted in kvsim_tier2_io_errors_total", file=sys.stderr, flush=True)
 
     def close(self, remove: bool = True) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

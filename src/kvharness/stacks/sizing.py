@@ -12,6 +12,8 @@ it churns (Dynamo's KVBM guide), so such a cell is refused before launch.
 
 from __future__ import annotations
 
+import os
+
 from kvharness.errors import ConfigError
 from kvharness.units import format_bytes
 
@@ -76,6 +78,31 @@ def check_host_tier(spec: dict) -> None:
             f"tiered stack {spec['stack']['name']}: KVBM's host cache is write-through behind the device pool and "
             f"churns when smaller; make tier1 >= tier0"
         )
+
+
+def machine_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory_pools(spec: dict, total: int | None = None) -> None:
+    """Refuse a launched stack whose KV pool (tier0 on the device, tier1 in host memory; one memory on a
+    unified-memory box) is larger than this machine's memory, unless ``remote_machine`` says the stack
+    runs elsewhere. An ``external`` stack is not ours to size."""
+    if spec["stack"].get("kind") == "external" or spec.get("remote_machine"):
+        return
+    total = total if total is not None else machine_memory_bytes()
+    if not total:
+        return
+    for tier in ("tier0", "tier1"):
+        size = int(spec["tiers"].get(f"{tier}_bytes") or 0)
+        if size > total:
+            raise ConfigError(
+                f"profiles.{spec['profile']}.{tier}: {format_bytes(size)} is larger than this machine's memory "
+                f"({format_bytes(total)}) for launched stack {spec['stack']['name']}; shrink it, or set "
+                f"remote_machine: true when the stack runs on another machine")
 
 
 def vllm_transfer_config(names: dict) -> str:

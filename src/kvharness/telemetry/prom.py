@@ -760,6 +760,7 @@ def _map_kvsim(counters: dict[str, float], rec: dict, mapped_raw: dict[str, floa
                "kvsim_preemptions": "preemptions", "kvsim_prompt_tokens": "prompt_tokens",
                "kvsim_cached_tokens": "cached_tokens", "kvsim_lora_loads": "lora_loads",
                "kvsim_lora_hits": "lora_hits", "kvsim_tier2_verify_failures": "tier2_verify_failures",
+               "kvsim_tier2_io_errors": "tier2_io_errors",  # summed over kind (write/read): validity.py
                "kvsim_prefetches": "prefetches"}.get(name)
         if key == "prefetches":
             _add(rec, "prefetches", v)
