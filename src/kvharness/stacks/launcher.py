@@ -317,12 +317,15 @@ class RunningStack:
             identity.release(self.plan.held_sockets)  # the stack holds its copies now
         return self
 
-    def verify_identity(self) -> dict:
-        """Prove the listeners on every port the stack declares (port, metrics_port, system_port) are processes of this launch (identity.verify_listeners)."""
+    def verify_identity(self, ready: bool = True) -> dict:
+        """Prove the listeners on the stack's ports are processes of this launch (identity.verify_listeners):
+        at the first answer (``ready=False``) port and metrics_port; once ready, also the worker's system_port,
+        which its process binds later than the frontend binds its port."""
         if self.plan.kind == "external":
             self.identity = identity.external_note(self.plan.name)
             return self.identity
-        ports = [p for p in (self.plan.port, self.plan.metrics_port, self.plan.names.get("system_port")) if p]
+        declared = (self.plan.port, self.plan.metrics_port) + ((self.plan.names.get("system_port"),) if ready else ())
+        ports = [p for p in declared if p]
         try:
             self.identity = identity.verify_listeners(self.plan.name, self.plan.host, ports, self.pids, self.plan.argvs)
         except identity.ForeignListener as exc:
@@ -355,7 +358,7 @@ class RunningStack:
             try:
                 state = wait_ready(client, self.plan.health_url, self.plan.models_url, self.plan.served_model_name,
                                    self.plan.ready_urls, deadline, self.poll_s, self._check_alive, t0,
-                                   on_first_answer=self.verify_identity)
+                                   on_first_answer=lambda: self.verify_identity(ready=False))
             except TimeoutError as exc:
                 raise StackLaunchError(
                     f"stack {self.plan.name}: not healthy after {self.plan.startup_timeout_s:.0f} s, waiting for {exc}; "
