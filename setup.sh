@@ -41,9 +41,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp" 2>/
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
   case ",$EXTRAS," in
     *,dynamo,*)  # --no-deps: ai-dynamo's requirements pull aisimulate (unreachable index); the rest is the extra
-      echo "setup: installing ai-dynamo $DYNAMO_VERSION (frontend + mocker) with --no-deps"
+      echo "setup: installing ai-dynamo $DYNAMO_VERSION (frontend + mocker) and kvbm (its metric names) with --no-deps"
       .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-        "ai-dynamo==$DYNAMO_VERSION" "ai-dynamo-runtime==$DYNAMO_VERSION" ;;
+        "ai-dynamo==$DYNAMO_VERSION" "ai-dynamo-runtime==$DYNAMO_VERSION" "kvbm==$DYNAMO_VERSION" ;;
   esac
   echo "$EXTRAS" > "$stamp"
 fi
