@@ -28,3 +28,19 @@ def test_show_marks_a_refused_cell(tmp_path):
     spec["tiers"] = {**spec["tiers"], "tier0_bytes": 8 << 30}
     spec["tier2_root"] = str(tmp_path / "t2")
     assert "# REFUSED: profiles.spill: tier1 (4 GiB) is smaller than tier0 (8 GiB)" in describe_cell(spec)
+
+
+def test_paper_h8_show_prints_no_port_dynamo_would_refuse(tmp_path):
+    """`kvharness cell --config configs/paper.yaml --hyp H8 --show`: every port <= 32767 (Dynamo reads
+    DYN_SYSTEM_PORT as i16; the paper stacks' other ports are fixed below that too)."""
+    import re
+    import subprocess
+    import sys
+
+    from kvharness.config import CONFIG_DIR
+
+    out = subprocess.run([sys.executable, "-m", "kvharness", "cell", "--config", str(CONFIG_DIR / "paper.yaml"),
+                          "--hyp", "H8", "--show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ports = [int(p) for p in re.findall(r"(?:PORT=|port |:)(\d{2,5})\b", out.stdout)]
+    assert "DYN_SYSTEM_PORT=" in out.stdout and ports and max(ports) <= 32767, sorted(set(ports))
