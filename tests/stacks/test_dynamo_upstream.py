@@ -31,7 +31,7 @@ def _dynamo_required() -> bool:
     if os.environ.get("KVHARNESS_REQUIRE_DYNAMO") == "1":
         return True
     try:
-        return "dynamo" in STAMP.read_text().strip().split(",") and Path(sys.prefix) == (REPO_ROOT / ".venv").resolve()
+        return "dynamo" in STAMP.read_text().strip().split(",") and Path(sys.prefix).resolve() == (REPO_ROOT / ".venv").resolve()
     except OSError:
         return False
 
