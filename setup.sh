@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step setup on a fresh Debian/Ubuntu machine with Python >= 3.11:
 # system tools (fio, sysstat) via apt when missing, a virtualenv in .venv, kvharness + test deps.
-# EXTRAS=test,slurm ./setup.sh also installs the SLURM executor plugin (profiles/slurm, docs/slurm.md).
+# EXTRAS=test,slurm ./setup.sh also installs the SLURM executor plugin (profiles/slurm, docs/slurm.md);
+# EXTRAS=test,dynamo ./setup.sh also installs NVIDIA Dynamo's frontend and mocker (docs/stacks.md).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,11 +33,18 @@ fi
 }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 EXTRAS=${EXTRAS:-test}
+DYNAMO_VERSION=1.6.1  # the release the stack configs and tests/stacks/test_dynamo_names.py are checked against
 stamp=.venv/.kvharness-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$EXTRAS" ]; then
   echo "setup: installing kvharness [$EXTRAS] and its dependencies into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  case ",$EXTRAS," in
+    *,dynamo,*)  # --no-deps: ai-dynamo's requirements pull aisimulate (unreachable index); the rest is the extra
+      echo "setup: installing ai-dynamo $DYNAMO_VERSION (frontend + mocker) and kvbm (its metric names) with --no-deps"
+      .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "ai-dynamo==$DYNAMO_VERSION" "ai-dynamo-runtime==$DYNAMO_VERSION" "kvbm==$DYNAMO_VERSION" ;;
+  esac
   echo "$EXTRAS" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/snakemake, .venv/bin/kvharness)"

@@ -4,7 +4,10 @@
 # test_slurm_localhost.py, docs/slurm.md). Needs root (slurmd runs jobs as their users).
 #   ci/slurm-localhost.sh install   apt-get install slurm-wlm munge; pip install the executor plugin
 #   ci/slurm-localhost.sh start     write $KVH_SLURM_DIR/slurm.conf and start the three daemons
-#   ci/slurm-localhost.sh stop      stop what start started (by the pids it recorded)
+#   ci/slurm-localhost.sh stop      stop what start started (by the pids it recorded), munged included
+# The node is declared as big as profiles/slurm's measurement cell asks (16 CPUs, 100 GB, one GPU as a
+# counted GRES) and slurmd is told to trust that (SlurmdParameters=config_overrides), so docs/slurm.md's
+# command runs here exactly as written, with the shipped profile and no resource overrides.
 # The config goes to /etc/slurm/slurm.conf, the path every SLURM command reads: the executor plugin
 # drops all SLURM_* variables (SLURM_CONF included) inside a job, so a private path would not reach srun.
 # An existing /etc/slurm/slurm.conf that this script did not write is left alone (start refuses).
@@ -21,8 +24,9 @@ install)
 start)
   mkdir -p "$DIR"/{state,spool,log,run}
   node=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(( $(nproc) > 16 ? $(nproc) : 16 ))          # >= what profiles/slurm's measure_cell asks
   mem=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) * 8 / 10 ))
+  mem=$(( mem > 110000 ? mem : 110000 ))
   conf=/etc/slurm/slurm.conf
   if [ -f "$conf" ] && ! grep -q '^# written by kvharness ci/slurm-localhost.sh' "$conf"; then
     echo "slurm-localhost: $conf exists and was not written by this script; not touching it" >&2
@@ -55,15 +59,23 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
 SchedulerType=sched/backfill
-NodeName=$node CPUs=$cpus RealMemory=$mem State=UNKNOWN
+SlurmdParameters=config_overrides
+GresTypes=gpu
+NodeName=$node CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+  # one GPU that is /dev/null: enough for --gres=gpu:1 to be scheduled (slurmd counts a gpu by its File)
+  printf '# written by kvharness ci/slurm-localhost.sh\nNodeName=%s Name=gpu File=/dev/null Count=1\n' "$node" > /etc/slurm/gres.conf
   mkdir -p /run/munge
   chown munge:munge /run/munge 2>/dev/null || true
-  if ! pgrep -x munged >/dev/null; then
+  if ! munge -n >/dev/null 2>&1; then   # no working munged (a stopped one may linger as a zombie): start it
+    # started here: its pid is recorded, and stop stops it
     su -s /bin/sh munge -c "/usr/sbin/munged" 2>/dev/null || /usr/sbin/munged --force
+    for _ in $(seq 1 20); do pgrep -x -n munged > "$DIR/run/munged.pid" && break; sleep 0.1; done
   fi
-  [ -f "$DIR/run/slurmctld.pid" ] && kill -0 "$(cat "$DIR/run/slurmctld.pid")" 2>/dev/null || /usr/sbin/slurmctld -f "$conf"
+  # a fresh controller starts from an empty state: a node drained by an earlier config stays drained otherwise
+  [ -f "$DIR/run/slurmctld.pid" ] && kill -0 "$(cat "$DIR/run/slurmctld.pid")" 2>/dev/null \
+    || { rm -rf "$DIR/state"/*; /usr/sbin/slurmctld -f "$conf"; }
   [ -f "$DIR/run/slurmd.pid" ] && kill -0 "$(cat "$DIR/run/slurmd.pid")" 2>/dev/null || /usr/sbin/slurmd -f "$conf"
   for _ in $(seq 1 60); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
@@ -77,8 +89,9 @@ CONF
   exit 1
   ;;
 stop)
-  for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid"; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/run/munged.pid"; do
+    [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
   done
   ;;
 *)

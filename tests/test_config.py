@@ -32,6 +32,9 @@ def test_stack_config_errors_name_the_file(tmp_path):
     (tmp_path / "kind.yaml").write_text("kind: magic\ncommand: [x]\n")
     with pytest.raises(ConfigError, match=r"kind.yaml: kind: expected one of"):
         load_stack("kind", tmp_path)
+    (tmp_path / "sysport.yaml").write_text("kind: dynamo\ncommand: [x]\nsystem_port: 40000\n")
+    with pytest.raises(ConfigError, match=r"sysport.yaml: system_port: expected 'auto' or an integer 1..32767"):
+        load_stack("sysport", tmp_path)   # Dynamo parses DYN_SYSTEM_PORT as i16: 40000 makes the worker exit
     with pytest.raises(ConfigError, match="invalid stack name"):
         load_stack("sim A;rm", tmp_path)
     with pytest.raises(ConfigError, match="stack config file '../nope.yaml' not found"):

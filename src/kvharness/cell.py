@@ -143,9 +143,27 @@ def template_names(spec: dict, tier2_dir: Path) -> dict:
     }
     kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
     names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
+    names["kv_bytes_per_token"] = kv_per_token
+    names.update(engine_model_names(spec))
     names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
     names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
     names["lora_config"] = lora_engine_config(spec["engine"])
+    return names
+
+
+def engine_model_names(spec: dict) -> dict:
+    """Names for an engine model that is not ours (Dynamo's mocker): its tokenizer directory and the host
+    tier's copy bandwidths (decimal GB/s) of the simulator's hardware profile, so both engine models move
+    a block between device and host at the same speed."""
+    from kvharness.stacks.mocker_model import MODEL_DIR
+
+    names = {"mocker_model_dir": str(MODEL_DIR), "tier1_bandwidth_gbps": None}
+    try:
+        from kvharness.sim.profiles import build_timing_model
+
+        names["tier1_bandwidth_gbps"] = repr(build_timing_model(spec["hardware"], spec["model"], spec["precision"]).bw_g1_g2 / 1e9)
+    except (KeyError, ValueError):
+        pass
     return names
 
 

@@ -456,8 +456,9 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
     if not isinstance(ru, dict) or not all(isinstance(v, str) and v.startswith("http") for v in ru.values()):
         raise ConfigError(f"{path}: ready_urls: expected a mapping of name: http URL (each must answer 200)")
     sp = stack.get("system_port")
-    if sp is not None and sp != "auto" and not (isinstance(sp, int) and 0 < sp < 65536):
-        raise ConfigError(f"{path}: system_port: expected 'auto' or an integer 1..65535, got {sp!r}")
+    if sp is not None and sp != "auto" and not (isinstance(sp, int) and 0 < sp <= 32767):
+        raise ConfigError(f"{path}: system_port: expected 'auto' or an integer 1..32767 (Dynamo parses "
+                          f"DYN_SYSTEM_PORT as a signed 16-bit value), got {sp!r}")
     rt = stack.get("runtime")
     if rt is not None:
         if not isinstance(rt, dict) or rt.get("kind") not in ("host", "venv", "container"):

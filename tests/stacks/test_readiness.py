@@ -86,3 +86,24 @@ def test_worker_system_port_health_gates_readiness(tmp_path):
         assert [s["step"] for s in running.plan.ready_steps] == ["health", "model listed", "worker ready"]
         status, body = _get(plan.ready_urls["worker"])
         assert status == 200 and body == "ready"
+    # the system port is proven ours too, and is one Dynamo accepts (it parses DYN_SYSTEM_PORT as i16)
+    assert set(running.identity["ports"]) == {str(plan.port), str(plan.names["system_port"])}
+    assert plan.names["system_port"] <= 32767
+
+
+def test_a_squatter_on_the_system_port_is_refused(tmp_path):
+    """A worker that never binds its system port, and a foreign server answering 200 there: not ours."""
+    import subprocess
+    import sys
+
+    stack = _stack(SIM, system_port="auto", pre_commands=[["{python}", "-c", "import time; time.sleep(60)"]],
+                   ready_urls={"worker": "http://{host}:{system_port}/health"})
+    plan = plan_launch(stack, {"host": "127.0.0.1", "served_model_name": "m"}, tmp_path)
+    squatter = subprocess.Popen([sys.executable, "-c", WORKER, str(plan.names["system_port"]), "0"])
+    try:
+        with pytest.raises(StackLaunchError, match=rf"port {plan.names['system_port']} .* not by the launched stack"):
+            with RunningStack(plan, poll_s=0.05):
+                pass
+    finally:
+        squatter.kill()
+        squatter.wait()

@@ -57,3 +57,19 @@ def test_readme_show_command_lists_every_h8_cell():
                        text=True, timeout=120, cwd=CONFIG_DIR.parent)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("# cell H8/") == 28 and "--fd '<fd of the port socket>'" in r.stdout
+
+
+def test_paper_h8_show_prints_no_port_dynamo_would_refuse(tmp_path):
+    """`kvharness cell --config configs/paper.yaml --hyp H8 --show`: every port <= 32767 (Dynamo reads
+    DYN_SYSTEM_PORT as i16; the paper stacks' other ports are fixed below that too)."""
+    import re
+    import subprocess
+    import sys
+
+    from kvharness.config import CONFIG_DIR
+
+    out = subprocess.run([sys.executable, "-m", "kvharness", "cell", "--config", str(CONFIG_DIR / "paper.yaml"),
+                          "--hyp", "H8", "--show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ports = [int(p) for p in re.findall(r"(?:PORT=|port |:)(\d{2,5})\b", out.stdout)]
+    assert "DYN_SYSTEM_PORT=" in out.stdout and ports and max(ports) <= 32767, sorted(set(ports))

@@ -79,9 +79,11 @@ def test_trtllm_prometheus(fixture_text):
     assert (t0["bytes_in"], t0["bytes_out"]) == (2 * MiB, 4 * MiB)
     assert t0["hit_tokens"] == 960
     assert rec["server"]["requests"] == 6  # stop +5, and a new 'length' label set counted whole (1)
-    # ttft bucket deltas [0, 10, 8, 2, 0] -> p50 50 ms, p95 300 ms, p99 460 ms
+    # ttft bucket deltas [0, 10, 8, 2, 0] -> p50 50 ms, p95 300 ms, p99 460 ms; p95 lies in the bucket
+    # (100, 500] ms, wider than 300 ms: not reported as a value, only as the bucket it lies in
     assert rec["server"]["ttft_p50_ms"] == pytest.approx(50.0)
-    assert rec["server"]["ttft_p95_ms"] == pytest.approx(300.0)
+    assert rec["server"]["ttft_p95_ms"] is None
+    assert rec["bucket_limited"] == {"server.ttft_p95_ms": [pytest.approx(100.0), pytest.approx(500.0)]}
     assert rec["server"]["ttft_p99_ms"] == pytest.approx(460.0)
     assert rec["gauges"]["kv_cache_hit_rate"] == 0.7 and rec["gauges"]["requests_running"] == 4
     assert not any(k.endswith("_created") for k in rec["raw"]["src"])
@@ -121,15 +123,19 @@ def test_sglang(fixture_text):
     assert rec["server"]["generation_tokens"] == 320
     # ttft deltas cumulative 0 (<=0.1), 4 (<=0.2), 5 (+Inf): p50 rank 2.5 -> 0.1 + 0.1*2.5/4
     assert rec["server"]["ttft_p50_ms"] == pytest.approx(162.5)
-    assert rec["server"]["ttft_p99_ms"] == pytest.approx(200.0)  # rank in +Inf -> top finite bound
+    # p99's rank is in the +Inf bucket: all the histogram says is "above 200 ms", so no value
+    assert rec["server"]["ttft_p99_ms"] is None
+    assert rec["bucket_limited"]["server.ttft_p99_ms"] == [pytest.approx(200.0), float("inf")]
     assert rec["gauges"]["tier1_used_tokens"] == 4096
 
 
 def test_lmcache(fixture_text):
     (_, rec), _ = _ticks(fixture_text, ["lmcache_1.prom", "lmcache_2.prom"])
     assert rec["tier1"]["hit_tokens"] == 1500 and rec["tier1"]["miss_tokens"] == 500
-    # retrieve deltas cumulative 0, 8, 10, 10: p50 rank 5 -> 1 ms + 4 ms * 5/8
-    assert rec["tier1"]["fetch_p50_ms"] == pytest.approx(3.5)
+    # retrieve deltas cumulative 0, 8, 10, 10: p50 rank 5 -> 1 ms + 4 ms * 5/8 = 3.5 ms, inside the
+    # bucket (1, 5] ms, which is wider than 3.5 ms: bucket-limited, not a value
+    assert rec["tier1"]["fetch_p50_ms"] is None
+    assert rec["bucket_limited"]["tier1.fetch_p50_ms"] == [pytest.approx(1.0), pytest.approx(5.0)]
     assert rec["tier1"]["fetch_p99_ms"] == pytest.approx(5.0 + 5.0 * (9.9 - 8) / 2)
     assert rec["server"]["lmcache_stored_tokens"] == 1000
 
@@ -155,7 +161,8 @@ def test_kvsim_ground_truth_per_tier(fixture_text):
     assert rec["tier2"]["fetch_p50_ms"] == pytest.approx(2.5)
     assert rec["tier2"]["fetch_p95_ms"] == pytest.approx(4.75)
     assert rec["tier2"]["fetch_p99_ms"] == pytest.approx(4.95)
-    assert rec["tier1"]["fetch_p50_ms"] == pytest.approx(0.25)  # 4 new samples, all <= 0.5 ms
+    assert rec["tier1"]["fetch_p50_ms"] is None  # 4 new samples, all in the first bucket: only "<= 0.5 ms"
+    assert rec["bucket_limited"]["tier1.fetch_p50_ms"] == [0.0, pytest.approx(0.5)]
     assert rec["tier0"]["fetch_p50_ms"] is None                 # no tier-0 series
     assert rec["gauges"]["kvsim_speedup"] == 1 and rec["gauges"]["kvsim_tier_blocks{tier=0}"] == 1024
 

@@ -33,6 +33,21 @@ _HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _UNTIL_CLOSE, _
 _MAX_ERROR_BODY = 1024
 
 
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+def quick_ack(sock: socket.socket | None) -> None:
+    """ACK the server's next segment at once (re-armed after every read: the kernel leaves quick-ack mode
+    by itself). On a kept-alive connection a server that writes small chunks without TCP_NODELAY (Nagle)
+    holds a response's first token until our ACK of its previous segment, which Linux delays up to 40 ms:
+    Dynamo 1.6.1's frontend measured 44 ms TTFT p50 on reused connections against 4 ms with this."""
+    if _QUICKACK is not None and sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
 class TransportError(Exception):
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
@@ -87,12 +102,13 @@ class HTTPConnection(asyncio.Protocol):
         self.used = 0
         self.body_parts: list[bytes] = []
         self._now = 0
+        self.ack_sock: socket.socket | None = None  # quick_ack after every read (the transport's socket)
 
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
+        sock = self.ack_sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,6 +128,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = _ns()
+        quick_ack(self.ack_sock)
         self.on_data(data, now, now)
 
     def on_data(self, data: bytes, now: int, seen: int) -> None:
@@ -446,6 +463,7 @@ class StampedConnection(HTTPConnection):
         if not n:
             t.shutdown(None)
             return
+        quick_ack(self.sock)
         stamp = now
         if anc:
             level, kind, payload = anc[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import string
@@ -66,6 +67,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+#: Dynamo reads DYN_SYSTEM_PORT as a signed 16-bit value: a port above this makes the worker exit
+SYSTEM_PORT_MAX = 32767
+#: where ``system_port: auto`` looks: below Linux's ephemeral range (32768-60999), so the kernel never
+#: hands one of these to an outgoing connection, and above the registered well-known services
+SYSTEM_PORT_RANGE = (20000, SYSTEM_PORT_MAX)
+
+
+def free_low_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A port in SYSTEM_PORT_RANGE that nothing listens on now (bound and released to prove it). The stack
+    binds it moments later; verify_identity then proves the listener on it is ours."""
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randint(*SYSTEM_PORT_RANGE)
+        if not port_in_use(host, port):
+            return port
+    raise StackLaunchError(f"no free port in {SYSTEM_PORT_RANGE[0]}..{SYSTEM_PORT_RANGE[1]} on {host} for system_port")
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -157,7 +176,7 @@ def _pick_port(value, host: str, what: str, stack_name: str, launched: bool) -> 
     if value is None:
         return None
     if value == "auto":
-        return free_port(host)
+        return free_low_port(host) if what == "system_port" else free_port(host)
     port = int(value)
     if launched and port_in_use(host, port):
         raise StackLaunchError(
@@ -187,7 +206,7 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
     all_names = dict(names)
     runtime = stack.get("runtime") or {"kind": "host"}
     all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
-                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"),
+                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"), "cell_dir": str(workdir.resolve()),
                       "port_fd": _held_fd(held, "port", check_ports),
                       "metrics_port_fd": _held_fd(held, "metrics_port", check_ports)})
     where = f"configs/stacks/{stack['name']}.yaml"
@@ -306,12 +325,15 @@ class RunningStack:
             identity.release(self.plan.held_sockets)  # the stack holds its copies now
         return self
 
-    def verify_identity(self) -> dict:
-        """Prove the listeners on the stack's ports are processes of this launch (identity.verify_listeners)."""
+    def verify_identity(self, ready: bool = True) -> dict:
+        """Prove the listeners on the stack's ports are processes of this launch (identity.verify_listeners):
+        at the first answer (``ready=False``) port and metrics_port; once ready, also the worker's system_port,
+        which its process binds later than the frontend binds its port."""
         if self.plan.kind == "external":
             self.identity = identity.external_note(self.plan.name)
             return self.identity
-        ports = [p for p in (self.plan.port, self.plan.metrics_port) if p]
+        declared = (self.plan.port, self.plan.metrics_port) + ((self.plan.names.get("system_port"),) if ready else ())
+        ports = [p for p in declared if p]
         try:
             self.identity = identity.verify_listeners(self.plan.name, self.plan.host, ports, self.pids, self.plan.argvs)
         except identity.ForeignListener as exc:
@@ -344,7 +366,7 @@ class RunningStack:
             try:
                 state = wait_ready(client, self.plan.health_url, self.plan.models_url, self.plan.served_model_name,
                                    self.plan.ready_urls, deadline, self.poll_s, self._check_alive, t0,
-                                   on_first_answer=self.verify_identity)
+                                   on_first_answer=lambda: self.verify_identity(ready=False))
             except TimeoutError as exc:
                 raise StackLaunchError(
                     f"stack {self.plan.name}: not healthy after {self.plan.startup_timeout_s:.0f} s, waiting for {exc}; "

@@ -212,11 +212,18 @@ def histogram_quantiles(qs: tuple[float, ...], buckets: dict[float, float]) -> l
     Linear interpolation inside the bucket (lower bound 0 for the first bucket); a rank in the +Inf
     bucket returns the highest finite bound. None when the histogram is empty or has no +Inf bucket.
     """
+    return [v for v, _b in histogram_quantiles_with_bucket(qs, buckets)]
+
+
+def histogram_quantiles_with_bucket(qs: tuple[float, ...], buckets: dict[float, float]
+                                    ) -> list[tuple[float | None, tuple[float, float] | None]]:
+    """:func:`histogram_quantiles`, each value with the (lower, upper) bounds of the bucket its rank fell in
+    (upper = inf for the +Inf bucket): all the histogram knows is that the quantile lies in that bucket."""
     if not buckets:
-        return [None] * len(qs)
+        return [(None, None)] * len(qs)
     les = sorted(buckets)
     if not math.isinf(les[-1]):
-        return [None] * len(qs)  # malformed: no +Inf bucket
+        return [(None, None)] * len(qs)  # malformed: no +Inf bucket
     # enforce monotonic cumulative counts (bucket deltas can be jittery across label sets)
     counts, running = [], 0.0
     for le in les:
@@ -224,23 +231,35 @@ def histogram_quantiles(qs: tuple[float, ...], buckets: dict[float, float]) -> l
         counts.append(running)
     total = counts[-1]
     if total <= 0:
-        return [None] * len(qs)
-    out: list[float | None] = []
+        return [(None, None)] * len(qs)
+    out: list[tuple[float | None, tuple[float, float] | None]] = []
     for q in qs:
         rank = q * total
         val = les[-2] if len(les) > 1 else None
+        bucket = None
         for i, le in enumerate(les):
             if counts[i] >= rank:
+                lo_bound = les[i - 1] if i > 0 else 0.0
+                bucket = (lo_bound, le)
                 if math.isinf(le):
                     val = les[i - 1] if i > 0 else None
                 else:
-                    lo_bound = les[i - 1] if i > 0 else 0.0
                     lo_count = counts[i - 1] if i > 0 else 0.0
                     in_bucket = counts[i] - lo_count
                     val = le if in_bucket <= 0 else lo_bound + (le - lo_bound) * (rank - lo_count) / in_bucket
                 break
-        out.append(val)
+        out.append((val, bucket))
     return out
+
+
+def bucket_limited(value: float | None, bucket: tuple[float, float] | None) -> bool:
+    """Whether a histogram quantile says less than its digits suggest: the bucket it fell in is wider than
+    the value itself (e.g. Dynamo's request_duration_seconds, buckets 0, 2, 4 ... s, for a 0.27 s request:
+    interpolation prints 1.0 s), or it fell in the +Inf bucket. Such a value is not a measurement."""
+    if value is None or bucket is None:
+        return False
+    lo, hi = bucket
+    return math.isinf(hi) or (hi - lo) > abs(value)
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -452,7 +471,8 @@ HIST_RULES: list[tuple[tuple[str, ...], str, float]] = [
 # only when the exporter gives no split. A value not listed is kept in ``raw`` only.
 TRTLLM_CACHE_TIERS = {"gpu": "tier0", "device": "tier0", "host": "tier1", "cpu": "tier1", "disk": "tier2"}
 LABEL_RULES: list[tuple[str, str, dict[str, str], str | None]] = [
-    # SGLang: device hits are tier 0, host (HiCache L2) tier 1, storage (L3) tier 2; "total" double-counts
+    # SGLang: device hits are tier 0, host (HiCache L2) tier 1, storage (L3, "storage_<backend>") tier 2;
+    # "total" double-counts
     ("sglang:cached_tokens", "cache_source",
      {"device": "tier0.hit_tokens", "host": "tier1.hit_tokens", "storage": "tier2.hit_tokens"}, "tier0.hit_tokens"),
     ("trtllm_prompt_cache_hit_tokens", "cache_tier",
@@ -460,6 +480,9 @@ LABEL_RULES: list[tuple[str, str, dict[str, str], str | None]] = [
     ("vllm:kv_offload_total_bytes", "transfer_type",
      {"CPU_to_GPU": "tier0.bytes_in+tier1.bytes_out", "GPU_to_CPU": "tier0.bytes_out+tier1.bytes_in"}, None),
 ]
+# vLLM exports the deprecated kv_offload_total_bytes{transfer_type} next to kv_offload_load_bytes /
+# kv_offload_store_bytes, counting the same transfers: summing both doubled every tier byte counter.
+SUPERSEDED_BY = {"vllm:kv_offload_total_bytes": ("vllm:kv_offload_load_bytes", "vllm:kv_offload_store_bytes")}
 # vLLM tiering (vllm/v1/kv_offload/tiering): tier "0:primary" is the CPU tier (our tier 1), "N:<type>" with
 # N >= 1 a secondary tier such as "1:fs" (our tier 2). Blocks ("chunks" in newer builds) and bytes.
 VLLM_TIERING = {
@@ -629,25 +652,19 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
             and any(k.startswith("sglang:cached_tokens") for r in raw.values() for k in r):
         rec["tier0"]["miss_tokens"] = max(rec["server"]["prompt_tokens"] - rec["tier0"]["hit_tokens"], 0.0)
     # histograms -> quantiles
-    for names, target, scale in HIST_RULES:
-        n = _first_present(names, merged_hists)
-        if n is None:
-            continue
-        section, prefix = target.split(".", 1)
-        vals = histogram_quantiles(_QS, merged_hists[n])
-        for q, v in zip(QUANTILES, vals):
-            rec[section][f"{prefix}_p{q}_ms"] = round(v * scale, 4) if v is not None else None
-    for tier, name in (fetch_hists or {}).items():
-        if name in merged_hists:
-            vals = histogram_quantiles(_QS, merged_hists[name])
-            for q, v in zip(QUANTILES, vals):
-                rec[tier][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
-    for i in range(3):
-        base = f"kvsim_tier_fetch_seconds{{tier={i}}}"
-        if base in merged_hists:
-            vals = histogram_quantiles(_QS, merged_hists[base])
-            for q, v in zip(QUANTILES, vals):
-                rec[f"tier{i}"][f"fetch_p{q}_ms"] = round(v * 1000.0, 4) if v is not None else None
+    hist_targets = [(n, *target.split(".", 1), scale) for names, target, scale in HIST_RULES
+                    if (n := _first_present(names, merged_hists)) is not None]
+    hist_targets += [(name, tier, "fetch", 1000.0) for tier, name in (fetch_hists or {}).items() if name in merged_hists]
+    hist_targets += [(f"kvsim_tier_fetch_seconds{{tier={i}}}", f"tier{i}", "fetch", 1000.0) for i in range(3)
+                     if f"kvsim_tier_fetch_seconds{{tier={i}}}" in merged_hists]
+    for n, section, prefix, scale in hist_targets:
+        for q, (v, bucket) in zip(QUANTILES, histogram_quantiles_with_bucket(_QS, merged_hists[n])):
+            key = f"{prefix}_p{q}_ms"
+            if bucket_limited(v, bucket):  # never shown as a measurement: only the bucket it lies in
+                rec[section][key] = None
+                rec.setdefault("bucket_limited", {})[f"{section}.{key}"] = [bucket[0] * scale, bucket[1] * scale]
+            else:
+                rec[section][key] = round(v * scale, 4) if v is not None else None
     it = merged_samples.get("trtllm_iter_latency_ms")
     if it:
         for q in QUANTILES:
@@ -678,19 +695,27 @@ def _ints(rec: dict) -> dict:
     return rec
 
 
+def _label_target(value: str, targets: dict[str, str]) -> str | None:
+    """The target of a label value: the same name (any case), or the name followed by ``_<detail>``
+    (SGLang's L3 hits are ``cache_source="storage_<backend class>"``, e.g. ``storage_HiCacheFile``)."""
+    v = value.lower()
+    return next((t for k, t in targets.items() if v == k.lower() or v.startswith(k.lower() + "_")), None)
+
+
 def _map_labelled(counters: dict[str, float], rec: dict, mapped_raw: dict[str, float]) -> None:
-    """LABEL_RULES: a family split by a tier label; the plain total only when no split value is known."""
+    """LABEL_RULES: a family split by a tier label; the plain total only when no split value is known.
+    A family in SUPERSEDED_BY is skipped when the exporter also gives its replacement (same bytes)."""
     for base, label, targets, default in LABEL_RULES:
-        if base not in counters:
+        if base not in counters or any(n in counters for n in SUPERSEDED_BY.get(base, ())):
             continue
         prefix = f"{base}{{{label}="
         split = {k[len(prefix):-1]: v for k, v in counters.items() if k.startswith(prefix)}
-        known = {val: v for val, v in split.items() if val.lower() in {t.lower() for t in targets}}
+        known = {val: v for val, v in split.items() if _label_target(val, targets)}
         for val, v in split.items():
             mapped_raw[f"{base}{{{label}={val}}}"] = v
         if known:
             for val, v in known.items():
-                target = next(t for k, t in targets.items() if k.lower() == val.lower())
+                target = _label_target(val, targets)
                 for t in target.split("+"):
                     sec, f = t.split(".", 1)
                     _add(rec[sec], f, v)
