@@ -126,3 +126,15 @@ def test_uwork_min_and_max_read_every_stack(tmp_path):
     load = resolve_load(spec, uwork={"value": 16, "from": "x", "rule": "uwork_max"})
     assert load["concurrency"] == 16 and load["concurrency_source"]["rule"] == "uwork_max"
     assert resolve_load(spec, uwork_csv=str(csv_path))["concurrency"] == 16
+
+
+def test_h10_tier2_sweep_is_one_cell_for_the_memory_only_stack():
+    cfg = validate_config(copy.deepcopy(BASE))
+    cells = expand_cells(cfg, "H10")
+    a = [c["cell"] for c in cells if c["role"] == "A"]
+    b = [c["cell"] for c in cells if c["role"] == "B"]
+    t2_points = [p for p in BASE["hypotheses"]["H10"]["points"] if "tier_total" not in p]
+    budgets = {p["tier_total"] for p in BASE["hypotheses"]["H10"]["points"] if "tier_total" in p}
+    assert len(b) == len(BASE["hypotheses"]["H10"]["points"])
+    assert len(a) == 1 + len(budgets) and not any("_t2" in cid for cid in a)  # A has no disk tier
+    assert len(t2_points) == 6

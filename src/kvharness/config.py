@@ -552,6 +552,11 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     for role in h["stacks"]:
         stack = load_stack(cfg["stacks"][role])
         for values in sweep_points(h):
+            if "tier2" in values and not stack.get("tiered"):
+                # a memory-only stack has no disk tier: a tier-2 sweep is one cell for it (H10's A)
+                values = {k: v for k, v in values.items() if k != "tier2"}
+                if cell_id(stack["name"], values) in seen:
+                    continue
             cid = cell_id(stack["name"], values)
             if cid in seen:
                 raise ConfigError(f"config error: hypotheses.{hyp}: duplicate cell {cid!r} (two roles use the same stack?)")
