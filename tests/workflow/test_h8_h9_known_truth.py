@@ -88,6 +88,10 @@ def test_h8_equal_load_and_what_tiering_buys(run):
     assert d_chat < 0 and b["b_p99_differs"] == "True", b
     verdict = json.loads((run / "results/H8/verdict.json").read_text())["verdict"]
     assert "chat (working set" in verdict and "B beats A" in verdict
+    # the production-trace workload: both stacks replayed the same window at the same in-flight cap
+    trace = pairs[("trace", "uwork_min")]
+    assert int(trace["A"]["n_ok"]) == int(trace["B"]["n_ok"]) > 0 and "trace" in verdict
+    assert {r["workload"] for r in rows(run, "H8", "capacity")} == {"noreuse", "chat", "trace"}
     # no reuse: B is transparent (within ±5 % of A), or the verdict says by how much it is not
     nr = pairs[("noreuse", "uwork_min")]["B"]
     d = f(nr["vs_A_ttft_ms_p99_pct"])
