@@ -84,8 +84,9 @@ def point_table(rows: Sequence[dict]) -> list[dict]:
     for key, members in groups.items():
         p = dict(zip(keys, key))
         p["n_reps"] = len(members)
-        for k in (*METRICS, "n_requests", "prompt_blocks", "tier2_blocks", "tier2_trace_gib"):
+        for k in (*METRICS, "n_requests", "prompt_blocks", "tier2_trace_gib"):
             p[k] = _mean(m.get(k) for m in members)
+        p["tier2_blocks"] = members[0].get("tier2_blocks")  # the same for every rep of the point
         p["status"] = "ok" if all(m.get("status") == "ok" for m in members) else \
             ",".join(sorted({str(m.get("status")) for m in members}))
         out.append(p)
@@ -191,7 +192,7 @@ def verdict(result: Result) -> str:
     a_part = (f"; Stack A (memory-only, same {a['memory_budget_bytes'] / GIB:g} GiB) reaches {a['hit_pct']:.1f} % "
               f"at p99 TTFT {a['ttft_ms_p99']:.0f} ms vs B's {m['ttft_ms_p99']:.0f} ms there") if a and a["hit_pct"] is not None else ""
     return (f"On this production trace window ({f['n_requests']:.0f} requests), the smallest tier 2 within 5 % of the "
-            f"unbounded prefix-hit fraction ({m['hit_pct']:.1f} % vs {unb:.1f} %) is {m['tier2_blocks']:,} blocks: "
+            f"unbounded prefix-hit fraction ({m['hit_pct']:.1f} % vs {unb:.1f} %) is {int(m['tier2_blocks']):,} blocks: "
             f"{m['tier2_trace_gib']:,.0f} GiB of {f['model']} {f['precision']} KV at the trace's 512-token blocks "
             f"({m['tier2_bytes'] / GIB:g} GiB on the simulator's scaled blocks){a_part}.")
 
