@@ -110,7 +110,7 @@ def test_pressure_bytes_become_a_count_of_pressure_prompts():
 def test_load_variant_axis_names_an_unknown_variant():
     cfg = copy.deepcopy(BASE)
     cfg["hypotheses"]["H8"]["sweep"]["variant"] = ["noreuse", "nope"]
-    with pytest.raises(ConfigError, match=r"H8.sweep.variant: unknown load variant 'nope' \(load.variants defines: noreuse, chat\)"):
+    with pytest.raises(ConfigError, match=r"H8.sweep.variant: unknown load variant 'nope' \(load.variants defines: noreuse, chat, trace\)"):
         validate_config(cfg)
 
 

@@ -174,7 +174,7 @@ def test_shipped_conversation_trace_window():
 
 def test_trace_block_mapping_keeps_full_blocks_and_scales_tokens(tmp_path):
     spec = validate_spec({"model": "m", "pattern": {"kind": "trace", "path": write_trace(tmp_path, TRACE)},
-                          "workload": {"kind": "trace", "block_tokens": 32}})
+                          "workload": {"kind": "trace", "block_tokens": 32, "trace_block_tokens": 512}})
     w = TraceWorkload(spec)
 
     class T:

@@ -128,7 +128,7 @@ def window_distinct_blocks(spec: dict) -> int | None:
         return None
     from kvharness.loadgen.patterns import trace_rows
 
-    tb = int(w.get("trace_block_tokens") or 512)
+    tb = int(w.get("trace_block_tokens") or w.get("block_tokens") or 512)
     seen: set = set()
     for r in trace_rows(p):
         seen.update(r.get("hash_ids", [])[: int(r["input_length"]) // tb])

@@ -279,7 +279,7 @@ WORKLOAD_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     },
     "trace": {
         "block_tokens": (integer(1), 512),
-        "trace_block_tokens": (integer(1), 512),
+        "trace_block_tokens": (integer(1, nullable=True), None),
         "output_tokens": (integer(1, nullable=True), None),
     },
 }

@@ -315,7 +315,7 @@ class TraceWorkload(Workload):
     """Mooncake rows: prompt = one block of ``block_tokens`` words per hash id (equal ids = equal
     blocks, distinguished by their first words), cut or padded to ``input_length``.
 
-    Block mapping: a trace block is ``trace_block_tokens`` (512) tokens; replayed as ``block_tokens``
+    Block mapping: a trace block is ``trace_block_tokens`` (Mooncake: 512) tokens; replayed as ``block_tokens``
     words per block, every length is scaled by ``block_tokens / trace_block_tokens`` so that a prompt
     keeps exactly its number of full trace blocks (``input_length // trace_block_tokens`` full blocks,
     then the partial block's share, rounded down), hence the trace's block reuse structure exactly;
@@ -329,7 +329,8 @@ class TraceWorkload(Workload):
 
     def lengths(self, row: dict) -> tuple[int, int]:
         """(prompt, output) tokens of a row after the block mapping."""
-        b, tb = self.block, self.w["trace_block_tokens"]
+        b = self.block
+        tb = self.w["trace_block_tokens"] or b  # null: the trace's blocks are replayed at their own size
         n_in = int(row["input_length"])
         n = max(1, (n_in // tb) * b + (n_in % tb) * b // tb)
         out = self.w["output_tokens"] or max(1, round(int(row["output_length"]) * b / tb))
