@@ -154,10 +154,15 @@ def plot_curve(curve: Sequence[dict], mark: dict | None, path: Path) -> Path:
             ax.axvline(mark["tier2_bytes"] / GIB, color="C2", lw=1.2,
                        label=f"smallest T2 within 5 %: {mark['tier2_bytes'] / GIB:g} GiB"
                              f" (= {mark['tier2_trace_gib']:,.0f} GiB at 512-token blocks)")
+    ratio = (curve[0]["tier2_trace_gib"] * GIB / curve[0]["tier2_bytes"]) if curve and curve[0]["tier2_bytes"] else None
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("B's tier-2 size (GiB of simulator blocks)")
         ax.legend(fontsize=7)
+        if ratio:  # the same sizes at the trace's 512-token blocks: what the measured model needs
+            top = ax.secondary_xaxis("top", functions=(lambda x, r=ratio: x * r, lambda x, r=ratio: x / r))
+            top.set_xlabel("= GiB of the model's KV at 512-token trace blocks", fontsize=8)
+    ax1.set_ylim(bottom=0)
     ax1.set_ylabel("prefix-hit fraction of prompt blocks (%)")
     ax2.set_ylabel("p99 TTFT (ms, wall)")
     ax1.set_title("hit fraction vs T2")
