@@ -138,3 +138,11 @@ def test_h10_tier2_sweep_is_one_cell_for_the_memory_only_stack():
     assert len(b) == len(BASE["hypotheses"]["H10"]["points"])
     assert len(a) == 1 + len(budgets) and not any("_t2" in cid for cid in a)  # A has no disk tier
     assert len(t2_points) == 6
+
+
+def test_a_trace_keeps_concurrency_only_where_it_is_swept():
+    cfg = validate_config(copy.deepcopy(BASE))
+    assert {c["load"]["concurrency"] for c in expand_cells(cfg, "H10")} == {None}  # the trace's own arrivals only
+    h8 = {c["cell"]: c for c in expand_cells(cfg, "H8")}
+    assert h8["sim-B_wltrace_c8"]["load"]["concurrency"] == 8  # H8's sweep: at most 8 in flight
+    assert h8["sim-B_wltrace_cuwork_min_rep0"]["load"]["concurrency"] == "uwork_min"

@@ -591,10 +591,11 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                     AXES[key].apply(cell, value, cfg)
                 except AxisError as exc:
                     raise ConfigError(f"config error: hypotheses.{hyp}.sweep.{key}: {exc}") from None
-            if cell["load"]["pattern"].get("kind") not in (*CLOSED_PATTERNS, "trace"):
+            kind = cell["load"]["pattern"].get("kind")
+            if kind not in CLOSED_PATTERNS and not (kind == "trace" and "concurrency" in values):
                 cell["load"]["concurrency"] = None  # open loop: the rate sets the load, not users in flight
-            # a trace keeps its concurrency: the cap on requests in flight (pattern.max_in_flight, set by
-            # kvharness.cell.resolve_load once a U_work rule is resolved)
+            # a trace swept over concurrency (H8) keeps it as the cap on requests in flight
+            # (pattern.max_in_flight, set by kvharness.cell.resolve_load once a U_work rule is resolved)
             overrides = cell.pop("_tier_overrides", None)
             cell["tiers"] = tier_bytes(cfg, cell["profile"], bool(stack.get("tiered")), overrides)
             _validate_cell_load(cell, f"hypotheses.{hyp}")
