@@ -113,7 +113,7 @@ def test_pressure_bytes_become_a_count_of_pressure_prompts():
 def test_load_variant_axis_names_an_unknown_variant():
     cfg = copy.deepcopy(BASE)
     cfg["hypotheses"]["H8"]["sweep"]["variant"] = ["noreuse", "nope"]
-    with pytest.raises(ConfigError, match=r"H8.sweep.variant: unknown load variant 'nope' \(load.variants defines: noreuse, chat\)"):
+    with pytest.raises(ConfigError, match=r"H8.sweep.variant: unknown load variant 'nope' \(load.variants defines: noreuse, chat, trace\)"):
         validate_config(cfg)
 
 
@@ -129,3 +129,23 @@ def test_uwork_min_and_max_read_every_stack(tmp_path):
     load = resolve_load(spec, uwork={"value": 16, "from": "x", "rule": "uwork_max"})
     assert load["concurrency"] == 16 and load["concurrency_source"]["rule"] == "uwork_max"
     assert resolve_load(spec, uwork_csv=str(csv_path))["concurrency"] == 16
+
+
+def test_h10_tier2_sweep_is_one_cell_for_the_memory_only_stack():
+    cfg = validate_config(copy.deepcopy(BASE))
+    cells = expand_cells(cfg, "H10")
+    a = [c["cell"] for c in cells if c["role"] == "A"]
+    b = [c["cell"] for c in cells if c["role"] == "B"]
+    t2_points = [p for p in BASE["hypotheses"]["H10"]["points"] if "tier_total" not in p]
+    budgets = {p["tier_total"] for p in BASE["hypotheses"]["H10"]["points"] if "tier_total" in p}
+    assert len(b) == len(BASE["hypotheses"]["H10"]["points"])
+    assert len(a) == 1 + len(budgets) and not any("_t2" in cid for cid in a)  # A has no disk tier
+    assert len(t2_points) == 6
+
+
+def test_a_trace_keeps_concurrency_only_where_it_is_swept():
+    cfg = validate_config(copy.deepcopy(BASE))
+    assert {c["load"]["concurrency"] for c in expand_cells(cfg, "H10")} == {None}  # the trace's own arrivals only
+    h8 = {c["cell"]: c for c in expand_cells(cfg, "H8")}
+    assert h8["sim-B_wltrace_c8"]["load"]["concurrency"] == 8  # H8's sweep: at most 8 in flight
+    assert h8["sim-B_wltrace_cuwork_min_rep0"]["load"]["concurrency"] == "uwork_min"

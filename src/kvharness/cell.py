@@ -128,6 +128,8 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
     pattern = load.setdefault("pattern", {"kind": "closed"})
     if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
         pattern["burst_size"] = load["concurrency"]
+    if pattern.get("kind") == "trace" and isinstance(load.get("concurrency"), int):
+        pattern["max_in_flight"] = load["concurrency"]  # a replayed trace at a concurrency: at most that many in flight
     return load
 
 
@@ -471,7 +473,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
             "model": spec["served_model_name"], "stream": True,
-            "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]} if load.get("concurrency") else {})},
+            "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
+                                              if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
             "workload": load["workload"], "duration_s": load["duration_s"],
             "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
             "request_timeout_s": load.get("request_timeout_s", 60.0),

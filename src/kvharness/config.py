@@ -604,6 +604,11 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     for role in h["stacks"]:
         stack = load_stack(cfg["stacks"][role])
         for values in sweep_points(h):
+            if "tier2" in values and not stack.get("tiered"):
+                # a memory-only stack has no disk tier: a tier-2 sweep is one cell for it (H10's A)
+                values = {k: v for k, v in values.items() if k != "tier2"}
+                if cell_id(stack["name"], values) in seen:
+                    continue
             cid = cell_id(stack["name"], values)
             if cid in seen:
                 raise ConfigError(f"config error: hypotheses.{hyp}: duplicate cell {cid!r} (two roles use the same stack?)")
@@ -639,8 +644,11 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                     AXES[key].apply(cell, value, cfg)
                 except AxisError as exc:
                     raise ConfigError(f"config error: hypotheses.{hyp}.sweep.{key}: {exc}") from None
-            if cell["load"]["pattern"].get("kind") not in CLOSED_PATTERNS:
+            kind = cell["load"]["pattern"].get("kind")
+            if kind not in CLOSED_PATTERNS and not (kind == "trace" and "concurrency" in values):
                 cell["load"]["concurrency"] = None  # open loop: the rate sets the load, not users in flight
+            # a trace swept over concurrency (H8) keeps it as the cap on requests in flight
+            # (pattern.max_in_flight, set by kvharness.cell.resolve_load once a U_work rule is resolved)
             overrides = cell.pop("_tier_overrides", None)
             cell["tiers"] = tier_bytes(cfg, cell["profile"], bool(stack.get("tiered")), overrides)
             _validate_cell_load(cell, f"hypotheses.{hyp}")

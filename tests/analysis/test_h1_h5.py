@@ -101,15 +101,21 @@ def test_h5_hit_ratios_cross_at_the_tier_capacities(run, cfg):
     t0_hits = [num(r["t0_hit_ratio"]) for r in rows]
     t2_hits = [num(r["tier2_hit_blocks"]) for r in rows]
     past_t0 = next(i for i, w in enumerate(ws) if w > t0)
-    past_t01 = next(i for i, w in enumerate(ws) if w > t0 + t1)
-    assert past_t0 >= 1 and past_t01 < len(rows)  # the sweep brackets both crossings
+    # inclusive tiers written through at registration (KVBM): T1 holds a copy of what T0 holds, so disk
+    # reads start once the working set exceeds the larger of the two (docs/simulator.md, "Spill onset")
+    past_onset = next(i for i, w in enumerate(ws) if w > max(t0, t1))
+    assert past_t0 >= 1 and past_onset < len(rows)  # the sweep brackets both crossings
     best = max(t0_hits[:past_t0])
     assert best > 0.5
     fell = next(i for i, h in enumerate(t0_hits) if h < 0.9 * best)
     assert past_t0 <= fell <= past_t0 + 1          # falls once the working set exceeds T0 (within one step)
-    assert all(h == 0 for h in t2_hits[: max(0, past_t01 - 1)])  # no tier-2 hit earlier than one step before T0+T1
-    assert t2_hits[past_t01] > 0 and num(rows[past_t01]["t2_hit_ratio"]) > 0.2
-    assert all(num(r["spill_bytes"]) == 0 for r in rows[:past_t0])
+    assert all(h == 0 for h in t2_hits[: max(0, past_onset - 1)])  # no tier-2 hit earlier than one step before the onset
+    first = next(i for i, h in enumerate(t2_hits) if h > 0)
+    assert first <= past_onset + 1                                 # and some within one step past it
+    assert num(rows[-1]["t2_hit_ratio"]) > 0.2
+    # write-through at registration (KVBM): even a working set that fits T0 is copied once to T1 and once to
+    # T2 (no eviction, so no block is registered twice); never more than twice the working set's bytes
+    assert all(0 < num(r["spill_bytes"]) <= 2 * num(r["working_set_bytes"]) for r in rows[:past_t0])
     gates = json.loads((run / "results/H5/verdict.json").read_text())["gates"]
     gates = [g for g in gates if g.get("scope") != "common"]  # H5's own; the common ones judge the short cells
     assert gates and all(g["passed"] for g in gates)

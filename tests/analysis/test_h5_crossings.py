@@ -16,7 +16,8 @@ def test_crossings_count_steps_from_the_tier_boundaries():
     table = [row(1, 0.9, 0), row(1.5, 0.88, 0), row(3, 0.3, 0), row(5, 0.0, 10), row(8, 0.0, 500)]
     c = crossings(table)["sim-B, 4 adapters"]
     assert (c["past_t0"], c["t0_fell_at"], c["t0_fall_step"]) == (2, 2, 0)
-    assert (c["past_t0_t1"], c["t2_first_at"], c["t2_first_step"]) == (4, 3, -1)
+    # inclusive tiers: disk reads start past max(T0, T1) = 4 GiB (index 3), not T0+T1 = 6 GiB (index 4)
+    assert (c["past_t0_t1"], c["past_onset"], c["t2_first_at"], c["t2_first_step"]) == (4, 3, 3, 0)
 
 
 def test_a_series_that_never_falls_or_never_reaches_t2():

@@ -155,6 +155,41 @@ def test_trace_prompts_share_blocks_by_hash_id(tmp_path):
     assert [b["max_tokens"] for b in bodies] == [5, 3, 2]
 
 
+def test_trace_window_and_gzip(tmp_path):
+    import gzip
+
+    path = tmp_path / "trace.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in TRACE))
+    assert [r["timestamp"] for r in read_trace(str(path))] == [0, 250, 1000]
+    assert [r["timestamp"] for r in read_trace(str(path), start_s=0.2, window_s=0.8)] == [250]  # [200, 1000) ms
+    assert [r["timestamp"] for r in read_trace(str(path), window_s=1.0)] == [0, 250]
+
+
+def test_shipped_conversation_trace_window():
+    # the 15-minute window H10 replays: 2,728 requests, 73,135 hash ids (data/traces/README.md)
+    rows = read_trace("data/traces/mooncake_conversation.jsonl.gz", window_s=900)
+    assert len(rows) == 2728 and sum(len(r["hash_ids"]) for r in rows) == 73135
+
+
+def test_trace_block_mapping_keeps_full_blocks_and_scales_tokens(tmp_path):
+    spec = validate_spec({"model": "m", "pattern": {"kind": "trace", "path": write_trace(tmp_path, TRACE)},
+                          "workload": {"kind": "trace", "block_tokens": 32, "trace_block_tokens": 512}})
+    w = TraceWorkload(spec)
+
+    class T:
+        def __init__(self, row):
+            self.item, self.session_id, self.turn, self.phase = row, None, None, None
+
+    bodies = [json.loads(w.build(T(r)).body) for r in TRACE]
+    prompts = [b["prompt"].split() for b in bodies]
+    # 1030 = 2 x 512 + 6 -> 2 x 32 + 6 * 32 // 512 = 64; 700 = 512 + 188 -> 32 + 11; 600 = 512 + 88 -> 32 + 5
+    assert [len(p) for p in prompts] == [64, 43, 37]
+    assert [len(r["input_length"] // 512 * [0]) for r in TRACE] == [len(p) // 32 for p in prompts]  # full blocks kept
+    assert prompts[0][:43] == prompts[1] and prompts[0][:32] != prompts[2][:32]  # equal ids, equal blocks
+    assert [b["max_tokens"] for b in bodies] == [1, 1, 1]  # 5, 3, 2 x 32/512, at least 1
+
+
 def test_trace_errors_name_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": "x"}\n')

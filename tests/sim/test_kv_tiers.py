@@ -53,7 +53,9 @@ def test_mode_b_spills_to_tier2_files_and_onboards_from_disk(start_sim):
     warm = statistics.median(complete(sim, session)[1] for _ in range(3))
     u, _ = complete(sim, session)
     assert u["prompt_tokens_details"]["cached_tokens"] == 2016  # 63 of 64 blocks (>= 1 token recomputed)
-    _flush(sim, 8, "fill")  # 8 x 64 blocks > T0 (256) + T1 (128): the session's blocks reach disk
+    # 6 x 64 new blocks > max(T0, T1) = 256 push the session out of both (inclusive tiers: T0 and T1 do not
+    # add up), and session + fill = 448 blocks <= T2 (512): its copy, written at registration, is still on disk
+    _flush(sim, 6, "fill")
     k0 = sim.metrics(kvbm=True)
     files = os.listdir(sim.tier2_dir)
     assert len(files) == 1 and os.path.getsize(sim.tier2_dir / files[0]) > 0

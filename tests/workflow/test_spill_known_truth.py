@@ -48,28 +48,33 @@ def one_step(values, a, b):
 
 # ------------------------------------------------------------------------------------------------ H2B
 
-def test_h2b_tier2_reads_start_where_the_working_set_exceeds_t0_t1(run):
+def test_h2b_tier2_reads_start_where_the_working_set_exceeds_the_larger_tier(run):
     h = CFG["hypotheses"]["H2B"]
     groups = h["load"]["workload"]["prefix_groups"]
-    t0t1 = tier(h["profile"], "tier0") + tier(h["profile"], "tier1")
+    t0t1 = tier(h["profile"], "tier0") + tier(h["profile"], "tier1")  # what H2B's table labels the working set against
+    # the simulator's tiers are inclusive and written through at registration (KVBM): a working set cycled
+    # in LRU order is served from T0 or T1 while it fits the larger of the two, and read from T2 above that
+    # (docs/simulator.md, "Spill onset")
+    onset = max(tier(h["profile"], "tier0"), tier(h["profile"], "tier1"))
     rows = sorted(table(run, "H2B"), key=lambda r: int(r["context_tokens"]))
     contexts = [int(r["context_tokens"]) for r in rows]
     assert contexts == h["sweep"]["context_tokens"]
     for r in rows:  # the recorded working set is what the config implies
         assert int(r["working_set_bytes"]) == groups * int(r["context_tokens"]) * KV
-    expected_cross = next(c for c in contexts if groups * c * KV > t0t1)
+    expected_cross = next(c for c in contexts if groups * c * KV > onset)
     assert expected_cross < contexts[-1] or expected_cross == contexts[-1]  # the config crosses inside the sweep
     reads = {int(r["context_tokens"]): num(r["tier2_read_bytes"]) or 0 for r in rows}
     hit = {int(r["context_tokens"]): num(r["tier2_hit_pct"]) or 0 for r in rows}
-    fits = [c for c in contexts if groups * c * KV <= t0t1]
-    beyond = [c for c in contexts if groups * c * KV > t0t1]
-    # ~0 while it fits in T0+T1 (under 1 % of the prompt blocks from disk), clearly more once it does not
+    fits = [c for c in contexts if groups * c * KV <= onset]
+    beyond = [c for c in contexts if groups * c * KV > onset]
+    # ~0 while it fits max(T0, T1) (under 1 % of the prompt blocks from disk), clearly more once it does not
     assert all(hit[c] < 1.0 for c in fits), hit
     assert all(reads[c] > 0 and hit[c] >= 5.0 for c in beyond), hit
     first = next(c for c in contexts if hit[c] >= 1.0)
     assert one_step(contexts, first, expected_cross)
     knee = table(run, "H2B", "storage_knee")
-    assert {int(float(k["working_set_exceeds_t0t1_at"])) for k in knee} == {expected_cross}
+    label_cross = next(c for c in contexts if groups * c * KV > t0t1)
+    assert {int(float(k["working_set_exceeds_t0t1_at"])) for k in knee} == {label_cross}
     assert {int(float(k["first_tier2_read_at"])) for k in knee} == {first}
 
 

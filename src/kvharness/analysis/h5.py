@@ -7,7 +7,8 @@ as recorded in ``cell.json``. Per cell: T0/T1/T2 hit ratios (blocks found on eac
 prefix-block lookups), spill volume (bytes written into T1 and T2), and p95/p99 TTFT; the figure draws
 T0, T0+T1 and T0+T1+T2 as vertical lines. Two checks of the model against its own parameters: the T0 hit
 ratio falls within one sweep step after the working set exceeds T0, and tier-2 hits appear no earlier than
-one step before the working set exceeds T0+T1.
+one step before the working set exceeds max(T0, T1) — the tiers are inclusive (T1 keeps a copy of every
+registered block, as in KVBM), so that, not T0+T1, is where disk reads start (docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def crossings(table: Sequence[dict]) -> dict:
 
     ``t0_fall_step``: steps between the first point past T0 and the first point whose T0 hit ratio is
     below T0_FALL x the best ratio before it (0 = at the first point past T0; None = never fell).
-    ``t2_first_step``: steps between the first point past T0+T1 and the first point with tier-2 hits
-    (negative = tier-2 hits before the working set exceeds T0+T1; None = no tier-2 hits)."""
+    ``t2_first_step``: steps between the first point past max(T0, T1) (the spill onset of inclusive tiers)
+    and the first point with tier-2 hits (negative = tier-2 hits before it; None = no tier-2 hits)."""
     out = {}
     for stack, adapters in sorted({(r["stack"], r.get("lora_adapters") or 0) for r in table}):
         pts = [r for r in table if r["stack"] == stack and (r.get("lora_adapters") or 0) == adapters
@@ -81,13 +82,15 @@ def crossings(table: Sequence[dict]) -> dict:
         t0, t1 = pts[0]["tier0_bytes"], pts[0]["tier1_bytes"]
         past_t0 = next((i for i, r in enumerate(pts) if r["working_set_bytes"] > t0), None)
         past_t01 = next((i for i, r in enumerate(pts) if r["working_set_bytes"] > t0 + t1), None)
+        onset = next((i for i, r in enumerate(pts) if r["working_set_bytes"] > max(t0, t1)), None)
         best = max((r["t0_hit_ratio"] for r in pts[: past_t0 or len(pts)]), default=None)
         fell = next((i for i, r in enumerate(pts) if best and r["t0_hit_ratio"] < T0_FALL * best), None)
         t2 = next((i for i, r in enumerate(pts) if (r.get("tier2_hit_blocks") or 0) > 0), None)
         out[f"{stack}, {adapters} adapters" if adapters else stack] = {
-            "points": len(pts), "past_t0": past_t0, "past_t0_t1": past_t01, "t0_fell_at": fell, "t2_first_at": t2,
+            "points": len(pts), "past_t0": past_t0, "past_t0_t1": past_t01, "past_onset": onset, "t0_fell_at": fell,
+            "t2_first_at": t2,
             "t0_fall_step": (fell - past_t0) if (fell is not None and past_t0 is not None) else None,
-            "t2_first_step": (t2 - past_t01) if (t2 is not None and past_t01 is not None)
+            "t2_first_step": (t2 - onset) if (t2 is not None and onset is not None)
             else ((t2 - len(pts)) if t2 is not None else None),
             "t0_fell_ws": pts[fell]["working_set_bytes"] if fell is not None else None,
             "t2_first_ws": pts[t2]["working_set_bytes"] if t2 is not None else None,
@@ -168,7 +171,8 @@ def verdict(result: Result) -> str:
         if c["t2_first_at"] is None:
             t2 = "no tier-2 hit in the sweep"
         else:
-            t2 = f"tier-2 hits first appear at {_gib(c['t2_first_ws'])} (T0+T1 = {_gib(t01)})"
+            t2 = (f"tier-2 hits first appear at {_gib(c['t2_first_ws'])} (max(T0, T1) = "
+                  f"{_gib(max(t0, c['tier1_bytes']))}, T0+T1 = {_gib(t01)})")
         parts.append(f"{stack}: {fall}; {t2}")
     return "; ".join(parts) + "."
 
@@ -180,8 +184,8 @@ def gates(result: Result) -> list[Gate]:
         out.append(Gate(f"{stack}: T0 hit ratio falls within one step past T0", None if s is None else 0 <= s <= 1, s,
                         "0..1 sweep steps after the first point past T0"))
         s = c["t2_first_step"]
-        out.append(Gate(f"{stack}: tier-2 hits only past T0+T1", None if s is None else -1 <= s, s,
-                        ">= -1 sweep steps from the first point past T0+T1"))
+        out.append(Gate(f"{stack}: tier-2 hits only past max(T0, T1)", None if s is None else -1 <= s, s,
+                        ">= -1 sweep steps from the first point past max(T0, T1) (inclusive tiers)"))
     return out
 
 

@@ -1,11 +1,14 @@
 """H8, the hero comparison: Stack A (memory-only) vs Stack B (tiered KV) at equal memory budget and
-at equal load, on two workloads.
+at equal load, on three workloads.
 
 * ``noreuse``: SPEC's mixed context (60 % 200-500, 30 % 800-1500, 10 % 2500-3200 tokens), bursty, every
   prompt unique: what tiering costs when nothing is reused (B should be within +-5 % of A).
 * ``chat``: the same mix as the first turns of chat sessions that come back after all of them were
   built, their histories sized (``working_set`` in cell.json) to exceed T0+T1 and fit T0+T1+T2: where
   tiering should pay.
+* ``trace``: a short window of production traffic (the Mooncake conversation trace, ``data/traces/``),
+  replayed with at most ``concurrency`` requests in flight: the reuse real traffic has (H10 sizes T2 on
+  a long window).
 
 Equal load: both stacks run at ``uwork_min`` and ``uwork_max`` (the lower and the higher of the two
 U_work values H0 measured), so every A-vs-B delta compares the same concurrency. A short concurrency
@@ -322,7 +325,7 @@ register(Hypothesis(
                                          "one row per stack with B-vs-A deltas"),
             Table("capacity", CAPACITY_COLUMNS, "per workload and stack: SLO attainment at every measured concurrency "
                                                 "and the highest one that meets it")),
-    figures=(Figure("hero", "Per workload (no reuse | multi-turn chat over T0+T1): p99 TTFT (ms) vs concurrency "
+    figures=(Figure("hero", "Per workload (no reuse | multi-turn chat over T0+T1 | production trace window): p99 TTFT (ms) vs concurrency "
                             "(users in flight) for Stack A and Stack B at equal memory budget, with the SLO line; "
                             "the equal-load points are ringed."),),
     verdict=verdict,

@@ -336,11 +336,29 @@ def ramp_gaps(start_rate: float, end_rate: float, ramp_s: float, mode: str, step
 # ---- trace replay --------------------------------------------------------------------------------
 
 
-def read_trace(path: str) -> list[dict]:
+def trace_path(path: str) -> str:
+    """A trace path as given, else relative to the repository (the shipped ``data/traces/``), so a
+    workflow run in another directory finds the shipped traces."""
+    import os
+
+    from kvharness import REPO_ROOT
+
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    shipped = REPO_ROOT / path
+    return str(shipped) if shipped.exists() else path
+
+
+def read_trace(path: str, start_s: float = 0.0, window_s: float | None = None) -> list[dict]:
     """Rows of a Mooncake-format JSONL trace (``timestamp`` ms, ``input_length``, ``output_length``,
-    ``hash_ids``); ValueError naming the line on a malformed row."""
+    ``hash_ids``; plain or ``.gz``), sorted by time, keeping those whose time from the trace's first row
+    is in ``[start_s, start_s + window_s)``; ValueError naming the line on a malformed row."""
+    import gzip
+
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as fh:
+    path = trace_path(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -357,7 +375,16 @@ def read_trace(path: str) -> list[dict]:
                 raise ValueError(f"trace {path}:{lineno}: hash_ids: expected a list of integers")
             rows.append(row)
     rows.sort(key=lambda r: r["timestamp"])
+    if rows and (start_s > 0 or window_s is not None):
+        lo = rows[0]["timestamp"] + start_s * 1000.0
+        hi = lo + window_s * 1000.0 if window_s is not None else math.inf
+        rows = [r for r in rows if lo <= r["timestamp"] < hi]
     return rows
+
+
+def trace_rows(p: dict) -> list[dict]:
+    """The rows a ``trace`` pattern spec replays (its file and window)."""
+    return read_trace(p["path"], p.get("start_s", 0.0), p.get("window_s"))
 
 
 class TraceReplay(LoadPattern):
@@ -530,5 +557,5 @@ def make_pattern(spec: dict) -> LoadPattern:
         return OpenLoop(ramp_gaps(p["start_rate"], p["end_rate"], ramp_s, p["mode"], p["steps"], p["arrival"], rng),
                         p["max_in_flight"])
     if kind == "trace":
-        return TraceReplay(read_trace(p["path"]), p["time_scale"], p["max_in_flight"])
+        return TraceReplay(trace_rows(p), p["time_scale"], p["max_in_flight"])
     raise ValueError(f"unknown pattern kind {kind!r}")  # pragma: no cover - the spec validator rejects it

@@ -189,6 +189,8 @@ PATTERN_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     "trace": {
         "path": (string(), REQUIRED),
         "time_scale": (number(0.0, exclusive=True), 1.0),
+        "start_s": (number(0.0), 0.0),
+        "window_s": (number(0.0, exclusive=True, nullable=True), None),
         "max_in_flight": (integer(1, nullable=True), None),
     },
 }
@@ -277,6 +279,7 @@ WORKLOAD_FIELDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     },
     "trace": {
         "block_tokens": (integer(1), 512),
+        "trace_block_tokens": (integer(1, nullable=True), None),
         "output_tokens": (integer(1, nullable=True), None),
     },
 }

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 
-from kvharness.loadgen.patterns import make_pattern, read_trace
+from kvharness.loadgen.patterns import make_pattern, trace_rows
 from kvharness.loadgen.lora import per_adapter
 from kvharness.stats import summarize_requests
 
@@ -70,7 +70,7 @@ def split_spec(spec: dict, i: int, n: int) -> dict | None:
     if p.get("max_in_flight") is not None:
         p["max_in_flight"] = max(1, _share(p["max_in_flight"], i, n))
     if p["kind"] == "trace":
-        rows = read_trace(p["path"])
+        rows = trace_rows(p)
         p["_rows"] = rows[i::n]
         p["_t_first"] = rows[0]["timestamp"] if rows else 0
         if not p["_rows"]:

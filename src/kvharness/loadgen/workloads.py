@@ -313,7 +313,13 @@ class MixedContext(Workload):
 
 class TraceWorkload(Workload):
     """Mooncake rows: prompt = one block of ``block_tokens`` words per hash id (equal ids = equal
-    blocks, distinguished by their first word), cut or padded to ``input_length``."""
+    blocks, distinguished by their first words), cut or padded to ``input_length``.
+
+    Block mapping: a trace block is ``trace_block_tokens`` (Mooncake: 512) tokens; replayed as ``block_tokens``
+    words per block, every length is scaled by ``block_tokens / trace_block_tokens`` so that a prompt
+    keeps exactly its number of full trace blocks (``input_length // trace_block_tokens`` full blocks,
+    then the partial block's share, rounded down), hence the trace's block reuse structure exactly;
+    ``output_length`` is scaled by the same ratio (at least 1 token)."""
 
     def __init__(self, spec: dict):
         super().__init__(spec)
@@ -321,8 +327,17 @@ class TraceWorkload(Workload):
         self.id_k = min(3, self.block)  # words naming the block's hash id (140**3 ~ 2.7 M ids)
         self.block_body = self.corpus.words(self.block - self.id_k)
 
+    def lengths(self, row: dict) -> tuple[int, int]:
+        """(prompt, output) tokens of a row after the block mapping."""
+        b = self.block
+        tb = self.w["trace_block_tokens"] or b  # null: the trace's blocks are replayed at their own size
+        n_in = int(row["input_length"])
+        n = max(1, (n_in // tb) * b + (n_in % tb) * b // tb)
+        out = self.w["output_tokens"] or max(1, round(int(row["output_length"]) * b / tb))
+        return n, out
+
     def prompt_words(self, row: dict, seq: int) -> str:
-        n = int(row["input_length"])
+        n = int(row["input_length"])  # already mapped by build()
         parts = []
         left = n
         for hid in row.get("hash_ids") or ():
@@ -346,13 +361,12 @@ class TraceWorkload(Workload):
         row = ticket.item
         seq = self.seq
         self.seq += 1
-        n = int(row["input_length"])
-        out = self.w["output_tokens"] or max(1, int(row["output_length"]))
+        n, out = self.lengths(row)
         if self.chat:  # the role word is the first token
             text = self.prompt_words({**row, "input_length": max(1, n - 1)}, seq)
             payload: Any = [{"role": "user", "content": text}]
         else:
-            payload = self.prompt_words(row, seq)
+            payload = self.prompt_words({**row, "input_length": n}, seq)
         body, adapter = self.body(payload, out)
         labels = {"bucket": None, "context_tokens": n, "adapter_id": adapter, "model": body["model"],
                   "trace_ts_ms": row["timestamp"]}

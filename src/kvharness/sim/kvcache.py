@@ -3,9 +3,16 @@
 T0 (device pool, G1) holds the blocks of running sequences (private while being filled, hashed once a
 prompt block is complete) plus unreferenced hashed blocks kept for prefix reuse. When T0 needs room it
 evicts an unreferenced hashed block by the eviction policy. Mode A (``t1_blocks == t2_blocks == 0``):
-the block is gone. Mode B: it is offloaded to T1 (host, G2); T1's victims go to T2 (disk, G3), whose
-blocks are real bytes in a file (see ``tier2.py``). Lower tiers are inclusive: an onboarded block stays
-there, so evicting it from T0 again costs nothing.
+the block is gone.
+
+Mode B follows KVBM (Dynamo ``lib/llm/src/block_manager/offload.rs``): the tiers are *inclusive* and
+written through at registration. Every block that becomes a hashed T0 block (computed, or onboarded
+from disk) is copied to T1 (host, G2) — skipped when T1 already holds it, which refreshes its place in
+T1's order —, and every block that enters T1 is copied to T2 (disk, G3; real bytes in a file, see
+``tier2.py``). A full lower tier makes room by dropping its own victim (it needs no copy further down:
+it got one when it entered). Evicting from T0 therefore moves nothing; onboarding copies and keeps the
+lower copy. So T0 and T1 do not add up: for a working set cycled through in LRU order, T1 serves it
+while it fits ``max(T0, T1)`` and T2 reads start above that (docs/simulator.md).
 
 Block identity is a chained hash: ``h_i = blake2b(h_{i-1} || tokens of block i)`` with the root seeded by
 the LoRA adapter, so equal prefixes give equal hashes, different adapters never share KV, and the
@@ -164,8 +171,8 @@ class KVCache:
     def __init__(self, t0_blocks: int, t1_blocks: int, t2_blocks: int, policy: str, store=None,
                  stats=None, hit_window: int = 256, disk_offload_filter: bool = False,
                  defer_offload: bool = False):
-        # defer_offload: a T0 eviction only queues the block; the T1/T2 cascade runs later in small
-        # chunks (flush_offloads), off the engine's critical path, as KVBM offloads asynchronously.
+        # defer_offload: a newly registered T0 block only queues its copy; the T1/T2 writes run later in
+        # small chunks (flush_offloads), off the engine's critical path, as KVBM offloads asynchronously.
         # A lookup that meets a queued block flushes the queue first, so no hit is ever missed.
         self.defer_offload = defer_offload
         self._pending: dict[int, Entry] = {}
@@ -222,13 +229,17 @@ class KVCache:
         victim = self.t0.pop_victim()
         if victim is None:  # pragma: no cover - guarded by t0_available
             raise RuntimeError("no evictable T0 block")
-        h, e = victim
-        self.stats.t0_evictions += 1
-        if self.defer_offload and (self.t1.capacity or self.t2.capacity):
+        self.stats.t0_evictions += 1  # its lower-tier copy (written at registration) stays; nothing moves
+        self.t0.compact()
+
+    def _register(self, h: int, e: Entry) -> None:
+        """A block became a hashed T0 block: copy it down (now, or queued with ``defer_offload``)."""
+        if not (self.t1.capacity or self.t2.capacity):
+            return
+        if self.defer_offload:
             self._pending[h] = e
         else:
             self._offload(h, e)
-        self.t0.compact()
 
     def _offload(self, h: int, e: Entry) -> None:
         if self.t1.capacity > 0:
@@ -241,7 +252,8 @@ class KVCache:
         return len(self._pending)
 
     def flush_offloads(self, limit: int | None = None) -> int:
-        """Run the queued T0 -> T1 -> T2 cascade, oldest first; at most ``limit`` blocks."""
+        """Write the queued copies of registered blocks down (T1, then T2), oldest first; at most
+        ``limit`` blocks."""
         pending = self._pending
         n = 0
         while pending and (limit is None or n < limit):
@@ -252,20 +264,20 @@ class KVCache:
         return n
 
     def _offload_to_t1(self, h: int, e0: Entry) -> None:
-        if h in self.t1:
+        if h in self.t1:  # already there (KVBM skips the copy); the registration counts as a use
             self.t1.touch(h)
+            if self.disk_offload_filter and self.t2.capacity and h not in self.t2:
+                self._offload_to_t2(h, self.t1.entries[h], from_device=False)  # reused now: may pass the filter
             return
         while len(self.t1) >= self.t1.capacity:
-            victim = self.t1.pop_victim()
-            if victim is None:
-                return
-            vh, ve = victim
+            if self.t1.pop_victim() is None:
+                return  # every T1 block is pinned: the copy is skipped, as KVBM skips it on a full pool
             self.stats.t1_evictions += 1
-            if self.t2.capacity > 0:
-                self._offload_to_t2(vh, ve, from_device=False)
-        self.t1.add(h, hits=e0.hits)  # the block's reuse history travels with it
+        e1 = self.t1.add(h, hits=e0.hits)  # the block's reuse history travels with it
         self.stats.offload_d2h += 1
         self.t1.compact()
+        if self.t2.capacity > 0:  # a block registered on the host is copied on to disk
+            self._offload_to_t2(h, e1, from_device=False)
 
     def _offload_to_t2(self, h: int, e: Entry, from_device: bool) -> None:
         if h in self.t2:
@@ -299,12 +311,14 @@ class KVCache:
             n0 += 1
         onboard: list[tuple[int, str]] = []
         if self.t1.capacity or self.t2.capacity:
-            i = n0
             pending = self._pending
+            if pending and any(hashes[i] in pending for i in range(n0, limit)):
+                # a block of the walk is on its way down: land the whole queue *before* the walk, so the
+                # cascade's evictions cannot remove a block this walk has already listed for onboarding
+                self.flush_offloads()
+            i = n0
             while i < limit:
                 h = hashes[i]
-                if pending and h in pending:  # on its way to host: land it first
-                    self.flush_offloads()
                 if h in self.t1.entries:
                     onboard.append((h, "h"))
                 elif h in self.t2.entries:
@@ -373,18 +387,20 @@ class KVCache:
         t0.n_evictable += n
 
     def commit_block(self, h: int) -> None:
-        """A private block of a sequence has become a complete, hashed block: share it."""
+        """A private block of a sequence has become a complete, hashed block: share it (a new one is
+        registered: its copy goes down to T1/T2)."""
         self.private -= 1
         if h in self.t0.entries:
             self.t0.acquire(h)
         else:
-            self.t0.add(h, ref=1)
+            self._register(h, self.t0.add(h, ref=1))
 
     def commit_blocks(self, hashes) -> None:
         """``commit_block`` for each of ``hashes`` (a prefill chunk completes many blocks at once)."""
         t0 = self.t0
         entries = t0.entries
         tick = t0._tick
+        lower = self.t1.capacity or self.t2.capacity
         for h in hashes:
             e = entries.get(h)
             if e is not None:
@@ -394,6 +410,8 @@ class KVCache:
                 e = Entry(tick)
                 e.ref = 1
                 entries[h] = e
+                if lower:
+                    self._register(h, e)
         t0._tick = max(t0._tick, tick)
         self.private -= len(hashes)
 
