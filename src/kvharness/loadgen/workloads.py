@@ -311,6 +311,17 @@ class MixedContext(Workload):
         return self.simple_request(n, self.w["output_tokens"], {"bucket": b["name"]}, key)
 
 
+def trace_lengths(row: dict, workload: dict) -> tuple[int, int]:
+    """(prompt, output) tokens of one trace row after the block mapping of ``workload``
+    (``block_tokens`` per replayed block, ``trace_block_tokens`` per trace block; null = the same)."""
+    b = int(workload["block_tokens"])
+    tb = workload.get("trace_block_tokens") or b  # null: the trace's blocks are replayed at their own size
+    n_in = int(row["input_length"])
+    n = max(1, (n_in // tb) * b + (n_in % tb) * b // tb)
+    out = workload.get("output_tokens") or max(1, round(int(row["output_length"]) * b / tb))
+    return n, out
+
+
 class TraceWorkload(Workload):
     """Mooncake rows: prompt = one block of ``block_tokens`` words per hash id (equal ids = equal
     blocks, distinguished by their first words), cut or padded to ``input_length``.
@@ -329,12 +340,7 @@ class TraceWorkload(Workload):
 
     def lengths(self, row: dict) -> tuple[int, int]:
         """(prompt, output) tokens of a row after the block mapping."""
-        b = self.block
-        tb = self.w["trace_block_tokens"] or b  # null: the trace's blocks are replayed at their own size
-        n_in = int(row["input_length"])
-        n = max(1, (n_in // tb) * b + (n_in % tb) * b // tb)
-        out = self.w["output_tokens"] or max(1, round(int(row["output_length"]) * b / tb))
-        return n, out
+        return trace_lengths(row, self.w)
 
     def prompt_words(self, row: dict, seq: int) -> str:
         n = int(row["input_length"])  # already mapped by build()

@@ -40,6 +40,14 @@ def workload_max_seq_len(load: dict, tokens_per_block: int) -> int | None:
         prompts.append(first + 1 + int(wl.get("output_tokens") or 0) + (turns - 1) * per_turn)
         pressure = wl.get("pressure") or {}
         prompts.append(pressure.get("context_tokens"))
+    if wl.get("kind") == "trace" and (load.get("pattern") or {}).get("path"):  # the window's longest row
+        from kvharness.loadgen.patterns import trace_rows
+        from kvharness.loadgen.workloads import trace_lengths
+
+        full = {"block_tokens": tokens_per_block, **wl}
+        rows = trace_rows(load["pattern"])
+        if rows:
+            return -(-max(sum(trace_lengths(r, full)) for r in rows) // tokens_per_block) * tokens_per_block
     prompts = [int(p) for p in prompts if isinstance(p, (int, float)) and p > 0]
     if not prompts:
         return None
