@@ -6,7 +6,7 @@ no data), the measured value and the limit, so a reader sees how far from the li
 | gate | function | applies |
 |---|---|---|
 | >= 95 % of 200 ms windows have samples from every source | :func:`alignment_gate` | every cell |
-| enough successful requests for the percentile reported (p99: >= 500) | :func:`samples_gate` | every cell |
+| enough successful requests for the percentile reported (p99: >= 299) | :func:`samples_gate` | every cell |
 | CoV of p99 TTFT across repetitions < 10 % | :func:`cov_p99_gate` | points with >= 2 reps |
 | p99 reproducible within +-5 % (each rep's p99 vs the point's mean) | :func:`reproducible_p99_gate` | points with >= 2 reps |
 | Stack A's NVMe reads within +-10 % of idle | :func:`nvme_idle_gate` | H2A (the caller passes load and idle read rates) |
@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from kvharness.analysis.evidence import mean_ci, min_samples
+from kvharness.stats import mean_ci, min_ok_requests
 from kvharness.analysis.registry import Gate
 
 ALIGNMENT_LIMIT = 0.95
@@ -59,9 +59,9 @@ def alignment_gate(rows: Iterable[Mapping], limit: float = ALIGNMENT_LIMIT) -> G
 
 
 def samples_gate(rows: Iterable[Mapping], q: float = 99) -> Gate:
-    """Every cell has enough successful requests for its p``q`` (:func:`evidence.min_samples`)."""
+    """Every cell has enough successful requests for its p``q`` (:func:`kvharness.stats.min_ok_requests`)."""
     rows = list(rows)
-    need = min_samples(q)
+    need = min_ok_requests(q)
     name = f"enough samples for p{q:g}"
     if not rows:
         return Gate(name, None, None, f">= {need} ok requests per cell", "no cell")
@@ -167,3 +167,56 @@ def tier2_hit_fraction(cell_dir: str | Path) -> float | None:
 def common_gates(rows: Sequence[Mapping], points: Sequence[Mapping], keys: Sequence[str]) -> list[Gate]:
     """The gates that apply to every hypothesis: samples, alignment, and with reps CoV and reproducibility."""
     return [samples_gate(rows), alignment_gate(rows), cov_p99_gate(points, keys), reproducible_p99_gate(rows, keys)]
+
+
+# ---------------------------------------------------------------------------- gates -> verdicts
+
+#: the common quality gates (name prefixes) every verdict depends on unless its hypothesis says otherwise
+#: (``Hypothesis.verdict_gates``); a hypothesis's own gates are often findings, not preconditions
+QUALITY_GATES = ("enough samples for", "telemetry alignment", "CoV of p99", "p99 TTFT reproducible")
+
+#: what a claim does not cover when a gate could not be evaluated (by gate-name prefix)
+NOT_COVERED = {
+    "CoV of p99": "launch-to-launch variation (one repetition per point)",
+    "p99 TTFT reproducible": "launch-to-launch variation (one repetition per point)",
+}
+
+
+def _as_dict(g) -> dict:
+    return g.as_dict() if isinstance(g, Gate) else dict(g)
+
+
+def _depends(name: str, depends_on: Sequence[str] | None) -> bool:
+    return depends_on is None or any(name.startswith(prefix) for prefix in depends_on)
+
+
+def gate_sentence(sentence: str, gate_list: Iterable, depends_on: Sequence[str] | None = QUALITY_GATES) -> str:
+    """A verdict sentence after the gates its claim depends on (``depends_on``: gate-name prefixes,
+    default the common quality gates; None = every gate given). A failed one replaces the claim: "not established: <gate> <value> vs
+    <limit>" (every failed gate, '; '-joined). A gate that could not be evaluated (passed None) keeps
+    the claim and appends what it does not cover. Gates outside ``depends_on`` are ignored."""
+    mine = [_as_dict(g) for g in gate_list if _depends(_as_dict(g)["name"], depends_on)]
+    failed = [g for g in mine if g.get("passed") is False]
+    if failed:
+        return "not established: " + "; ".join(f"{g['name']} {g.get('value')} vs {g.get('limit')}" for g in failed)
+    gaps = []
+    for g in mine:
+        if g.get("passed") is None:
+            what = next((v for k, v in NOT_COVERED.items() if g["name"].startswith(k)), g["name"])
+            if what not in gaps:
+                gaps.append(what)
+    sentence = sentence.rstrip()
+    if gaps:
+        sentence = sentence.rstrip(".") + ". Does not cover: " + "; ".join(gaps) + "."
+    return sentence
+
+
+def gate_status(gate_list: Iterable) -> str:
+    """``fail`` if any gate failed, else ``incomplete`` if any could not be evaluated (n/a), else ``pass``;
+    ``n/a`` when there is no gate at all."""
+    passed = [_as_dict(g).get("passed") for g in gate_list]
+    if any(p is False for p in passed):
+        return "fail"
+    if any(p is None for p in passed):
+        return "incomplete"
+    return "pass" if passed else "n/a"

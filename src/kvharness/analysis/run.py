@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from kvharness import stats
 from kvharness.analysis import evidence, gates, registry
 from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
@@ -99,7 +100,7 @@ def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     members: dict[tuple, list[dict]] = {}
     for r in rows:
         members.setdefault(tuple(r.get(k) for k in keys), []).append(r)
-    need = evidence.min_samples(99)
+    need = stats.min_ok_requests(99)
     for p in table:
         reps = members[tuple(p.get(k) for k in keys)]
         p["reps"] = ";".join(str(r.get("rep", 0)) for r in sorted(reps, key=lambda r: r.get("rep", 0)))
@@ -145,14 +146,6 @@ def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
             "mixed_code": len(fingerprints) > 1, "provenance": provenance}
 
 
-def gate_status(gate_dicts: Sequence[dict]) -> str:
-    """fail if any gate failed, pass if at least one passed and none failed, else n/a."""
-    passed = [g.get("passed") for g in gate_dicts]
-    if any(p is False for p in passed):
-        return "fail"
-    return "pass" if any(p is True for p in passed) else "n/a"
-
-
 def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Mapping[str, str | Path],
                    outputs: Mapping[str, str | Path], config: Mapping | None = None) -> list[Path]:
     """Analyse one hypothesis and write every declared output; returns the written paths."""
@@ -183,14 +176,19 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
                          f"fingerprints, see provenance): compare them with care")
     for note in ctx.notes:
         log.warning("%s: %s", hyp, note)
+    # gates first, then the verdict: a claim whose gate failed is not stated (gates.gate_sentence)
     gate_dicts = [{**g.as_dict(), "scope": hyp} for g in h.gates(result)]
     gate_dicts += [{**g.as_dict(), "scope": "common"} for g in gates.common_gates(ctx.rows, points, keys)]
+    result.facts["gates"] = gate_dicts
+    measured = h.verdict(result)
+    depends = gates.QUALITY_GATES if h.verdict_gates is None else h.verdict_gates
+    sentence = gates.gate_sentence(measured, gate_dicts, depends) if depends else measured
     tables = {t.name: Path(outputs[t.name]).name for t in h.tables}
     if registry.POINTS in outputs:
         tables[registry.POINTS] = Path(outputs[registry.POINTS]).name
     verdict = {
-        "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
-        "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
+        "hyp": hyp, "question": h.question, "verdict": sentence, "measured": measured,
+        "how_to_read": h.how_to_read, "gates": gate_dicts, "gate_status": gates.gate_status(gate_dicts), "notes": ctx.notes, **facts,
         "n_cells": len(cells), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
         "tables": tables,
         "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},
