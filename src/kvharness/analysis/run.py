@@ -3,8 +3,9 @@
 Shared by the generated workflow rules (``workflow/scripts/analyze.py``) and ``kvharness analyze``.
 Besides the declared tables and figures it writes, for every hypothesis:
 
-- ``points.csv``: one row per point (stack x swept values, ``rep`` excluded) over its repetitions: mean
-  and 95 % t interval of p50/p95/p99 TTFT, p50/p99 TPOT, p99 E2E, req/s, goodput and good fraction, the
+- ``points.csv``: one row per point (stack x swept values, ``rep`` excluded) over its repetitions: the
+  pooled p99 TTFT with its hierarchical-bootstrap interval, order-statistic bound, early-stopping estimate
+  and minimum detectable effect (:func:`p99_evidence`); mean and 95 % t interval of p50/p95/p99 TTFT, p50/p99 TPOT, p99 E2E, req/s, goodput and good fraction, the
   CoV of p99 across reps, the worst rep's p99 deviation from the mean, and the fewest ok requests of a rep;
 - ``verdict.json``: the question, the computed verdict, the gates (the hypothesis's own, then the common
   ones of :mod:`kvharness.analysis.gates`, each with value and limit), one-line notes, the cells' status
@@ -73,8 +74,8 @@ POINT_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "tpot_ms_p50", "tp
 
 
 REPORT_COLUMNS = 10  # a table without key_columns shows its first declared columns in the report
-POINT_KEY_COLUMNS = ("n_reps", "ttft_ms_p50_mean", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low", "ttft_ms_p99_ci_high",
-                     "ttft_p99_cov", "goodput_req_s_mean", "good_fraction_mean", "n_ok_min", "status")
+POINT_KEY_COLUMNS = ("n_reps", "ttft_ms_p50_mean", "ttft_ms_p99_pooled", "ttft_ms_p99_boot_low", "ttft_ms_p99_boot_high",
+                     "ttft_ms_p99_es", "ttft_p99_mde_pct", "ttft_p99_cov", "good_fraction_mean", "n_ok_min", "status")
 
 
 def _read_or_empty(path: Path) -> dict:
@@ -94,6 +95,22 @@ def point_keys(cell_dirs: Sequence[Path]) -> list[str]:
     return keys
 
 
+def p99_evidence(reps: Sequence) -> dict:
+    """The p99 TTFT of a point from its requests (kvharness.stats): pooled value with the hierarchical
+    bootstrap's 95 % interval, the one-sided 95 % order-statistic bound, LoadGen's early-stopping estimate,
+    and the smallest difference a comparison with an identical twin of this point could detect (80 %
+    power, 5 % two-sided): the minimum detectable effect at these cell sizes."""
+    reps = [r for r in reps if len(r)]
+    if not reps:
+        return {}
+    pooled = [x for r in reps for x in r]
+    ci = stats.percentile_interval(reps, 99)
+    twin = stats.compare(reps, reps, 99)
+    return {"ttft_ms_p99_pooled": ci["estimate"], "ttft_ms_p99_boot_low": ci["low"], "ttft_ms_p99_boot_high": ci["high"],
+            "ttft_ms_p99_upper95": stats.order_stat_ci(pooled, 99)["upper"],
+            "ttft_ms_p99_es": stats.early_stopping_estimate(pooled, 99)["estimate"], "ttft_p99_mde_pct": twin["mde_pct"]}
+
+
 def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     """Per point over its repetitions (evidence.aggregate), plus reproducibility and sample counts."""
     table = evidence.aggregate(rows, keys, POINT_METRICS)
@@ -108,6 +125,7 @@ def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
         p["n_ok_min"] = min((r.get("n_ok") or 0) for r in reps)
         p["enough_samples_p99"] = p["n_ok_min"] >= need
         p["status"] = ";".join(sorted({str(r.get("status")) for r in reps}))
+        p.update(p99_evidence([stats.samples(r) for r in reps]))
     return sorted(table, key=lambda p: tuple((v is None, str(type(v)), v) for v in (p.get(k) for k in keys)))
 
 
