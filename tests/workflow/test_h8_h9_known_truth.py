@@ -90,4 +90,4 @@ def test_h8_equal_load_and_what_tiering_buys(run):
     # no reuse: 60 requests a rep are short of 299, so no verdict rests on that p99 and the sentence says so
     nr = pairs[("noreuse", "uwork_min")]["B"]
     assert nr["outcome"] == "inconclusive" and nr["short_cells"], nr
-    assert "short of 299" in verdict
+    assert "Short of 299 ok requests" in verdict

@@ -222,7 +222,7 @@ def _outcome(r: dict) -> str:
     if r["outcome"] in OUTCOME_WORDS:
         return OUTCOME_WORDS[r["outcome"]]
     if r.get("short_cells"):
-        return f"inconclusive: {len(r['short_cells'].split(';'))} cell(s) short of {stats.min_ok_requests(99)} requests"
+        return f"inconclusive, {len(r['short_cells'].split(';'))} short cells"
     return "inconclusive" + (f", MDE {r['mde_pct']:.0f} %" if r.get("mde_pct") is not None else "")
 
 
@@ -249,7 +249,7 @@ def verdict(result: Result) -> str:
     hero, cap = result.facts["hero"], result.facts["capacity"]
     if not hero:
         return "H8 needs finished cells of Stack A and Stack B at the same load."
-    text = "; ".join(workload_sentence(wl, hero, cap) for wl in result.facts["workloads"]) + "."
+    text = " ".join(workload_sentence(wl, hero, cap) + "." for wl in result.facts["workloads"])
     short = sorted({c for r in hero if r.get("short_cells") for c in r["short_cells"].split(";")})
     if short:
         text += f" Short of {stats.min_ok_requests(99)} ok requests (no verdict on their p99): {', '.join(short)}."
