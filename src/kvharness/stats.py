@@ -413,21 +413,6 @@ def compare(reps_a, reps_b, q: float = 99, margin: float = EQUIVALENCE_MARGIN, n
     return out
 
 
-def describe_comparison(c: dict, what: str = "B's p99", of: str = "A's") -> str:
-    """'B's p99 is 0.70× A's [0.61, 0.79]: differs' — the outcome with its interval, for sentences."""
-    if c.get("ratio") is None:
-        return f"{what} vs {of}: no data"
-    interval = "" if c.get("ci95_low") is None else f" [{c['ci95_low']:.2f}, {c['ci95_high']:.2f}]"
-    text = f"{what} is {c['ratio']:.2f}× {of}{interval}"
-    if c["outcome"] == EQUIVALENT:
-        return text + f": equivalent within ±{EQUIVALENCE_MARGIN:.0%}"
-    if c["outcome"] == DIFFERS:
-        return text + ": differs"
-    why = f"too few samples in {', '.join(c['short'])}" if c.get("short") else \
-        (f"could detect ≥ {c['mde_pct']:.0f} %" if c.get("mde_pct") is not None else "no interval")
-    return text + f": inconclusive ({why})"
-
-
 # ------------------------------------------------------------------ per-rep summaries (t intervals)
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1..30); above 30 the normal 1.96
