@@ -362,3 +362,11 @@ def test_min_ok_requests_gives_up_when_the_rate_cannot_reach_it(server):
     runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.3, min_ok_requests=10_000,
                                          max_duration_s=1.0, pattern={"kind": "closed", "concurrency": 1}))
     assert runner.stop_reason == "duration" and not runner.extended and len(recs) < 100
+
+
+def test_min_ok_requests_runs_to_the_cap_when_a_p99_bound_is_within_reach(server):
+    # ~100 ok requests/s at concurrency 2: 10,000 are out of reach by 4.5 s, 299 are not -> run to the cap
+    server.behaviour.update(ttft_s=0.02, itl_s=0.0)
+    runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.3, min_ok_requests=10_000,
+                                         max_duration_s=4.5, pattern={"kind": "closed", "concurrency": 2}))
+    assert runner.extended and runner.stop_reason == "max_duration" and len(recs) >= 299

@@ -462,8 +462,8 @@ class Runner:
 
     def _extend(self, now_ns: int) -> bool:
         """At the end of ``duration_s``: run on (to ``max_duration_s``) while the measure window has fewer
-        than ``min_ok_requests`` ok requests and the ok rate so far can reach them in time; a load that
-        cannot (errors, a collapsed stack) stops at once and its cell is reported short."""
+        than ``min_ok_requests`` ok requests, if the ok rate so far reaches them, or at least the 299 a p99
+        bound needs, by then; a load that cannot (errors, a collapsed stack) stops at once, reported short."""
         need, cap = self.spec.get("min_ok_requests"), self.spec.get("max_duration_s")
         if self.extended or not need or self.n_ok_measured >= need or not cap:
             return False
@@ -471,8 +471,13 @@ class Runner:
         cap_ns = self.t0_ns + int(cap * NS)
         if elapsed <= 0 or self.n_ok_measured == 0 or now_ns >= cap_ns:
             return False
-        rate = self.n_ok_measured / elapsed
-        if (now_ns - self.t0_ns) / NS + (need - self.n_ok_measured) / rate > cap * 1.05:
+        # run on when the ok rate so far brings, by the cap, the count asked for or at least what a p99
+        # bound needs (stats.min_ok_requests): a load that cannot even get that (errors, a collapsed
+        # stack) is not worth the wait
+        from kvharness.stats import min_ok_requests
+
+        projected = self.n_ok_measured + self.n_ok_measured / elapsed * (cap_ns - now_ns) / NS
+        if projected < min(need, min_ok_requests(99)):
             return False
         self.extended = True
         self.end_ns = cap_ns
