@@ -112,3 +112,15 @@ def test_out_of_order_resumes_are_said():
     (o,) = h9.orderings(rows)
     assert not o["ordered"]
     assert "not in the order" in h9.verdict(Result(tables={}, facts={"rows": rows, "fits": [], "orderings": [o]}))
+
+
+def test_a_failed_reproducibility_gate_turns_the_headline_into_not_established():
+    # B's two reps' p99s are 60 and 80 ms: each 14.3 % from their mean of 70 (gate: +-5 %), CoV 0.202 (< 10 %)
+    rows = [hero_row("sim-A", "A", "chat", "uwork_min", 4, 100, rep=i, _ttft_ms=ttfts(1.0, seed=i)) for i in (0, 1)] + \
+           [hero_row("sim-B", "B", "chat", "uwork_min", 4, p99, rep=i, _ttft_ms=ttfts(0.6, seed=10 + i))
+            for i, p99 in ((0, 60.0), (1, 80.0))]
+    table = h8.hero_table(rows)
+    text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows), "workloads": ["chat"]}))
+    assert text.startswith("chat: not established: CoV of p99 TTFT across reps 0.202 vs < 10%; "
+                           "p99 TTFT reproducible across reps 14.29 vs ±5 % (measured B/A p99 TTFT ")
+    assert "(differs)" in text and "highest load" not in text
