@@ -25,15 +25,15 @@ def test_same_stack_twice_is_not_called_different(snakemake_workdir, tmp_path):
         "stacks": {"A": "sim-A", "B": str(twin)},
         "sim": {"speedup": 20, "block_bytes_scale": 0.001, "seed": 0},
         "hypotheses": {
-            "H0": {"stacks": ["A", "B"], "profile": "comfy", "sweep": {"concurrency": [1, 2]},
+            "H0": {"stacks": ["A", "B"], "profile": "comfy", "sweep": {"concurrency": [1]},
                    "load": {"pattern": {"kind": "closed"}, "duration_s": 0.5, "min_ok_requests": None,
                             "workload": {"kind": "fixed_context", "context_tokens": 512, "output_tokens": 8}}},
             "H8": {"stacks": ["A", "B"], "profile": "spill", "sweep": {"variant": ["noreuse"]},
                    "points": [{"concurrency": "uwork_min", "rep": 0}, {"concurrency": "uwork_min", "rep": 1}],
                    "load": {"slo": {"ttft_ms": 50}, "workload": {"kind": "mixed_context", "output_tokens": 8},
                             "variants": {"noreuse": {
-                                "pattern": {"kind": "bursty", "burst_size": 0, "pause_s": 0.02},
-                                "min_ok_requests": 320, "duration_s": 0.5,
+                                "pattern": {"kind": "bursty", "burst_size": 0, "pause_s": 0.001},
+                                "min_ok_requests": 300, "duration_s": 0.5,
                                 "max_duration_s": 60,
                                 "workload": {"kind": "mixed_context", "output_tokens": 8}}}}},
         },
@@ -44,7 +44,7 @@ def test_same_stack_twice_is_not_called_different(snakemake_workdir, tmp_path):
     with open(run / "results/H8/summary.csv") as fh:
         table = list(csv.DictReader(fh))
     b = next(r for r in table if r["role"] == "B")
-    assert b["stack"] == "simtwin" and int(b["n_ok"]) >= 2 * 320
+    assert b["stack"] == "simtwin" and int(b["n_ok"]) >= 2 * 300
     assert b["outcome"] in ("equivalent", "inconclusive"), b
     lo, hi = float(b["p99_ratio_ci95_low"]), float(b["p99_ratio_ci95_high"])
     assert lo <= 1 <= hi
