@@ -178,6 +178,9 @@ def load_schema() -> dict:
         props = schema["properties"][section]["properties"]
         for key, value in values.items():
             props[key]["default"] = value
+    from kvharness.stats import min_ok_requests
+
+    schema["$defs"]["load"]["properties"]["min_ok_requests"]["default"] = min_ok_requests(99)  # derived, not typed
     return schema
 
 
@@ -560,7 +563,8 @@ def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
             pattern["burst_size"] = pattern["concurrency"]
     probe = {"model": cell["served_model_name"], "pattern": pattern, "workload": load["workload"],
              "endpoint": load.get("endpoint", "completions"), "duration_s": load.get("duration_s"),
-             "max_requests": load.get("max_requests"), "seed": load.get("seed", 0),
+             "max_requests": load.get("max_requests"), "min_ok_requests": load.get("min_ok_requests"),
+             "max_duration_s": load.get("max_duration_s"), "seed": load.get("seed", 0),
              "request_timeout_s": load.get("request_timeout_s", 60.0)}
     for key in ("lora", "slo"):
         if load.get(key) is not None:
