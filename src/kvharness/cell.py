@@ -22,8 +22,10 @@ from pathlib import Path
 
 from kvharness import REPO_ROOT, bgio, cellguard, clock, stats, validity
 from kvharness import uwork as uwork_result
-from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness.records import RecordError, read_json, read_jsonl
+from kvharness.defaults import SIM
 from kvharness.errors import ConfigError
+from kvharness.loadgen.spec import DEFAULT_PATTERN, default as load_default
 from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
@@ -125,7 +127,7 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
             raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs the uwork result (H0's uwork.csv)")
         load["concurrency"] = value
         load["concurrency_source"] = {"result": "uwork", "rule": rule, "from": source, "value": value}
-    pattern = load.setdefault("pattern", {"kind": "closed"})
+    pattern = load.setdefault("pattern", dict(DEFAULT_PATTERN))
     if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
         pattern["burst_size"] = load["concurrency"]
     if pattern.get("kind") == "trace" and isinstance(load.get("concurrency"), int):
@@ -209,7 +211,7 @@ def check_tier2_space(spec: dict, tier2_dir: Path) -> None:
     """
     if not spec["stack"].get("tiered"):
         return
-    scale = float(spec["sim"].get("block_bytes_scale", 1.0)) if spec["stack"]["kind"] == "sim" else 1.0
+    scale = float(spec["sim"].get("block_bytes_scale", SIM["block_bytes_scale"])) if spec["stack"]["kind"] == "sim" else 1.0
     need = int(spec["tiers"]["tier2_bytes"] * scale)
     probe = tier2_dir
     while not probe.exists():
@@ -476,8 +478,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
                                               if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
             "workload": load["workload"], "duration_s": load["duration_s"],
-            "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
-            "request_timeout_s": load.get("request_timeout_s", 60.0),
+            "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", load_default("seed")),
+            "request_timeout_s": load.get("request_timeout_s", load_default("request_timeout_s")),
             "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
             "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
             "max_consecutive_errors": load.get("max_errors", 100),
@@ -541,7 +543,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             time.sleep(idle_s)
             summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
                                       "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
-        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", 60.0)) + 30.0
+        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", load_default("request_timeout_s"))) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
             noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
             summary["background_io"] = noise.info

@@ -16,7 +16,10 @@ from typing import Any
 import yaml
 
 from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
-from kvharness.errors import ConfigError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness.errors import ConfigError, SpecError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness.loadgen import spec as loadspec
+from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
+from kvharness.netaddr import is_loopback
 from kvharness.units import parse_bytes
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -31,9 +34,6 @@ STACK_KEYS = {
     "models_path", "ready_urls", "system_port", "runtime", "cold_start", "fetch_histograms",
     "proxy",  # kvharness proxy in front of the stack (LoRA adapters)
 }
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-#: patterns whose load is a number of users in flight (the others are open loop: a rate)
-CLOSED_PATTERNS = ("closed", "bursty")
 
 
 
@@ -178,6 +178,10 @@ def load_schema() -> dict:
         props = schema["properties"][section]["properties"]
         for key, value in values.items():
             props[key]["default"] = value
+    schema["$defs"]["pattern"]["default"] = dict(loadspec.DEFAULT_PATTERN)
+    load = schema["$defs"]["load"]["properties"]
+    for key in ("seed", "request_timeout_s"):  # the load generator's own defaults
+        load[key]["default"] = loadspec.default(key)
     return schema
 
 
@@ -274,7 +278,7 @@ def _keep_only(cfg: dict) -> None:
 
 
 def _check_semantics(cfg: dict) -> None:
-    if cfg["host"] not in LOOPBACK and not cfg["allow_remote_bind"]:
+    if not is_loopback(cfg["host"]) and not cfg["allow_remote_bind"]:
         raise ConfigError(
             f"config error: host: {cfg['host']!r} is not a loopback address; set allow_remote_bind: true to expose servers"
         )
@@ -336,7 +340,7 @@ def needs_uwork(h: dict) -> bool:
     """Does this hypothesis run (some of) its cells at a U_work (an upstream result of H0)?"""
     from kvharness.analysis.axes import UWORK_RULES
 
-    kind = (h["load"].get("pattern") or {}).get("kind", "closed")
+    kind = (h["load"].get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"])
     swept = [v for v in (h.get("sweep") or {}).get("concurrency", [])] + \
         [p["concurrency"] for p in h.get("points") or [] if "concurrency" in p]
     if any(v in UWORK_RULES for v in swept):
@@ -549,10 +553,9 @@ def sweep_points(h: dict) -> list[dict]:
 
 def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
     """The cell's load, as the load generator will receive it, checked by the load generator's own rules."""
-    from kvharness.loadgen.spec import SpecError, validate_spec
 
     load = cell["load"]
-    pattern = dict(load.get("pattern") or {"kind": "closed"})
+    pattern = dict(load.get("pattern") or DEFAULT_PATTERN)
     if pattern.get("kind") in CLOSED_PATTERNS:
         conc = load.get("concurrency")
         pattern["concurrency"] = conc if isinstance(conc, int) else 1
@@ -560,13 +563,13 @@ def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
             pattern["burst_size"] = pattern["concurrency"]
     probe = {"model": cell["served_model_name"], "pattern": pattern, "workload": load["workload"],
              "endpoint": load.get("endpoint", "completions"), "duration_s": load.get("duration_s"),
-             "max_requests": load.get("max_requests"), "seed": load.get("seed", 0),
-             "request_timeout_s": load.get("request_timeout_s", 60.0)}
+             "max_requests": load.get("max_requests"), "seed": load.get("seed", loadspec.default("seed")),
+             "request_timeout_s": load.get("request_timeout_s", loadspec.default("request_timeout_s"))}
     for key in ("lora", "slo"):
         if load.get(key) is not None:
             probe[key] = load[key]
     try:
-        resolved = validate_spec(probe)
+        resolved = loadspec.validate_spec(probe)
     except SpecError as exc:
         detail = str(exc).removeprefix("load spec: ")
         raise ConfigError(f"config error: {where}.load.{detail} (cell {cell['cell']})") from None

@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness.records import RecordError, read_json, read_jsonl
 
 TIER_KEYS = ("tier0_bytes", "tier1_bytes", "tier2_bytes", "memory_budget_bytes")
 

@@ -306,7 +306,9 @@ def duration_rule(spec: dict, ctx: Context) -> Estimate | None:
     if not load.get("duration_s"):
         return None
     t = float(load["duration_s"]) + float(load.get("warmup_s") or 0) + float(load.get("cooldown_s") or 0)
-    if (load.get("pattern") or {}).get("kind", "closed") in ("closed", "bursty"):
+    from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
+
+    if (load.get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"]) in CLOSED_PATTERNS:
         users, _ = concurrency(spec, ctx)
         r, how = rate(spec, ctx, users)
         if r:

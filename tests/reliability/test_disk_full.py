@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvharness.analysis.records import read_jsonl
+from kvharness.records import read_jsonl
 from kvharness.cell import run_cell
 
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from kvharness import cellguard
-from kvharness.analysis.records import read_jsonl
+from kvharness.records import read_jsonl
 from kvharness.cell import CellFailed, run_cell
 
 

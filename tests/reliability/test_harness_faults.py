@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from kvharness.analysis.records import read_jsonl
+from kvharness.records import read_jsonl
 from kvharness.cell import CellFailed, run_cell
 from kvharness.stacks.launcher import RunningStack, plan_launch
 from kvharness.cell import template_names

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kvharness.analysis.records import read_jsonl
+from kvharness.records import read_jsonl
 from kvharness.cell import CellFailed, run_cell
 
 

@@ -165,7 +165,7 @@ def _event_loop_runner():
 def _measured_records(path: str) -> list[dict]:
     """The records of the measure window, read back from the flushed ``metrics.jsonl`` (a last line cut by a
     full disk is skipped, as the analysis counts it; an unreadable file gives an empty table)."""
-    from kvharness.analysis.records import RecordError, read_jsonl
+    from kvharness.records import RecordError, read_jsonl
 
     try:
         records, _ = read_jsonl(path)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from kvharness.errors import ConfigError
+from kvharness.errors import ConfigError, StackLaunchError
 from kvharness.stacks import identity
 from kvharness.provenance import redact_env
 from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
@@ -31,10 +31,6 @@ from kvharness.stacks.runtime import container_name, interpreter, stop_container
 PR_SET_PDEATHSIG = 1
 # Engine settings recorded for a stack without an engine YAML (what the cell hands its command line).
 ENGINE_NAMES = ("max_batch_size", "max_num_tokens", "max_seq_len", "tokens_per_block", "tier0_tokens", "eviction_policy")
-
-
-class StackLaunchError(RuntimeError):
-    """The stack did not come up; the message ends with the tail of its log."""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

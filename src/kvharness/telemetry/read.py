@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvharness.analysis.records import RecordError
-from kvharness.analysis.records import read_jsonl as read_records
+from kvharness.records import RecordError
+from kvharness.records import read_jsonl as read_records
 
 
 TelemetryFormatError = RecordError  # a malformed collector line: the message names file and line
