@@ -80,7 +80,7 @@ def test_load_tokenizer_is_accepted_and_reaches_the_cell():
 
 
 def test_h8_chat_working_set_exceeds_memory_and_fits_the_disk_tier():
-    from kvharness.cell import kv_bytes_per_token
+    from kvharness.sim.profiles import kv_bytes_per_token
     from kvharness.workingset import working_set
 
     cfg = validate_config(copy.deepcopy(BASE))
@@ -93,7 +93,7 @@ def test_h8_chat_working_set_exceeds_memory_and_fits_the_disk_tier():
 
 
 def test_pressure_bytes_become_a_count_of_pressure_prompts():
-    from kvharness.cell import kv_bytes_per_token
+    from kvharness.sim.profiles import kv_bytes_per_token
     from kvharness.pressure import pressure_requests
 
     cfg = validate_config(copy.deepcopy(BASE))

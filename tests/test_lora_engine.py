@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import resident_adapter_bytes, template_names
+from kvharness.cell import resident_adapter_bytes
+from kvharness.stacks.names import template_names
 from kvharness.config import ConfigError, expand_cells, load_stack, validate_config
 from kvharness.stacks.launcher import plan_launch
 

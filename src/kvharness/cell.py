@@ -30,7 +30,9 @@ from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.coldstart import baseline_check, first_request_check, prepare as cold_prepare
-from kvharness.stacks.sizing import check_host_tier, check_memory_pools, sizing_names, vllm_transfer_config
+from kvharness.sim.profiles import kv_bytes_per_token
+from kvharness.stacks.names import template_names
+from kvharness.stacks.sizing import check_host_tier, check_memory_pools
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -135,52 +137,6 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
     return load
 
 
-def template_names(spec: dict, tier2_dir: Path) -> dict:
-    tiers = spec["tiers"]
-    names = {
-        "host": spec["host"],
-        "model": spec["model"], "model_path": spec["model_path"],
-        "served_model_name": spec["served_model_name"], "precision": spec["precision"],
-        "hardware": spec["hardware"], "tier2_dir": str(tier2_dir),
-        **{k: tiers[k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
-        **spec["engine"], **spec["sim"],
-    }
-    kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-    names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
-    names["kv_bytes_per_token"] = kv_per_token
-    names.update(engine_model_names(spec))
-    names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
-    names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
-    names["lora_config"] = lora_engine_config(spec["engine"])
-    return names
-
-
-def engine_model_names(spec: dict) -> dict:
-    """Names for an engine model that is not ours (Dynamo's mocker): its tokenizer directory and the host
-    tier's copy bandwidths (decimal GB/s) of the simulator's hardware profile, so both engine models move
-    a block between device and host at the same speed."""
-    from kvharness.stacks.mocker_model import MODEL_DIR
-
-    names = {"mocker_model_dir": str(MODEL_DIR), "tier1_bandwidth_gbps": None}
-    try:
-        from kvharness.sim.profiles import build_timing_model
-
-        names["tier1_bandwidth_gbps"] = repr(build_timing_model(spec["hardware"], spec["model"], spec["precision"]).bw_g1_g2 / 1e9)
-    except (KeyError, ValueError):
-        pass
-    return names
-
-
-def lora_engine_config(engine: dict) -> dict | None:
-    """TRT-LLM's ``lora_config`` (LLM API options) from the engine's LoRA slots; None (key omitted) when off."""
-    if not engine.get("max_loras"):
-        return None
-    out = {"max_loras": int(engine["max_loras"])}
-    if engine.get("max_cpu_loras"):
-        out["max_cpu_loras"] = int(engine["max_cpu_loras"])
-    return out
-
-
 def resident_adapter_bytes(spec: dict, load: dict) -> int:
     """Adapter bytes a cell keeps resident: min(adapters the load uses, resident slots) x adapter bytes."""
     lora = load.get("lora") or {}
@@ -192,16 +148,6 @@ def resident_adapter_bytes(spec: dict, load: dict) -> int:
 
         slots, size = int(proxy["resident"]), parse_bytes(proxy["adapter_bytes"])
     return min(n, slots) * size
-
-
-def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
-    """KV bytes per token of a model profile (configs/models.yaml, owned by the simulator), None if unknown."""
-    from kvharness.sim.profiles import build_timing_model
-
-    try:
-        return int(build_timing_model(hardware, model, precision).kv_bytes_per_token)
-    except (KeyError, ValueError, TypeError, OSError):
-        return None
 
 
 def check_tier2_space(spec: dict, tier2_dir: Path) -> None:

@@ -15,16 +15,15 @@ from typing import Any
 
 import yaml
 
-from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
-from kvharness.errors import ConfigError, SpecError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.config.REPO_ROOT)
+from kvharness.axes import AXES, UWORK_RULES, points_schema, sweep_schema
+from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
 from kvharness.loadgen import spec as loadspec
 from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
 from kvharness.netaddr import is_loopback
 from kvharness.units import parse_bytes
 
-CONFIG_DIR = REPO_ROOT / "configs"
 SCHEMA_PATH = CONFIG_DIR / "config.schema.yaml"
-STACK_DIR = CONFIG_DIR / "stacks"
 
 STACK_KINDS = ("sim", "trtllm", "dynamo", "vllm", "sglang", "external")
 STACK_KEYS = {
@@ -168,7 +167,6 @@ def load_schema() -> dict:
     """configs/config.schema.yaml, with the parts that have one owner elsewhere filled in: the ``sweep`` and
     ``points`` sections from the axis registry, engine and simulator defaults from :mod:`kvharness.defaults`."""
     from kvharness import defaults
-    from kvharness.analysis.axes import points_schema, sweep_schema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     hyp = schema["$defs"]["hypothesis"]["properties"]
@@ -338,8 +336,6 @@ def swept_axes(h: dict) -> set[str]:
 
 def needs_uwork(h: dict) -> bool:
     """Does this hypothesis run (some of) its cells at a U_work (an upstream result of H0)?"""
-    from kvharness.analysis.axes import UWORK_RULES
-
     kind = (h["load"].get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"])
     swept = [v for v in (h.get("sweep") or {}).get("concurrency", [])] + \
         [p["concurrency"] for p in h.get("points") or [] if "concurrency" in p]
@@ -513,8 +509,6 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
 
 
 def cell_id(stack_name: str, sweep_values: dict) -> str:
-    from kvharness.analysis.axes import AXES
-
     return "_".join([stack_name] + [AXES[k].label(v) for k, v in sweep_values.items()])
 
 
@@ -597,8 +591,6 @@ def hypothesis_engine(cfg: dict, hyp: str) -> dict:
 
 def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     """Every cell of one hypothesis: one per stack role x point (see :func:`sweep_points`)."""
-    from kvharness.analysis.axes import AXES, AxisError
-
     if hyp not in cfg["hypotheses"]:
         raise ConfigError(f"config error: unknown hypothesis {hyp!r} (defined: {', '.join(cfg['hypotheses'])})")
     h = cfg["hypotheses"][hyp]

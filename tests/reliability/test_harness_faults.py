@@ -13,7 +13,7 @@ import pytest
 from kvharness.records import read_jsonl
 from kvharness.cell import CellFailed, run_cell
 from kvharness.stacks.launcher import RunningStack, plan_launch
-from kvharness.cell import template_names
+from kvharness.stacks.names import template_names
 
 
 def descendants_alive(procs):

@@ -134,7 +134,7 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
-    from kvharness.report.figures import plot_latency_vs_concurrency
+    from kvharness.analysis.figures import plot_latency_vs_concurrency
 
     summary, uwork_rows = h0_tables(ctx.rows)
     return Result(tables={"summary": summary, "uwork": uwork_rows},

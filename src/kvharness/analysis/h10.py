@@ -40,7 +40,7 @@ CURVE_COLUMNS = ["tier2_bytes", "tier2_blocks", "tier2_trace_gib", "hit_pct", "t
 
 def block_geometry(spec: dict) -> dict:
     """Tokens and KV bytes of one stack block and one trace block for a cell (the block mapping)."""
-    from kvharness.cell import kv_bytes_per_token
+    from kvharness.sim.profiles import kv_bytes_per_token
 
     kv = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]) or 0
     tpb = int(spec["engine"]["tokens_per_block"])

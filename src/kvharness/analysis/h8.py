@@ -76,7 +76,7 @@ def engine_diff(a: dict | None, b: dict | None) -> str | None:
 def cell_extras(cell_dir: str | Path) -> dict:
     """What the flat row lacks: the concurrency rule, the U_work values behind it, the tier hit split
     over the whole cell (blocks found in T0, onboarded from T1 / T2, and missed), the SLO."""
-    from kvharness.analysis.h9 import _tier_hits
+    from kvharness.analysis.tiercounts import tier_hits
     from kvharness.telemetry.read import read_jsonl
 
     cell = Path(cell_dir)
@@ -89,7 +89,7 @@ def cell_extras(cell_dir: str | Path) -> dict:
     misses = 0.0
     if (cell / "dynkv.jsonl").exists():
         for tick in read_jsonl(cell / "dynkv.jsonl"):
-            for i, v in enumerate(_tier_hits(tick)):
+            for i, v in enumerate(tier_hits(tick)):
                 hits[i] += v
             raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
             m = (tick.get("tier0") or {}).get("misses")
@@ -283,7 +283,7 @@ def gates(result: Result) -> list[Gate]:
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
-    from kvharness.report.hero import plot_hero
+    from kvharness.analysis.hero import plot_hero
 
     from kvharness.analysis.run import uwork_by_stack
 

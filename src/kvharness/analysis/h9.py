@@ -28,6 +28,7 @@ from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness import clock, stats
 from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.analysis.tiercounts import tier_hits
 
 GIB = 1024**3
 FIT_TOLERANCE = 0.25        # acceptance: fitted cost per GiB within 25 % of the model
@@ -50,16 +51,6 @@ FIT_COLUMNS = [
 
 
 # --------------------------------------------------------------------------- per cell
-
-def _tier_hits(tick: dict) -> tuple[float, float, float]:
-    """(T0 prefix-hit blocks, T1 onboarded blocks, T2 onboarded blocks) of one dynkv tick."""
-    raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
-    t0 = (tick.get("tier0") or {}).get("hits")
-    if t0 is None:
-        t0 = raw.get("kvsim_tier_hit_blocks{tier=0}")
-    return (float(t0 or 0), float((tick.get("tier1") or {}).get("hits") or 0),
-            float((tick.get("tier2") or {}).get("hits") or 0))
-
 
 def _scrape_counter(cell: Path, name: str, start_ns: int, end_ns: int) -> float | None:
     """Delta of a raw counter of the stack's scrapes (``scrapes.jsonl.gz``) over [start, end], summed over
@@ -146,7 +137,7 @@ def cell_resumes(cell_dir: str | Path) -> dict:
         ticks = TickIndex.from_cell(cell, "dynkv.jsonl").covering(start, end)
         t0 = t1 = t2 = 0.0
         for t in ticks:
-            h0, h1, h2 = _tier_hits(t)
+            h0, h1, h2 = tier_hits(t)
             t0, t1, t2 = t0 + h0, t1 + h1, t2 + h2
         # bytes read back into T0 = onboarded blocks x block bytes (a tier's bytes_out also counts its
         # offloads to the tier below, which the resume's allocations cascade in the same window)

@@ -138,3 +138,13 @@ def hit_ratios(c: dict, prompt_tokens: int | None = None, tokens_per_block: int 
     out.update({f"tier{i}_hit_blocks": v for i, v in enumerate(h)})
     out["lookup_blocks"] = total
     return out
+
+
+def tier_hits(tick: dict) -> tuple[float, float, float]:
+    """(T0 prefix-hit blocks, T1 onboarded blocks, T2 onboarded blocks) of one dynkv tick."""
+    raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
+    t0 = (tick.get("tier0") or {}).get("hits")
+    if t0 is None:
+        t0 = raw.get("kvsim_tier_hit_blocks{tier=0}")
+    return (float(t0 or 0), float((tick.get("tier1") or {}).get("hits") or 0),
+            float((tick.get("tier2") or {}).get("hits") or 0))

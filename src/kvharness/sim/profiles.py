@@ -99,3 +99,11 @@ def build_timing_model(hardware: str, model: str, precision: str, models_yaml: d
         bw_g1_g2=float(tb.get("g1_g2", 14e9)),
         bw_g2_g3=float(tb.get("g2_g3", 7e9)),
     )
+
+
+def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
+    """KV bytes per token of a model profile (configs/models.yaml, owned by the simulator), None if unknown."""
+    try:
+        return int(build_timing_model(hardware, model, precision).kv_bytes_per_token)
+    except (KeyError, ValueError, TypeError, OSError):
+        return None

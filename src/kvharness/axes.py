@@ -18,6 +18,7 @@ from typing import Any, Callable
 from kvharness.defaults import SIM
 from kvharness.errors import AxisError
 from kvharness.loadgen.spec import DEFAULT_PATTERN, default as load_default
+from kvharness.pressure import apply_pressure_bytes
 from kvharness.units import parse_bytes
 
 
@@ -135,8 +136,6 @@ def _set_context(spec: dict, value: Any, cfg: dict) -> None:
 
 
 def _set_pressure_bytes(spec: dict, value: Any, cfg: dict) -> None:
-    from kvharness.pressure import apply_pressure_bytes
-
     apply_pressure_bytes(spec, value, cfg)
 
 
