@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from machine import StealMeter  # noqa: E402
+from machine import StealMeter
 
 GOAL_S = 1.0
 PHASES = ("setup", "launch", "health", "collectors", "load", "teardown", "write")

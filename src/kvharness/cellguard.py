@@ -280,7 +280,7 @@ def _workflow_chain() -> list:
                 if any("snakemake" in Path(part).name for part in parent.cmdline()[:3]):
                     last = i
         return chain[:last + 1]
-    except Exception:  # noqa: BLE001 - no psutil or no /proc: the getppid() watch still works
+    except Exception:  # no psutil or no /proc: the getppid() watch still works
         return []
 
 

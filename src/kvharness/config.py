@@ -17,7 +17,7 @@ import yaml
 
 from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.config.REPO_ROOT)
 from kvharness.axes import AXES, UWORK_RULES, points_schema, sweep_schema
-from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # re-exported: kvharness.config.ConfigError
 from kvharness.loadgen import spec as loadspec
 from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
 from kvharness.netaddr import is_loopback
@@ -74,7 +74,7 @@ def load_yaml_strict(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     text = utf8_text(path, data, "save the file as UTF-8")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -545,7 +545,7 @@ def sweep_points(h: dict) -> list[dict]:
     return combos
 
 
-def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
+def _validate_cell_load(cell: dict, where: str) -> None:
     """The cell's load, as the load generator will receive it, checked by the load generator's own rules."""
 
     load = cell["load"]

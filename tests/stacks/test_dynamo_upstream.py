@@ -12,13 +12,11 @@ Without Dynamo these tests skip, unless it must be there: ``KVHARNESS_REQUIRE_DY
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kvharness.config import REPO_ROOT, STACK_DIR
 from kvharness.stacks import upstream_names as un

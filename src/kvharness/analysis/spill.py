@@ -29,7 +29,7 @@ def _ticks(cell_dir: Path, name: str) -> list[dict]:
 def _interval_ns(cell_dir: Path) -> int:
     try:
         return int(round(float(read_json(cell_dir / "collector_summary.json")["interval_ms"]) * 1e6))
-    except Exception:  # noqa: BLE001 - a cell without a collector summary: the configured cadence
+    except Exception:  # a cell without a collector summary: the configured cadence
         return int(round(float(read_json(cell_dir / "cell.json")["telemetry"]["interval_ms"]) * 1e6))
 
 

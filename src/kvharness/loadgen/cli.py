@@ -210,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = validate_spec(build_spec(args))
-        from kvharness.loadgen.patterns import make_pattern  # noqa: F401 - trace files are read here
+        from kvharness.loadgen.patterns import make_pattern  # trace files are read here
 
         pattern = make_pattern(spec)
     except SpecError as exc:
