@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kvharness.cellfiles import CELL_JSON, SUMMARY_JSON
+
 DEFAULT_OVERHEAD_S = 0.8     # per cell without a finished one to measure: job wall - load phase, median of
                              # 54 simulated cells on the 2-core development box (0.7 s, 2026-12-05)
 ANALYSIS_S = 4.0             # per hypothesis: its analysis job (a checkpoint; figures included)
@@ -97,7 +99,7 @@ def _json(path: Path) -> dict | None:
 
 def lock_wait_s(cell_dir: Path) -> float:
     """Seconds the cell's job waited for the machine lock (another workflow's cell was measuring)."""
-    lock = ((_json(cell_dir / "cell.json") or {}).get("measurement") or {}).get("lock") or {}
+    lock = ((_json(cell_dir / CELL_JSON) or {}).get("measurement") or {}).get("lock") or {}
     return float(lock.get("waited_s") or 0.0)
 
 
@@ -108,7 +110,7 @@ def _job_seconds(cell_dir: Path) -> float | None:
     try:
         return float(bench.read_text().splitlines()[1].split("\t")[0]) - lock_wait_s(cell_dir)
     except (OSError, IndexError, ValueError):
-        summary = _json(cell_dir / "summary.json") or {}
+        summary = _json(cell_dir / SUMMARY_JSON) or {}
         return summary.get("wall_s")
 
 
@@ -117,7 +119,7 @@ def finished_cells(results: Path):
     for cells in sorted(results.glob("*/cells")):
         for d in sorted(cells.iterdir()):
             if d.is_dir() and "." not in d.name:
-                summary = _json(d / "summary.json")
+                summary = _json(d / SUMMARY_JSON)
                 if summary and summary.get("status") in ("ok", "degraded"):
                     yield cells.parent.name, d, summary
 
@@ -133,7 +135,7 @@ def build_context(cfg: dict, results: Path, use_measured: bool = True) -> Contex
                 continue
             overheads.append(job - load_s)
             n = (summary.get("requests") or {}).get("n_requests")
-            spec = _json(d / "cell.json") or {}
+            spec = _json(d / CELL_JSON) or {}
             conc = (spec.get("load") or {}).get("concurrency")
             if n and load_s > 0 and isinstance(conc, (int, float)):
                 ctx.rates.setdefault((hyp, (spec.get("stack") or {}).get("name")), []).append((conc, n / load_s))
@@ -489,7 +491,7 @@ def progress_line(hyp: str, results: Path = Path("results"), where: Path = PROGR
     failed = {d.name.split(".failed-")[0] for d in base.glob("*.failed-*")} - set(done) if base.is_dir() else set()
     est_run = act_run = 0.0
     for c in done:
-        summary = _json(base / c / "summary.json") or {}
+        summary = _json(base / c / SUMMARY_JSON) or {}
         if (base / c).stat().st_mtime >= plan["started"] and summary.get("wall_s"):  # finished in this run
             est_run, act_run = est_run + cells[c], act_run + float(summary["wall_s"])
     pace = act_run / est_run if est_run > 0 else 1.0

@@ -10,6 +10,8 @@ import gc
 import json
 from pathlib import Path
 
+from kvharness.cellfiles import METRICS_JSONL
+
 try:  # 3-4x faster on big cells; anything it refuses (NaN, Infinity) is read again by json
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency, json the fallback
@@ -34,7 +36,7 @@ METRICS_FIELDS: tuple[tuple[str, tuple], ...] = (
     ("lat_tpot_ms", _NUM), ("prompt_tokens", _INT), ("output_tokens", _INT), ("cached_tokens", _INT),
     ("error_class", _STR),
 )
-CHECKED = {"metrics.jsonl": METRICS_FIELDS}
+CHECKED = {METRICS_JSONL: METRICS_FIELDS}
 
 
 _EXPECTED = {_NUM: "a number", _INT: "an integer", _STR: "a string"}

@@ -19,9 +19,9 @@ from typing import Sequence
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.evidence import enough_samples
-from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, hit_ratios, window_start_ns
+from kvharness.cellfolder import CellFolder
 
 H5_COLUMNS = [
     "stack", "sessions", "lora_adapters", "concurrency", "status", "working_set_bytes", "kv_working_set_bytes",
@@ -37,8 +37,9 @@ T0_FALL = 0.9
 def ws_row(cell_dir: str | Path) -> dict:
     cell_dir = Path(cell_dir)
     row = cell_row(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    folder = CellFolder(cell_dir)
+    spec = folder.spec
+    records, _ = folder.records()
     c = cell_counters(cell_dir, records)
     ws = spec.get("working_set") or {}
     lora = spec["load"].get("lora") or {}

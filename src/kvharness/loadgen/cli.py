@@ -17,6 +17,7 @@ import os
 import sys
 
 from kvharness.loadgen.spec import SpecError, validate_spec
+from kvharness.cellfiles import METRICS_JSONL
 
 EPILOG = """\
 Examples:
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--spec", metavar="LOAD_JSON", help="load spec (JSON); see docs/loadgen.md")
-    parser.add_argument("--out", metavar="METRICS_JSONL", default="metrics.jsonl",
+    parser.add_argument("--out", metavar="METRICS_JSONL", default=METRICS_JSONL,
                         help="per-request records, one JSON line each, flushed per record (default: %(default)s)")
     parser.add_argument("--summary-out", metavar="SUMMARY_JSON", default=None,
                         help="run summary (kvharness.stats.summarize_requests + self-check + the table's figures "

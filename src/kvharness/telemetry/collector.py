@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kvharness.cellfiles import COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, SYSMON_JSONL
 from kvharness.stats import percentile
 from kvharness.telemetry import host
 from kvharness.telemetry.gpu import GpuSampler
@@ -461,10 +462,10 @@ class Collector:
         out = cfg.out_dir
         files = {"stat": host_file("/proc/stat"), "meminfo": host_file("/proc/meminfo"),
                  "diskstats": host_file("/proc/diskstats")}
-        sysmon = open(os.path.join(out, "sysmon.jsonl"), "w", encoding="utf-8")
+        sysmon = open(os.path.join(out, SYSMON_JSONL), "w", encoding="utf-8")
         dynkv = csvf = writer = None
         if self.scraper is not None:
-            dynkv = open(os.path.join(out, "dynkv.jsonl"), "w", encoding="utf-8")
+            dynkv = open(os.path.join(out, DYNKV_JSONL), "w", encoding="utf-8")
             csvf = open(os.path.join(out, "dynkv_kv.csv"), "w", newline="", encoding="utf-8")
             writer = csv.writer(csvf)
             writer.writerow(CSV_COLUMNS)
@@ -596,7 +597,7 @@ class Collector:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2, sort_keys=True)
             fh.write("\n")
-        os.replace(tmp, os.path.join(out, "collector_summary.json"))
+        os.replace(tmp, os.path.join(out, COLLECTOR_SUMMARY_JSON))
         return summary
 
 
