@@ -375,12 +375,49 @@ def _check_context_limits(cfg: dict) -> None:
 # --------------------------------------------------------------------------- stacks
 
 
+#: what a stack config that leaves them out gets (load_stack fills them in, once)
+STACK_DEFAULTS = {"env": {}, "metrics": {}, "pre_commands": [], "health_path": "/health", "startup_timeout_s": 60,
+                  "tiered": False}
+
+
 def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") -> dict:
     """Read and check a stack config; ConfigError names the file and the key.
 
     ``name`` is a file stem in configs/stacks/ (``sim-A``) or a path to a ``.yaml`` file; either way the
     stack's name (used in cell ids) is the file stem and must be ``[A-Za-z0-9][A-Za-z0-9_-]*``.
     """
+    path = _stack_path(name, stack_dir, where)
+    stack = load_yaml_strict(path) or {}
+    if not isinstance(stack, dict):
+        raise ConfigError(f"{path} ({where}): expected a mapping of stack settings, got a {type(stack).__name__}")
+    unknown = sorted(set(stack) - STACK_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
+    if stack.get("proxy") is not None:
+        from kvharness.proxy import check_stack_proxy
+
+        try:
+            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    kind = stack.get("kind")
+    if kind not in STACK_KINDS:
+        raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
+    _check_stack_argvs(path, stack, kind)
+    _check_stack_extras(path, stack)
+    port = stack.get("port", "auto")
+    if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
+        raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
+    if not isinstance(stack.get("env", {}), dict):
+        raise ConfigError(f"{path}: env: expected a mapping of NAME: value")
+    for key, value in STACK_DEFAULTS.items():
+        stack.setdefault(key, copy.deepcopy(value))
+    stack["name"] = path.stem
+    return stack
+
+
+def _stack_path(name, stack_dir: Path | None, where: str) -> Path:
+    """The file a stack name or path names: a stem in configs/stacks/ or a ``.yaml`` path."""
     if not isinstance(name, str):
         raise ConfigError(f"config error: {where}: expected a stack name or a path to a .yaml file, got {name!r}")
     if name.endswith((".yaml", ".yml")):
@@ -399,26 +436,14 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
             raise ConfigError(f"config error: {where}: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", path.stem):
         raise ConfigError(f"{path} ({where}): the file name must be a stack name (letters, digits, _ and -)")
-    stack = load_yaml_strict(path) or {}
-    if not isinstance(stack, dict):
-        raise ConfigError(f"{path} ({where}): expected a mapping of stack settings, got a {type(stack).__name__}")
-    unknown = sorted(set(stack) - STACK_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
-    if stack.get("proxy") is not None:
-        from kvharness.proxy import check_stack_proxy
+    return path
 
-        try:
-            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    kind = stack.get("kind")
-    if kind not in STACK_KINDS:
-        raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
-    for key in ("command",):
-        argv = stack.get(key, [])
-        if not isinstance(argv, list) or not all(isinstance(a, (str, int, float)) for a in argv):
-            raise ConfigError(f"{path}: {key}: expected an argv list of strings (never a shell string), got {argv!r}")
+
+def _check_stack_argvs(path: Path, stack: dict, kind: str) -> None:
+    """``command`` and ``pre_commands`` are argv lists (never shell strings)."""
+    argv = stack.get("command", [])
+    if not isinstance(argv, list) or not all(isinstance(a, (str, int, float)) for a in argv):
+        raise ConfigError(f"{path}: command: expected an argv list of strings (never a shell string), got {argv!r}")
     if kind != "external" and not stack.get("command"):
         raise ConfigError(f"{path}: command: a launched stack needs a non-empty argv list")
     for i, argv in enumerate(stack.get("pre_commands", []) or []):
@@ -431,20 +456,6 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
             argv = argv.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
             raise ConfigError(f"{path}: pre_commands[{i}]: expected a non-empty argv list (never a shell string)")
-    _check_stack_extras(path, stack)
-    port = stack.get("port", "auto")
-    if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
-        raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
-    if not isinstance(stack.get("env", {}), dict):
-        raise ConfigError(f"{path}: env: expected a mapping of NAME: value")
-    stack.setdefault("env", {})
-    stack.setdefault("metrics", {})
-    stack.setdefault("pre_commands", [])
-    stack.setdefault("health_path", "/health")
-    stack.setdefault("startup_timeout_s", 60)
-    stack.setdefault("tiered", False)
-    stack["name"] = path.stem
-    return stack
 
 
 def _check_stack_extras(path: Path, stack: dict) -> None:
