@@ -15,10 +15,18 @@ from __future__ import annotations
 from typing import Mapping
 
 
+def _runs_at_sim_speedup(stack: Mapping) -> bool:
+    """A stack whose argv passes ``{speedup}`` (e.g. Dynamo's mocker: ``--speedup-ratio {speedup}``) runs
+    its model at the simulator's speedup, whatever its kind."""
+    argvs = [stack.get("command") or []] + [c.get("argv") or [] for c in stack.get("pre_commands") or []]
+    return any("{speedup}" in str(a) for argv in argvs for a in argv)
+
+
 def speedup_of(spec: Mapping) -> float:
-    """The speedup a cell's stack ran at: ``sim.speedup`` for a simulated stack, 1 for anything else."""
+    """The speedup a cell's stack ran at: ``sim.speedup`` for a simulated stack or one that passes
+    ``{speedup}`` to its engine (the mocker), 1 for anything else."""
     stack = spec.get("stack") or {}
-    if stack.get("kind") != "sim":
+    if stack.get("kind") != "sim" and not _runs_at_sim_speedup(stack):
         return 1.0
     value = (spec.get("sim") or {}).get("speedup")
     return float(value) if value else 1.0

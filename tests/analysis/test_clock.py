@@ -11,6 +11,8 @@ from kvharness.clock import describe, speedup_of, wall_ms, wall_slo
 def test_conversion_and_its_wording():
     assert speedup_of({"stack": {"kind": "sim"}, "sim": {"speedup": 20}}) == 20.0
     assert speedup_of({"stack": {"kind": "external"}, "sim": {"speedup": 20}}) == 1.0  # a real stack runs in real time
+    mocker = {"kind": "dynamo", "pre_commands": [{"argv": ["{python}", "-m", "dynamo.mocker", "--speedup-ratio", "{speedup}"]}]}
+    assert speedup_of({"stack": mocker, "sim": {"speedup": 20}}) == 20.0  # the mocker runs at the sim's speedup
     assert wall_ms(1000, 20) == 50.0 and wall_ms(None, 20) is None
     assert wall_slo({"ttft_ms": 1000, "tpot_ms": 100, "e2e_ms": None}, 20) == {"ttft_ms": 50.0, "tpot_ms": 5.0, "e2e_ms": None}
     assert describe(1000, 20) == "1000 ms stack time (50 ms wall at speedup 20)" and describe(1000, 1) == "1000 ms"
