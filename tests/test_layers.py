@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("kvharness.sim", "kvharness.loadgen", "kvharness.telemetry")),
     ("stacks", ("kvharness.stacks", "kvharness.proxy", "kvharness.bgio")),
     ("plan", ("kvharness.config", "kvharness.plan", "kvharness.axes", "kvharness.pressure",
-              "kvharness.workingset")),
+              "kvharness.workingset", "kvharness.cellspec")),
     ("measure", ("kvharness.cell", "kvharness.cell_cli", "kvharness.cellguard", "kvharness.validity",
                  "kvharness.uwork")),
     ("analysis", ("kvharness.analysis",)),

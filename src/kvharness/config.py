@@ -17,6 +17,7 @@ import yaml
 
 from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.config.REPO_ROOT)
 from kvharness.axes import AXES, UWORK_RULES, points_schema, sweep_schema
+from kvharness.cellspec import CellSpec
 from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # re-exported: kvharness.config.ConfigError
 from kvharness.loadgen import spec as loadspec
 from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
@@ -643,7 +644,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "keep_tier2_files": cfg["keep_tier2_files"],
                 **({"remote_machine": True} if cfg.get("remote_machine") else {}),  # absent by default: no re-measure
             }
-            cell["load"].setdefault("pattern", {"kind": "closed"})
+            cell["load"].setdefault("pattern", dict(DEFAULT_PATTERN))
             cell["load"]["slo"] = {**cfg.get("slo", {}), **(cell["load"].get("slo") or {})}  # plan SLOs, per-key override
             for key, value in values.items():
                 try:
@@ -670,6 +671,7 @@ def cell_index(cfg: dict) -> dict[tuple[str, str], dict]:
         if not cells:
             raise ConfigError(f"config error: hypotheses.{hyp}: the sweep is empty (no cell to measure)")
         for c in cells:
+            CellSpec.from_dict(c)  # every key present, none unknown, each of its type (kvharness.cellspec)
             index[(hyp, c["cell"])] = c
     return index
 
