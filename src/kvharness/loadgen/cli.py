@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from kvharness.loadgen.spec import SpecError, validate_spec
+from kvharness.loadgen.spec import DEFAULT_PATTERN, SpecError, validate_spec
 from kvharness.cellfiles import METRICS_JSONL
 
 EPILOG = """\
@@ -111,7 +111,7 @@ def build_spec(args: argparse.Namespace) -> dict:
     else:
         raw = {
             "base_url": "http://127.0.0.1:8000",
-            "pattern": {"kind": "closed", "concurrency": 1},
+            "pattern": {**DEFAULT_PATTERN, "concurrency": 1},
             "workload": {"kind": "fixed_context", "context_tokens": 1024, "output_tokens": 32},
             "duration_s": 10.0,
         }
@@ -122,7 +122,7 @@ def build_spec(args: argparse.Namespace) -> dict:
         if value is not None:
             raw[key] = value
     if args.concurrency is not None:
-        pattern = raw.setdefault("pattern", {"kind": "closed"})
+        pattern = raw.setdefault("pattern", dict(DEFAULT_PATTERN))
         if isinstance(pattern, dict):
             pattern["concurrency"] = args.concurrency
     workload = raw.setdefault("workload", {"kind": "fixed_context"})
