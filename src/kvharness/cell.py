@@ -430,11 +430,13 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
             "max_consecutive_errors": load.get("max_errors", 100),
         }
-        for key in ("lora", "slo", "max_requests"):
+        for key in ("lora", "slo", "max_requests", "min_ok_requests"):
             if load.get(key) is not None:
                 load_spec[key] = load[key]
         if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
             load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
+        if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
+            load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
         (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
         stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")
@@ -489,7 +491,8 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             time.sleep(idle_s)
             summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
                                       "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
-        budget = load.get("cell_timeout_s") or float(load.get("duration_s") or 600.0) + float(load.get("request_timeout_s", load_default("request_timeout_s"))) + 30.0
+        longest = max(float(load.get("duration_s") or 600.0), float(load_spec.get("max_duration_s") or 0.0))
+        budget = load.get("cell_timeout_s") or longest + float(load.get("request_timeout_s", load_default("request_timeout_s"))) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
             noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
             summary["background_io"] = noise.info

@@ -181,6 +181,9 @@ def load_schema() -> dict:
     load = schema["$defs"]["load"]["properties"]
     for key in ("seed", "request_timeout_s"):  # the load generator's own defaults
         load[key]["default"] = loadspec.default(key)
+    from kvharness.stats import min_ok_requests
+
+    load["min_ok_requests"]["default"] = min_ok_requests(99)  # derived, not typed
     return schema
 
 
@@ -569,7 +572,8 @@ def _validate_cell_load(cell: dict, where: str) -> None:
             pattern["burst_size"] = pattern["concurrency"]
     probe = {"model": cell["served_model_name"], "pattern": pattern, "workload": load["workload"],
              "endpoint": load.get("endpoint", "completions"), "duration_s": load.get("duration_s"),
-             "max_requests": load.get("max_requests"), "seed": load.get("seed", loadspec.default("seed")),
+             "max_requests": load.get("max_requests"), "min_ok_requests": load.get("min_ok_requests"),
+             "max_duration_s": load.get("max_duration_s"), "seed": load.get("seed", loadspec.default("seed")),
              "request_timeout_s": load.get("request_timeout_s", loadspec.default("request_timeout_s"))}
     for key in ("lora", "slo"):
         if load.get(key) is not None:

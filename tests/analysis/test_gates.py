@@ -18,12 +18,28 @@ def test_alignment_gate_reports_the_worst_cell_against_95_percent():
     assert gates.alignment_gate([]).passed is None
 
 
-def test_samples_gate_needs_500_ok_requests_for_p99():
-    rows = [{"cell": "a", "n_ok": 800}, {"cell": "b", "n_ok": 499}]
+def test_samples_gate_needs_299_ok_requests_for_p99():
+    # 1 - 0.99^298 = 0.9500 - 0.0001 < 0.95 <= 1 - 0.99^299: the largest of 299 bounds p99 at 95 %
+    assert 1 - 0.99 ** 298 < 0.95 <= 1 - 0.99 ** 299
+    rows = [{"cell": "a", "n_ok": 800}, {"cell": "b", "n_ok": 298}]
     g = gates.samples_gate(rows)
-    assert g.passed is False and g.value == 499 and "500" in g.limit
-    assert gates.samples_gate([{"cell": "a", "n_ok": 500}]).passed is True
-    assert gates.samples_gate([{"cell": "a", "n_ok": 100}], q=95).passed is True  # p95 needs 100
+    assert g.passed is False and g.value == 298 and "299" in g.limit
+    assert gates.samples_gate([{"cell": "a", "n_ok": 299}]).passed is True
+    assert gates.samples_gate([{"cell": "a", "n_ok": 59}], q=95).passed is True  # 1 - 0.95^59 >= 0.95
+    assert gates.samples_gate([{"cell": "a", "n_ok": 58}], q=95).passed is False
+
+
+def test_gate_sentence_reads_the_gates():
+    ok = {"name": "enough samples for p99", "passed": True, "value": 400, "limit": ">= 299"}
+    bad = {"name": "p99 TTFT reproducible across reps", "passed": False, "value": 15.2, "limit": "±5 %"}
+    na = {"name": "CoV of p99 TTFT across reps", "passed": None, "value": None, "limit": "< 10%"}
+    finding = {"name": "B transparent vs A", "passed": False, "value": 9, "limit": "±5 %"}
+    assert gates.gate_sentence("B beats A.", [ok, finding]) == "B beats A."  # a finding is not a precondition
+    assert gates.gate_sentence("B beats A.", [ok, bad, na]) == \
+        "not established: p99 TTFT reproducible across reps 15.2 vs ±5 %"
+    assert gates.gate_sentence("B beats A.", [ok, na]) == \
+        "B beats A. Does not cover: launch-to-launch variation (one repetition per point)."
+    assert gates.gate_sentence("x", [finding], None).startswith("not established: B transparent")
 
 
 def _rep_rows(values_by_point):
@@ -75,15 +91,16 @@ def test_tier2_hits_gate_and_its_reader(tmp_path):
 
 
 def test_points_table_and_gate_status_from_hand_made_rows():
-    from kvharness.analysis.run import gate_status, points_table
+    from kvharness.analysis.gates import gate_status
+    from kvharness.analysis.run import points_table
 
     rows = [{"stack": "B", "ctx": 1024, "rep": rep, "ttft_ms_p99": v, "ttft_ms_p50": 50.0, "n_ok": n, "status": "ok"}
-            for rep, (v, n) in enumerate([(96.0, 600), (104.0, 450)])]
+            for rep, (v, n) in enumerate([(96.0, 600), (104.0, 250)])]
     (p,) = points_table(rows, ["stack", "ctx"])
     assert p["n_reps"] == 2 and p["reps"] == "0;1" and p["ttft_ms_p99_mean"] == pytest.approx(100.0)
     half = 12.706 * (8.0 / 2 ** 0.5) / 2 ** 0.5  # t(0.975, 1) * sd / sqrt(n), sd of (96, 104) = 5.657
     assert p["ttft_ms_p99_ci_high"] == pytest.approx(100.0 + half, rel=1e-3)
-    assert p["ttft_p99_max_dev_pct"] == pytest.approx(4.0) and p["n_ok_min"] == 450 and p["enough_samples_p99"] is False
-    assert gate_status([{"passed": True}, {"passed": None}]) == "pass"
+    assert p["ttft_p99_max_dev_pct"] == pytest.approx(4.0) and p["n_ok_min"] == 250 and p["enough_samples_p99"] is False
+    assert gate_status([{"passed": True}, {"passed": None}]) == "incomplete"
     assert gate_status([{"passed": True}, {"passed": False}]) == "fail"
-    assert gate_status([{"passed": None}]) == "n/a"
+    assert gate_status([{"passed": None}]) == "incomplete" and gate_status([]) == "n/a"

@@ -28,14 +28,24 @@ def test_one_rep_says_what_the_impact_does_not_cover():
 
 
 def test_reps_give_intervals_and_a_failed_gate_replaces_the_claim():
-    rows = [row(100, r, 1.0, p) for r, p in enumerate((150.0, 152.0, 149.0))]
-    rows += [row(5000, r, 0.1, p) for r, p in enumerate((100.0, 101.0, 99.0))]
+    import random
+
+    rnd = random.Random(7)
+
+    def sampled(cadence, rep, scale):  # 600 ok requests a rep whose p99 is about 100 x scale ms
+        r = row(cadence, rep, 1.0 if cadence == 100 else 0.1, 100.0 * scale)
+        r["_ttft_ms"] = [rnd.lognormvariate(0, 0.3) * 100.0 * scale / 2.0 for _ in range(600)]
+        return r
+    rows = [sampled(100, r, 1.5) for r in range(3)] + [sampled(5000, r, 1.0) for r in range(3)]
     impact = {r["telemetry_interval_ms"]: r for r in impact_rows(h7_table(rows))}
-    assert impact[100.0]["p99_differs"] is True and impact[100.0]["ttft_ms_p99_ci_low"] < 150.33 < impact[100.0]["ttft_ms_p99_ci_high"]
-    assert "beyond the reps' 95 % t intervals at 100 ms +50.3 %" in verdict(result(rows))
-    short = Gate("enough samples for p99", False, 79, ">= 500 ok requests per cell")
+    fast = impact[100.0]
+    # known truth: the 100 ms cells' requests are the 5000 ms ones' x 1.5, so their p99 is 1.5x
+    assert fast["p99_outcome"] == "differs" and fast["p99_differs"] is True
+    assert fast["p99_ratio_ci95_low"] < 1.5 < fast["p99_ratio_ci95_high"] and fast["p99_ratio_ci95_low"] > 1.2
+    assert f"100 ms {fast['p99_ratio']:.2f}× [" in verdict(result(rows)) and "(differs)" in verdict(result(rows))
+    short = Gate("enough samples for p99", False, 79, ">= 299 ok requests per cell")
     text = verdict(result([{**r, "n_ok": 79} for r in rows]))
     assert "not established: enough samples for p99 79 vs >= " in text and "fewest" not in text
     text = verdict(result(rows, [short]))
-    assert "p99 TTFT impact not established: enough samples for p99 79 vs >= 500 ok requests per cell" in text
+    assert "p99 TTFT impact not established: enough samples for p99 79 vs >= 299 ok requests per cell" in text
     assert "collector cost under 3 % of a core down to a 100 ms cadence" in text  # cost does not read a p99

@@ -346,3 +346,27 @@ def test_a_failed_write_stops_the_run_and_is_reported(server):
     assert summary["write_error"].startswith("No space left on device") and summary["n_unwritten"] >= 1
     text = out.getvalue()
     assert len(text) == 2500 and not text.endswith("\n")  # the cut last line stays as written
+
+
+def test_min_ok_requests_extends_the_load_until_the_count(server):
+    # ~20 ms per request at concurrency 2: ~50 ok requests in 0.5 s, so 120 need ~1.2 s, within max 3 s
+    server.behaviour.update(ttft_s=0.02, itl_s=0.0)
+    runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.5, min_ok_requests=120,
+                                         max_duration_s=3.0, pattern={"kind": "closed", "concurrency": 2}))
+    assert runner.stop_reason == "min_ok_requests" and runner.extended
+    assert 120 <= sum(r["rc"] == 0 and r["window"] == "measure" for r in recs) <= 122  # + the one in flight
+
+
+def test_min_ok_requests_gives_up_when_the_rate_cannot_reach_it(server):
+    server.behaviour.update(ttft_s=0.02, itl_s=0.0)
+    runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.3, min_ok_requests=10_000,
+                                         max_duration_s=1.0, pattern={"kind": "closed", "concurrency": 1}))
+    assert runner.stop_reason == "duration" and not runner.extended and len(recs) < 100
+
+
+def test_min_ok_requests_runs_to_the_cap_when_a_p99_bound_is_within_reach(server):
+    # ~100 ok requests/s at concurrency 2: 10,000 are out of reach by 4.5 s, 299 are not -> run to the cap
+    server.behaviour.update(ttft_s=0.02, itl_s=0.0)
+    runner, summary, recs = run(spec_for(server, max_requests=None, duration_s=0.3, min_ok_requests=10_000,
+                                         max_duration_s=4.5, pattern={"kind": "closed", "concurrency": 2}))
+    assert runner.extended and runner.stop_reason == "max_duration" and len(recs) >= 299

@@ -31,6 +31,7 @@ def make_cell(tmp_path):
         spec["cell"] = f"{spec['stack']['name']}_fault"
         spec["tier2_root"] = str(tmp_path / "tier2")
         spec["stack"]["command"] = [*spec["stack"]["command"], *fault_args]
+        spec["load"]["min_ok_requests"] = None  # fault tests time their loads: no run-on for a sample count
         spec["load"].update({"concurrency": concurrency, "duration_s": duration_s,
                              "request_timeout_s": request_timeout_s, **load})
         spec["load"]["workload"]["context_tokens"] = context_tokens

@@ -19,7 +19,10 @@ def real_cells(stacks: dict, hyp: str = "H8", profile: str | None = None, **engi
     if hyp == "H8":
         raw["hypotheses"][hyp]["load"]["concurrency"] = 4
     cfg = validate_config(raw)
-    return {c["role"]: c for c in expand_cells(cfg, hyp)}
+    cells = {c["role"]: c for c in expand_cells(cfg, hyp)}
+    for c in cells.values():
+        c["load"]["min_ok_requests"] = None  # these tests check launches, not percentiles: cells stay short
+    return cells
 
 
 def auto_ports(stack: dict) -> dict:

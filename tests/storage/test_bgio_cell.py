@@ -26,7 +26,7 @@ def noisy_cell(tmp_path: Path, duration_s: float) -> dict:
     h = copy.deepcopy(cfg["hypotheses"]["H4A"])
     h["reps"] = 1
     h["sweep"] = {"background_io": ["on"]}
-    h["load"].update(concurrency=2, duration_s=duration_s)
+    h["load"].update(concurrency=2, duration_s=duration_s, min_ok_requests=None)
     h["load"]["workload"]["context_tokens"] = 256
     cfg["hypotheses"] = {"H4A": h}
     return expand_cells(validate_config(cfg), "H4A")[0]

@@ -50,6 +50,7 @@ def test_stack_that_ignores_the_tier_setting_fails_the_cell(tmp_path):
     h6["sweep"] = {"concurrency": [2]}
     h6["points"] = [{"tier_total": "6GiB"}]  # T0 2 GiB at the 1:2 ratio
     h6["load"]["duration_s"] = 1
+    h6["load"]["min_ok_requests"] = None
     cfg["hypotheses"] = {"H6": h6}
     cell = expand_cells(validate_config(cfg), "H6")[0]
     with pytest.raises(CellFailed) as e:

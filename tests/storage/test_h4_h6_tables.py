@@ -1,5 +1,7 @@
 """H4 / H6 table logic on synthetic rows (the end-to-end run is in test_storage_e2e.py)."""
 
+import numpy as np
+
 from kvharness.analysis.h4 import summarize
 from kvharness.analysis.h6 import hit_knee, knee_table, lfu_beats_lru, non_decreasing, policy_table
 from kvharness.analysis.registry import Gate
@@ -7,20 +9,31 @@ from kvharness.analysis.registry import Gate
 GIB = 1024**3
 
 
-def h4_row(bio, rep, p99, fetch=10.0):
-    return {"stack": "sim-B", "role": "B", "profile": "spill", "background_io": bio, "rep": rep, "ttft_ms_p99": p99,
-            "ttft_ms_p50": p99 / 2, "tier2_fetch_ms_mean": fetch, "nvme_r_await_ms_mean": 1.0}
+def h4_row(bio, rep, scale, fetch=10.0, r_await=1.0, reads=1 << 20):
+    """A cell of hand-made TTFTs: 1500 seeded lognormal requests (sigma 0.2) times ``scale``."""
+    ttft = list(scale * np.random.default_rng(rep + (100 if bio == "on" else 0)).lognormal(np.log(40.0), 0.2, 1500))
+    return {"stack": "sim-B", "role": "B", "profile": "spill", "background_io": bio, "rep": rep, "ttft_ms_p99": max(ttft),
+            "ttft_ms_p50": 40.0 * scale, "tier2_fetch_ms_mean": fetch, "nvme_r_await_ms_mean": r_await,
+            "tier2_read_kv_bytes": reads, "_ttft_ms": ttft}
 
 
-def test_h4_compare_uses_the_reps_confidence_intervals():
-    rows = [h4_row("off", 0, 100.0), h4_row("off", 1, 102.0), h4_row("on", 0, 150.0, 20.0), h4_row("on", 1, 153.0, 22.0)]
-    summary, compare = summarize(rows)
-    assert {(s["background_io"], s["n_reps"]) for s in summary} == {("off", 2), ("on", 2)}
+def test_h4_moved_held_inconclusive_and_the_mechanism_only_from_evidence():
+    off = [h4_row("off", i, 1.0, r_await=1.0 + 0.01 * i) for i in range(3)]
+    on = [h4_row("on", i, 1.5, fetch=20.0, r_await=2.0 + 0.01 * i) for i in range(3)]
+    summary, compare = summarize(off + on)
+    assert {(s["background_io"], s["n_reps"]) for s in summary} == {("off", 3), ("on", 3)}
     c = compare[0]
-    assert c["p99_differs"] is True and c["fetch_rises"] is True and c["n_reps_on"] == 2
-    assert round(c["p99_delta_ms"], 1) == 50.5
-    rows = [h4_row("off", 0, 100.0), h4_row("off", 1, 140.0), h4_row("on", 0, 110.0), h4_row("on", 1, 130.0)]
-    assert summarize(rows)[1][0]["p99_differs"] is False
+    # 3 + 3 reps with every on r_await above every off one: p = 1 / C(6, 3) = 0.05 -> rises
+    assert c["outcome"] == "moved" and c["r_await_rises"] is True and c["fetch_rises"] is True
+    assert c["p99_ratio_ci95_low"] < 1.5 < c["p99_ratio_ci95_high"] and c["mechanism"].startswith("tier-2 reads")
+    flat = [h4_row("on", i, 1.5, fetch=10.0 - i, r_await=1.0 - 0.1 * i) for i in range(3)]
+    c = summarize(off + flat)[1][0]
+    assert c["outcome"] == "moved" and c["mechanism"].startswith("not established: neither")
+    held = [h4_row("on", i, 1.0) for i in range(3)]
+    assert summarize(off + held)[1][0]["outcome"] in ("held", "inconclusive")
+    same = [dict(r, background_io="on") for r in off]  # the very same requests: ratio 1, +-5 % resolved
+    c = summarize(off + same)[1][0]
+    assert c["p99_ratio"] == 1 and c["outcome"] == "held" and c["mechanism"] is None
 
 
 def h6_row(t0, t1, c, hit, policy="lru", scan=0.0, fam="total", p50=10.0, p99=15.0):

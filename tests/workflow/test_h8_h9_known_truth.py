@@ -82,22 +82,22 @@ def test_h8_equal_load_and_what_tiering_buys(run):
     # what tiering buys, from the stacks' counters: B brings back from disk what A must recompute
     assert f(b["t2_hit_pct"]) > 10 and f(a["t2_hit_pct"]) == 0 and f(a["t1_hit_pct"]) == 0
     assert f(a["miss_pct"]) > f(b["miss_pct"]) + 10
-    # known truth: at equal load B brings back from disk what A recomputes, so its p99 TTFT is lower by
-    # more than the two cells' repetition spread (tier 2 is modelled at 7 GB/s against 8,000 prefill
-    # tokens/s: a 2 MiB block loads 13x faster than its 32 tokens recompute)
-    d_chat = f(b["vs_A_ttft_ms_p99_pct"])
-    assert d_chat < 0 and b["b_p99_differs"] == "True", b
+    # known truth: at equal load B brings back from disk what A recomputes, so its p99 TTFT is lower (tier 2
+    # is modelled at 7 GB/s against 8,000 prefill tokens/s: a 2 MiB block
+    # loads 13x faster than its 32 tokens recompute). Two reps of 320 requests may not be enough to decide
+    # it at 95 % (the reps' p99s can differ by tens of % at this tiny load): then it is inconclusive, never
+    # "differs" the wrong way round
+    assert f(b["p99_ratio"]) < 1 and b["outcome"] in ("differs", "inconclusive"), b
+    if b["outcome"] == "differs":
+        assert f(b["p99_ratio_ci95_high"]) < 1, b
     verdict = json.loads((run / "results/H8/verdict.json").read_text())["verdict"]
-    assert "chat (working set" in verdict and "B beats A" in verdict
+    ci = f"[{f(b['p99_ratio_ci95_low']):.2f}, {f(b['p99_ratio_ci95_high']):.2f}]"
+    assert f"chat: B/A p99 TTFT {f(b['p99_ratio']):.2f}× {ci}" in verdict
+    # no reuse: 60 requests a rep are short of 299, so no verdict rests on that p99 and the sentence says so
     # the production-trace workload: both stacks replayed the same window at the same in-flight cap
     trace = pairs[("trace", "uwork_min")]
     assert int(trace["A"]["n_ok"]) == int(trace["B"]["n_ok"]) > 0 and "trace" in verdict
     assert {r["workload"] for r in rows(run, "H8", "capacity")} == {"noreuse", "chat", "trace"}
-    # no reuse: B is transparent (within ±5 % of A), or the verdict says by how much it is not
     nr = pairs[("noreuse", "uwork_min")]["B"]
-    d = f(nr["vs_A_ttft_ms_p99_pct"])
-    if abs(d) <= 5:
-        assert f"B is within {abs(d):.1f} % of A" in verdict
-    else:
-        assert f"B is not within ±5 % of A (up to {abs(d):.1f} % off)" in verdict or \
-            f"B is slower than A (p99 up to {d:+.1f} %)" in verdict
+    assert nr["outcome"] == "inconclusive" and nr["short_cells"], nr
+    assert "Short of 299 ok requests" in verdict

@@ -49,7 +49,7 @@ def test_reps_give_points_with_intervals_and_common_gates(run):
     names = {g["name"]: g for g in verdict["gates"]}
     assert names["CoV of p99 TTFT across reps"]["passed"] is not None  # 2 reps: evaluated, with a value
     assert names["CoV of p99 TTFT across reps"]["value"] is not None
-    assert "enough samples for p99" in names and verdict["gate_status"] in ("pass", "fail")
+    assert "enough samples for p99" in names and verdict["gate_status"] in ("pass", "fail", "incomplete")
     points = (run / "results/H0/points.csv").read_text().splitlines()
     assert len(points) == 1 + 4 and "ttft_ms_p99_ci_low" in points[0]  # 2 stacks x 2 concurrencies
     assert verdict["provenance"]["models"][0]["served_model_name"] == browser.CANARY

@@ -144,8 +144,12 @@ def test_a_changed_uwork_remeasures_exactly_its_cells_and_an_unchanged_one_none(
     original = code.read_bytes()
     before = {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")}
     try:
-        # a stricter stability ratio: no step is stable any more, so U_work falls to the lowest step
-        code.write_bytes(original.replace(b"STABLE_RATIO = 2.0", b"STABLE_RATIO = 1.0001"))
+        # stability from the point values instead of the requests' bounds: tiny's short H0 cells (no p99
+        # bound below 299 requests) leave every step undecided and U_work at the lowest step; the point
+        # rule decides them, so U_work moves
+        edited = original.replace(b'samples = step.get("_ttft_ms")', b"samples = None")
+        assert edited != original
+        code.write_bytes(edited)
         proc = snakemake(finished_run, "--cores", "2", "results/H8/summary.csv")
         assert proc.returncode == 0, proc.stderr[-3000:]
         after = {r["stack"]: r["u_work_used"] for r in read_csv(finished_run / "results/H0/uwork.csv")}
@@ -199,6 +203,8 @@ hypotheses:
     assert all(int(r["n_ok"]) > 0 for r in rows)
     verdict = json.loads((tmp_path / "results/H42/verdict.json").read_text())
     n = sum(int(r["n_ok"]) for r in rows)
-    assert verdict["verdict"] == f"{n} requests succeeded."
+    # one rep per point: the common reproducibility gates are n/a, and the verdict says what it does not cover
+    assert verdict["verdict"] == f"{n} requests succeeded. Does not cover: launch-to-launch variation (one repetition per point)."
+    assert verdict["measured"] == f"{n} requests succeeded." and verdict["gate_status"] == "incomplete"
     assert verdict["gates"][0]["passed"] is True and verdict["cell_status"] == {"ok": 2}
     assert (tmp_path / "results/H42/toy.png").is_file()

@@ -49,6 +49,9 @@ def cell_row(cell_dir: str | Path) -> dict:
     for key, value in (spec.get("sweep") or {}).items():  # every swept axis value is a column
         if row.get(key) is None:  # a point is keyed by every swept value: never leave one blank
             row[key] = value
+    # every ok request's TTFT (measure window): the samples behind the cell's percentiles, for the
+    # within-cell intervals and the across-rep comparison of kvharness.stats (never written to a table)
+    row["_ttft_ms"] = [r["lat_ttft_ms"] for r in records if stats.is_ok(r) and r.get("lat_ttft_ms") is not None]
     ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")
     row["ttft_p99_over_p50"] = (ttft99 / ttft50) if ttft50 else None
     return row

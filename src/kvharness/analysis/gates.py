@@ -6,7 +6,7 @@ no data), the measured value and the limit, so a reader sees how far from the li
 | gate | function | applies |
 |---|---|---|
 | >= 95 % of 200 ms windows have samples from every source | :func:`alignment_gate` | every cell |
-| enough successful requests for the percentile reported (p99: >= 500) | :func:`samples_gate` | every cell |
+| enough successful requests for the percentile reported (p99: >= 299) | :func:`samples_gate` | every cell |
 | CoV of p99 TTFT across repetitions < 10 % | :func:`cov_p99_gate` | points with >= 2 reps |
 | p99 reproducible within +-5 % (each rep's p99 vs the point's mean) | :func:`reproducible_p99_gate` | points with >= 2 reps |
 | Stack A's NVMe reads within +-10 % of idle | :func:`nvme_idle_gate` | H2A (the caller passes load and idle read rates) |
@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from kvharness.analysis.evidence import mean_ci, min_samples
+from kvharness.stats import mean_ci, min_ok_requests
 from kvharness.analysis.registry import Gate
 
 ALIGNMENT_LIMIT = 0.95
@@ -68,9 +68,9 @@ def alignment_gate(rows: Iterable[Mapping], limit: float = ALIGNMENT_LIMIT) -> G
 
 
 def samples_gate(rows: Iterable[Mapping], q: float = 99) -> Gate:
-    """Every cell has enough successful requests for its p``q`` (:func:`evidence.min_samples`)."""
+    """Every cell has enough successful requests for its p``q`` (:func:`kvharness.stats.min_ok_requests`)."""
     rows = list(rows)
-    need = min_samples(q)
+    need = min_ok_requests(q)
     name = f"enough samples for p{q:g}"
     if not rows:
         return Gate(name, None, None, f">= {need} ok requests per cell", "no cell")
@@ -178,11 +178,60 @@ def common_gates(rows: Sequence[Mapping], points: Sequence[Mapping], keys: Seque
     return [samples_gate(rows), alignment_gate(rows), cov_p99_gate(points, keys), reproducible_p99_gate(rows, keys)]
 
 
-# ---------------------------------------------------------------------------- claims read their gates
-# A minimal local version of the shared "verdicts read the gates" helper (issue 22); the lead reconciles
-# it with the statistics module's at merge.
+# ---------------------------------------------------------------------------- gates -> verdicts
 
-GATED_LIST_MAX = 3  # failed gates named in one "not established" sentence; the rest are counted
+#: the common quality gates (name prefixes) every verdict depends on unless its hypothesis says otherwise
+#: (``Hypothesis.verdict_gates``); a hypothesis's own gates are often findings, not preconditions
+QUALITY_GATES = ("enough samples for", "telemetry alignment", "CoV of p99", "p99 TTFT reproducible")
+
+#: what a claim does not cover when a gate could not be evaluated (by gate-name prefix)
+NOT_COVERED = {
+    "CoV of p99": "launch-to-launch variation (one repetition per point)",
+    "p99 TTFT reproducible": "launch-to-launch variation (one repetition per point)",
+}
+
+
+def _as_dict(g) -> dict:
+    return g.as_dict() if isinstance(g, Gate) else dict(g)
+
+
+def _depends(name: str, depends_on: Sequence[str] | None) -> bool:
+    return depends_on is None or any(name.startswith(prefix) for prefix in depends_on)
+
+
+def gate_sentence(sentence: str, gate_list: Iterable, depends_on: Sequence[str] | None = QUALITY_GATES) -> str:
+    """A verdict sentence after the gates its claim depends on (``depends_on``: gate-name prefixes,
+    default the common quality gates; None = every gate given). A failed one replaces the claim: "not established: <gate> <value> vs
+    <limit>" (every failed gate, '; '-joined). A gate that could not be evaluated (passed None) keeps
+    the claim and appends what it does not cover. Gates outside ``depends_on`` are ignored."""
+    mine = [_as_dict(g) for g in gate_list if _depends(_as_dict(g)["name"], depends_on)]
+    failed = [g for g in mine if g.get("passed") is False]
+    if failed:
+        return _not_established(failed)
+    gaps = []
+    for g in mine:
+        if g.get("passed") is None:
+            what = next((v for k, v in NOT_COVERED.items() if g["name"].startswith(k)), g["name"])
+            if what not in gaps:
+                gaps.append(what)
+    sentence = sentence.rstrip()
+    if gaps:
+        sentence = sentence.rstrip(".") + ". Does not cover: " + "; ".join(gaps) + "."
+    return sentence
+
+
+def gate_status(gate_list: Iterable) -> str:
+    """``fail`` if any gate failed, else ``incomplete`` if any could not be evaluated (n/a), else ``pass``;
+    ``n/a`` when there is no gate at all."""
+    passed = [_as_dict(g).get("passed") for g in gate_list]
+    if any(p is False for p in passed):
+        return "fail"
+    if any(p is None for p in passed):
+        return "incomplete"
+    return "pass" if passed else "n/a"
+
+
+GATED_LIST_MAX = 3  # failed gates named in one inline "not established"; the rest are counted
 
 
 def _gate_value(value) -> str:
@@ -193,30 +242,26 @@ def _gate_value(value) -> str:
     return str(value)
 
 
-def _matches(gate: Gate, names: Sequence[str]) -> bool:
-    return any(gate.name == n or gate.name.startswith(n) for n in names)
+def _not_established(failed: Sequence[Mapping], most: int | None = None) -> str:
+    """"not established: <gate> <value> vs <limit>; …" — the one wording of a claim whose gate failed."""
+    shown = failed if most is None else failed[:most]
+    named = "; ".join(f"{g['name']} {_gate_value(g.get('value'))} vs {g.get('limit')}" for g in shown)
+    more = f" (and {len(failed) - len(shown)} more failed)" if len(failed) > len(shown) else ""
+    return f"not established: {named}{more}"
 
 
 def gated_sentence(claim: str, gates: list[Gate], depends_on: Sequence[str]) -> str:
-    """``claim`` only when every gate it depends on passed.
+    """The inline form of :func:`gate_sentence`, for one claim inside a longer verdict (H2A, H2B, H6, H7, H9).
 
     ``depends_on`` names gates: a gate belongs to the claim when its name equals an entry or starts with
-    it (so "A's NVMe reads" covers the per-point gates "A's NVMe reads ... (spill, 4096 tokens)").
-
-    * a gate failed -> "not established: <gate> <value> vs <limit>" instead of the claim (at most
-      ``GATED_LIST_MAX`` failed gates named, the rest counted);
-    * no gate failed, but one is n/a (``passed`` None) or an entry matched no gate -> the claim and, in
-      brackets, what it does not cover: "(not covered: <gate>: <why>)";
-    * every gate passed -> the claim as given.
-    """
-    mine = [g for g in gates if _matches(g, depends_on)]
-    failed = [g for g in mine if g.passed is False]
+    it. A failed gate → "not established: …" (at most ``GATED_LIST_MAX`` named); no failure but a gate n/a,
+    or an entry that matched no gate → the claim and "(not covered: <gate>: <why>)"; else the claim."""
+    mine = [_as_dict(g) for g in gates if any(_as_dict(g)["name"].startswith(n) for n in depends_on)]
+    failed = [g for g in mine if g.get("passed") is False]
     if failed:
-        named = "; ".join(f"{g.name} {_gate_value(g.value)} vs {g.limit}" for g in failed[:GATED_LIST_MAX])
-        more = f" (and {len(failed) - GATED_LIST_MAX} more failed)" if len(failed) > GATED_LIST_MAX else ""
-        return f"not established: {named}{more}"
-    open_ = [f"{g.name}: {g.note or 'not evaluated'}" for g in mine if g.passed is None]
-    open_ += [f"{n}: not evaluated" for n in depends_on if not any(_matches(g, [n]) for g in mine)]
+        return _not_established(failed, GATED_LIST_MAX)
+    open_ = [f"{g['name']}: {g.get('note') or 'not evaluated'}" for g in mine if g.get("passed") is None]
+    open_ += [f"{n}: not evaluated" for n in depends_on if not any(g["name"].startswith(n) for g in mine)]
     if open_:
         more = f"; and {len(open_) - GATED_LIST_MAX} more" if len(open_) > GATED_LIST_MAX else ""
         return f"{claim} (not covered: {'; '.join(open_[:GATED_LIST_MAX])}{more})"

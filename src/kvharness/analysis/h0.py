@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kvharness.analysis.evidence import cov, mean_ci
+from kvharness import stats
+from kvharness.stats import cov, mean_ci
 from kvharness.analysis.knee import collapse_point, u_work
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import pct_delta
@@ -14,13 +15,15 @@ TRANSPARENCY_PCT = 5.0
 H0_COLUMNS = [
     "stack", "role", "tiered", "profile", "concurrency", "status", "n_reps", "n_requests", "n_ok", "n_errors",
     "error_rate", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "ttft_ms_p99_ci_low",
-    "ttft_ms_p99_ci_high", "ttft_p99_cov", "ttft_p99_over_p50", "stable", "stable_reps",
+    "ttft_ms_p99_ci_high", "ttft_ms_p99_upper95", "ttft_ms_p99_es", "ttft_p99_cov", "ttft_p99_over_p50", "stable",
+    "stable_reps", "enough_samples_p99",
     "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s", "output_tok_s",
     "goodput_req_s", "good_fraction", "kv_hit_pct", "alignment", "client_bound", "tier2_file_bytes", "code_fingerprint",
     "speedup",  # the collapse limit (stack time) is compared in wall time: knee.collapse_limit_wall_ms
 ]
-UWORK_COLUMNS = ["stack", "role", "u_work", "u_work_used", "u_work_reps", "u_work_min", "u_work_max",
-                 "reps_agree", "headline_rep", "censored", "knee_at", "knee_reps", "n_steps", "n_reps"]
+UWORK_COLUMNS = ["stack", "role", "u_work", "u_work_high", "decided", "undecided_steps", "short_steps", "u_work_used",
+                 "u_work_reps", "u_work_min", "u_work_max", "reps_agree", "headline_rep", "censored", "knee_at",
+                 "knee_reps", "n_steps", "n_reps", "n_ok_min"]
 #: metrics averaged over a step's repetitions in the summary (the mean of each rep's percentile)
 _MEAN_METRICS = ("n_requests", "n_ok", "n_errors", "error_rate", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p95",
                  "ttft_ms_p99", "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "tpot_ms_p50", "itl_ms_p99", "req_s",
@@ -45,8 +48,11 @@ def _mean_steps(rows: Sequence[dict]) -> list[dict]:
         step = {k: first.get(k) for k in H0_COLUMNS}
         for m in _MEAN_METRICS:
             step[m] = mean_ci(r.get(m) for r in reps)["mean"]
-        p99 = mean_ci(r.get("ttft_ms_p99") for r in reps)
-        step.update(n_reps=len(reps), ttft_ms_p99_ci_low=p99["ci_low"], ttft_ms_p99_ci_high=p99["ci_high"],
+        pooled = [x for r in reps for x in stats.samples(r)]
+        os_ci = stats.order_stat_ci(pooled, 99)
+        step.update(n_reps=len(reps), ttft_ms_p99_ci_low=os_ci["low"], ttft_ms_p99_ci_high=os_ci["high"],
+                    ttft_ms_p99_upper95=os_ci["upper"], ttft_ms_p99_es=stats.early_stopping_estimate(pooled, 99)["estimate"],
+                    enough_samples_p99=all(stats.enough_samples(r.get("n_ok"), 99) for r in reps), _ttft_ms=pooled,
                     ttft_p99_cov=cov(r.get("ttft_ms_p99") for r in reps),
                     ttft_p99_over_p50=(step["ttft_ms_p99"] / step["ttft_ms_p50"]) if step.get("ttft_ms_p50") else None,
                     status=";".join(sorted({str(r.get("status")) for r in reps})),
@@ -87,7 +93,8 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         for step in curve:
             c = step["concurrency"]
             n_stable = sum(1 for k in rep_knees.values() if k["stable"].get(c))
-            summary.append({**step, "stable": mean_knee["stable"][c], "stable_reps": f"{n_stable}/{step['n_reps']}"})
+            state = {True: "stable", False: "unstable", None: "undecided"}[mean_knee["stable"][c]]
+            summary.append({**step, "stable": state, "stable_reps": f"{n_stable}/{step['n_reps']}"})
     roles = {r["stack"]: r["role"] for r in rows}
     ref_stack = next((s for s, role in roles.items() if role == "A"), None)
     for stack in sorted(per_stack):
@@ -103,13 +110,21 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
                     f"using the lowest swept concurrency {used}")
         elif knee["censored"]:
             note = f"stable to the end of the sweep: the knee lies above {used}"
+        if knee["undecided"] and knee["u_work_high"] != knee["u_work"]:
+            note = "; ".join(filter(None, [note, f"the samples cannot decide the stability of concurrency "
+                                                 f"{', '.join(map(str, knee['undecided']))}: U_work lies in "
+                                                 f"[{knee['u_work'] or 'none'}, {knee['u_work_high']}]"]))
         values = [k["u_work"] for _, k in sorted(rep_knees.items())]
         numbers = [v for v in values if v is not None]
         agree = len(set(values)) == 1
         if not agree:
             note = "; ".join(filter(None, [note, f"U_work differs between reps ({', '.join(str(v) for v in values)}): "
                                                  f"the headline is the lower median (rep {head_rep})"]))
-        row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_used": used,
+        short = sorted({r["concurrency"] for r in per_stack[stack] if not stats.enough_samples(r.get("n_ok"), 99)})
+        row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_high": knee["u_work_high"],
+               "decided": knee["u_work"] is not None and knee["u_work_high"] == knee["u_work"],
+               "undecided_steps": ";".join(map(str, knee["undecided"])), "short_steps": ";".join(map(str, short)),
+               "n_ok_min": min((r.get("n_ok") or 0) for r in per_stack[stack]), "u_work_used": used,
                "u_work_reps": ";".join("none" if v is None else str(v) for v in values),
                "u_work_min": min(numbers) if numbers else None, "u_work_max": max(numbers) if numbers else None,
                "reps_agree": agree, "headline_rep": head_rep, "censored": knee["censored"],
@@ -148,12 +163,19 @@ def verdict(result: Result) -> str:
         return "No H0 cell finished: no U_work."
     parts = []
     for r in rows:
-        if r["u_work"] is None:
+        if r["u_work"] is None and r.get("u_work_high") is None:
             parts.append(f"{r['stack']} has no stable pair of steps (using {r['u_work_used']})")
+        elif not r.get("decided"):
+            parts.append(f"{r['stack']} undecided between {r['u_work'] or 'none'} and {r['u_work_high']} "
+                         f"(stability of concurrency {r['undecided_steps'].replace(';', ', ')} not decided by the samples)")
         else:
             spread = "" if r.get("reps_agree", True) else f", reps ranged {r['u_work_min']}–{r['u_work_max']}: unstable"
             parts.append(f"{r['stack']} {r['u_work']}{' (censored: stable to the end of the sweep)' if r['censored'] else ''}{spread}")
     sentence = "U_work: " + "; ".join(parts) + "."
+    short = [f"{r['stack']} at c={r['short_steps'].replace(';', ', ')}" for r in rows if r.get("short_steps")]
+    if short:
+        sentence += (f" Cells short of {stats.min_ok_requests(99)} ok requests (their steps are undecided unless the "
+                     f"bounds still decide them): {'; '.join(short)}.")
     for r in rows:
         if "transparent" in r:
             sentence += (f" {r['stack']}'s p50 TTFT is {'within' if r['transparent'] else 'outside'} "
@@ -190,8 +212,13 @@ register(Hypothesis(
                                "line the knee (first two consecutive unstable steps)."),),
     verdict=verdict,
     gates=gates,
+    # short cells make their steps undecided inside u_work (and the verdict names them), so U_work hangs on
+    # the reproducibility gates only: with one rep they are n/a and the verdict says what it does not cover
+    verdict_gates=("CoV of p99", "p99 TTFT reproducible"),
     provides={"uwork": "uwork"},
-    how_to_read="A step is stable when p99 TTFT <= 2 x p50. U_work is the highest concurrency whose step and the next "
+    how_to_read="A step is stable when p99 TTFT <= 2 x p50, decided from its requests: stable when the one-sided 95 % "
+                "order-statistic upper bound of p99 is <= 2 x the lower bound of p50, unstable when the p99's lower "
+                "bound exceeds 2 x the p50's upper bound, otherwise undecided (u_work..u_work_high brackets U_work). U_work is the highest concurrency whose step and the next "
                 "are both stable, below the first two consecutive unstable steps (the knee). It is computed per "
                 "repetition; the headline is the lower median of the reps' values, and u_work_reps shows their "
                 "spread (reps that disagree mean the knee is not sharp on this machine). Percentiles in the "

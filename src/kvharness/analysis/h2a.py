@@ -177,6 +177,7 @@ register(Hypothesis(
                            "circled, the collapse limit (1000 ms of stack time, in wall ms) dotted. Right: tier-2 device "
                            "reads during the load minus the idle window (MiB/s) vs context (tokens)."),),
     verdict=verdict,
+    verdict_gates=(),  # each claim reads its own gates inline (gates.gated_sentence)
     gates=gates,
     how_to_read="Collapse (docs/definitions.md): p99 TTFT > 1000 ms of stack time (collapse_limit gives the wall "
                 "equivalent), failed requests or preemptions, prompt tokens/s below 90 % of the best so far, or p99 "

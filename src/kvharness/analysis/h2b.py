@@ -238,6 +238,7 @@ register(Hypothesis(
                             "labelled with the tiers the working set fits in. Right: p99 TTFT of each telemetry window's "
                             "requests (ms) vs that window's NVMe r_await (ms), coloured by context (tokens)."),),
     verdict=verdict,
+    verdict_gates=(),  # each claim reads its own gates inline (gates.gated_sentence)
     gates=gates,
     how_to_read=f"Storage knee = the first context where tier-2 fetch p95 >= {STORAGE_KNEE_SHARE:.0%} of TTFT p95. "
                 "tier-N hit % = blocks onboarded from tier N / prompt blocks requested. spill_bytes = bytes written to "

@@ -6,8 +6,11 @@ the interval. H4B (Stack B, tiered) runs a workload whose reusable working set e
 really read tier 2 (checked per cell: working set vs T0+T1 and tier-2 read bytes): its p99 drift is joined
 per window with the NVMe r_await and tier-2 fetch latency, and "B stays up" (no collapse) is a gate.
 
-Comparison: :func:`kvharness.analysis.evidence.differs` on the repetitions' p99 TTFT (fio off vs on, per
-stack and profile): with >= 2 reps a side, the 95 % t intervals must not overlap.
+Comparison: :func:`kvharness.stats.compare` on the reps' requests (fio off vs on, per stack and profile):
+p99 TTFT **moved** (95 % interval of on/off excludes 1), **held** (90 % interval inside [0.95, 1.05]) or
+**inconclusive** (with the smallest effect the reps could detect). H4B names the mechanism (tier-2 reads)
+only when the on cells read tier 2 and the NVMe r_await or the tier-2 fetch time rose across the reps
+(:func:`kvharness.stats.rises`, an exact permutation test).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from typing import Sequence
 
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
-from kvharness.analysis.evidence import differs, mean_ci
-from kvharness.analysis.knee import COLLAPSE_TTFT_P99_MS
+import zlib
+
+from kvharness import stats
+from kvharness.stats import mean_ci
+from kvharness.analysis.knee import COLLAPSE_TTFT_P99_MS, collapse_limit_wall_ms, over_collapse_limit
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.storage import tier_stats, windows
 from kvharness.bgio import cell_fio_row
@@ -40,8 +46,9 @@ SUMMARY_COLUMNS = [
     "fio_read_mib_s_mean", "fio_write_mib_s_mean", "fio_read_clat_p99_ms_mean", "fio_engine", "fio_direct",
 ]
 COMPARE_COLUMNS = ["stack", "role", "profile", "p99_off_ms", "p99_on_ms", "p99_off_ci_half_ms", "p99_on_ci_half_ms",
-                   "p99_delta_ms", "p99_delta_pct",
-                   "p99_differs", "method", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises", "read_io_off_ms", "read_io_on_ms",
+                   "p99_delta_ms", "p99_delta_pct", "p99_ratio", "p99_ratio_ci95_low", "p99_ratio_ci95_high",
+                   "p99_ratio_ci90_low", "p99_ratio_ci90_high", "outcome", "mde_pct", "method",
+                   "r_await_rises", "tier2_reads_on", "mechanism", "fetch_off_ms", "fetch_on_ms", "fetch_delta_pct", "fetch_rises", "read_io_off_ms", "read_io_on_ms",
                    "r_await_off_ms", "r_await_on_ms", "n_reps_off", "n_reps_on"]
 WINDOW_COLUMNS = ["stack", "profile", "background_io", "rep", "window_start_s", "n_ok", "ttft_ms_p50", "ttft_ms_p99",
                   "nvme_r_await_ms", "nvme_rMBs", "tier2_read_kv_bytes", "tier2_file_read_bytes", "tier2_fetch_ms_p95"]
@@ -85,18 +92,33 @@ def summarize(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         on = groups.get((*point, "on"), [])
         if not off or not on:
             continue
-        d = differs([r.get("ttft_ms_p99") for r in off], [r.get("ttft_ms_p99") for r in on])
-        f = differs([r.get("tier2_fetch_ms_mean") for r in off], [r.get("tier2_fetch_ms_mean") for r in on])
+        c = stats.compare([stats.samples(r) for r in off], [stats.samples(r) for r in on], 99,
+                          seed=zlib.crc32(repr(point).encode()))
+        fetch = stats.rises([r.get("tier2_fetch_ms_mean") for r in off], [r.get("tier2_fetch_ms_mean") for r in on])
+        rawait = stats.rises([r.get("nvme_r_await_ms_mean") for r in off], [r.get("nvme_r_await_ms_mean") for r in on])
+        reads_on = all((r.get("tier2_read_kv_bytes") or 0) > 0 or (r.get("tier2_file_read_bytes") or 0) > 0 for r in on)
         so, sn = mean_ci(r.get("ttft_ms_p99") for r in off), mean_ci(r.get("ttft_ms_p99") for r in on)
         mo, mn = so["mean"], sn["mean"]
         fo = mean_ci(r.get("tier2_fetch_ms_mean") for r in off)["mean"]
         fn = mean_ci(r.get("tier2_fetch_ms_mean") for r in on)["mean"]
+        moved = {stats.DIFFERS: "moved", stats.EQUIVALENT: "held"}.get(c["outcome"], "inconclusive")
+        if moved == "moved" and (c["ratio"] or 0) > 1 and reads_on and (rawait["rises"] or fetch["rises"]):
+            mechanism = "tier-2 reads (" + " and ".join(
+                x for x, ev in (("NVMe r_await", rawait), ("tier-2 fetch time", fetch)) if ev["rises"]) + " rose)"
+        elif moved == "moved":
+            mechanism = ("not established: " + ("no tier-2 reads in the fio-on cells" if not reads_on else
+                         "neither NVMe r_await nor tier-2 fetch time rose across the reps"))
+        else:
+            mechanism = None
         compare.append({
             **dict(zip(KEYS, point)), "p99_off_ms": mo, "p99_on_ms": mn, "p99_off_ci_half_ms": so["half_width"],
-            "p99_on_ci_half_ms": sn["half_width"], "p99_delta_ms": d["delta"],
-            "p99_delta_pct": d["delta_pct"], "p99_differs": d["differs"], "method": d["method"],
-            "fetch_off_ms": fo, "fetch_on_ms": fn, "fetch_delta_pct": f["delta_pct"],
-            "fetch_rises": (f["delta"] > 0) if f["delta"] is not None else None,
+            "p99_on_ci_half_ms": sn["half_width"], "p99_delta_ms": None if mo is None or mn is None else mn - mo,
+            "p99_delta_pct": stats.pct_delta(mn, mo), "p99_ratio": c["ratio"], "p99_ratio_ci95_low": c["ci95_low"],
+            "p99_ratio_ci95_high": c["ci95_high"], "p99_ratio_ci90_low": c["ci90_low"],
+            "p99_ratio_ci90_high": c["ci90_high"], "outcome": moved, "mde_pct": c["mde_pct"], "method": c["method"],
+            "short": c["short"], "r_await_rises": rawait["rises"], "tier2_reads_on": reads_on, "mechanism": mechanism,
+            "fetch_off_ms": fo, "fetch_on_ms": fn, "fetch_delta_pct": stats.pct_delta(fn, fo),
+            "fetch_rises": fetch["rises"],
             "read_io_off_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in off)["mean"],
             "read_io_on_ms": mean_ci(r.get("tier2_read_io_ms_mean") for r in on)["mean"],
             "r_await_off_ms": mean_ci(r.get("nvme_r_await_ms_mean") for r in off)["mean"],
@@ -180,32 +202,32 @@ def _analyze(ctx: Context, with_windows: bool) -> Result:
 
 
 def _p99_sentence(c: dict) -> str:
-    state = {True: "beyond", False: "within", None: "undecided for"}[c["p99_differs"]]
-
-    def pm(x):
-        return "" if x is None else f" ± {x:.0f}"
-
-    return (f"{c['stack']} ({c['profile']}): p99 TTFT {c['p99_off_ms']:.0f}{pm(c['p99_off_ci_half_ms'])} ms off vs "
-            f"{c['p99_on_ms']:.0f}{pm(c['p99_on_ci_half_ms'])} ms on ({c['p99_delta_pct']:+.1f} %, {c['n_reps_off']} + "
-            f"{c['n_reps_on']} reps), {state} the 95 % CI")
+    if c["p99_ratio"] is None:
+        return f"{c['stack']} ({c['profile']}): no requests to compare"
+    ci = "" if c["p99_ratio_ci95_low"] is None else f" [{c['p99_ratio_ci95_low']:.2f}, {c['p99_ratio_ci95_high']:.2f}]"
+    why = ""
+    if c["outcome"] == "inconclusive":
+        why = (f", too few requests in {'/'.join(c['short'])}" if c.get("short") else
+               f", could detect ≥ {c['mde_pct']:.0f} %" if c.get("mde_pct") is not None else "")
+    return (f"{c['stack']} ({c['profile']}): p99 TTFT on/off {c['p99_ratio']:.2f}×{ci}, {c['outcome']}{why} "
+            f"({c['n_reps_off']} + {c['n_reps_on']} reps)")
 
 
 def verdict_a(result: Result) -> str:
     comp = result.facts["compare"]
     if not comp:
         return "H4A needs Stack A cells with background fio off and on."
-    moved = [c for c in comp if c["p99_differs"]]
-    head = ("The control holds: fio noise does not move Stack A's p99 TTFT beyond its confidence interval"
-            if not moved and all(c["p99_differs"] is False for c in comp)
-            else "The control fails: Stack A's p99 TTFT moves with fio noise" if moved
-            else "The control is undecided (too few repetitions for an interval)")
+    outcomes = {c["outcome"] for c in comp}
+    head = ("The control fails: fio noise moves Stack A's p99 TTFT" if "moved" in outcomes
+            else "The control holds: Stack A's p99 TTFT is unchanged by fio within ±5 %" if outcomes == {"held"}
+            else "The control is inconclusive: neither a move nor ±5 % equivalence is resolved")
     return f"{head}; " + "; ".join(_p99_sentence(c) for c in comp) + "."
 
 
 def gates_a(result: Result) -> list[Gate]:
     return [Gate(f"{c['stack']} {c['profile']}: p99 unmoved by fio (control)",
-                 None if c["p99_differs"] is None else not c["p99_differs"],
-                 round(c["p99_delta_pct"], 2) if c["p99_delta_pct"] is not None else None, "within the 95 % CI",
+                 {"held": True, "moved": False}.get(c["outcome"]),
+                 None if c["p99_ratio"] is None else round(c["p99_ratio"], 3), "on/off within [0.95, 1.05] (90 %)",
                  c["method"]) for c in result.facts["compare"]]
 
 
@@ -216,13 +238,21 @@ def verdict_b(result: Result) -> str:
     parts = []
     for c in comp:
         fetch = ("" if c["fetch_delta_pct"] is None else
-                 f", tier-2 fetch {c['fetch_off_ms']:.1f} → {c['fetch_on_ms']:.1f} ms ({c['fetch_delta_pct']:+.0f} %)")
+                 f", tier-2 fetch {c['fetch_off_ms']:.1f} → {c['fetch_on_ms']:.1f} ms")
         rawait = ("" if c["r_await_off_ms"] is None or c["r_await_on_ms"] is None else
                   f", NVMe r_await {c['r_await_off_ms']:.2f} → {c['r_await_on_ms']:.2f} ms")
-        parts.append(_p99_sentence(c) + fetch + rawait)
-    drift = [c for c in comp if c["p99_differs"] and (c["p99_delta_ms"] or 0) > 0]
-    head = (f"Background NVMe noise reaches Stack B's tail through tier-2 reads in {len(drift)} of {len(comp)} profiles"
-            if drift else "Background NVMe noise does not move Stack B's p99 TTFT beyond the confidence interval")
+        mech = f"; mechanism: {c['mechanism']}" if c.get("mechanism") else ""
+        parts.append(_p99_sentence(c) + fetch + rawait + mech)
+    moved = [c for c in comp if c["outcome"] == "moved" and (c["p99_ratio"] or 0) > 1]
+    through = [c for c in moved if (c.get("mechanism") or "").startswith("tier-2")]
+    if through:
+        head = f"Background NVMe noise reaches Stack B's tail through tier-2 reads in {len(through)} of {len(comp)} profiles"
+    elif moved:
+        head = f"Background NVMe noise moves Stack B's p99 TTFT in {len(moved)} of {len(comp)} profiles (mechanism not established)"
+    elif all(c["outcome"] == "held" for c in comp):
+        head = "Background NVMe noise leaves Stack B's p99 TTFT within ±5 %"
+    else:
+        head = "Whether background NVMe noise moves Stack B's p99 TTFT is inconclusive"
     return f"{head}: " + "; ".join(parts) + "."
 
 
@@ -233,8 +263,9 @@ def gates_b(result: Result) -> list[Gate]:
         if r.get("background_io") != "on":
             continue
         p99 = r.get("ttft_ms_p99")
-        up = bool(r.get("n_ok")) and not r.get("n_errors") and p99 is not None and p99 <= COLLAPSE_TTFT_P99_MS
-        out.append(Gate(f"B stays up under fio: {r['cell']}", up, p99, f"no errors, p99 <= {COLLAPSE_TTFT_P99_MS:g} ms"))
+        up = bool(r.get("n_ok")) and not r.get("n_errors") and p99 is not None and not over_collapse_limit(r)
+        out.append(Gate(f"B stays up under fio: {r['cell']}", up, p99,
+                        f"no errors, p99 <= {collapse_limit_wall_ms(r):.4g} ms wall ({COLLAPSE_TTFT_P99_MS:g} ms stack time)"))
     reads = [r for r in rows if r.get("ws_exceeds_t0_t1") and (r.get("tier2_read_kv_bytes") or r.get("tier2_file_read_bytes"))]
     out.append(Gate("workload reads tier 2 (working set > T0+T1, tier-2 read bytes > 0) in every cell",
                     len(reads) == len(rows) if rows else None, f"{len(reads)}/{len(rows)}", "all cells"))
@@ -246,14 +277,16 @@ register(Hypothesis(
     question="Control: does background fio on the NVMe move the memory-only stack's p99 TTFT? (it must not)",
     analyze=lambda ctx: _analyze(ctx, with_windows=False),
     tables=(Table("summary", SUMMARY_COLUMNS, "per stack x profile x fio off/on: reps, p99 mean and 95 % CI, fio numbers"),
-            Table("compare", COMPARE_COLUMNS, "fio off vs on per stack x profile (evidence.differs on the reps' p99)"),
+            Table("compare", COMPARE_COLUMNS, "fio off vs on per stack x profile: p99 on/off with its interval and outcome"),
             Table("cells", CELL_COLUMNS, "one row per cell, with fio's achieved IOPS, bandwidth and latency")),
     figures=(Figure("p99", "p99 TTFT (ms; mean of repetitions, 95 % CI whiskers) with background fio off and on, "
                            "per stack and profile (x axis)."),),
     verdict=verdict_a,
     gates=gates_a,
-    how_to_read="Each background_io point runs reps times, each its own launch. p99_differs is True when the 95 % "
-                "t intervals of the off and on reps do not overlap; fio_* are fio's own achieved numbers (fio.json).",
+    how_to_read="Each background_io point runs reps times, each its own launch. p99_ratio is p99 TTFT with fio on "
+                "over off, with a hierarchical-bootstrap interval over reps and requests; outcome moved (95 % interval "
+                "excludes 1), held (90 % interval inside [0.95, 1.05]) or inconclusive (mde_pct: the smallest change "
+                "the reps could detect). fio_* are fio's own achieved numbers (fio.json).",
 ))
 
 register(Hypothesis(

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
-from kvharness.analysis.evidence import enough_samples
+from kvharness.stats import enough_samples
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, hit_ratios, window_start_ns
 from kvharness.cellfolder import CellFolder

@@ -253,6 +253,7 @@ register(Hypothesis(
     figures=(Figure("knees", "Memory-tier (T0+T1) hit rate (%) vs concurrency (users, log2) per tier point; the dashed "
                              "line is the 50 % hit-rate knee threshold."),),
     verdict=verdict,
+    verdict_gates=(),  # each claim reads its own gates inline (gates.gated_sentence)
     gates=gates,
     how_to_read="memory_hit_pct = (T0 + T1 block hits) / prompt blocks looked up; tier-2 hits are not memory hits. "
                 "hit_knee = the highest concurrency up to which it stays >= 50 %; U_work as in H0. A knee shown as "

@@ -9,7 +9,7 @@ A cadence keeps tail events **attributable** when both shares are >= ``ATTRIBUTA
 
 The verdict answers all three parts: collector cost (gated on telemetry alignment: a collector that
 missed its ticks did not cost what its cadence would), p99 impact (the reps' 95 % t intervals when a
-cadence has >= 2 reps, ``evidence.differs``; else it says one repetition leaves launch-to-launch
+cadence has >= 2 reps, ``kvharness.stats.compare``; else it says one repetition leaves launch-to-launch
 variation uncovered; gated on the p99 samples), and attribution.
 """
 
@@ -22,7 +22,7 @@ from kvharness.analysis import evidence, gates as G
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
-from kvharness.stats import pct_delta, percentile
+from kvharness.stats import compare, mean_ci, pct_delta, percentile, samples
 from kvharness.cellfolder import CellFolder
 
 OVERHEAD_LIMIT_PCT = 3.0
@@ -36,7 +36,8 @@ H7_COLUMNS = [
 
 IMPACT_COLUMNS = [
     "stack", "telemetry_interval_ms", "reference_interval_ms", "n_reps", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low",
-    "ttft_ms_p99_ci_high", "p99_impact_pct", "p99_differs", "differs_method", "cpu_pct_max", "tail_covered_min",
+    "ttft_ms_p99_ci_high", "p99_impact_pct", "p99_ratio", "p99_ratio_ci95_low", "p99_ratio_ci95_high", "p99_outcome",
+    "p99_differs", "differs_method", "cpu_pct_max", "tail_covered_min",
     "tail_resolved_min", "attributable",
 ]
 
@@ -76,7 +77,7 @@ def h7_table(rows: Sequence[dict]) -> list[dict]:
         mine = sorted((r for r in rows if r["stack"] == stack), key=lambda r: r["telemetry_interval_ms"])
         reference = mine[-1]
         for r in mine:
-            table.append({**{k: r.get(k) for k in H7_COLUMNS}, "cell": r.get("cell"),
+            table.append({**{k: r.get(k) for k in H7_COLUMNS}, "cell": r.get("cell"), "_ttft_ms": r.get("_ttft_ms"),
                           "p99_impact_pct": pct_delta(r.get("ttft_ms_p99"), reference.get("ttft_ms_p99")),
                           "reference_interval_ms": reference["telemetry_interval_ms"]})
     return table
@@ -117,30 +118,45 @@ def plot_h7(table: Sequence[dict], path: str | Path) -> Path:
 # --------------------------------------------------------------------------- declaration
 
 def impact_rows(table: Sequence[dict]) -> list[dict]:
-    """Per stack x cadence over its reps: mean p99 TTFT, its change against the slowest cadence with the
-    reps' intervals (``evidence.differs``: 95 % t intervals apart; None with one rep), and whether tail
-    events stay attributable (every rep's tail covered and resolved >= ``ATTRIBUTABLE_SHARE``)."""
+    """Per stack x cadence over its reps: mean p99 TTFT (descriptive 95 % t interval), its change against
+    the slowest cadence as the pooled-p99 ratio with its hierarchical-bootstrap interval and the three-outcome
+    comparison of ``kvharness.stats.compare`` (differs / equivalent within ±5 % / inconclusive; none
+    without per-request samples), and whether tail events stay attributable (every rep's tail covered and
+    resolved >= ``ATTRIBUTABLE_SHARE``)."""
     out = []
     for stack in sorted({r["stack"] for r in table}):
         mine = [r for r in table if r["stack"] == stack]
         cadences = sorted({r["telemetry_interval_ms"] for r in mine})
-        ref = [r.get("ttft_ms_p99") for r in mine if r["telemetry_interval_ms"] == cadences[-1]]
+        ref_rows = [r for r in mine if r["telemetry_interval_ms"] == cadences[-1]]
         for c in cadences:
             reps = [r for r in mine if r["telemetry_interval_ms"] == c]
             p99 = [r.get("ttft_ms_p99") for r in reps]
-            ci = evidence.mean_ci(p99)
-            d = evidence.differs(ref, p99)
+            ci = mean_ci(p99)
+            delta = pct_delta(ci["mean"], mean_ci([r.get("ttft_ms_p99") for r in ref_rows])["mean"])
+            cmp = _compare(ref_rows, reps) if c != cadences[-1] else {}
             cov = [r.get("tail_covered") for r in reps]
             res = [r.get("tail_resolved") for r in reps]
             known = all(v is not None for v in cov + res)
             out.append({"stack": stack, "telemetry_interval_ms": c, "reference_interval_ms": cadences[-1],
                         "n_reps": len(reps), "ttft_ms_p99_mean": ci["mean"], "ttft_ms_p99_ci_low": ci["ci_low"],
-                        "ttft_ms_p99_ci_high": ci["ci_high"], "p99_impact_pct": d["delta_pct"],
-                        "p99_differs": d["differs"], "differs_method": d["method"],
+                        "ttft_ms_p99_ci_high": ci["ci_high"], "p99_impact_pct": delta,
+                        "p99_ratio": cmp.get("ratio"), "p99_ratio_ci95_low": cmp.get("ci95_low"),
+                        "p99_ratio_ci95_high": cmp.get("ci95_high"), "p99_outcome": cmp.get("outcome"),
+                        "p99_differs": {"differs": True, "equivalent": False}.get(cmp.get("outcome")),
+                        "differs_method": cmp.get("method"),
                         "cpu_pct_max": max((r.get("collector_cpu_pct_of_core") or 0.0 for r in reps), default=None),
                         "tail_covered_min": min(cov) if known else None, "tail_resolved_min": min(res) if known else None,
                         "attributable": (min(cov) >= ATTRIBUTABLE_SHARE and min(res) >= ATTRIBUTABLE_SHARE) if known else None})
     return out
+
+
+def _compare(ref_rows: Sequence[dict], rows: Sequence[dict]) -> dict:
+    """stats.compare of the cadence's p99 against the reference cadence's, from the cells' per-request
+    TTFTs; {} when a cell has none (hand-made rows) or there is a single rep on either side."""
+    a, b = [samples(r) for r in ref_rows], [samples(r) for r in rows]
+    if len(a) < 2 or len(b) < 2 or any(x is None or len(x) == 0 for x in a + b):
+        return {}
+    return compare(a, b, 99)
 
 
 def claim_gates(table: Sequence[dict]) -> list[Gate]:
@@ -179,13 +195,12 @@ def _impact(impact: Sequence[dict]) -> str:
         return "not measurable (one cadence)"
     worst = max(faster, key=lambda r: abs(r["p99_impact_pct"]))
     ref = worst["reference_interval_ms"]
-    if all(r["p99_differs"] is None for r in faster):
+    if all(r["p99_outcome"] is None for r in faster):
         return (f"at most {worst['p99_impact_pct']:+.1f} % against the {ref:g} ms cadence (at "
                 f"{worst['telemetry_interval_ms']:g} ms), without an interval")
-    moved = [r for r in faster if r["p99_differs"]]
-    where = ", ".join(f"{r['telemetry_interval_ms']:g} ms {r['p99_impact_pct']:+.1f} %" for r in moved)
-    return (f"at most {worst['p99_impact_pct']:+.1f} % against the {ref:g} ms cadence; "
-            + (f"beyond the reps' 95 % t intervals at {where}" if moved else "within the reps' 95 % t intervals at every cadence"))
+    parts = [f"{r['telemetry_interval_ms']:g} ms {r['p99_ratio']:.2f}× [{r['p99_ratio_ci95_low']:.2f}, "
+             f"{r['p99_ratio_ci95_high']:.2f}] ({r['p99_outcome']})" for r in faster if r["p99_outcome"] and r["p99_ratio"]]
+    return f"p99 vs the {ref:g} ms cadence: " + ", ".join(parts)
 
 
 def _tail(impact: Sequence[dict]) -> str:
@@ -240,6 +255,7 @@ register(Hypothesis(
                                "the 3 % limit dashed. Right: p99 TTFT (ms) vs telemetry interval (ms, log). Dots are "
                                "cells (repetitions), lines the mean per cadence."),),
     verdict=verdict,
+    verdict_gates=(),  # each claim reads its own gates inline (gates.gated_sentence)
     gates=gates,
     how_to_read="p99_impact_pct compares each cadence's p99 TTFT with the slowest cadence measured (impact.csv: "
                 "over reps, with the 95 % t intervals when a cadence has >= 2 reps); tail_covered is the share of "

@@ -13,7 +13,10 @@ at equal load, on three workloads.
 Equal load: both stacks run at ``uwork_min`` and ``uwork_max`` (the lower and the higher of the two
 U_work values H0 measured), so every A-vs-B delta compares the same concurrency. A short concurrency
 sweep per stack gives the highest load at which each still meets the SLO (goodput >= 95 % of requests).
-A p99 is reported only for cells with enough successful requests (``evidence.min_samples``), else marked.
+Every A-vs-B statement goes through :func:`kvharness.stats.compare` (hierarchical bootstrap of B/A's p99
+TTFT over reps and requests; differs / equivalent within ±5 % / inconclusive with its minimum detectable
+effect). A comparison with a rep short of :func:`kvharness.stats.min_ok_requests` is inconclusive and
+names the short cells.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import zlib
+
+from kvharness.clock import wall_ms
 from kvharness import stats
-from kvharness.analysis import evidence
+from kvharness.analysis.evidence import aggregate
+from kvharness.analysis.gates import cov_p99_gate, gate_sentence, reproducible_p99_gate
 from kvharness.analysis.records import read_json
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
-from kvharness.units import format_bytes
 
 SLO_GOOD_FRACTION = 0.95     # a load "meets the SLO" when >= 95 % of its requests meet every SLO
-TRANSPARENT_PCT = 5.0        # no-reuse: B within +-5 % of A
 EQUAL_RULES = ("uwork_min", "uwork_max")
 METRICS = ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "e2e_ms_p99", "goodput_req_s", "good_fraction", "req_s")
 
@@ -38,11 +43,12 @@ H8_COLUMNS = [
     "working_set_bytes", "fits_in", *[f"{m}" for m in METRICS], "ttft_ms_p99_spread",
     "t0_hit_pct", "t1_hit_pct", "t2_hit_pct", "miss_pct",
     "vs_A_ttft_ms_p50_pct", "vs_A_ttft_ms_p99_pct", "vs_A_tpot_ms_p50_pct", "vs_A_goodput_req_s_pct",
-    "b_p99_differs", "differs_method", "b_p99_ci_apart", "status", "engine_diff_vs_A", "code_fingerprint",
+    "p99_ratio", "p99_ratio_ci95_low", "p99_ratio_ci95_high", "p99_ratio_ci90_low", "p99_ratio_ci90_high",
+    "outcome", "mde_pct", "short_cells", "compare_method", "status", "engine_diff_vs_A", "code_fingerprint",
 ]
 CAPACITY_COLUMNS = [
     "workload", "stack", "role", "concurrency", "n_cells", "n_ok", "ttft_ms_p99", "good_fraction",
-    "meets_slo", "enough_samples_p99", "max_slo_concurrency", "censored", "slo_ttft_ms",
+    "meets_slo", "enough_samples_p99", "max_slo_concurrency", "censored", "slo_ttft_ms", "slo_ttft_ms_wall",
 ]
 
 
@@ -138,34 +144,43 @@ def hero_table(rows: Sequence[dict]) -> list[dict]:
                            concurrency=first["concurrency"] if len({c["concurrency"] for c in cells}) == 1 else None,
                            same_concurrency=len(concs) == 1, u_work=first.get("u_work") or first["concurrency"],
                            n_ok=sum(c.get("n_ok") or 0 for c in cells), n_errors=sum(c.get("n_errors") or 0 for c in cells),
-                           enough_samples_p99=all(evidence.enough_samples(c.get("n_ok"), 99) for c in cells),
+                           enough_samples_p99=all(stats.enough_samples(c.get("n_ok"), 99) for c in cells),
                            status=",".join(sorted({str(c.get("status")) for c in cells})))
                 for m in METRICS:
-                    row[m] = evidence.mean_ci(c.get(m) for c in cells)["mean"]
+                    row[m] = stats.mean_ci(c.get(m) for c in cells)["mean"]
                 p99s = [c.get("ttft_ms_p99") for c in cells if c.get("ttft_ms_p99") is not None]
                 row["ttft_ms_p99_spread"] = (max(p99s) - min(p99s)) if len(p99s) >= 2 else None
-                row["_p99s"] = p99s
+                row["_cells"] = cells
                 for k in ("t0_hit_pct", "t1_hit_pct", "t2_hit_pct", "miss_pct"):
-                    row[k] = evidence.mean_ci(c.get(k) for c in cells)["mean"]
+                    row[k] = stats.mean_ci(c.get(k) for c in cells)["mean"]
                 group.append(row)
             ref = next((g for g in group if g["role"] == "A"), None)
             for g in group:
                 for m in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "goodput_req_s"):
                     g[f"vs_A_{m}_pct"] = None if ref is None or g is ref else stats.pct_delta(g.get(m), ref.get(m))
                 if ref is not None and g is not ref:
-                    spread = max([x for x in (g["ttft_ms_p99_spread"], ref["ttft_ms_p99_spread"]) if x is not None],
-                                 default=None)
-                    # the acceptance's rule: |B - A| (means over reps) beyond the larger of the two cells'
-                    # repetition spreads (max - min); the 95 % t intervals are kept beside it (with 2 reps
-                    # they are 12.7 sd wide, so they rarely separate)
-                    d = evidence.differs([ref["ttft_ms_p99"]], [g["ttft_ms_p99"]], spread)
-                    ci = evidence.differs(ref["_p99s"], g["_p99s"])
-                    g["b_p99_differs"], g["differs_method"] = d["differs"], d["method"]
-                    g["b_p99_ci_apart"] = ci["differs"]
+                    g.update(compare_cells(ref["_cells"], g["_cells"], seed=f"{wl}/{rule}/{g['stack']}"))
                 else:
-                    g["b_p99_differs"] = g["differs_method"] = g["b_p99_ci_apart"] = None
+                    g.update({k: None for k in COMPARE_KEYS})
             out.extend(group)
     return out
+
+
+COMPARE_KEYS = ("p99_ratio", "p99_ratio_ci95_low", "p99_ratio_ci95_high", "p99_ratio_ci90_low", "p99_ratio_ci90_high",
+                "outcome", "mde_pct", "short_cells", "compare_method")
+
+
+def compare_cells(a_cells: Sequence[dict], b_cells: Sequence[dict], seed: str = "") -> dict:
+    """B vs A on p99 TTFT through :func:`kvharness.stats.compare`, one rep per cell (its ok requests'
+    TTFTs, ``_ttft_ms``); falls back to the cells' p99 when a row carries no samples (then inconclusive)."""
+    c = stats.compare([stats.samples(x) for x in a_cells], [stats.samples(x) for x in b_cells], 99,
+                      seed=zlib.crc32(seed.encode()))
+    need = stats.min_ok_requests(99)
+    short = [str(x.get("cell") or f"{x.get('stack')} rep {x.get('rep')}") for x in (*a_cells, *b_cells)
+             if len(stats.samples(x)) < need]
+    return {"p99_ratio": c["ratio"], "p99_ratio_ci95_low": c["ci95_low"], "p99_ratio_ci95_high": c["ci95_high"],
+            "p99_ratio_ci90_low": c["ci90_low"], "p99_ratio_ci90_high": c["ci90_high"], "outcome": c["outcome"],
+            "mde_pct": c["mde_pct"], "short_cells": ";".join(short), "compare_method": c["method"], "_compare": c}
 
 
 def capacity_table(rows: Sequence[dict]) -> list[dict]:
@@ -181,14 +196,15 @@ def capacity_table(rows: Sequence[dict]) -> list[dict]:
                 by_c.setdefault(int(r["concurrency"]), []).append(r)
             points = []
             for c, cells in sorted(by_c.items()):
-                gf = evidence.mean_ci(x.get("good_fraction") for x in cells)["mean"]
+                gf = stats.mean_ci(x.get("good_fraction") for x in cells)["mean"]
                 points.append({
                     "workload": wl, "stack": stack, "role": cells[0]["role"], "concurrency": c, "n_cells": len(cells),
                     "n_ok": sum(x.get("n_ok") or 0 for x in cells),
-                    "ttft_ms_p99": evidence.mean_ci(x.get("ttft_ms_p99") for x in cells)["mean"],
+                    "ttft_ms_p99": stats.mean_ci(x.get("ttft_ms_p99") for x in cells)["mean"],
                     "good_fraction": gf, "meets_slo": gf is not None and gf >= SLO_GOOD_FRACTION,
-                    "enough_samples_p99": all(evidence.enough_samples(x.get("n_ok"), 99) for x in cells),
-                    "slo_ttft_ms": (cells[0].get("slo") or {}).get("ttft_ms"),
+                    "enough_samples_p99": all(stats.enough_samples(x.get("n_ok"), 99) for x in cells),
+                    "slo_ttft_ms": (cells[0].get("slo") or {}).get("ttft_ms"),  # the stack's time
+                    "slo_ttft_ms_wall": wall_ms((cells[0].get("slo") or {}).get("ttft_ms"), cells[0].get("speedup")),
                 })
             meeting = [p["concurrency"] for p in points if p["meets_slo"]]
             best = max(meeting) if meeting else None
@@ -206,61 +222,57 @@ def _capacity(cap: Sequence[dict], wl: str, role: str) -> tuple[int | None, bool
     return (p["max_slo_concurrency"], p["censored"]) if p else (None, False)
 
 
-def _sweep_deltas(cap: Sequence[dict], wl: str) -> list[tuple[int, float]]:
-    """(concurrency, B's p99 TTFT vs A's in %) at every swept load both stacks ran."""
-    a = {p["concurrency"]: p["ttft_ms_p99"] for p in cap if p["workload"] == wl and p["role"] == "A"}
-    b = {p["concurrency"]: p["ttft_ms_p99"] for p in cap if p["workload"] == wl and p["role"] == "B"}
-    return [(c, stats.pct_delta(b[c], a[c])) for c in sorted(set(a) & set(b)) if a[c] and b[c] is not None]
+OUTCOME_WORDS = {stats.DIFFERS: "differs", stats.EQUIVALENT: "equivalent within ±5 %"}
+
+
+def _outcome(r: dict) -> str:
+    if r["outcome"] in OUTCOME_WORDS:
+        return OUTCOME_WORDS[r["outcome"]]
+    if r.get("short_cells"):
+        return f"inconclusive, {len(r['short_cells'].split(';'))} short cells"
+    return "inconclusive" + (f", MDE {r['mde_pct']:.0f} %" if r.get("mde_pct") is not None else "")
 
 
 def workload_sentence(wl: str, hero: Sequence[dict], cap: Sequence[dict]) -> str:
-    mine = [r for r in hero if r["workload"] == wl]
-    bs = [r for r in mine if r["role"] != "A" and r.get("vs_A_ttft_ms_p99_pct") is not None]
+    """One headline for one workload (<= 30 words): B/A p99 TTFT with its 95 % interval and outcome at each
+    equal load, then the highest load meeting the SLO for each stack."""
+    bs = [r for r in hero if r["workload"] == wl and r["role"] != "A" and r.get("p99_ratio") is not None]
     if not bs:
         return f"{wl}: no A-vs-B pair at equal load"
     parts = []
     for r in bs:
-        d = r["vs_A_ttft_ms_p99_pct"]
-        load = f"c={r['concurrency']} ({r['load_rule']})" if r["same_concurrency"] else \
-            "different concurrencies (not an equal-load comparison)"
-        beyond = {True: "beyond", False: "within", None: "without"}[r["b_p99_differs"]]
-        parts.append(f"p99 TTFT {d:+.1f} % at {load}, {beyond} the repetition spread")
-    deltas = [r["vs_A_ttft_ms_p99_pct"] for r in bs]
-    worst = max(abs(d) for d in deltas)
-    if all(d < 0 for d in deltas) and all(r["b_p99_differs"] for r in bs):
-        lead = "B beats A"
-    elif all(d > 0 for d in deltas) and any(r["b_p99_differs"] for r in bs):
-        lead = f"B is slower than A (p99 up to {max(deltas):+.1f} %)"
-    elif worst <= TRANSPARENT_PCT:
-        lead = f"B is within {worst:.1f} % of A"
-    elif all(r["b_p99_differs"] is False for r in bs):
-        lead = (f"B is not within ±{TRANSPARENT_PCT:g} % of A (up to {worst:.1f} % off) but within the repetition "
-                f"spread: ±{TRANSPARENT_PCT:g} % is not resolvable at this noise")
-    else:
-        lead = f"B is not within ±{TRANSPARENT_PCT:g} % of A (up to {worst:.1f} % off)"
+        where = f"c={r['concurrency']}" if r["same_concurrency"] else f"{r['load_rule']} (unequal loads)"
+        ci = "" if r.get("p99_ratio_ci95_low") is None else f" [{r['p99_ratio_ci95_low']:.2f}, {r['p99_ratio_ci95_high']:.2f}]"
+        parts.append(f"{r['p99_ratio']:.2f}×{ci} at {where} ({_outcome(r)})")
     ca, cens_a = _capacity(cap, wl, "A")
     cb, cens_b = _capacity(cap, wl, "B")
-    slo = next((x["slo_ttft_ms"] for x in cap if x["workload"] == wl), None)
 
     def fmt(c, cens):
-        return "none" if c is None else f"{'≥ ' if cens else ''}{c}"
-    capacity = f"highest load meeting the SLO (TTFT ≤ {slo} ms for ≥ 95 % of requests): A {fmt(ca, cens_a)}, B {fmt(cb, cens_b)}"
-    if ca and cb and cb != ca:
-        capacity += f" ({cb / ca:.2g}× for B)" if cb > ca else f" ({ca / cb:.2g}× for A)"
-    sweep = _sweep_deltas(cap, wl)
-    if sweep:
-        capacity += "; B's p99 vs A's across the loads: " + ", ".join(f"c{c} {d:+.0f} %" for c, d in sweep)
-    b_row = next((r for r in mine if r["role"] != "A"), mine[0])
-    ws = b_row.get("working_set_bytes")
-    head = wl if not ws else f"{wl} (working set {format_bytes(ws)}, fits B's {b_row.get('fits_in')})"
-    return f"{head}: {lead}: " + "; ".join(parts) + f"; {capacity}"
+        return "none" if c is None else f"{'≥' if cens else ''}{c}"
+    claim = "B/A p99 TTFT " + ", ".join(parts)
+    cells = [c for r in hero if r["workload"] == wl for c in r.get("_cells", ())]
+    gated = gate_sentence(claim, workload_gates(cells), None)
+    if gated.startswith("not established"):  # the rep spread the claim rests on failed its gate: say so first
+        return f"{wl}: {gated} (measured {claim})"
+    return f"{wl}: {claim}; highest load within SLO: A {fmt(ca, cens_a)}, B {fmt(cb, cens_b)}"
+
+
+def workload_gates(cells: Sequence[dict]) -> list[Gate]:
+    """The common reproducibility gates on one workload's equal-load cells (per stack and load rule): the
+    claim of that workload's headline rests on them (gates.gate_sentence)."""
+    keys = ("stack", "load_rule")
+    return [cov_p99_gate(aggregate(cells, keys, ("ttft_ms_p99",)), keys), reproducible_p99_gate(cells, keys)]
 
 
 def verdict(result: Result) -> str:
     hero, cap = result.facts["hero"], result.facts["capacity"]
     if not hero:
         return "H8 needs finished cells of Stack A and Stack B at the same load."
-    return "At equal memory — " + "; ".join(workload_sentence(wl, hero, cap) for wl in result.facts["workloads"]) + "."
+    text = " ".join(workload_sentence(wl, hero, cap) + "." for wl in result.facts["workloads"])
+    short = sorted({c for r in hero if r.get("short_cells") for c in r["short_cells"].split(";")})
+    if short:
+        text += f" Short of {stats.min_ok_requests(99)} ok requests (no verdict on their p99): {', '.join(short)}."
+    return text
 
 
 def gates(result: Result) -> list[Gate]:
@@ -272,12 +284,19 @@ def gates(result: Result) -> list[Gate]:
                         r["concurrency"], "equal"))
     short = [r for r in result.facts["hero"] if not r["enough_samples_p99"]]
     out.append(Gate("every equal-load cell has enough ok requests for a p99", not short, len(short),
-                    f"0 cells below {evidence.min_samples(99)}"))
+                    f"0 cells below {stats.min_ok_requests(99)}"))
     for r in result.facts["hero"]:
-        if r["role"] != "A" and r["workload"] == "noreuse" and r.get("vs_A_ttft_ms_p99_pct") is not None:
-            out.append(Gate(f"no reuse, {r['load_rule']}: B within ±5 % of A (p99 TTFT)",
-                            abs(r["vs_A_ttft_ms_p99_pct"]) <= TRANSPARENT_PCT, round(r["vs_A_ttft_ms_p99_pct"], 1), "±5 %"))
+        if r["role"] != "A" and r["workload"] == "noreuse" and r.get("p99_ratio") is not None:
+            # a finding, not a precondition: None (undecided) unless the comparison decided either way
+            decided = {stats.EQUIVALENT: True, stats.DIFFERS: False}.get(r["outcome"])
+            out.append(Gate(f"no reuse, {r['load_rule']}: B equivalent to A within ±5 % (p99 TTFT, 90 % interval)",
+                            decided, f"{r['p99_ratio']:.3f} [{_fmt(r['p99_ratio_ci90_low'])}, {_fmt(r['p99_ratio_ci90_high'])}]",
+                            "[0.95, 1.05]", _outcome(r)))
     return out
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
 
 
 # --------------------------------------------------------------------------- declaration
@@ -308,8 +327,9 @@ def analyze(ctx: Context) -> Result:
         r["code_fingerprint"] = ";".join(sorted(str(f) for f in fingerprints.get(r["stack"], ())))
     for r in hero:
         if not r["enough_samples_p99"]:
-            ctx.notes.append(f"{r['workload']} {r['load_rule']} {r['stack']}: fewer than {evidence.min_samples(99)} ok "
-                             f"requests in a cell ({r['n_ok']} over {r['n_reps']} reps): its p99 is marked, not trusted")
+            ctx.notes.append(f"{r['workload']} {r['load_rule']} {r['stack']}: a cell has fewer than "
+                             f"{stats.min_ok_requests(99)} ok requests ({r['n_ok']} over {r['n_reps']} reps): its p99 "
+                             f"is not the basis of a verdict")
     workloads = sorted({r["workload"] for r in hero})
     table = [{k: r.get(k) for k in H8_COLUMNS} for r in hero]
     return Result(tables={"summary": table, "capacity": cap},
@@ -322,7 +342,9 @@ register(Hypothesis(
     question="At equal memory budget and equal load, what does tiering cost without reuse and buy with it?",
     analyze=analyze,
     tables=(Table("summary", H8_COLUMNS, "hero table: per workload and equal load (the lower and the higher U_work), "
-                                         "one row per stack with B-vs-A deltas"),
+                                         "one row per stack with B/A p99 TTFT, its interval and outcome",
+                  key_columns=("workload", "load_rule", "stack", "concurrency", "n_reps", "n_ok", "ttft_ms_p99",
+                               "p99_ratio", "p99_ratio_ci95_low", "p99_ratio_ci95_high", "outcome", "mde_pct")),
             Table("capacity", CAPACITY_COLUMNS, "per workload and stack: SLO attainment at every measured concurrency "
                                                 "and the highest one that meets it")),
     figures=(Figure("hero", "Per workload (no reuse | multi-turn chat over T0+T1 | production trace window): p99 TTFT (ms) vs concurrency "
@@ -330,9 +352,14 @@ register(Hypothesis(
                             "the equal-load points are ringed."),),
     verdict=verdict,
     gates=gates,
+    # each workload's headline is gated on its own equal-load cells (workload_gates) and a short cell makes
+    # its comparison inconclusive by name; the SLO sweep's cells need no p99, so the common gates over all
+    # cells do not gate the whole sentence (they stay on the page and in gate_status)
+    verdict_gates=(),
     needs=("uwork",),
     how_to_read="Equal memory budget: A gets T0+T1 as its device pool, B gets T0 on the device and T1 in host memory "
                 "(plus T2 on disk). Equal load: both stacks at uwork_min and uwork_max (the lower / higher U_work of "
-                "the two from H0). vs_A_*_pct are B's percent differences from A; b_p99_differs compares them with the "
-                "repetition spread. t0/t1/t2_hit_pct: share of looked-up prompt blocks served by each tier.",
+                "the two from H0). p99_ratio is B's p99 TTFT over A's with its hierarchical-bootstrap 95 % interval; "
+                "outcome: differs (95 % interval excludes 1), equivalent (90 % interval inside [0.95, 1.05]) or "
+                "inconclusive (mde_pct: the smallest difference these samples detect with 80 % power). t0/t1/t2_hit_pct: share of looked-up prompt blocks served by each tier.",
 ))

@@ -396,6 +396,7 @@ register(Hypothesis(
                                    "Right: resume TTFT − warm TTFT (ms) vs KV loaded per resume (GiB), with the "
                                    "fitted and the modelled cost per GiB."),),
     verdict=verdict,
+    verdict_gates=(),  # each claim reads its own gates inline (gates.gated_sentence)
     gates=gates,
     how_to_read="condition: warm = resumed at once; idle = after an idle gap only; T1/T2 = after eviction pressure, "
                 "named by the tier the stack's counters show serving the resume window; cold = same lengths, new "

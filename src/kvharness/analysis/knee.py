@@ -27,27 +27,48 @@ def is_stable(p50: float | None, p99: float | None, ratio: float = STABLE_RATIO)
     return p50 is not None and p99 is not None and p50 > 0 and p99 <= ratio * p50
 
 
+def step_stability(step: dict, ratio: float = STABLE_RATIO) -> bool | None:
+    """A step's stability: from its requests (``_ttft_ms``) by :func:`kvharness.stats.ratio_bound_decision`
+    (True / False / None = undecided by the data) when it carries them, else the point rule of
+    :func:`is_stable` on its p50/p99 (True / False)."""
+    samples = step.get("_ttft_ms")
+    if samples is not None:
+        from kvharness.stats import ratio_bound_decision
+
+        return ratio_bound_decision(samples, ratio)["stable"]
+    return is_stable(step.get("ttft_ms_p50"), step.get("ttft_ms_p99"), ratio)
+
+
 def u_work(steps: Sequence[dict], ratio: float = STABLE_RATIO) -> dict:
     """U_work of one stack from its concurrency sweep.
 
-    ``steps``: dicts with ``concurrency``, ``ttft_ms_p50``, ``ttft_ms_p99``. A step is *stable* when
-    p99 <= ratio x p50. U_work is the highest swept concurrency at which the step and the next one are
-    both stable, searched below the **knee** = the first two consecutive unstable steps. One unstable
-    blip is stepped over; past the knee a saturated closed loop queues every request about equally, so
-    the ratio can fall back under 2 while the server is long past usable, and those steps never count.
-    When the sweep is stable to its end, U_work is the last step, flagged ``censored`` (the knee lies
-    beyond the sweep). When no step qualifies, U_work is None.
+    ``steps``: dicts with ``concurrency`` and either their requests' TTFTs (``_ttft_ms``) or ``ttft_ms_p50``
+    and ``ttft_ms_p99``. A step is *stable* when p99 <= ratio x p50, *unstable* when p99 > ratio x p50,
+    and *undecided* when its samples cannot tell (:func:`step_stability`). The **knee** is the first two
+    consecutive unstable steps. U_work is the highest swept concurrency below the knee at which the step
+    and the next one are both stable; ``u_work_high`` the highest at which neither is unstable (the two
+    differ when undecided steps lie between: U_work is then known only to lie in [u_work, u_work_high],
+    ``undecided`` lists those steps). One unstable blip is stepped over; past the knee a saturated closed
+    loop queues every request about equally, so the ratio can fall back under 2 while the server is long
+    past usable, and those steps never count. When the sweep is stable to its end, U_work is the last step,
+    flagged ``censored``. When no step qualifies, U_work is None.
     """
     ordered = sorted(steps, key=lambda s: s["concurrency"])
-    stable = [is_stable(s.get("ttft_ms_p50"), s.get("ttft_ms_p99"), ratio) for s in ordered]
-    knee = next((i for i in range(len(ordered) - 1) if not stable[i] and not stable[i + 1]), None)
-    result = {"u_work": None, "censored": False, "n_steps": len(ordered),
-              "knee_at": ordered[knee]["concurrency"] if knee is not None else None,
-              "stable": {s["concurrency"]: ok for s, ok in zip(ordered, stable)}}
+    stable = [step_stability(s, ratio) for s in ordered]
+    knee = next((i for i in range(len(ordered) - 1) if stable[i] is False and stable[i + 1] is False), None)
     end = knee if knee is not None else len(ordered)
-    if knee is None and len(ordered) >= 2 and stable[-1] and stable[-2]:
-        result.update(u_work=ordered[-1]["concurrency"], censored=True)
-        return result
+    result = {"u_work": None, "u_work_high": None, "censored": False, "n_steps": len(ordered),
+              "knee_at": ordered[knee]["concurrency"] if knee is not None else None,
+              "stable": {s["concurrency"]: ok for s, ok in zip(ordered, stable)},
+              "undecided": [s["concurrency"] for s, ok in zip(ordered[:end], stable[:end]) if ok is None]}
+    possible = [i for i in range(end - 1) if stable[i] is not False and stable[i + 1] is not False]
+    if knee is None and len(ordered) >= 2 and stable[-1] is not False and stable[-2] is not False:
+        result["u_work_high"] = ordered[-1]["concurrency"]
+        if stable[-1] and stable[-2]:
+            result.update(u_work=ordered[-1]["concurrency"], censored=True)
+            return result
+    elif possible:
+        result["u_work_high"] = ordered[possible[-1]]["concurrency"]
     for i in range(end - 2, -1, -1):
         if stable[i] and stable[i + 1]:
             result["u_work"] = ordered[i]["concurrency"]

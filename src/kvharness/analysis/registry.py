@@ -101,6 +101,10 @@ class Hypothesis:
     needs: Sequence[str] = ()                 # upstream result names
     provides: dict[str, str] = field(default_factory=dict)  # result name -> one of this hypothesis's tables
     how_to_read: str = ""
+    #: gate-name prefixes the whole verdict depends on (kvharness.analysis.gates.gate_sentence): None = the
+    #: common quality gates (gates.QUALITY_GATES); () = none, the verdict function gates its own sentences
+    #: itself, with ``gates.gate_sentence(sentence, result.facts["gates"], prefixes)``
+    verdict_gates: Sequence[str] | None = None
     module: str = ""                          # filled by register(): the declaring module's file
 
     def outputs(self, results_dir: str = "results") -> dict[str, str]:

@@ -3,8 +3,9 @@
 Shared by the generated workflow rules (``workflow/scripts/analyze.py``) and ``kvharness analyze``.
 Besides the declared tables and figures it writes, for every hypothesis:
 
-- ``points.csv``: one row per point (stack x swept values, ``rep`` excluded) over its repetitions: mean
-  and 95 % t interval of p50/p95/p99 TTFT, p50/p99 TPOT, p99 E2E, req/s, goodput and good fraction, the
+- ``points.csv``: one row per point (stack x swept values, ``rep`` excluded) over its repetitions: the
+  pooled p99 TTFT with its hierarchical-bootstrap interval, order-statistic bound, early-stopping estimate
+  and minimum detectable effect (:func:`p99_evidence`); mean and 95 % t interval of p50/p95/p99 TTFT, p50/p99 TPOT, p99 E2E, req/s, goodput and good fraction, the
   CoV of p99 across reps, the worst rep's p99 deviation from the mean, and the fewest ok requests of a rep;
 - ``verdict.json``: the question, the computed verdict, the gates (the hypothesis's own, then the common
   ones of :mod:`kvharness.analysis.gates`, each with value and limit), one-line notes, the cells' status
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from kvharness import stats
 from kvharness.analysis import evidence, gates, registry
 from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
@@ -69,8 +71,8 @@ POINT_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "tpot_ms_p50", "tp
 
 
 REPORT_COLUMNS = 10  # a table without key_columns shows its first declared columns in the report
-POINT_KEY_COLUMNS = ("n_reps", "ttft_ms_p50_mean", "ttft_ms_p99_mean", "ttft_ms_p99_ci_low", "ttft_ms_p99_ci_high",
-                     "ttft_p99_cov", "goodput_req_s_mean", "good_fraction_mean", "n_ok_min", "status")
+POINT_KEY_COLUMNS = ("n_reps", "ttft_ms_p50_mean", "ttft_ms_p99_pooled", "ttft_ms_p99_boot_low", "ttft_ms_p99_boot_high",
+                     "ttft_ms_p99_es", "ttft_p99_mde_pct", "ttft_p99_cov", "good_fraction_mean", "n_ok_min", "status")
 
 
 def _read_or_empty(path: Path) -> dict:
@@ -90,13 +92,29 @@ def point_keys(cell_dirs: Sequence[Path]) -> list[str]:
     return keys
 
 
+def p99_evidence(reps: Sequence) -> dict:
+    """The p99 TTFT of a point from its requests (kvharness.stats): pooled value with the hierarchical
+    bootstrap's 95 % interval, the one-sided 95 % order-statistic bound, LoadGen's early-stopping estimate,
+    and the smallest difference a comparison with an identical twin of this point could detect (80 %
+    power, 5 % two-sided): the minimum detectable effect at these cell sizes."""
+    reps = [r for r in reps if len(r)]
+    if not reps:
+        return {}
+    pooled = [x for r in reps for x in r]
+    ci = stats.percentile_interval(reps, 99)
+    twin = stats.compare(reps, reps, 99)
+    return {"ttft_ms_p99_pooled": ci["estimate"], "ttft_ms_p99_boot_low": ci["low"], "ttft_ms_p99_boot_high": ci["high"],
+            "ttft_ms_p99_upper95": stats.order_stat_ci(pooled, 99)["upper"],
+            "ttft_ms_p99_es": stats.early_stopping_estimate(pooled, 99)["estimate"], "ttft_p99_mde_pct": twin["mde_pct"]}
+
+
 def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     """Per point over its repetitions (evidence.aggregate), plus reproducibility and sample counts."""
     table = evidence.aggregate(rows, keys, POINT_METRICS)
     members: dict[tuple, list[dict]] = {}
     for r in rows:
         members.setdefault(tuple(r.get(k) for k in keys), []).append(r)
-    need = evidence.min_samples(99)
+    need = stats.min_ok_requests(99)
     for p in table:
         reps = members[tuple(p.get(k) for k in keys)]
         p["reps"] = ";".join(str(r.get("rep", 0)) for r in sorted(reps, key=lambda r: r.get("rep", 0)))
@@ -105,6 +123,7 @@ def points_table(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
         p["enough_samples_p99"] = p["n_ok_min"] >= need
         p["status"] = ";".join(sorted({str(r.get("status")) for r in reps}))
         p["torn_lines"] = sum(int(r.get("truncated_lines") or 0) for r in reps)  # cut last lines, not analysed
+        p.update(p99_evidence([stats.samples(r) for r in reps]))
     return sorted(table, key=lambda p: tuple((v is None, str(type(v)), v) for v in (p.get(k) for k in keys)))
 
 
@@ -153,14 +172,6 @@ def invalid_cells(cell_dirs: Sequence[Path]) -> dict[str, str]:
     return out
 
 
-def gate_status(gate_dicts: Sequence[dict]) -> str:
-    """fail if any gate failed, pass if at least one passed and none failed, else n/a."""
-    passed = [g.get("passed") for g in gate_dicts]
-    if any(p is False for p in passed):
-        return "fail"
-    return "pass" if any(p is True for p in passed) else "n/a"
-
-
 def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Mapping[str, str | Path],
                    outputs: Mapping[str, str | Path], config: Mapping | None = None) -> list[Path]:
     """Analyse one hypothesis and write every declared output; returns the written paths."""
@@ -199,14 +210,19 @@ def run_hypothesis(hyp: str, cell_dirs: Sequence[str | Path], upstream_paths: Ma
                          f"fingerprints, see provenance): compare them with care")
     for note in ctx.notes:
         log.warning("%s: %s", hyp, note)
+    # gates first, then the verdict: a claim whose gate failed is not stated (gates.gate_sentence)
     gate_dicts = [{**g.as_dict(), "scope": hyp} for g in h.gates(result)]
     gate_dicts += [{**g.as_dict(), "scope": "common"} for g in gates.common_gates(ctx.rows, points, keys)]
+    result.facts["gates"] = gate_dicts
+    measured = h.verdict(result)
+    depends = gates.QUALITY_GATES if h.verdict_gates is None else h.verdict_gates
+    sentence = gates.gate_sentence(measured, gate_dicts, depends) if depends else measured
     tables = {t.name: Path(outputs[t.name]).name for t in h.tables}
     if registry.POINTS in outputs:
         tables[registry.POINTS] = Path(outputs[registry.POINTS]).name
     verdict = {
-        "hyp": hyp, "question": h.question, "verdict": h.verdict(result), "how_to_read": h.how_to_read,
-        "gates": gate_dicts, "gate_status": gate_status(gate_dicts), "notes": ctx.notes, **facts,
+        "hyp": hyp, "question": h.question, "verdict": sentence, "measured": measured,
+        "how_to_read": h.how_to_read, "gates": gate_dicts, "gate_status": gates.gate_status(gate_dicts), "notes": ctx.notes, **facts,
         "n_cells": len(every_cell), "invalid_cells": invalid, "torn_lines": sum(torn.values()), "point_keys": keys, "n_points": len(points), "analysed_utc": utc_now(),
         "tables": tables,
         "key_columns": {**{t.name: list(t.key_columns or t.columns[:REPORT_COLUMNS]) for t in h.tables},

@@ -249,7 +249,7 @@ def spill_row(cell_dir: str | Path, row: dict) -> dict:
     out["pool_bytes"] = row.get("tier0_bytes")
     out["admits_context_tokens"] = (int(row["tier0_bytes"] // (conc * kv))
                                     if kv and isinstance(conc, int) and conc > 0 and row.get("tier0_bytes") else None)
-    from kvharness.analysis.evidence import enough_samples
+    from kvharness.stats import enough_samples
 
     out["p99_enough_samples"] = enough_samples(row.get("n_ok"), 99)  # p99 from fewer is flagged, still shown
     ctx = row.get("context_tokens")

@@ -13,7 +13,7 @@ def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | N
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = list(columns or [])
     for r in rows:
-        cols.extend(k for k in r if k not in cols)
+        cols.extend(k for k in r if k not in cols and not str(k).startswith("_"))  # _keys: in memory only
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")

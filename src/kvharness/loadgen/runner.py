@@ -75,6 +75,8 @@ class Runner:
         self.tasks: set[asyncio.Task] = set()
         self.n_sent = 0
         self.n_done = 0
+        self.n_ok_measured = 0   # ok requests in the measure window (the min_ok_requests stop condition)
+        self.extended = False    # the load ran past duration_s for min_ok_requests
         self.n_errors = 0
         self.n_errors_in_row = 0  # failed requests since the last success (max_consecutive_errors)
         self.write_error: str | None = None  # the first failed write of a record (disk full): the run stops
@@ -428,6 +430,10 @@ class Runner:
             self._emit(line, 1)
         if ok:
             self.n_errors_in_row = 0
+            if rec["window"] == "measure":
+                self.n_ok_measured += 1
+                if self.extended and self.n_ok_measured >= self.spec["min_ok_requests"]:
+                    self.request_stop("min_ok_requests")
         self.n_done += 1
         self.workload.completed(ticket, req, ok, timer.text if req.keep_text else "")
 
@@ -453,6 +459,30 @@ class Runner:
         in_row = self.spec.get("max_consecutive_errors")
         if in_row is not None and self.n_errors_in_row >= in_row:
             self.request_stop("max_consecutive_errors")
+
+    def _extend(self, now_ns: int) -> bool:
+        """At the end of ``duration_s``: run on (to ``max_duration_s``) while the measure window has fewer
+        than ``min_ok_requests`` ok requests, if the ok rate so far reaches them, or at least the 299 a p99
+        bound needs, by then; a load that cannot (errors, a collapsed stack) stops at once, reported short."""
+        need, cap = self.spec.get("min_ok_requests"), self.spec.get("max_duration_s")
+        if self.extended or not need or self.n_ok_measured >= need or not cap:
+            return False
+        elapsed = (now_ns - self.measure_start_ns) / NS
+        cap_ns = self.t0_ns + int(cap * NS)
+        if elapsed <= 0 or self.n_ok_measured == 0 or now_ns >= cap_ns:
+            return False
+        # run on when the ok rate so far brings, by the cap, the count asked for or at least what a p99
+        # bound needs (stats.min_ok_requests): a load that cannot even get that (errors, a collapsed
+        # stack) is not worth the wait
+        from kvharness.stats import min_ok_requests
+
+        projected = self.n_ok_measured + self.n_ok_measured / elapsed * (cap_ns - now_ns) / NS
+        if projected < min(need, min_ok_requests(99)):
+            return False
+        self.extended = True
+        self.end_ns = cap_ns
+        self.measure_end_ns = None  # an extended load has no cooldown window: it stops on its count
+        return True
 
     def _window(self, sched_ns: int) -> str:
         if sched_ns < self.measure_start_ns:
@@ -540,8 +570,11 @@ class Runner:
                 if self._stopping:
                     break
                 if end_ns is not None and ticket.sched_ns >= end_ns:
-                    self.stop_reason = "duration"
-                    break
+                    if self._extend(now):
+                        end_ns = self.end_ns
+                    else:
+                        self.stop_reason = "max_duration" if self.extended else "duration"
+                        break
                 await self._sleep_until(ticket.sched_ns)
                 if self._stopping:
                     break
@@ -616,6 +649,8 @@ class Runner:
             "max_backlog": self.max_backlog,
             "n_cancelled": self.n_sent - self.n_done,
             "stop_reason": self.stop_reason,
+            "n_ok_measured": self.n_ok_measured, "min_ok_requests": self.spec.get("min_ok_requests"),
+            "extended": self.extended,
             "interrupted": self.signal_name,
             "write_error": self.write_error,
             "n_unwritten": self.n_unwritten,

@@ -326,6 +326,8 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "lora": (check_lora, None),
     "duration_s": (number(0.0, exclusive=True, nullable=True), None),
     "max_requests": (integer(1, nullable=True), None),
+    "min_ok_requests": (integer(1, nullable=True), None),
+    "max_duration_s": (number(0.0, exclusive=True, nullable=True), None),
     "warmup_s": (number(0.0), 0.0),
     "cooldown_s": (number(0.0), 0.0),
     "seed": (integer(), 0),

@@ -51,6 +51,8 @@ def split_spec(spec: dict, i: int, n: int) -> dict | None:
             return None
     if s["max_errors"] is not None:
         s["max_errors"] = max(1, -(-spec["max_errors"] // n))
+    if s.get("min_ok_requests") is not None:
+        s["min_ok_requests"] = max(1, -(-spec["min_ok_requests"] // n))
     if "concurrency" in p:
         s["labels"].setdefault("concurrency", p["concurrency"])  # records carry the run's, not the share
         p["concurrency"] = _share(p["concurrency"], i, n)
