@@ -42,6 +42,8 @@ from kvharness.stacks.launcher import (
     terminate_group,
 )
 from kvharness.stacks.capacity import CapacityMismatch, verify_capacity
+from kvharness.cellfiles import (CELL_JSON, COLLECTOR_LOG, COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, LOAD_JSON, LOADGEN_LOG,
+                                  LOADGEN_SUMMARY_JSON, METRICS_JSONL, PROVENANCE_JSON, SUMMARY_JSON, SYSMON_JSONL)
 
 log = logging.getLogger("kvharness.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -361,11 +363,11 @@ def _write_text(path: Path, text: str) -> str | None:
 def _stamp_cell_json(tmp: Path, **stamps) -> str | None:
     """Add the measurement's UTC start/end (taken under the benchmark lock) to cell.json."""
     try:
-        resolved = json.loads((tmp / "cell.json").read_text())
+        resolved = json.loads((tmp / CELL_JSON).read_text())
     except (OSError, ValueError):
         return None
     resolved.setdefault("measurement", {}).update(stamps)
-    return _write_text(tmp / "cell.json", json.dumps(resolved, indent=2, default=str))
+    return _write_text(tmp / CELL_JSON, json.dumps(resolved, indent=2, default=str))
 
 
 def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.BenchmarkLock,
@@ -416,7 +418,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws,
                     "measurement": {"lock": lock.describe(), "started_utc": started}}
         summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
-        (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
+        (tmp / CELL_JSON).write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
         load_spec = {
             "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
@@ -437,7 +439,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
         if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
             load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
-        (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        (tmp / LOAD_JSON).write_text(json.dumps(load_spec, indent=2))
         stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")
         launched_at = time.time()
@@ -446,10 +448,10 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # server's; the collector samples once the stack is healthy and ours (telemetry.go), the load generator
         # sends nothing until the collector has taken its baseline (load.go), and its clock starts then.
         go_file = tmp / "load.go"
-        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file),
+        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / LOAD_JSON), "--out", str(tmp / METRICS_JSONL),
+                                             "--summary-out", str(tmp / LOADGEN_SUMMARY_JSON), "--start-file", str(go_file),
                                              "--first-request", "skip", "--max-error-pct", "off"),
-                         tmp / "loadgen.log")
+                         tmp / LOADGEN_LOG)
         block_bytes = None
         kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
         if kvpt:
@@ -463,7 +465,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
             argv += ["--fetch-hist", f"{tier}={family}"]
         telemetry_go = tmp / "telemetry.go"  # the collector, too, starts now and samples from the go on
-        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / "collector.log")
+        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / COLLECTOR_LOG)
         phases.start("health")
         health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
         summary["health_wait_s"] = round(health_s, 3)
@@ -480,7 +482,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # dynkv.jsonl, written at once): that scrape is the baseline every counter delta of the cell is taken
         # from (adapter loads, tier bytes), so nothing the load does may happen before it. Without a metrics
         # source, the first host tick (one interval) stands in.
-        first = tmp / ("dynkv.jsonl" if plan.metrics_urls else "sysmon.jsonl")
+        first = tmp / (DYNKV_JSONL if plan.metrics_urls else SYSMON_JSONL)
         if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
             log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
         if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
@@ -550,31 +552,31 @@ def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, starte
     """Summarize what was measured (also for failed cells: nothing is lost), write the closing files and
     rename the folder; runs with signals deferred (_defer_signal)."""
     # ---- summarize what was measured (also for failed cells: nothing is lost)
-    records_file = tmp / "metrics.jsonl"
+    records_file = tmp / METRICS_JSONL
     if not (tmp / "load.go").exists() and records_file.exists() and records_file.stat().st_size == 0:
         records_file.unlink()  # the load generator was started early but never let go: no record, no file
     phases.start("write")
     _release(tmp / ".reserve")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
-        records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
+        records, truncated = read_jsonl(tmp / METRICS_JSONL) if (tmp / METRICS_JSONL).exists() else ([], 0)
     except RecordError as exc:
         records, truncated = [], 0
         failure = failure or str(exc)
     summary["truncated_lines"] = truncated
     summary["requests"] = stats.summarize_requests(records)
     collector_summary = None
-    if (tmp / "collector_summary.json").exists():
+    if (tmp / COLLECTOR_SUMMARY_JSON).exists():
         try:
-            collector_summary = read_json(tmp / "collector_summary.json")
+            collector_summary = read_json(tmp / COLLECTOR_SUMMARY_JSON)
         except RecordError:
             collector_summary = None
     summary["quality"] = _quality(collector_summary, summary["collector_rc"])
     summary["quality"].update(itl_flags(records, float(spec.get("quality", {}).get("itl_stall_ms", 1000.0))))
     lg = None
-    if (tmp / "loadgen_summary.json").exists():
+    if (tmp / LOADGEN_SUMMARY_JSON).exists():
         try:
-            lg = read_json(tmp / "loadgen_summary.json")
+            lg = read_json(tmp / LOADGEN_SUMMARY_JSON)
             summary["client_bound"] = bool(lg.get("client_bound", False))
         except RecordError:
             lg = None
@@ -623,7 +625,7 @@ def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, starte
         failure = write_error
         summary["status"] = "failed"
         summary["reason"] = failure
-        _write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str))
+        _write_text(tmp / SUMMARY_JSON, json.dumps(summary, indent=2, default=str))
         _release(tmp / ".reserve-reason")
         _write_reason(spec, tmp, failure)
     _release(tmp / ".reserve-reason")
@@ -650,7 +652,7 @@ def _sim_io(tmp: Path) -> dict | None:
     """The simulator's own tier-2 I/O errors and verify failures over the cell (its scraped counters'
     deltas in dynkv.jsonl); None without a readable record."""
     try:
-        recs, _ = read_jsonl(tmp / "dynkv.jsonl")
+        recs, _ = read_jsonl(tmp / DYNKV_JSONL)
     except RecordError:
         return None
     out = {"tier2_io_errors": 0.0, "tier2_verify_failures": 0.0}
@@ -670,8 +672,8 @@ def _write_cell_files(tmp: Path, spec: dict, summary: dict) -> str | None:
         scrub_logs(tmp)
     except OSError as exc:
         errors.append(f"cannot scrub the logs: {exc.strerror or exc}")
-    errors.append(_write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str)))
-    errors.append(_write_text(tmp / "provenance.json", json.dumps(
+    errors.append(_write_text(tmp / SUMMARY_JSON, json.dumps(summary, indent=2, default=str)))
+    errors.append(_write_text(tmp / PROVENANCE_JSON, json.dumps(
         provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
                                "code_fingerprint": measurement_fingerprint()}), indent=2)))
     errors.append(_stamp_cell_json(tmp, started_utc=summary["started_utc"], finished_utc=summary["finished_utc"]))
