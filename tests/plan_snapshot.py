@@ -21,8 +21,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "planned_cells.json.gz"
 
 def snapshot(root: Path = ROOT) -> dict:
     sys.path.insert(0, str(root / "src"))
-    from kvharness.config import cell_index
-    from kvharness.plan import load_config
+    from kvharness.plan.config import cell_index
+    from kvharness.plan.estimate import load_config
 
     out = {}
     for cfg in CONFIGS:

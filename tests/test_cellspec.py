@@ -1,4 +1,4 @@
-"""The typed resolved cell spec (kvharness.cellspec): every cell every shipped config plans is one, and
+"""The typed resolved cell spec (kvharness.plan.spec): every cell every shipped config plans is one, and
 converts back to exactly the dict the workflow fingerprints; Engine and Sim have the fields of
 kvharness.defaults, so a new default is a new typed field."""
 import dataclasses
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvharness import defaults
-from kvharness.cellspec import CellSpec, Engine, Sim
+from kvharness.plan.spec import CellSpec, Engine, Sim
 from kvharness.errors import ConfigError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "planned_cells.json.gz"

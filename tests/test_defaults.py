@@ -4,7 +4,7 @@ drifted (sim --speedup 1 vs 20, --lora-adapter-bytes 64 vs 16 MiB, a block_bytes
 import argparse
 
 from kvharness import defaults
-from kvharness.config import load_schema
+from kvharness.plan.config import load_schema
 from kvharness.loadgen import spec as loadspec
 from kvharness.sim import cli as sim_cli
 from kvharness.units import parse_bytes

@@ -1,5 +1,5 @@
 """The file names of a cell's folder (``results/<H>/cells/<cell>/``), stated once: the cell runner
-(kvharness.cell) writes them; the analyses (through kvharness.cellfolder.CellFolder), the export, the
+(kvharness.measure.cell) writes them; the analyses (through kvharness.cellfolder.CellFolder), the export, the
 planner's estimates and the telemetry read-back read them."""
 
 CELL_JSON = "cell.json"                          # the resolved cell spec as it ran (+ working set, measurement)

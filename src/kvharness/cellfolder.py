@@ -1,6 +1,6 @@
 """A small reader of a cell's folder (``results/<H>/cells/<cell>/``; its file names are in kvharness.cellfiles).
 
-The cell runner (kvharness.cell) writes these files; the analyses, the export, the planner's progress
+The cell runner (kvharness.measure.cell) writes these files; the analyses, the export, the planner's progress
 estimates and the telemetry read-back read them. Reading is strict (kvharness.records): a malformed file
 is a RecordError naming the file and line.
 """

@@ -21,7 +21,7 @@ class SpecError(ValueError):
 
 
 class AxisError(ValueError):
-    """A swept value that cannot be applied; the message is one line without the key path (kvharness.axes)."""
+    """A swept value that cannot be applied; the message is one line without the key path (kvharness.plan.axes)."""
 
 
 class StackLaunchError(RuntimeError):

@@ -16,7 +16,7 @@ import yaml
 
 from kvharness.sim.profiles import kv_bytes_per_token
 from kvharness.units import parse_bytes
-from kvharness.workingset import working_set_tokens
+from kvharness.plan.workingset import working_set_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("lora_ws.yaml")

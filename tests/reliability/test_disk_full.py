@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvharness.records import read_jsonl
-from kvharness.cell import run_cell
+from kvharness.measure.cell import run_cell
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from kvharness.records import read_jsonl
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure.cell import CellFailed, run_cell
 from kvharness.stacks.launcher import RunningStack, plan_launch
 from kvharness.stacks.names import template_names
 

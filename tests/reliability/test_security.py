@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from kvharness.cell import run_cell
+from kvharness.measure.cell import run_cell
 from kvharness.stacks.names import template_names
 from kvharness.provenance import REDACTED, redact_env, scrub
 from kvharness.report.html import build_report

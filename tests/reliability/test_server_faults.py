@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kvharness.records import read_jsonl
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure.cell import CellFailed, run_cell
 
 
 def failed_dir(out):

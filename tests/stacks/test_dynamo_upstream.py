@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kvharness.config import REPO_ROOT, STACK_DIR
+from kvharness.plan.config import REPO_ROOT, STACK_DIR
 from kvharness.stacks import upstream_names as un
 
 TINY = REPO_ROOT / "tests" / "workflow" / "mocker-tiny.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.config import ConfigError, cell_index, validate_config
+from kvharness.plan.config import ConfigError, cell_index, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

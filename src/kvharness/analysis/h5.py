@@ -2,7 +2,7 @@
 hits served from, how much spills, and what happens to the tail?
 
 The working set of a cell is the KV of its live sessions (sessions x history tokens x KV bytes per token,
-``kvharness.workingset``) plus its resident adapter bytes (min(adapters, resident slots) x adapter bytes),
+``kvharness.plan.workingset``) plus its resident adapter bytes (min(adapters, resident slots) x adapter bytes),
 as recorded in ``cell.json``. Per cell: T0/T1/T2 hit ratios (blocks found on each tier, as a share of all
 prefix-block lookups), spill volume (bytes written into T1 and T2), and p95/p99 TTFT; the figure draws
 T0, T0+T1 and T0+T1+T2 as vertical lines. Two checks of the model against its own parameters: the T0 hit

@@ -216,7 +216,7 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
     models_path = stack.get("models_path", "/v1/models")
     ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
     if stack.get("proxy") and launched:  # kvharness proxy in front: launched last, stopped first, serves the load
-        from kvharness.proxy import stack_proxy_argv
+        from kvharness.stacks.proxy import stack_proxy_argv
 
         pport = _pick_port(stack["proxy"].get("port", "auto"), host, "proxy.port", stack["name"], launched)
         run_argvs.append(stack_proxy_argv(stack["proxy"], all_names, base_url, pport,  # on the host, not in a container

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-log = logging.getLogger("kvharness.cell")
+log = logging.getLogger("kvharness.measure.cell")
 
 LOCK_ENV = "KVHARNESS_LOCK"
 LOCK_WAIT_ENV = "KVHARNESS_LOCK_WAIT"

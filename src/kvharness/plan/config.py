@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.config.REPO_ROOT)
-from kvharness.axes import AXES, UWORK_RULES, points_schema, sweep_schema
-from kvharness.cellspec import CellSpec
-from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # re-exported: kvharness.config.ConfigError
+from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.plan.config.REPO_ROOT)
+from kvharness.plan.axes import AXES, UWORK_RULES, points_schema, sweep_schema
+from kvharness.plan.spec import CellSpec
+from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # re-exported: kvharness.plan.config.ConfigError
 from kvharness.loadgen import spec as loadspec
 from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
 from kvharness.netaddr import is_loopback
@@ -256,7 +256,7 @@ def validate_config(config: dict) -> dict:
     _fill_defaults(cfg, schema, schema)
     _keep_only(cfg)
     _check_semantics(cfg)
-    from kvharness import bgio
+    from kvharness.stacks import bgio
 
     for hyp in cfg["hypotheses"]:
         cells = expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
@@ -398,7 +398,7 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
     if stack.get("proxy") is not None:
-        from kvharness.proxy import check_stack_proxy
+        from kvharness.stacks.proxy import check_stack_proxy
 
         try:
             stack["proxy"] = check_stack_proxy(path, stack["proxy"])
@@ -659,7 +659,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
             if kind not in CLOSED_PATTERNS and not (kind == "trace" and "concurrency" in values):
                 cell["load"]["concurrency"] = None  # open loop: the rate sets the load, not users in flight
             # a trace swept over concurrency (H8) keeps it as the cap on requests in flight
-            # (pattern.max_in_flight, set by kvharness.cell.resolve_load once a U_work rule is resolved)
+            # (pattern.max_in_flight, set by kvharness.measure.cell.resolve_load once a U_work rule is resolved)
             overrides = cell.pop("_tier_overrides", None)
             cell["tiers"] = tier_bytes(cfg, cell["profile"], bool(stack.get("tiered")), overrides)
             _validate_cell_load(cell, f"hypotheses.{hyp}")
@@ -675,7 +675,7 @@ def cell_index(cfg: dict) -> dict[tuple[str, str], dict]:
         if not cells:
             raise ConfigError(f"config error: hypotheses.{hyp}: the sweep is empty (no cell to measure)")
         for c in cells:
-            CellSpec.from_dict(c)  # every key present, none unknown, each of its type (kvharness.cellspec)
+            CellSpec.from_dict(c)  # every key present, none unknown, each of its type (kvharness.plan.spec)
             index[(hyp, c["cell"])] = c
     return index
 

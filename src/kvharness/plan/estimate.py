@@ -76,7 +76,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def load_config(configfiles: list[str], only: list[str] | None = None) -> dict:
-    from kvharness.config import CONFIG_DIR, ConfigError, check_config_file, validate_config
+    from kvharness.plan.config import CONFIG_DIR, ConfigError, check_config_file, validate_config
 
     raw: dict = {}
     for path in [str(CONFIG_DIR / "config.yaml"), *configfiles]:
@@ -154,7 +154,7 @@ def assumed_uwork(cfg: dict, share: float = UWORK_MODEL_SHARE) -> dict:
     """Stack name -> the U_work a plan assumes before H0 has measured one: the first level of H0's sweep
     where the simulator model's throughput reaches ``share`` of its peak (past it, prompts queue); for a
     stack the model does not cover, the middle of the sweep."""
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     if "H0" not in cfg["hypotheses"]:
         return {}
@@ -177,7 +177,7 @@ def assumed_uwork(cfg: dict, share: float = UWORK_MODEL_SHARE) -> dict:
 # ---- per cell ---------------------------------------------------------------------------------------
 
 def hypothesis_stacks(cfg: dict, hyp: str) -> list[str]:
-    from kvharness.config import load_stack
+    from kvharness.plan.config import load_stack
 
     return [load_stack(cfg["stacks"][role])["name"] for role in cfg["hypotheses"][hyp]["stacks"]]
 
@@ -332,7 +332,7 @@ def estimate_cell(spec: dict, ctx: Context) -> Estimate:
 # ---- the plan ---------------------------------------------------------------------------------------
 
 def make_plan(cfg: dict, ctx: Context, hyps: list[str] | None = None) -> dict:
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     out = {"created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overhead_s": ctx.overhead_s,
            "overhead_basis": ctx.overhead_basis, "analysis_s": ANALYSIS_S, "workflow_start_s": WORKFLOW_START_S,
@@ -417,7 +417,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvharness.config import ConfigError
+    from kvharness.plan.config import ConfigError
 
     saved = args.results / "plan.json"
     if args.compare:
@@ -452,7 +452,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _cells(cfg: dict, hyp: str) -> list[dict]:
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     return expand_cells(cfg, hyp)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from kvharness.defaults import SIM
 from kvharness.errors import AxisError
 from kvharness.loadgen.spec import DEFAULT_PATTERN, default as load_default
-from kvharness.pressure import apply_pressure_bytes
+from kvharness.plan.pressure import apply_pressure_bytes
 from kvharness.units import parse_bytes
 
 

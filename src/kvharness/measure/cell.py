@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import REPO_ROOT, bgio, cellguard, clock, stats, validity
-from kvharness import uwork as uwork_result
+from kvharness import REPO_ROOT, clock, stats
+from kvharness.measure import guard as cellguard, validity
+from kvharness.stacks import bgio
+from kvharness.measure import uwork as uwork_result
 from kvharness.records import RecordError, read_json, read_jsonl
 from kvharness.defaults import SIM
 from kvharness.errors import ConfigError
@@ -45,7 +47,7 @@ from kvharness.stacks.capacity import CapacityMismatch, verify_capacity
 from kvharness.cellfiles import (CELL_JSON, COLLECTOR_LOG, COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, LOAD_JSON, LOADGEN_LOG,
                                   LOADGEN_SUMMARY_JSON, METRICS_JSONL, PROVENANCE_JSON, SUMMARY_JSON, SYSMON_JSONL)
 
-log = logging.getLogger("kvharness.cell")
+log = logging.getLogger("kvharness.measure.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ALIGNMENT_GATE = 0.95
@@ -103,7 +105,7 @@ def _release(path: Path) -> None:
 
 
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.uwork`); with ``rule``
+    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.measure.uwork`); with ``rule``
     ``uwork_min`` / ``uwork_max`` the lower / higher U_work of ``stacks`` (default: every stack in the file),
     so every stack runs at the same load."""
     found = uwork_result.read(path)
@@ -411,7 +413,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
-        from kvharness.workingset import working_set
+        from kvharness.plan.workingset import working_set
 
         ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]),
                          adapter_bytes=resident_adapter_bytes(spec, load))
