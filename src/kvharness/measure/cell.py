@@ -374,25 +374,8 @@ def _stamp_cell_json(tmp: Path, **stamps) -> str | None:
 
 def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.BenchmarkLock,
              watch: cellguard.ParentWatch) -> dict:
-    try:
-        claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
-    except cellguard.BenchmarkBusy as exc:
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
-    except OSError as exc:
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
-                         f"{out_dir}: {exc.strerror or exc}") from None
+    claim = _claim_folder(spec, out_dir)
     tmp = claim.tmp
-    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
-        _reserve(tmp / ".reserve", RESERVE_BYTES)
-        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
-    except OSError as exc:
-        _release(tmp / ".reserve")
-        _release(tmp / ".reserve-reason")
-        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
-                                f"{exc.strerror or exc}")
-        claim.finish()
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
-                         f"{out_dir}: {exc.strerror or exc}") from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = utc_now()
@@ -422,25 +405,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
         (tmp / CELL_JSON).write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
-        load_spec = {
-            "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
-            "model": spec["served_model_name"], "stream": True,
-            "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
-                                              if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
-            "workload": load["workload"], "duration_s": load["duration_s"],
-            "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", load_default("seed")),
-            "request_timeout_s": load.get("request_timeout_s", load_default("request_timeout_s")),
-            "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
-            "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
-            "max_consecutive_errors": load.get("max_errors", 100),
-        }
-        for key in ("lora", "slo", "max_requests", "min_ok_requests"):
-            if load.get(key) is not None:
-                load_spec[key] = load[key]
-        if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
-            load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
-        if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
-            load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
+        load_spec = _load_spec(spec, load, plan)
         (tmp / LOAD_JSON).write_text(json.dumps(load_spec, indent=2))
         stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")
@@ -454,47 +419,15 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
                                              "--summary-out", str(tmp / LOADGEN_SUMMARY_JSON), "--start-file", str(go_file),
                                              "--first-request", "skip", "--max-error-pct", "off"),
                          tmp / LOADGEN_LOG)
-        block_bytes = None
-        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-        if kvpt:
-            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
-        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
-                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
-        for name, url in plan.metrics_urls.items():
-            argv += ["--scrape", f"{name}={url}"]
-        if block_bytes:
-            argv += ["--kv-block-bytes", str(block_bytes)]
-        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
-            argv += ["--fetch-hist", f"{tier}={family}"]
+        argv = _collector_argv(spec, plan, tmp, tier2_dir)
         telemetry_go = tmp / "telemetry.go"  # the collector, too, starts now and samples from the go on
         collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / COLLECTOR_LOG)
         phases.start("health")
-        health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
-        summary["health_wait_s"] = round(health_s, 3)
-        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
-        summary["ready_steps"] = plan.ready_steps
-        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
-                                             fresh=plan.kind != "external", launched_at=launched_at)
-        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
-        log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+        _wait_ready(spec, plan, stack, tier2_dir, launched_at, summary)
 
         phases.start("collectors")
-        telemetry_go.touch()
-        # The load starts after the collector's first scrape of the stack's counters (its tick-0 line in
-        # dynkv.jsonl, written at once): that scrape is the baseline every counter delta of the cell is taken
-        # from (adapter loads, tier bytes), so nothing the load does may happen before it. Without a metrics
-        # source, the first host tick (one interval) stands in.
-        first = tmp / (DYNKV_JSONL if plan.metrics_urls else SYSMON_JSONL)
-        if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
-            log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
-        if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
-            baseline_check(summary["cold_start"], _first_record(first))
-        idle_s = float(load.get("idle_window_s") or 0.0)
-        if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
-            idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
-            time.sleep(idle_s)
-            summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
-                                      "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
+        _start_sampling(spec, plan, tmp, telemetry_go, collector, summary)
+        _idle_window(load, stack, summary)
         longest = max(float(load.get("duration_s") or 600.0), float(load_spec.get("max_duration_s") or 0.0))
         budget = load.get("cell_timeout_s") or longest + float(load.get("request_timeout_s", load_default("request_timeout_s"))) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
@@ -530,24 +463,132 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
         phases.start("teardown")
-        try:
-            if noise is not None:
-                noise.stop()
-            for proc in (loadgen, collector):
-                if proc is not None:
-                    terminate_group(proc, grace_s=5.0)
-            if stack is not None:
-                stack.stop()
-        finally:
-            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                old_handlers.setdefault(s, signal.getsignal(s))
-                signal.signal(s, _defer_signal)
+        _teardown(noise, loadgen, collector, stack, old_handlers)
     try:
         return _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load,
                        collector)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+
+
+def _wait_ready(spec: dict, plan, stack, tier2_dir: Path, launched_at: float, summary: dict) -> None:
+    """Wait for the stack's health (which also proves the listener is ours), prepare the cold-start checks and
+    verify the tier capacity it reports (CapacityMismatch otherwise)."""
+    health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
+    summary["health_wait_s"] = round(health_s, 3)
+    summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
+    summary["ready_steps"] = plan.ready_steps
+    summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
+                                         fresh=plan.kind != "external", launched_at=launched_at)
+    summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
+    log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+
+
+def _start_sampling(spec: dict, plan, tmp: Path, telemetry_go: Path, collector, summary: dict) -> None:
+    """Let the collector sample and wait for its baseline. The load starts after the collector's first scrape
+    of the stack's counters (its tick-0 line in dynkv.jsonl, written at once): that scrape is the baseline
+    every counter delta of the cell is taken from (adapter loads, tier bytes), so nothing the load does may
+    happen before it. Without a metrics source, the first host tick (one interval) stands in."""
+    telemetry_go.touch()
+    first = tmp / (DYNKV_JSONL if plan.metrics_urls else SYSMON_JSONL)
+    if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
+        log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
+    if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
+        baseline_check(summary["cold_start"], _first_record(first))
+
+
+def _idle_window(load: dict, stack, summary: dict) -> None:
+    """The idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)."""
+    idle_s = float(load.get("idle_window_s") or 0.0)
+    if idle_s > 0:
+        idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
+        time.sleep(idle_s)
+        summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
+                                  "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
+
+
+def _claim_folder(spec: dict, out_dir: Path):
+    """The cell's tmp folder, claimed (one benchmark at a time) and with room reserved for its closing files."""
+    try:
+        claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
+    except cellguard.BenchmarkBusy as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
+    except OSError as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
+    tmp = claim.tmp
+    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
+        _reserve(tmp / ".reserve", RESERVE_BYTES)
+        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
+    except OSError as exc:
+        _release(tmp / ".reserve")
+        _release(tmp / ".reserve-reason")
+        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
+                                f"{exc.strerror or exc}")
+        claim.finish()
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
+    return claim
+
+
+def _load_spec(spec: dict, load: dict, plan) -> dict:
+    """The load generator's spec for this cell: the resolved load, the stack's URL, SLOs in wall time and,
+    for a cell sized by evidence, the longest it may run."""
+    load_spec = {
+        "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
+        "model": spec["served_model_name"], "stream": True,
+        "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
+                                          if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
+        "workload": load["workload"], "duration_s": load["duration_s"],
+        "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", load_default("seed")),
+        "request_timeout_s": load.get("request_timeout_s", load_default("request_timeout_s")),
+        "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
+        "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
+        "max_consecutive_errors": load.get("max_errors", 100),
+    }
+    for key in ("lora", "slo", "max_requests", "min_ok_requests"):
+        if load.get(key) is not None:
+            load_spec[key] = load[key]
+    if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
+        load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
+    if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
+        load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
+    return load_spec
+
+
+def _collector_argv(spec: dict, plan, tmp: Path, tier2_dir: Path) -> list[str]:
+    """``kvharness sysmon`` for this cell: cadence, tier-2 path, the stack's metrics URLs, KV block bytes."""
+    block_bytes = None
+    kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
+    if kvpt:
+        block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
+    argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
+                               "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
+    for name, url in plan.metrics_urls.items():
+        argv += ["--scrape", f"{name}={url}"]
+    if block_bytes:
+        argv += ["--kv-block-bytes", str(block_bytes)]
+    for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
+        argv += ["--fetch-hist", f"{tier}={family}"]
+    return argv
+
+
+def _teardown(noise, loadgen, collector, stack, old_handlers: dict) -> None:
+    """Stop the noise, the load generator and the collector, then the stack; from here on signals are
+    deferred (the closing files are written whatever arrives)."""
+    try:
+        if noise is not None:
+            noise.stop()
+        for proc in (loadgen, collector):
+            if proc is not None:
+                terminate_group(proc, grace_s=5.0)
+        if stack is not None:
+            stack.stop()
+    finally:
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            old_handlers.setdefault(s, signal.getsignal(s))
+            signal.signal(s, _defer_signal)
 
 
 def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load, collector):
