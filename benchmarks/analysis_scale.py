@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_cell(cell: Path, n: int, seed: int = 0) -> int:
-    from kvharness.config import cell_index, load_config_file
+    from kvharness.plan.config import cell_index, load_config_file
 
     cfg = load_config_file(ROOT / "configs" / "config.yaml")
     spec = next(s for (h, _), s in cell_index(cfg).items() if h == "H0")

@@ -11,7 +11,7 @@ the load generator's start-up (phase start -> first scheduled send), the drain a
 With ``--results``, the jobs' Snakemake ``benchmark:`` files are read too: the job's wall time over the
 load duration (judged against the same goal: it is what a user waits for), and how much of it is the job
 starting before the cell does (the ``script:`` directive's interpreter, its snakemake import and
-unpickling, importing kvharness.cell, whose heavy imports are deferred to where they are used).
+unpickling, importing kvharness.measure.cell, whose heavy imports are deferred to where they are used).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from machine import StealMeter  # noqa: E402
+from machine import StealMeter
 
 GOAL_S = 1.0
 PHASES = ("setup", "launch", "health", "collectors", "load", "teardown", "write")
@@ -70,8 +70,8 @@ def cell_breakdown(cell_dir: Path) -> dict | None:
 
 
 def measure(n: int, duration: float, concurrency: int) -> list[Path]:
-    from kvharness.cell import run_cell
-    from kvharness.config import cell_index, load_config_file
+    from kvharness.measure.cell import run_cell
+    from kvharness.plan.config import cell_index, load_config_file
 
     cfg = load_config_file(Path(__file__).resolve().parents[1] / "configs" / "config.yaml")
     specs = [s for (h, _), s in cell_index(cfg).items() if h == "H0" and s["sweep"].get("concurrency") == concurrency]
@@ -117,7 +117,7 @@ def main() -> int:
         print(f"cell_overhead: as Snakemake's benchmark files see the jobs: median {med['job_overhead']:.2f} s over the "
               f"load duration = {job_ratio:.2f} x the goal -> {'OK' if job_ratio <= 1 else 'MISSED'}; "
               f"{med['job_start']:.2f} s of it is outside the cell (the script: directive's interpreter, its "
-              "snakemake import and unpickling, importing kvharness.cell)")
+              "snakemake import and unpickling, importing kvharness.measure.cell)")
         ratio = max(ratio, job_ratio)
     return 0 if ratio <= 1 else 1
 

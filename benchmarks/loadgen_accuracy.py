@@ -26,7 +26,7 @@ from loadgen_common import RefServer, read_truth, run_loadgen
 from machine import load_average
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from kvharness.stats import mean, percentile  # noqa: E402
+from kvharness.stats import mean, percentile
 
 TTFT_MS, ITL_MS, TOKENS = 50.0, 10.0, 16
 

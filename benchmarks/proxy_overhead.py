@@ -40,7 +40,7 @@ from machine import StealMeter, cores, load_average, proc_cpu_s
 from sim_common import ROOT, free_port, sim_process, wait_healthy
 
 sys.path.insert(0, str(ROOT / "src"))
-from kvharness.stats import percentile  # noqa: E402
+from kvharness.stats import percentile
 
 MODEL = "bench-model"
 

@@ -36,7 +36,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float) -> bool:
             with urllib.request.urlopen(base + "/health", timeout=1) as r:
                 if r.status == 200:
                     return True
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             pass
         if time.time() > deadline:
             return False
@@ -139,7 +139,7 @@ async def closed_loop(base: str, concurrency: int, duration_s: float, context_to
                 records.append(rec)
                 try:
                     await _one(session, url, body, rec)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     rec["error"] = repr(e)
                 i += 1
         await asyncio.gather(*(user(u) for u in range(concurrency)))

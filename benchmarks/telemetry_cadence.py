@@ -31,7 +31,7 @@ def fake_metrics_server() -> tuple[ThreadingHTTPServer, str]:
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like real exporters
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             state["n"] += 1
             n = state["n"]
             lines = []

@@ -5,8 +5,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from kvharness.analysis import registry  # noqa: E402
-from kvharness import uwork as uwork_result  # noqa: E402
-from kvharness.config import (
+from kvharness.measure import uwork as uwork_result  # noqa: E402
+from kvharness.plan.config import (
     ConfigError,
     cell_index,
     check_config_files,
@@ -42,8 +42,8 @@ except (ConfigError, registry.RegistryError) as _exc:
     sys.exit(1)
 
 PRESENT = list(CFG["hypotheses"])
-try:  # planned cells and their estimates, for the progress line each cell job prints (kvharness.plan)
-    from kvharness.plan import write_progress_plan
+try:  # planned cells and their estimates, for the progress line each cell job prints (kvharness.plan.estimate)
+    from kvharness.plan.estimate import write_progress_plan
 
     write_progress_plan(CFG, CELLS)
 except (
@@ -115,7 +115,7 @@ def cell_inputs(wildcards):
 def cell_uwork(wildcards):
     """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
     U_work re-measures exactly the cells that used the old value (each kept first as `<cell>.stale-<UTC>/`),
-    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.uwork).
+    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.measure.uwork).
     """
     if not uses_uwork(wildcards):
         return None

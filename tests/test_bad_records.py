@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kvharness.analysis.records import RecordError, read_jsonl
+from kvharness.records import RecordError, read_jsonl
 from kvharness.analysis.run import points_table
 
 OK = {"rc": 0, "sched_ns": 1, "sent_ns": 2, "end_ns": 30, "lat_ttft_ms": 1.5, "itl_ms": [0.5, 0.6], "error_class": None}

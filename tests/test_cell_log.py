@@ -2,13 +2,13 @@
 
 import logging
 
-from kvharness.cell import log_outcome
+from kvharness.measure.cell import log_outcome
 
 
 def test_outcome_line_for_ok_degraded_and_failed(caplog):
     base = {"hyp": "H0", "cell": "sim-B_c4", "tier2_file_bytes": 3 << 20, "tier2_files": 2,
             "requests": {"n_ok": 40, "n_errors": 1, "ttft_ms_p50": 12.345, "ttft_ms_p99": 80.0}}
-    with caplog.at_level(logging.INFO, logger="kvharness.cell"):
+    with caplog.at_level(logging.INFO, logger="kvharness.measure.cell"):
         ok = log_outcome({**base, "status": "ok", "degraded_because": []})
         degraded = log_outcome({**base, "status": "degraded", "degraded_because": ["alignment_ok", "itl_stalled"]})
         failed = log_outcome({**base, "status": "failed", "reason": "stack process 'sim' exited with code 70\nmore",

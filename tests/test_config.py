@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.config import ConfigError, expand_cells, load_config_file, load_stack, validate_config
+from kvharness.plan.config import ConfigError, expand_cells, load_config_file, load_stack, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
@@ -80,8 +80,8 @@ def test_load_tokenizer_is_accepted_and_reaches_the_cell():
 
 
 def test_h8_chat_working_set_exceeds_memory_and_fits_the_disk_tier():
-    from kvharness.cell import kv_bytes_per_token
-    from kvharness.workingset import working_set
+    from kvharness.sim.profiles import kv_bytes_per_token
+    from kvharness.plan.workingset import working_set
 
     cfg = validate_config(copy.deepcopy(BASE))
     cell = next(c for c in expand_cells(cfg, "H8") if c["cell"] == "sim-B_wlchat_c8")
@@ -93,8 +93,8 @@ def test_h8_chat_working_set_exceeds_memory_and_fits_the_disk_tier():
 
 
 def test_pressure_bytes_become_a_count_of_pressure_prompts():
-    from kvharness.cell import kv_bytes_per_token
-    from kvharness.pressure import pressure_requests
+    from kvharness.sim.profiles import kv_bytes_per_token
+    from kvharness.plan.pressure import pressure_requests
 
     cfg = validate_config(copy.deepcopy(BASE))
     kv = kv_bytes_per_token(cfg["model"], cfg["precision"], cfg["hardware"])
@@ -118,7 +118,7 @@ def test_load_variant_axis_names_an_unknown_variant():
 
 
 def test_uwork_min_and_max_read_every_stack(tmp_path):
-    from kvharness.cell import read_uwork, resolve_load
+    from kvharness.measure.cell import read_uwork, resolve_load
 
     csv_path = tmp_path / "uwork.csv"
     csv_path.write_text("stack,role,u_work,u_work_used\nsim-A,A,4,4\nsim-B,B,16,16\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.config import ConfigError, check_config_file, name_the_file, validate_config
+from kvharness.plan.config import ConfigError, check_config_file, name_the_file, validate_config
 from kvharness.stacks.sizing import check_memory_pools
 
 ROOT = Path(__file__).resolve().parents[1]

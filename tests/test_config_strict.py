@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvharness.config import ConfigError, check_config_files, load_config_file, load_stack, validate_config
+from kvharness.plan.config import ConfigError, check_config_files, load_config_file, load_stack, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "workflow" / "tiny.yaml"

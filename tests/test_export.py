@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kvharness.config import expand_cells, validate_config
+from kvharness.plan.config import expand_cells, validate_config
 from kvharness.export import export
 
 ROOT = Path(__file__).resolve().parents[1]

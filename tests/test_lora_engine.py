@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import resident_adapter_bytes, template_names
-from kvharness.config import ConfigError, expand_cells, load_stack, validate_config
+from kvharness.measure.cell import resident_adapter_bytes
+from kvharness.stacks.names import template_names
+from kvharness.plan.config import ConfigError, expand_cells, load_stack, validate_config
 from kvharness.stacks.launcher import plan_launch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness import plan as P
-from kvharness.config import expand_cells, validate_config
+from kvharness.plan import estimate as P
+from kvharness.plan.config import expand_cells, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from kvharness.config import ConfigError, cell_index, validate_config
+from kvharness.plan.config import ConfigError, cell_index, validate_config
 
 BASE = {
     "stacks": {"A": "sim-A"},

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from kvharness import uwork
+from kvharness.measure import uwork
 from kvharness.analysis.run import uwork_by_stack
-from kvharness.cell import read_uwork
+from kvharness.measure.cell import read_uwork
 from kvharness.errors import ConfigError
 
 HEADER = "stack,role,u_work,u_work_used\n"

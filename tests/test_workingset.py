@@ -1,6 +1,6 @@
 """Working-set arithmetic against hand-computed answers."""
 
-from kvharness.workingset import working_set, working_set_tokens
+from kvharness.plan.workingset import working_set, working_set_tokens
 
 TIERS = {"tier0_bytes": 100 * 1024, "tier1_bytes": 200 * 1024, "tier2_bytes": 10**9}
 

@@ -16,11 +16,11 @@ SUBCOMMANDS = {
     "loadgen": ("kvharness.loadgen.cli", "drive an OpenAI-compatible streaming endpoint and record every request"),
     "sysmon": ("kvharness.telemetry.cli", "sample host, NVMe, GPU and KV-tier metrics on one clock"),
     "scrape": ("kvharness.telemetry.scrape_cli", "scrape a Prometheus endpoint once and print the mapped KV-tier fields"),
-    "cell": ("kvharness.cell_cli", "measure one cell: launch the stack, collect, load, tear down, write the cell folder"),
+    "cell": ("kvharness.measure.cli", "measure one cell: launch the stack, collect, load, tear down, write the cell folder"),
     "analyze": ("kvharness.analysis.cli", "turn cell folders into hypothesis summaries (U_work, knees, hero table)"),
-    "proxy": ("kvharness.proxy", "LoRA adapter proxy: adapter tier-2 I/O in front of a one-model backend, streamed through"),
+    "proxy": ("kvharness.stacks.proxy", "LoRA adapter proxy: adapter tier-2 I/O in front of a one-model backend, streamed through"),
     "report": ("kvharness.report.cli", "plots and the HTML report from analysis outputs"),
-    "plan": ("kvharness.plan", "cells per hypothesis and the expected wall time, before a run; --compare after it"),
+    "plan": ("kvharness.plan.estimate", "cells per hypothesis and the expected wall time, before a run; --compare after it"),
     "export": ("kvharness.export", "every request of a hypothesis (or of all) as one Parquet / CSV file, cell parameters as columns"),
 }
 

@@ -28,7 +28,9 @@ import os
 import sys
 from pathlib import Path
 
-from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness.records import RecordError
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import CELL_JSON, METRICS_JSONL, SUMMARY_JSON
 
 TIER_KEYS = ("tier0_bytes", "tier1_bytes", "tier2_bytes", "memory_budget_bytes")
 
@@ -81,7 +83,7 @@ def find_cells(results: Path, hyps: list[str] | None, include_failed: bool) -> l
                 continue
             if (".failed-" in d.name or ".stale-" in d.name) and not include_failed:
                 continue
-            if (d / "cell.json").is_file():
+            if (d / CELL_JSON).is_file():
                 cells.append(d)
     return cells
 
@@ -89,9 +91,10 @@ def find_cells(results: Path, hyps: list[str] | None, include_failed: bool) -> l
 def request_rows(cell_dirs: list[Path]) -> list[dict]:
     rows = []
     for d in cell_dirs:
-        spec = read_json(d / "cell.json")
-        summary = read_json(d / "summary.json") if (d / "summary.json").exists() else {"status": "failed"}
-        records, _truncated = read_jsonl(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else ([], 0)
+        folder = CellFolder(d)
+        spec = folder.spec
+        summary = folder.summary if folder.has(SUMMARY_JSON) else {"status": "failed"}
+        records, _truncated = folder.records() if folder.has(METRICS_JSONL) else ([], 0)
         params = cell_columns(spec, summary, d)
         for rec in records:
             row = dict(rec)

@@ -54,7 +54,7 @@ def git_sha(repo: Path) -> str | None:
 
 
 #: the code that measures a cell; its fingerprint goes into every cell's provenance
-MEASUREMENT_CODE = ("sim", "loadgen", "telemetry", "stacks", "cell.py", "units.py", "stats.py", "tokens.py")
+MEASUREMENT_CODE = ("sim", "loadgen", "telemetry", "stacks", "measure/cell.py", "units.py", "stats.py", "tokens.py")
 
 
 def measurement_fingerprint(package_root: Path | None = None) -> str:

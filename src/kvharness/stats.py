@@ -286,8 +286,6 @@ def _early_stopping_min_n(p_over: float, confidence: float) -> int:
 # ------------------------------------------------------------------------------ across repetitions
 
 def _reps(reps) -> list:
-    import numpy as np
-
     out = []
     for r in reps:
         arr = _clean_sorted(r)

@@ -2,7 +2,7 @@
 
 Expected answers come from the configured parameters: the resident slots (engine.max_loras), the tier
 sizes of the profile and KV bytes per token of the model (configs/models.yaml via
-kvharness.cell.kv_bytes_per_token) — never hand-written numbers.
+kvharness.sim.profiles.kv_bytes_per_token) — never hand-written numbers.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import kv_bytes_per_token
+from kvharness.sim.profiles import kv_bytes_per_token
 from kvharness.units import parse_bytes
-from kvharness.workingset import working_set_tokens
+from kvharness.plan.workingset import working_set_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("lora_ws.yaml")

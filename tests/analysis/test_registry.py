@@ -41,8 +41,8 @@ def test_bad_declarations_are_refused():
 
 def test_code_closure_follows_imports_inside_the_package_only():
     files = {str(Path(p).relative_to(PKG)) for p in code_closure(registry.get("H8").module)}
-    # h8 imports report.hero inside a function: function-level imports count
-    assert {"analysis/h8.py", "analysis/registry.py", "report/hero.py", "stats.py", "analysis/cells.py"} <= files
+    # h8 imports analysis.hero inside a function: function-level imports count
+    assert {"analysis/h8.py", "analysis/registry.py", "analysis/hero.py", "stats.py", "analysis/cells.py"} <= files
     assert not any(f.startswith(("sim/engine", "sim/server", "loadgen/")) for f in files)  # nothing it cannot run
     h0 = {str(Path(p).relative_to(PKG)) for p in code_closure(registry.get("H0").module)}
-    assert "analysis/knee.py" in h0 and "report/hero.py" not in h0
+    assert "analysis/knee.py" in h0 and "analysis/hero.py" not in h0

@@ -233,7 +233,7 @@ def test_non_loopback_bind_is_refused_unless_allowed():
 
 
 def test_a_stack_config_puts_the_proxy_in_front_and_tears_it_down(tmp_path):
-    from kvharness.config import load_stack
+    from kvharness.plan.config import load_stack
     from kvharness.stacks.launcher import RunningStack, plan_launch
 
     stack = load_stack("sim-A-lora-proxy")
@@ -258,7 +258,7 @@ def test_a_stack_config_puts_the_proxy_in_front_and_tears_it_down(tmp_path):
 
 
 def test_stack_proxy_section_is_checked(tmp_path):
-    from kvharness.config import ConfigError, load_stack
+    from kvharness.plan.config import ConfigError, load_stack
 
     f = tmp_path / "bad.yaml"
     f.write_text("kind: sim\ncommand: [x]\nproxy: {resident: -1}\n")

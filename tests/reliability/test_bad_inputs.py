@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.config import ConfigError, validate_config
+from kvharness.plan.config import ConfigError, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from kvharness import validity
+from kvharness.measure import validity
 from kvharness.analysis.run import invalid_cells
 
 MS = 1_000_000

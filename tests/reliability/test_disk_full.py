@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvharness.analysis.records import read_jsonl
-from kvharness.cell import run_cell
+from kvharness.records import read_jsonl
+from kvharness.measure.cell import run_cell
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvharness import cellguard
-from kvharness.analysis.records import read_jsonl
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure import guard as cellguard
+from kvharness.records import read_jsonl
+from kvharness.measure.cell import CellFailed, run_cell
 
 
 
@@ -99,7 +99,7 @@ def test_a_tmp_whose_owner_lives_is_never_touched(make_cell, tmp_path):
 
 HOLD = """
 import sys, time
-from kvharness import cellguard
+from kvharness.measure import guard as cellguard
 lock = cellguard.BenchmarkLock(sys.argv[1], sys.argv[2]).acquire()
 print("held", flush=True)
 time.sleep(float(sys.argv[3]))
@@ -117,7 +117,7 @@ def test_the_benchmark_lock_fails_fast_naming_its_holder_or_waits_saying_for_who
         with pytest.raises(cellguard.BenchmarkBusy, match=rf"held by pid {holder.pid} .*cell H0/sim-A_c1, folder /somewhere/cells/sim-A_c1"):
             cellguard.BenchmarkLock("H0/x", tmp_path / "x").acquire(cellguard.lock_wait())
         monkeypatch.setenv("KVHARNESS_LOCK_WAIT", "wait")
-        with caplog.at_level("INFO", logger="kvharness.cell"):
+        with caplog.at_level("INFO", logger="kvharness.measure.cell"):
             lock = cellguard.BenchmarkLock("H0/x", tmp_path / "x").acquire(cellguard.lock_wait(), poll_s=0.05)
         assert holder.poll() is not None or lock.waited_s > 0
         assert any(f"held by pid {holder.pid}" in r.getMessage() for r in caplog.records)
@@ -160,7 +160,7 @@ os._exit(0)  # the parent dies without a word
 """
 WATCHED = """
 import signal, sys, time
-from kvharness import cellguard
+from kvharness.measure import guard as cellguard
 watch = cellguard.ParentWatch(poll_s=0.05).start()
 def on_term(signum, frame):
     open(sys.argv[1], "w").write("died" if watch.parent_died(wait_s=1.0) else "sigterm")

@@ -10,10 +10,10 @@ import time
 import psutil
 import pytest
 
-from kvharness.analysis.records import read_jsonl
-from kvharness.cell import CellFailed, run_cell
+from kvharness.records import read_jsonl
+from kvharness.measure.cell import CellFailed, run_cell
 from kvharness.stacks.launcher import RunningStack, plan_launch
-from kvharness.cell import template_names
+from kvharness.stacks.names import template_names
 
 
 def descendants_alive(procs):

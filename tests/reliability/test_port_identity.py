@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure.cell import CellFailed, run_cell
 from kvharness.stacks import identity, launcher
 
 SQUATTER = """

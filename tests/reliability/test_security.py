@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from kvharness.cell import run_cell, template_names
+from kvharness.measure.cell import run_cell
+from kvharness.stacks.names import template_names
 from kvharness.provenance import REDACTED, redact_env, scrub
 from kvharness.report.html import build_report
 from kvharness.stacks.launcher import RunningStack, plan_launch

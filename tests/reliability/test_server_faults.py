@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kvharness.analysis.records import read_jsonl
-from kvharness.cell import CellFailed, run_cell
+from kvharness.records import read_jsonl
+from kvharness.measure.cell import CellFailed, run_cell
 
 
 def failed_dir(out):

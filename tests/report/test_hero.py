@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvharness.report.hero import build_hero, pct_label
+from kvharness.analysis.hero import build_hero, pct_label
 
 
 def _rows(workloads):

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from sim_common import closed_loop, pct  # noqa: E402
+from sim_common import closed_loop, pct
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from kvharness.config import CONFIG_DIR, expand_cells, validate_config
+from kvharness.plan.config import CONFIG_DIR, expand_cells, validate_config
 
 
 def real_cells(stacks: dict, hyp: str = "H8", profile: str | None = None, **engine) -> dict:

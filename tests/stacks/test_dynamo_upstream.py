@@ -12,15 +12,13 @@ Without Dynamo these tests skip, unless it must be there: ``KVHARNESS_REQUIRE_DY
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from kvharness.config import REPO_ROOT, STACK_DIR
+from kvharness.plan.config import REPO_ROOT, STACK_DIR
 from kvharness.stacks import upstream_names as un
 
 TINY = REPO_ROOT / "tests" / "workflow" / "mocker-tiny.yaml"

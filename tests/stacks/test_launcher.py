@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kvharness.config import ConfigError
+from kvharness.plan.config import ConfigError
 from kvharness.stacks.launcher import RunningStack, StackLaunchError, plan_launch, render
 
 FORKING_SERVER = (

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import CellFailed, run_cell, template_names
+from kvharness.measure.cell import CellFailed, run_cell
+from kvharness.stacks.names import template_names
 from kvharness.stacks.coldstart import prepare
 from kvharness.stacks.launcher import RunningStack, plan_launch
 from kvharness.stacks.sizing import workload_max_seq_len

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvharness.config import ConfigError, load_stack
+from kvharness.plan.config import ConfigError, load_stack
 from kvharness.stacks.launcher import plan_launch
 
 

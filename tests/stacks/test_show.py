@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from kvharness.config import CONFIG_DIR, expand_cells, load_config_file
+from kvharness.plan.config import CONFIG_DIR, expand_cells, load_config_file
 from kvharness.stacks.show import describe_cell
 from kvharness.stacks.sizing import workload_max_seq_len
 
@@ -68,7 +68,7 @@ def test_paper_h8_show_prints_no_port_dynamo_would_refuse(tmp_path):
     import subprocess
     import sys
 
-    from kvharness.config import CONFIG_DIR
+    from kvharness.plan.config import CONFIG_DIR
 
     out = subprocess.run([sys.executable, "-m", "kvharness", "cell", "--config", str(CONFIG_DIR / "paper.yaml"),
                           "--hyp", "H8", "--show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)

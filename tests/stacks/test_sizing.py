@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from kvharness.cell import template_names
-from kvharness.config import ConfigError
+from kvharness.stacks.names import template_names
+from kvharness.plan.config import ConfigError
 from kvharness.stacks.launcher import plan_launch
 from kvharness.stacks.sizing import check_host_tier, decimal_gb, workload_max_seq_len
 

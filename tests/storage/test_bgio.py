@@ -1,4 +1,4 @@
-"""Background fio noise (kvharness.bgio): the plan's job, engine fallback, fio's report, config-time checks,
+"""Background fio noise (kvharness.stacks.bgio): the plan's job, engine fallback, fio's report, config-time checks,
 and a real fio run on a temporary directory (skipped where fio is not installed)."""
 
 import copy
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness import bgio
-from kvharness.config import ConfigError, validate_config
+from kvharness.stacks import bgio
+from kvharness.plan.config import ConfigError, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_FIO = shutil.which("fio") is not None
@@ -82,7 +82,7 @@ def test_background_io_config_is_checked():
 
 def test_cell_spec_carries_the_job():
     cfg = validate_config(config_with_bio(size="16MiB"))
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     cells = {c["cell"]: c for c in expand_cells(cfg, "H4A")}
     assert bgio.enabled(cells["sim-A_bioon_rep0"]) and not bgio.enabled(cells["sim-A_biooff_rep0"])

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from kvharness.config import expand_cells, validate_config
+from kvharness.plan.config import expand_cells, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed"), pytest.mark.slow]
@@ -97,7 +97,7 @@ def test_finished_noisy_cell_keeps_fio_report(tmp_path):
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err.decode()[-2000:]
     cell = tmp_path / "cells" / spec["cell"]
-    from kvharness.bgio import cell_fio_row
+    from kvharness.stacks.bgio import cell_fio_row
 
     row = cell_fio_row(cell)
     assert row["fio_engine"] in ("libaio", "io_uring", "posixaio", "psync") and row["fio_read_iops"] > 0

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import CellFailed, run_cell
-from kvharness.config import expand_cells, validate_config
+from kvharness.measure.cell import CellFailed, run_cell
+from kvharness.plan.config import expand_cells, validate_config
 from kvharness.stacks.capacity import compare, expected
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.cell import kv_bytes_per_token
+from kvharness.sim.profiles import kv_bytes_per_token
 from kvharness.units import parse_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

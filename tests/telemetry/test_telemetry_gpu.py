@@ -11,12 +11,12 @@ class NVMLError(Exception):
     pass
 
 
-class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's naming
+class NVMLError_NotSupported(NVMLError):  # pynvml's naming
     def __str__(self):
         return "Not Supported"
 
 
-class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801
+class NVMLError_LibraryNotFound(NVMLError):
     def __str__(self):
         return "NVML Shared Library Not Found"
 

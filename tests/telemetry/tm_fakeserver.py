@@ -16,7 +16,7 @@ class FakeMetrics:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 i = min(outer.hits, len(outer.bodies) - 1)
                 outer.hits += 1
                 body = outer.bodies[i].encode()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvharness.config import ConfigError, cell_index, validate_config
+from kvharness.plan.config import ConfigError, cell_index, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -96,7 +96,7 @@ def test_axes_change_the_cell_spec():
     cfg.pop("hypothesis_modules")
     index = cell_index(validate_config(cfg))
     ids = {name: f"H{900 + i}" for i, name in enumerate(CASES)}
-    spec = lambda name, cell: index[(ids[name], cell)]  # noqa: E731
+    spec = lambda name, cell: index[(ids[name], cell)]
     assert spec("rate", "sim-A_r5")["load"]["pattern"]["rate"] == 5 and spec("rate", "sim-A_r5")["load"]["concurrency"] is None
     assert spec("context_tokens", "sim-A_ctx128")["load"]["workload"]["context_tokens"] == 128
     assert spec("profile", "sim-A_profcomfy")["tiers"]["tier0_bytes"] == 16 * 2**30  # A gets T0 + T1

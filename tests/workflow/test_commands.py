@@ -55,7 +55,7 @@ def test_only_runs_and_reports_a_subset(tmp_path):
     Snakemake merges in: the plan holds their cells, their analyses and the page, nothing else."""
     import yaml
 
-    from kvharness.config import expand_cells, validate_config
+    from kvharness.plan.config import expand_cells, validate_config
 
     raw = yaml.safe_load((ROOT / "tests/workflow/tiny.yaml").read_text())
     cfg_path = tmp_path / "subset.yaml"

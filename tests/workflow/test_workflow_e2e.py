@@ -110,6 +110,23 @@ def test_editing_h8_analysis_reruns_only_h8_analysis(finished_run):
         os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
+def test_editing_the_simulator_reruns_no_analysis(finished_run):
+    # issue 26: an analysis rule's code inputs are its import closure; it must not reach the simulator
+    # (tests/analysis/test_code_inputs.py checks every hypothesis; this is Snakemake's own answer).
+    code = ROOT / "src/kvharness/sim/engine.py"
+    original = code.read_bytes()
+    stat = code.stat()
+    try:
+        code.write_bytes(original + b"\n# an edit to the simulator\n")
+        proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-2000:]
+        assert "analyze_" not in out and "Nothing to be done" in out
+    finally:
+        code.write_bytes(original)
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_ctrl_c_during_a_cell_leaves_no_process_and_no_complete_folder(tmp_path):
     # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: snakemake and its job.
     proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "--cores", "1",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
 from kvharness.analysis import registry
-from kvharness.analysis.records import RecordError
+from kvharness.records import RecordError
 from kvharness.analysis.run import run_hypothesis
 from kvharness.errors import ConfigError
 

@@ -1,14 +1,14 @@
-"""Snakemake adapter: measure one cell (kvharness.cell.run_cell).
+"""Snakemake adapter: measure one cell (kvharness.measure.cell.run_cell).
 
 The cell's log gets everything; Snakemake's console (this job's stderr) gets what a user watches for:
-waits for the machine lock, the cell's outcome line and the hypothesis's progress (kvharness.plan)."""
+waits for the machine lock, the cell's outcome line and the hypothesis's progress (kvharness.plan.estimate)."""
 
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (also without an install)
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure.cell import CellFailed, run_cell
 
 console = sys.stderr
 log_fh = open(snakemake.log[0], "a")  # noqa: F821 (snakemake is injected)
@@ -21,7 +21,7 @@ logging.getLogger().addHandler(to_console)
 
 
 def progress() -> None:
-    from kvharness.plan import progress_line
+    from kvharness.plan.estimate import progress_line
 
     try:
         line = progress_line(snakemake.wildcards.hyp)  # noqa: F821

@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Iterable
 
 from kvharness import clock, stats
-from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness.analysis.records import RecordError
+from kvharness.cellfolder import CellFolder
 
 
 def cell_row(cell_dir: str | Path) -> dict:
     """Summary row of one finished cell, recomputed from its raw records (never trusting a cache)."""
     cell_dir = Path(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
-    summary = read_json(cell_dir / "summary.json")
-    records, truncated = read_jsonl(cell_dir / "metrics.jsonl")
+    folder = CellFolder(cell_dir)
+    spec, summary = folder.spec, folder.summary
+    records, truncated = folder.records()
     warmup_s = float(spec["load"].get("warmup_s") or 0)
     if warmup_s > 0 and records:
         t0 = min(r["sched_ns"] for r in records if r.get("sched_ns") is not None)
@@ -39,7 +40,7 @@ def cell_row(cell_dir: str | Path) -> dict:
         "tier2_file_bytes": summary.get("tier2_file_bytes"),
         "truncated_lines": truncated,
         "rep": spec.get("rep", 0),
-        "code_fingerprint": _fingerprint(cell_dir),
+        "code_fingerprint": (folder.provenance() or {}).get("code_fingerprint"),
         **req,
     }
     ws = spec.get("working_set") or {}
@@ -54,13 +55,6 @@ def cell_row(cell_dir: str | Path) -> dict:
     ttft50, ttft99 = row.get("ttft_ms_p50"), row.get("ttft_ms_p99")
     row["ttft_p99_over_p50"] = (ttft99 / ttft50) if ttft50 else None
     return row
-
-
-def _fingerprint(cell_dir: Path) -> str | None:
-    try:
-        return read_json(cell_dir / "provenance.json").get("code_fingerprint")
-    except RecordError:
-        return None
 
 
 def cell_rows(cell_dirs: Iterable[str | Path]) -> list[dict]:

@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 from kvharness.stats import mean_ci, min_ok_requests
 from kvharness.analysis.registry import Gate
+from kvharness.cellfiles import DYNKV_JSONL, SYSMON_JSONL
 
 ALIGNMENT_LIMIT = 0.95
 COV_P99_LIMIT = 0.10
@@ -155,7 +156,7 @@ def nvme_read_mbs(cell_dir: str | Path) -> float | None:
     """Mean NVMe read rate (MiB/s) of a cell's tier-2 device over its sysmon ticks (None: not sampled)."""
     from kvharness.analysis.records import read_jsonl
 
-    ticks, _ = read_jsonl(Path(cell_dir) / "sysmon.jsonl")
+    ticks, _ = read_jsonl(Path(cell_dir) / SYSMON_JSONL)
     values = [t["nvme"]["rMBs"] for t in ticks if isinstance(t.get("nvme"), dict) and t["nvme"].get("rMBs") is not None]
     return sum(values) / len(values) if values else None
 
@@ -164,7 +165,7 @@ def tier2_hit_fraction(cell_dir: str | Path) -> float | None:
     """Tier-2 hits / (hits + misses) over a cell's ``dynkv.jsonl`` (per-tick counter deltas)."""
     from kvharness.analysis.records import read_jsonl
 
-    ticks, _ = read_jsonl(Path(cell_dir) / "dynkv.jsonl")
+    ticks, _ = read_jsonl(Path(cell_dir) / DYNKV_JSONL)
     hits = misses = 0.0
     for t in ticks:
         tier = t.get("tier2") or {}

@@ -48,7 +48,6 @@ def _mean_steps(rows: Sequence[dict]) -> list[dict]:
         step = {k: first.get(k) for k in H0_COLUMNS}
         for m in _MEAN_METRICS:
             step[m] = mean_ci(r.get(m) for r in reps)["mean"]
-        p99 = mean_ci(r.get("ttft_ms_p99") for r in reps)
         pooled = [x for r in reps for x in stats.samples(r)]
         os_ci = stats.order_stat_ci(pooled, 99)
         step.update(n_reps=len(reps), ttft_ms_p99_ci_low=os_ci["low"], ttft_ms_p99_ci_high=os_ci["high"],
@@ -102,25 +101,10 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         head_rep, rep_knees = heads[stack]
         knee = rep_knees[head_rep]
         steps = curves[stack]
-        used, note = knee["u_work"], ""
-        if used is None:
-            used = steps[0]["concurrency"]
-            unstable = [c for c, ok in sorted(knee["stable"].items()) if not ok]
-            note = (f"no two consecutive stable steps below the knee (p99 > 2 x p50 at concurrency "
-                    f"{', '.join(str(c) for c in unstable[:4])}{', ...' if len(unstable) > 4 else ''}); "
-                    f"using the lowest swept concurrency {used}")
-        elif knee["censored"]:
-            note = f"stable to the end of the sweep: the knee lies above {used}"
-        if knee["undecided"] and knee["u_work_high"] != knee["u_work"]:
-            note = "; ".join(filter(None, [note, f"the samples cannot decide the stability of concurrency "
-                                                 f"{', '.join(map(str, knee['undecided']))}: U_work lies in "
-                                                 f"[{knee['u_work'] or 'none'}, {knee['u_work_high']}]"]))
         values = [k["u_work"] for _, k in sorted(rep_knees.items())]
         numbers = [v for v in values if v is not None]
         agree = len(set(values)) == 1
-        if not agree:
-            note = "; ".join(filter(None, [note, f"U_work differs between reps ({', '.join(str(v) for v in values)}): "
-                                                 f"the headline is the lower median (rep {head_rep})"]))
+        used, note = _uwork_used(knee, steps, values, head_rep)
         short = sorted({r["concurrency"] for r in per_stack[stack] if not stats.enough_samples(r.get("n_ok"), 99)})
         row = {"stack": stack, "role": roles[stack], "u_work": knee["u_work"], "u_work_high": knee["u_work_high"],
                "decided": knee["u_work"] is not None and knee["u_work_high"] == knee["u_work"],
@@ -132,25 +116,52 @@ def h0_tables(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
                "knee_at": knee["knee_at"],
                "knee_reps": ";".join("none" if k["knee_at"] is None else str(k["knee_at"]) for _, k in sorted(rep_knees.items())),
                "n_steps": knee["n_steps"], "n_reps": len(rep_knees), **collapse_point(steps), "note": note}
-        # Transparency (B vs A within +-5 %): rep-mean p50 TTFT at the concurrency levels both stacks hold stably.
         if ref_stack and stack != ref_stack:
-            ref = {s["concurrency"]: s for s in curves[ref_stack]}
-            shared = [s for s in steps if s["concurrency"] in ref and knees[stack]["stable"][s["concurrency"]]
-                      and knees[ref_stack]["stable"].get(s["concurrency"])]
-            deltas = [pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50")) for s in shared]
-            deltas = [d for d in deltas if d is not None]
-            if deltas:
-                worst = max(deltas, key=abs)
-                row["vs_A_ttft_p50_worst_pct"] = round(worst, 2)
-                row["transparent"] = abs(worst) <= TRANSPARENCY_PCT
+            row.update(_transparency(steps, curves[ref_stack], knees[stack], knees[ref_stack]))
         uwork_rows.append(row)
     return summary, uwork_rows
+
+
+def _uwork_used(knee: dict, steps: list[dict], values: list, head_rep: int) -> tuple[int, str]:
+    """The U_work a stack's later cells run at and the note that says why: the headline rep's, else the lowest
+    swept concurrency; censored, undecided and disagreeing reps are named."""
+    used, note = knee["u_work"], ""
+    if used is None:
+        used = steps[0]["concurrency"]
+        unstable = [c for c, ok in sorted(knee["stable"].items()) if not ok]
+        note = (f"no two consecutive stable steps below the knee (p99 > 2 x p50 at concurrency "
+                f"{', '.join(str(c) for c in unstable[:4])}{', ...' if len(unstable) > 4 else ''}); "
+                f"using the lowest swept concurrency {used}")
+    elif knee["censored"]:
+        note = f"stable to the end of the sweep: the knee lies above {used}"
+    if knee["undecided"] and knee["u_work_high"] != knee["u_work"]:
+        note = "; ".join(filter(None, [note, f"the samples cannot decide the stability of concurrency "
+                                             f"{', '.join(map(str, knee['undecided']))}: U_work lies in "
+                                             f"[{knee['u_work'] or 'none'}, {knee['u_work_high']}]"]))
+    if len(set(values)) != 1:
+        note = "; ".join(filter(None, [note, f"U_work differs between reps ({', '.join(str(v) for v in values)}): "
+                                             f"the headline is the lower median (rep {head_rep})"]))
+    return used, note
+
+
+def _transparency(steps: list[dict], ref_steps: list[dict], knee: dict, ref_knee: dict) -> dict:
+    """B vs A within +-5 %: the worst rep-mean p50 TTFT difference at the concurrency levels both stacks hold
+    stably (no keys when they share none)."""
+    ref = {s["concurrency"]: s for s in ref_steps}
+    shared = [s for s in steps if s["concurrency"] in ref and knee["stable"][s["concurrency"]]
+              and ref_knee["stable"].get(s["concurrency"])]
+    deltas = [pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50")) for s in shared]
+    deltas = [d for d in deltas if d is not None]
+    if not deltas:
+        return {}
+    worst = max(deltas, key=abs)
+    return {"vs_A_ttft_p50_worst_pct": round(worst, 2), "transparent": abs(worst) <= TRANSPARENCY_PCT}
 
 
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
-    from kvharness.report.figures import plot_latency_vs_concurrency
+    from kvharness.analysis.figures import plot_latency_vs_concurrency
 
     summary, uwork_rows = h0_tables(ctx.rows)
     return Result(tables={"summary": summary, "uwork": uwork_rows},

@@ -19,10 +19,10 @@ from typing import Sequence
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.stats import enough_samples
-from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, window_start_ns
 from kvharness.stats import percentile
+from kvharness.cellfolder import CellFolder
 
 H1_COLUMNS = [
     "stack", "role", "tiered", "lora_adapters", "lora_churn", "max_loras", "lora_by", "status", "n_requests", "n_ok",
@@ -48,8 +48,9 @@ def ttft_drift(records: list[dict], start_ns: int | None) -> tuple[float | None,
 def churn_row(cell_dir: str | Path) -> dict:
     cell_dir = Path(cell_dir)
     row = cell_row(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    folder = CellFolder(cell_dir)
+    spec = folder.spec
+    records, _ = folder.records()
     c = cell_counters(cell_dir, records)
     lora = spec["load"].get("lora") or {}
     start = window_start_ns(records, float(spec["load"].get("warmup_s") or 0))

@@ -25,8 +25,8 @@ from typing import Sequence
 
 from kvharness.analysis.h4 import storage_row
 from kvharness.analysis.plotting import pyplot, save_figure
-from kvharness.analysis.records import read_json
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.cellfolder import CellFolder
 
 WITHIN = 0.05  # the marked T2: hit fraction >= (1 - WITHIN) x the unbounded one
 GIB = 1024**3
@@ -40,7 +40,7 @@ CURVE_COLUMNS = ["tier2_bytes", "tier2_blocks", "tier2_trace_gib", "hit_pct", "t
 
 def block_geometry(spec: dict) -> dict:
     """Tokens and KV bytes of one stack block and one trace block for a cell (the block mapping)."""
-    from kvharness.cell import kv_bytes_per_token
+    from kvharness.sim.profiles import kv_bytes_per_token
 
     kv = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]) or 0
     tpb = int(spec["engine"]["tokens_per_block"])
@@ -52,7 +52,7 @@ def block_geometry(spec: dict) -> dict:
 
 def h10_row(cell_dir: str | Path) -> dict:
     row = storage_row(cell_dir)
-    spec = read_json(Path(cell_dir) / "cell.json")
+    spec = CellFolder(cell_dir).spec
     geo = block_geometry(spec)
     row.update(geo)
     row["family"] = "budget" if (spec.get("sweep") or {}).get("tier_total") is not None else "t2"
@@ -176,7 +176,7 @@ def analyze(ctx: Context) -> Result:
     rows = [h10_row(d) for d in ctx.cell_dirs]
     points = point_table(rows)
     curve, mark = capacity_curve(points)
-    specs = [read_json(Path(d) / "cell.json") for d in ctx.cell_dirs]
+    specs = [CellFolder(d).spec for d in ctx.cell_dirs]
     distinct = window_distinct_blocks(specs[0]) if specs else None
     largest = max((c["tier2_blocks"] for c in curve), default=None)
     facts = {"mark": mark, "curve": curve, "distinct_blocks": distinct, "largest_t2_blocks": largest,

@@ -27,7 +27,7 @@ from kvharness.stats import mean_ci
 from kvharness.analysis.knee import COLLAPSE_TTFT_P99_MS, collapse_limit_wall_ms, over_collapse_limit
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.storage import tier_stats, windows
-from kvharness.bgio import cell_fio_row
+from kvharness.stacks.bgio import cell_fio_row
 
 KEYS = ("stack", "role", "profile")
 FIO_COLUMNS = ["fio_engine", "fio_direct", "fio_read_iops", "fio_read_mib_s", "fio_read_clat_p50_ms",

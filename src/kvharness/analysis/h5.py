@@ -2,7 +2,7 @@
 hits served from, how much spills, and what happens to the tail?
 
 The working set of a cell is the KV of its live sessions (sessions x history tokens x KV bytes per token,
-``kvharness.workingset``) plus its resident adapter bytes (min(adapters, resident slots) x adapter bytes),
+``kvharness.plan.workingset``) plus its resident adapter bytes (min(adapters, resident slots) x adapter bytes),
 as recorded in ``cell.json``. Per cell: T0/T1/T2 hit ratios (blocks found on each tier, as a share of all
 prefix-block lookups), spill volume (bytes written into T1 and T2), and p95/p99 TTFT; the figure draws
 T0, T0+T1 and T0+T1+T2 as vertical lines. Two checks of the model against its own parameters: the T0 hit
@@ -19,9 +19,9 @@ from typing import Sequence
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.cells import cell_row
 from kvharness.stats import enough_samples
-from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.analysis.tiercounts import cell_counters, hit_ratios, window_start_ns
+from kvharness.cellfolder import CellFolder
 
 H5_COLUMNS = [
     "stack", "sessions", "lora_adapters", "concurrency", "status", "working_set_bytes", "kv_working_set_bytes",
@@ -37,8 +37,9 @@ T0_FALL = 0.9
 def ws_row(cell_dir: str | Path) -> dict:
     cell_dir = Path(cell_dir)
     row = cell_row(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    folder = CellFolder(cell_dir)
+    spec = folder.spec
+    records, _ = folder.records()
     c = cell_counters(cell_dir, records)
     ws = spec.get("working_set") or {}
     lora = spec["load"].get("lora") or {}

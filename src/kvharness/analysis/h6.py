@@ -25,6 +25,7 @@ from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness.analysis.h4 import storage_row
 from kvharness.analysis.knee import u_work
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.cellfolder import CellFolder
 
 HIT_KNEE_PCT = 50.0
 POLICY_MARGIN_PP = 1.0  # LFU must beat LRU by more than this many percentage points somewhere
@@ -51,9 +52,8 @@ def family(row: dict) -> str:
 
 def h6_row(cell_dir: str | Path) -> dict:
     row = storage_row(cell_dir)
-    from kvharness.analysis.records import read_json
 
-    spec = read_json(Path(cell_dir) / "cell.json")
+    spec = CellFolder(cell_dir).spec
     row["family"] = family(row)
     row["eviction_policy"] = spec["engine"].get("eviction_policy")
     row["scan_share"] = spec["load"]["workload"].get("scan_share") or 0.0

@@ -21,9 +21,9 @@ from typing import Sequence
 from kvharness.analysis import evidence, gates as G
 from kvharness.analysis.cells import cell_row
 from kvharness.analysis.plotting import pyplot, save_figure
-from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
 from kvharness.stats import compare, mean_ci, pct_delta, percentile, samples
+from kvharness.cellfolder import CellFolder
 
 OVERHEAD_LIMIT_PCT = 3.0
 ATTRIBUTABLE_SHARE = 0.95   # a cadence keeps tail events attributable when >= 95 % are covered and resolved
@@ -47,9 +47,9 @@ def cadence_row(cell_dir: str | Path) -> dict:
 
     cell_dir = Path(cell_dir)
     row = cell_row(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
-    collector = read_json(cell_dir / "collector_summary.json")
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    folder = CellFolder(cell_dir)
+    spec, collector = folder.spec, folder.collector_summary
+    records, _ = folder.records()
     ok = [r for r in records if r.get("rc") == 0 and r.get("lat_ttft_ms") is not None]
     p99 = percentile([r["lat_ttft_ms"] for r in ok], 99)
     tail = [r for r in ok if p99 is not None and r["lat_ttft_ms"] >= p99]

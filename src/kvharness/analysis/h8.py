@@ -30,8 +30,9 @@ from kvharness.clock import wall_ms
 from kvharness import stats
 from kvharness.analysis.evidence import aggregate
 from kvharness.analysis.gates import cov_p99_gate, gate_sentence, reproducible_p99_gate
-from kvharness.analysis.records import read_json
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import DYNKV_JSONL
 
 SLO_GOOD_FRACTION = 0.95     # a load "meets the SLO" when >= 95 % of its requests meet every SLO
 EQUAL_RULES = ("uwork_min", "uwork_max")
@@ -82,20 +83,20 @@ def engine_diff(a: dict | None, b: dict | None) -> str | None:
 def cell_extras(cell_dir: str | Path) -> dict:
     """What the flat row lacks: the concurrency rule, the U_work values behind it, the tier hit split
     over the whole cell (blocks found in T0, onboarded from T1 / T2, and missed), the SLO."""
-    from kvharness.analysis.h9 import _tier_hits
+    from kvharness.analysis.tiercounts import tier_hits
     from kvharness.telemetry.read import read_jsonl
 
     cell = Path(cell_dir)
-    spec = read_json(cell / "cell.json")
+    spec = CellFolder(cell).spec
     source = spec["load"].get("concurrency_source") or {}
     out = {"load_rule": source.get("rule", "uwork") if source else f"c{spec['load']['concurrency']}",
            "u_work": source.get("value") if source.get("rule", "uwork") == "uwork" else None,
            "slo": spec["load"].get("slo") or {}}
     hits = [0.0, 0.0, 0.0]
     misses = 0.0
-    if (cell / "dynkv.jsonl").exists():
-        for tick in read_jsonl(cell / "dynkv.jsonl"):
-            for i, v in enumerate(_tier_hits(tick)):
+    if (cell / DYNKV_JSONL).exists():
+        for tick in read_jsonl(cell / DYNKV_JSONL):
+            for i, v in enumerate(tier_hits(tick)):
                 hits[i] += v
             raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
             m = (tick.get("tier0") or {}).get("misses")
@@ -302,7 +303,7 @@ def _fmt(v) -> str:
 # --------------------------------------------------------------------------- declaration
 
 def analyze(ctx: Context) -> Result:
-    from kvharness.report.hero import plot_hero
+    from kvharness.analysis.hero import plot_hero
 
     from kvharness.analysis.run import uwork_by_stack
 
@@ -314,12 +315,11 @@ def analyze(ctx: Context) -> Result:
         rows.append({**row, **extra})
     hero = hero_table(rows)
     cap = capacity_table(rows)
-    from kvharness.analysis.records import read_json
 
     settings = {}  # stack -> the engine settings its cells ran with (A/B parity)
     fingerprints: dict[str, set] = {}
     for row, d in zip(ctx.rows, ctx.cell_dirs):
-        settings.setdefault(row["stack"], read_json(d / "summary.json").get("engine_settings"))
+        settings.setdefault(row["stack"], CellFolder(d).summary.get("engine_settings"))
         fingerprints.setdefault(row["stack"], set()).add(row.get("code_fingerprint"))
     ref = next((r["stack"] for r in hero if r["role"] == "A"), None)
     for r in hero:

@@ -26,8 +26,10 @@ from typing import Sequence
 from kvharness.analysis import gates as G
 from kvharness.analysis.plotting import pyplot, save_figure
 from kvharness import clock, stats
-from kvharness.analysis.records import read_json, read_jsonl
 from kvharness.analysis.registry import Context, Figure, Gate, Hypothesis, Result, Table, register
+from kvharness.analysis.tiercounts import tier_hits
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, SCRAPES_JSONL_GZ
 
 GIB = 1024**3
 FIT_TOLERANCE = 0.25        # acceptance: fitted cost per GiB within 25 % of the model
@@ -51,23 +53,13 @@ FIT_COLUMNS = [
 
 # --------------------------------------------------------------------------- per cell
 
-def _tier_hits(tick: dict) -> tuple[float, float, float]:
-    """(T0 prefix-hit blocks, T1 onboarded blocks, T2 onboarded blocks) of one dynkv tick."""
-    raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
-    t0 = (tick.get("tier0") or {}).get("hits")
-    if t0 is None:
-        t0 = raw.get("kvsim_tier_hit_blocks{tier=0}")
-    return (float(t0 or 0), float((tick.get("tier1") or {}).get("hits") or 0),
-            float((tick.get("tier2") or {}).get("hits") or 0))
-
-
 def _scrape_counter(cell: Path, name: str, start_ns: int, end_ns: int) -> float | None:
     """Delta of a raw counter of the stack's scrapes (``scrapes.jsonl.gz``) over [start, end], summed over
     its label sets: the last scrape at or before start against the first at or after end. None when the
     counter is not exported."""
     from kvharness.telemetry.prom import parse_body
 
-    path = cell / "scrapes.jsonl.gz"
+    path = cell / SCRAPES_JSONL_GZ
     if not path.exists():
         return None
     before = after = None
@@ -108,9 +100,9 @@ def cell_resumes(cell_dir: str | Path) -> dict:
     from kvharness.telemetry.read import TickIndex
 
     cell = Path(cell_dir)
-    spec = read_json(cell / "cell.json")
-    summary = read_json(cell / "summary.json")
-    records, _ = read_jsonl(cell / "metrics.jsonl")
+    folder = CellFolder(cell)
+    spec, summary = folder.spec, folder.summary
+    records, _ = folder.records()
     w = spec["load"]["workload"]
     first_resume_turn = int(w["turns"])
     resumes = [r for r in records if r.get("phase") == "resume" and r.get("turn") == first_resume_turn and stats.is_ok(r)]
@@ -142,11 +134,11 @@ def cell_resumes(cell_dir: str | Path) -> dict:
     start = min(r["sched_ns"] for r in resumes)
     end = max(r["first_token_ns"] for r in resumes)
     row["prompt_blocks"] = sum(math.ceil((r.get("prompt_tokens") or 0) / tpb) for r in resumes)
-    if (cell / "dynkv.jsonl").exists() and (cell / "collector_summary.json").exists():
-        ticks = TickIndex.from_cell(cell, "dynkv.jsonl").covering(start, end)
+    if (cell / DYNKV_JSONL).exists() and (cell / COLLECTOR_SUMMARY_JSON).exists():
+        ticks = TickIndex.from_cell(cell, DYNKV_JSONL).covering(start, end)
         t0 = t1 = t2 = 0.0
         for t in ticks:
-            h0, h1, h2 = _tier_hits(t)
+            h0, h1, h2 = tier_hits(t)
             t0, t1, t2 = t0 + h0, t1 + h1, t2 + h2
         # bytes read back into T0 = onboarded blocks x block bytes (a tier's bytes_out also counts its
         # offloads to the tier below, which the resume's allocations cascade in the same window)

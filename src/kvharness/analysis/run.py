@@ -26,6 +26,8 @@ from kvharness.analysis import evidence, gates, registry
 from kvharness.analysis.records import read_json
 from kvharness.analysis.tables import write_csv
 from kvharness.provenance import utc_now
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import CELL_JSON, PROVENANCE_JSON, SUMMARY_JSON
 
 log = logging.getLogger("kvharness.analysis")
 
@@ -36,8 +38,8 @@ def read_table(path: str | Path) -> list[dict]:
 
 
 def uwork_by_stack(rows: Sequence[dict]) -> dict[str, int]:
-    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.uwork`)."""
-    from kvharness import uwork
+    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.measure.uwork`)."""
+    from kvharness.measure import uwork
 
     return uwork.from_rows(rows, "the uwork result")
 
@@ -49,7 +51,7 @@ def stale_uwork_notes(cell_dirs: Sequence[Path], upstream: Mapping[str, list[dic
     current = uwork_by_stack(upstream["uwork"])
     notes = []
     for d in cell_dirs:
-        spec = read_json(Path(d) / "cell.json")
+        spec = CellFolder(d).spec
         source = spec["load"].get("concurrency_source")
         stack = spec["stack"]["name"]
         rule = source.get("rule", "uwork") if isinstance(source, dict) else None
@@ -86,7 +88,7 @@ def point_keys(cell_dirs: Sequence[Path]) -> list[str]:
     """Columns naming a point: the stack, then every swept axis of the cells (``rep`` excluded)."""
     keys = ["stack"]
     for d in cell_dirs:
-        for key in (_read_or_empty(Path(d) / "cell.json").get("sweep") or {}):
+        for key in (_read_or_empty(Path(d) / CELL_JSON).get("sweep") or {}):
             if key != "rep" and key not in keys:
                 keys.append(key)
     return keys
@@ -135,15 +137,15 @@ def _cell_facts(cell_dirs: Sequence[Path]) -> dict:
     starts, ends, shas = [], [], set()
     for d in cell_dirs:
         d = Path(d)
-        summary = _read_or_empty(d / "summary.json")
+        summary = _read_or_empty(d / SUMMARY_JSON)
         status_value = summary.get("status", "unknown")
         status[status_value] = status.get(status_value, 0) + 1
-        prov = _read_or_empty(d / "provenance.json")
+        prov = _read_or_empty(d / PROVENANCE_JSON)
         fp = prov.get("code_fingerprint") or "unknown"
         fingerprints.setdefault(fp, []).append(d.name)
         if prov.get("git_sha"):
             shas.add(prov["git_sha"])
-        spec = _read_or_empty(d / "cell.json")
+        spec = _read_or_empty(d / CELL_JSON)
         stack = spec.get("stack") or {}
         if stack.get("name"):
             stacks[stack["name"]] = {"role": spec.get("role"), "kind": stack.get("kind"),
@@ -166,7 +168,7 @@ def invalid_cells(cell_dirs: Sequence[Path]) -> dict[str, str]:
     """Cell folder name -> reason, for every cell whose ``summary.json`` says ``invalid``."""
     out = {}
     for d in cell_dirs:
-        summary = _read_or_empty(Path(d) / "summary.json")
+        summary = _read_or_empty(Path(d) / SUMMARY_JSON)
         if summary.get("status") == "invalid":
             out[Path(d).name] = str(summary.get("reason") or ", ".join(summary.get("invalid_because") or []))
     return out

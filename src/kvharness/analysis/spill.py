@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from kvharness.analysis.records import read_json, read_jsonl
+from kvharness.analysis.records import read_jsonl
 from kvharness.stats import percentile
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import DYNKV_JSONL, SYSMON_JSONL
 
 
 def _ticks(cell_dir: Path, name: str) -> list[dict]:
@@ -28,13 +30,13 @@ def _ticks(cell_dir: Path, name: str) -> list[dict]:
 
 def _interval_ns(cell_dir: Path) -> int:
     try:
-        return int(round(float(read_json(cell_dir / "collector_summary.json")["interval_ms"]) * 1e6))
-    except Exception:  # noqa: BLE001 - a cell without a collector summary: the configured cadence
-        return int(round(float(read_json(cell_dir / "cell.json")["telemetry"]["interval_ms"]) * 1e6))
+        return int(round(float(CellFolder(cell_dir).collector_summary["interval_ms"]) * 1e6))
+    except Exception:  # a cell without a collector summary: the configured cadence
+        return int(round(float(CellFolder(cell_dir).spec["telemetry"]["interval_ms"]) * 1e6))
 
 
 def _ok_requests(cell_dir: Path) -> list[dict]:
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    records, _ = CellFolder(cell_dir).records()
     return [r for r in records if r.get("rc") == 0 and r.get("lat_ttft_ms") is not None]
 
 
@@ -65,8 +67,8 @@ def weighted_percentile(pairs: Sequence[tuple[float, float]], q: float) -> float
 def kv_totals(cell_dir: str | Path) -> dict:
     """Sums over the cell's ``dynkv.jsonl`` ticks; None for a quantity no source reported (never 0)."""
     cell_dir = Path(cell_dir)
-    ticks = _ticks(cell_dir, "dynkv.jsonl")
-    spec = read_json(cell_dir / "cell.json")
+    ticks = _ticks(cell_dir, DYNKV_JSONL)
+    spec = CellFolder(cell_dir).spec
     out: dict = {"kv_ticks": len(ticks)}
     for i in range(3):
         for f in ("hits", "bytes_in", "bytes_out", "evictions"):
@@ -114,13 +116,13 @@ def window_join(cell_dir: str | Path) -> list[dict]:
 
     cell_dir = Path(cell_dir)
     interval = _interval_ns(cell_dir)
-    sysmon = TickIndex(_ticks(cell_dir, "sysmon.jsonl"), interval)
-    dyn = {t.get("tick"): t for t in _ticks(cell_dir, "dynkv.jsonl")}
+    sysmon = TickIndex(_ticks(cell_dir, SYSMON_JSONL), interval)
+    dyn = {t.get("tick"): t for t in _ticks(cell_dir, DYNKV_JSONL)}
     has_tier_counters = any((t.get("tier2") or {}).get("bytes_out") is not None
                             or (t.get("sim") or {}).get("tier2_file_read_bytes") is not None for t in dyn.values())
     by_tick: dict[int, list[float]] = {}
     ok = _ok_requests(cell_dir)
-    tpb = int(read_json(cell_dir / "cell.json")["engine"].get("tokens_per_block") or 0)
+    tpb = int(CellFolder(cell_dir).spec["engine"].get("tokens_per_block") or 0)
     blocks_per_request = (sum(int(r.get("prompt_tokens") or 0) for r in ok) / len(ok) / tpb) if ok and tpb else None
     for r in ok:
         if r.get("first_token_ns") is None:
@@ -187,13 +189,13 @@ def idle_nvme(cell_dir: str | Path) -> dict:
     Means over equal ticks, i.e. bytes read / time: a stack that reads the device in bursts moves them as
     much as one that reads steadily (a median would not see reads in fewer than half of the ticks)."""
     cell_dir = Path(cell_dir)
-    summary = read_json(cell_dir / "summary.json")
-    ticks = [t for t in _ticks(cell_dir, "sysmon.jsonl") if t.get("nvme")]
+    summary = CellFolder(cell_dir).summary
+    ticks = [t for t in _ticks(cell_dir, SYSMON_JSONL) if t.get("nvme")]
     out = {"idle_window_s": None, "idle_ticks": 0, "load_ticks": 0, "idle_rMBs": None, "load_rMBs": None,
            "idle_rps": None, "load_rps": None, "nvme_device": ticks[0]["nvme"].get("device") if ticks else None,
            "stack_idle_read_MBs": None, "stack_load_read_MBs": None}
     window = summary.get("idle_window")
-    records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+    records, _ = CellFolder(cell_dir).records()
     starts = [r["sched_ns"] for r in records if r.get("sched_ns") is not None]
     ends = [r["end_ns"] for r in records if r.get("end_ns") is not None]
     if starts and ends:
@@ -218,7 +220,7 @@ def idle_nvme(cell_dir: str | Path) -> dict:
 
 
 def error_classes(cell_dir: str | Path) -> dict[str, int]:
-    records, _ = read_jsonl(Path(cell_dir) / "metrics.jsonl")
+    records, _ = CellFolder(cell_dir).records()
     out: dict[str, int] = {}
     for r in records:
         if r.get("rc") != 0:
@@ -236,7 +238,7 @@ def spill_row(cell_dir: str | Path, row: dict) -> dict:
     tokens/s and the largest context its device pool admits at its concurrency (pool bytes /
     (concurrency x KV bytes per token), SPEC's arithmetic; None where unknown)."""
     cell_dir = Path(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
+    spec = CellFolder(cell_dir).spec
     out = {**row, **kv_totals(cell_dir)}
     classes = error_classes(cell_dir)
     out["error_classes"] = classes
@@ -259,7 +261,7 @@ def spill_rows(cell_dirs: Sequence[str | Path], rows: Sequence[dict]) -> list[di
     by_cell = {r["cell"]: r for r in rows}
     out = []
     for d in cell_dirs:
-        name = read_json(Path(d) / "cell.json")["cell"]
+        name = CellFolder(d).spec["cell"]
         out.append(spill_row(d, by_cell[name]))
     return out
 

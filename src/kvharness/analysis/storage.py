@@ -21,6 +21,8 @@ from pathlib import Path
 
 from kvharness.analysis.records import read_jsonl
 from kvharness.stats import percentile
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import DYNKV_JSONL, SCRAPES_JSONL_GZ, SYSMON_JSONL
 
 FETCH_HIST = "kvsim_tier_fetch_seconds"
 READ_IO_HIST = "kvsim_tier2_read_io_seconds"
@@ -44,7 +46,7 @@ def _raw_counter(ticks: list[dict], series: str) -> float | None:
 
 def _histograms(cell_dir: Path, names: tuple[str, ...]) -> dict[str, dict]:
     """{series key: {"count", "sum", "buckets"}} deltas between the first and last body that carry ``names``."""
-    path = cell_dir / "scrapes.jsonl.gz"
+    path = cell_dir / SCRAPES_JSONL_GZ
     if not path.exists():
         return {}
     first: dict[str, str] = {}
@@ -137,8 +139,8 @@ def tier2_fetch_p95(cell_dir: str | Path) -> dict:
 
 def tier_stats(cell_dir: str | Path) -> dict:
     cell_dir = Path(cell_dir)
-    kv = _ticks(cell_dir, "dynkv.jsonl")
-    sysmon = _ticks(cell_dir, "sysmon.jsonl")
+    kv = _ticks(cell_dir, DYNKV_JSONL)
+    sysmon = _ticks(cell_dir, SYSMON_JSONL)
     hits = {t: _raw_counter(kv, f"kvsim_tier_hit_blocks{{tier={t}}}") for t in (0, 1, 2)}
     miss0 = _raw_counter(kv, "kvsim_tier_miss_blocks{tier=0}")
     for t in (0, 1, 2):  # real stacks: the mapped tier fields (KVBM onboards = T1/T2 hits, TRT-LLM reuse = T0)
@@ -176,7 +178,7 @@ def windows(cell_dir: str | Path, window_s: float = 1.0) -> list[dict]:
     """Per window of ``window_s`` from the first scheduled request: TTFT p50/p99 of the requests scheduled
     in it, joined with the NVMe r_await, tier-2 bytes and tier-2 fetch p95 of the ticks inside it."""
     cell_dir = Path(cell_dir)
-    records = [r for r in read_jsonl(cell_dir / "metrics.jsonl")[0] if r.get("sched_ns") is not None]
+    records = [r for r in CellFolder(cell_dir).records()[0] if r.get("sched_ns") is not None]
     if not records:
         return []
     t0 = min(r["sched_ns"] for r in records)
@@ -191,13 +193,13 @@ def windows(cell_dir: str | Path, window_s: float = 1.0) -> list[dict]:
     for r in records:
         if r.get("rc") == 0 and r.get("lat_ttft_ms") is not None:
             slot(r["sched_ns"])["ttft"].append(r["lat_ttft_ms"])
-    for x in _ticks(cell_dir, "sysmon.jsonl"):
+    for x in _ticks(cell_dir, SYSMON_JSONL):
         s = slot(x.get("mono_ns") or 0)
         nv = x.get("nvme") or {}
         if s is not None and nv:
             s["await"].append(nv.get("r_await_ms"))
             s["rMBs"].append(nv.get("rMBs"))
-    for x in _ticks(cell_dir, "dynkv.jsonl"):
+    for x in _ticks(cell_dir, DYNKV_JSONL):
         s = slot(x.get("mono_ns") or 0)
         if s is not None:
             s["t2_bytes"].append((x.get("tier2") or {}).get("bytes_out"))

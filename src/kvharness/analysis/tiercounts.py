@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvharness.analysis.records import read_json, read_jsonl
+from kvharness.analysis.records import read_jsonl
 from kvharness.stats import mean, percentile
+from kvharness.cellfolder import CellFolder
+from kvharness.cellfiles import DYNKV_JSONL, SCRAPES_JSONL_GZ, SYSMON_JSONL
 
 TIER_KEYS = ("hits", "misses", "hit_tokens", "miss_tokens", "bytes_in", "bytes_out", "evictions")
 SIM_KEYS = ("lora_loads", "lora_hits", "tier2_file_read_bytes", "tier2_file_write_bytes")
@@ -43,7 +45,7 @@ def proxy_counters(cell_dir: Path, start_ns: int | None) -> dict | None:
     import gzip
     import json
 
-    path = cell_dir / "scrapes.jsonl.gz"
+    path = cell_dir / SCRAPES_JSONL_GZ
     if not path.exists():
         return None
     series: list[tuple[int, dict]] = []
@@ -76,14 +78,14 @@ def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> di
     """{tier0_hits, ..., tier2_bytes_out, lora_loads, lora_hits, nvme_rps_mean, nvme_rps_p95, ...} over the
     measured window, plus ``lora_loads_all`` over the whole load (warm-up included)."""
     cell_dir = Path(cell_dir)
-    spec = read_json(cell_dir / "cell.json")
+    spec = CellFolder(cell_dir).spec
     if records is None:
-        records, _ = read_jsonl(cell_dir / "metrics.jsonl")
+        records, _ = CellFolder(cell_dir).records()
     interval_ns = int(spec["telemetry"]["interval_ms"] * 1e6)
     start = window_start_ns(records, float(spec["load"].get("warmup_s") or 0))
     out: dict = {}
     for label, since in (("", start), ("_all", None)):
-        ticks = _ticks(cell_dir / "dynkv.jsonl", since, interval_ns)
+        ticks = _ticks(cell_dir / DYNKV_JSONL, since, interval_ns)
         sums = {f"tier{i}_{k}": 0 for i in range(3) for k in TIER_KEYS}
         sums.update({k: 0 for k in SIM_KEYS})
         sums.update({f"sim_tier{i}_{k}_blocks": 0 for i in range(3) for k in ("hit", "miss")})
@@ -111,7 +113,7 @@ def cell_counters(cell_dir: str | Path, records: list[dict] | None = None) -> di
         out.update({"lora_loads": proxy["lora_loads"], "lora_loads_all": proxy["lora_loads_all"],
                     "lora_hits": proxy["lora_hits"], "lora_file_read_bytes": proxy["lora_file_read_bytes"]})
     out["lora_by"] = "proxy" if proxy is not None else "engine"
-    sys_ticks = _ticks(cell_dir / "sysmon.jsonl", start, interval_ns)
+    sys_ticks = _ticks(cell_dir / SYSMON_JSONL, start, interval_ns)
     end = max((r.get("end_ns") or 0 for r in records), default=0)
     rps = [t["nvme"]["rps"] for t in sys_ticks
            if t.get("nvme") and t["nvme"].get("rps") is not None and (not end or t["mono_ns"] <= end + interval_ns)]
@@ -138,3 +140,13 @@ def hit_ratios(c: dict, prompt_tokens: int | None = None, tokens_per_block: int 
     out.update({f"tier{i}_hit_blocks": v for i, v in enumerate(h)})
     out["lookup_blocks"] = total
     return out
+
+
+def tier_hits(tick: dict) -> tuple[float, float, float]:
+    """(T0 prefix-hit blocks, T1 onboarded blocks, T2 onboarded blocks) of one dynkv tick."""
+    raw = {k: v for src in (tick.get("raw") or {}).values() for k, v in src.items()}
+    t0 = (tick.get("tier0") or {}).get("hits")
+    if t0 is None:
+        t0 = raw.get("kvsim_tier_hit_blocks{tier=0}")
+    return (float(t0 or 0), float((tick.get("tier1") or {}).get("hits") or 0),
+            float((tick.get("tier2") or {}).get("hits") or 0))

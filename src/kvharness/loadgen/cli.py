@@ -16,7 +16,8 @@ import json
 import os
 import sys
 
-from kvharness.loadgen.spec import SpecError, validate_spec
+from kvharness.loadgen.spec import DEFAULT_PATTERN, SpecError, validate_spec
+from kvharness.cellfiles import METRICS_JSONL
 
 EPILOG = """\
 Examples:
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--spec", metavar="LOAD_JSON", help="load spec (JSON); see docs/loadgen.md")
-    parser.add_argument("--out", metavar="METRICS_JSONL", default="metrics.jsonl",
+    parser.add_argument("--out", metavar="METRICS_JSONL", default=METRICS_JSONL,
                         help="per-request records, one JSON line each, flushed per record (default: %(default)s)")
     parser.add_argument("--summary-out", metavar="SUMMARY_JSON", default=None,
                         help="run summary (kvharness.stats.summarize_requests + self-check + the table's figures "
@@ -110,7 +111,7 @@ def build_spec(args: argparse.Namespace) -> dict:
     else:
         raw = {
             "base_url": "http://127.0.0.1:8000",
-            "pattern": {"kind": "closed", "concurrency": 1},
+            "pattern": {**DEFAULT_PATTERN, "concurrency": 1},
             "workload": {"kind": "fixed_context", "context_tokens": 1024, "output_tokens": 32},
             "duration_s": 10.0,
         }
@@ -121,7 +122,7 @@ def build_spec(args: argparse.Namespace) -> dict:
         if value is not None:
             raw[key] = value
     if args.concurrency is not None:
-        pattern = raw.setdefault("pattern", {"kind": "closed"})
+        pattern = raw.setdefault("pattern", dict(DEFAULT_PATTERN))
         if isinstance(pattern, dict):
             pattern["concurrency"] = args.concurrency
     workload = raw.setdefault("workload", {"kind": "fixed_context"})
@@ -165,7 +166,7 @@ def _event_loop_runner():
 def _measured_records(path: str) -> list[dict]:
     """The records of the measure window, read back from the flushed ``metrics.jsonl`` (a last line cut by a
     full disk is skipped, as the analysis counts it; an unreadable file gives an empty table)."""
-    from kvharness.analysis.records import RecordError, read_jsonl
+    from kvharness.records import RecordError, read_jsonl
 
     try:
         records, _ = read_jsonl(path)
@@ -200,63 +201,23 @@ def _wait_for_start(path: str | None) -> bool:
     return True
 
 
+class _Exit(Exception):
+    """Leave ``main`` with this exit status (the message, if any, was already said)."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
 def main(args: argparse.Namespace) -> int:
-    from kvharness.loadgen.table import PercentileError, latency_table, parse_percentiles, render_table, top_error
+    """Phases: the spec and its pattern, the first-request check, the load, the summary (written, then
+    printed), the exit status."""
+    from kvharness.loadgen.table import latency_table, render_table, top_error
 
     try:
-        percentiles = parse_percentiles(args.percentiles)
-    except PercentileError as exc:
-        print(f"kvharness loadgen: {exc}", file=sys.stderr)
-        return 2
-    try:
-        spec = validate_spec(build_spec(args))
-        from kvharness.loadgen.patterns import make_pattern  # noqa: F401 - trace files are read here
-
-        pattern = make_pattern(spec)
-    except SpecError as exc:
-        _say(str(exc))
-        return 2
-    except (OSError, ValueError) as exc:
-        _say(f"load spec: pattern.path: {exc}")
-        return 2
-
-    if getattr(args, "first_request", "skip") == "check":
-        from kvharness.loadgen.firstcheck import first_request
-
-        problem = first_request(spec)
-        if problem is not None:
-            _say(f"kvharness loadgen: {problem}")
-            return 5
-
-    from kvharness.loadgen.progress import RichProgress, want_progress
-    from kvharness.loadgen.runner import Runner
-
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    runner_ctx, loop_name = _event_loop_runner()
-    start_file = getattr(args, "start_file", None)
-    if spec["workers"] > 1:
-        from kvharness.loadgen.workers import run_workers
-
-        if not _wait_for_start(start_file):
-            return 2
-        summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
-    else:
-        progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
-        out = open(args.out, "w", encoding="utf-8")
-        try:
-            runner = Runner(spec, out, pattern=pattern, progress=progress)
-            if not _wait_for_start(start_file):  # everything imported and built: only the load is left
-                return 2
-            with runner_ctx as loop_runner:
-                summary = loop_runner.run(runner.run())
-        finally:
-            try:
-                out.close()
-            except OSError:
-                pass  # the write error is already in the summary (write_error): the run stopped on it
-        signal_name, stop_reason = runner.signal_name, runner.stop_reason
-    summary["event_loop"] = loop_name
+        spec, pattern, percentiles = _prepare(args)
+        summary, signal_name, stop_reason = _run_load(spec, pattern, args)
+    except _Exit as exc:
+        return exc.code
     measured = _measured_records(args.out)
     latency = latency_table(measured, percentiles)
     summary["latency_ms"] = latency
@@ -282,6 +243,79 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except OSError:
         pass
+    return _exit_status(spec, summary, signal_name, stop_reason, args)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[dict, object, list]:
+    """The validated spec, its pattern (a trace file is read here) and the table's percentiles; with
+    ``--first-request check`` the server must answer one request first."""
+    from kvharness.loadgen.table import PercentileError, parse_percentiles
+
+    try:
+        percentiles = parse_percentiles(args.percentiles)
+    except PercentileError as exc:
+        print(f"kvharness loadgen: {exc}", file=sys.stderr)
+        raise _Exit(2) from None
+    try:
+        spec = validate_spec(build_spec(args))
+        from kvharness.loadgen.patterns import make_pattern  # trace files are read here
+
+        pattern = make_pattern(spec)
+    except SpecError as exc:
+        _say(str(exc))
+        raise _Exit(2) from None
+    except (OSError, ValueError) as exc:
+        _say(f"load spec: pattern.path: {exc}")
+        raise _Exit(2) from None
+    if getattr(args, "first_request", "skip") == "check":
+        from kvharness.loadgen.firstcheck import first_request
+
+        problem = first_request(spec)
+        if problem is not None:
+            _say(f"kvharness loadgen: {problem}")
+            raise _Exit(5)
+    return spec, pattern, percentiles
+
+
+def _run_load(spec: dict, pattern, args: argparse.Namespace) -> tuple[dict, str | None, str | None]:
+    """Run the load (in this process, or in ``workers`` processes) once the start file exists; the summary,
+    the signal that stopped it and the stop reason."""
+    from kvharness.loadgen.progress import RichProgress, want_progress
+    from kvharness.loadgen.runner import Runner
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    runner_ctx, loop_name = _event_loop_runner()
+    start_file = getattr(args, "start_file", None)
+    if spec["workers"] > 1:
+        from kvharness.loadgen.workers import run_workers
+
+        if not _wait_for_start(start_file):
+            raise _Exit(2)
+        summary, signal_name, stop_reason = run_workers(spec, args.out, spec["workers"])
+    else:
+        progress = RichProgress(spec["duration_s"], spec["max_requests"]) if want_progress(spec["progress"]) else None
+        out = open(args.out, "w", encoding="utf-8")
+        try:
+            runner = Runner(spec, out, pattern=pattern, progress=progress)
+            if not _wait_for_start(start_file):  # everything imported and built: only the load is left
+                raise _Exit(2)
+            with runner_ctx as loop_runner:
+                summary = loop_runner.run(runner.run())
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass  # the write error is already in the summary (write_error): the run stopped on it
+        signal_name, stop_reason = runner.signal_name, runner.stop_reason
+    summary["event_loop"] = loop_name
+    return summary, signal_name, stop_reason
+
+
+def _exit_status(spec: dict, summary: dict, signal_name: str | None, stop_reason: str | None,
+                 args: argparse.Namespace) -> int:
+    """130/143 on SIGINT/SIGTERM, 4 when records could not be written, 3 when errors stopped the load, 5 when
+    the run fails ``--max-error-pct`` (firstcheck.exit_verdict), else 0."""
     if signal_name == "SIGINT":
         return 130
     if signal_name == "SIGTERM":

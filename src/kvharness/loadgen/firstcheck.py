@@ -17,6 +17,8 @@ import socket
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from kvharness.loadgen.spec import default
+
 MESSAGE_CHARS = 200
 
 
@@ -66,7 +68,7 @@ def first_request(spec: Mapping, timeout_s: float | None = None) -> str | None:
     url = base + path
     parts = urlsplit(base)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    timeout = float(timeout_s if timeout_s is not None else spec.get("request_timeout_s", 60.0))
+    timeout = float(timeout_s if timeout_s is not None else spec.get("request_timeout_s", default("request_timeout_s")))
     conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     prefix = (parts.path or "").rstrip("/")
     headers = {"Content-Type": "application/json", **(spec.get("headers") or {})}

@@ -494,41 +494,11 @@ class Runner:
     # ---- the run ----
 
     async def run(self) -> dict:
-        spec = self.spec
-        cap = self.pattern.in_flight_cap
-        raise_nofile_limit((cap or 4096) + 256)
-        self.url_base = spec["base_url"].rstrip("/")
-        if self.url_base.endswith("/v1"):
-            self.url_base = self.url_base[:-3]
-        self.headers = {"Content-Type": "application/json", **spec["headers"]}
+        """Phases: set up (URL, signals, transport), connect and prebuild, start the clock, the send loop,
+        drain what is in flight, stop the helpers and the transport; then the summary."""
         loop = asyncio.get_running_loop()
-        for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
-            try:
-                loop.add_signal_handler(sig, self.on_signal, name)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
-        self.run_id = f"{os.getpid():x}{_monotonic_ns() & 0xffffff:06x}"
-        self.stream = spec["stream"]
-        self.timeout_s = spec["request_timeout_s"]
-        self.transport = spec["transport"]
-        self.session = None
-        if self.transport == "aiohttp":
-            import aiohttp
-
-            connector = aiohttp.TCPConnector(limit=cap or 0, limit_per_host=0, ttl_dns_cache=300, force_close=False)
-            self.session = aiohttp.ClientSession(connector=connector,
-                                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                                                 auto_decompress=False, skip_auto_headers=("User-Agent",))
-            self._send = self._send_aiohttp
-        else:
-            self.pool = HTTPPool(spec["base_url"], spec["headers"], kernel_stamps=spec["timestamps"] == "kernel")
-            self._send = self._send_raw
-        if self.session is None:
-            n = cap if cap is not None else 16
-            self.preconnected = await self.pool.preconnect(n, min(10.0, self.timeout_s))
-        if self.workload.ticket_free:
-            self.prebuild_target = min(256, max(16, cap or 64))
-            self.workload.prebuild(self.prebuild_target)
+        self._set_up(loop)
+        await self._connect()
         gc.collect()
         gc.freeze()  # start-up objects (imports, spec) never need scanning again
         self.selfcheck.start()
@@ -537,49 +507,7 @@ class Runner:
         if self.progress is not None:  # before t0: starting rich takes tens of ms
             self.progress.start(self)
         try:
-            now = _monotonic_ns()
-            self.t0_ns = max(self.start_at_ns or 0, now + 1_000_000)
-            self.wall0 = time.time() + (self.t0_ns - now) / NS
-            await self._sleep_until(self.t0_ns)
-            duration = spec["duration_s"]
-            end_ns = self.t0_ns + int(duration * NS) if duration else None
-            self.measure_start_ns = self.t0_ns + int(spec["warmup_s"] * NS)
-            self.measure_end_ns = (end_ns - int(spec["cooldown_s"] * NS)) if end_ns else None
-            self.pattern.start(self.t0_ns)
-            self.end_ns = end_ns
-            self.presend = self.session is None and self.sem is None
-            # closed loop without think time: a completion sends its user's next request right in its
-            # callback, not one event-loop turn later through the scheduler
-            self.inline = self.presend and hasattr(self.pattern, "poll")
-            slice_start = last_send = slice_busy = 0
-            while not self._stopping:
-                ticket = await self.pattern.next()
-                now = _monotonic_ns()
-                if now - last_send > 50_000:  # the scheduler waited: a new slice of sends
-                    slice_start = now
-                    slice_busy = len(self.in_flight)  # streams that may have bytes to read
-                    self._sending = False
-                elif slice_busy and now - slice_start > SEND_SLICE_NS:  # many due at once: let reads in between
-                    self._sending = True
-                    await asyncio.sleep(0)
-                    slice_start = _monotonic_ns()
-                if ticket is None:
-                    if self.stop_reason is None:
-                        self.stop_reason = "pattern_done"
-                    break
-                if self._stopping:
-                    break
-                if end_ns is not None and ticket.sched_ns >= end_ns:
-                    if self._extend(now):
-                        end_ns = self.end_ns
-                    else:
-                        self.stop_reason = "max_duration" if self.extended else "duration"
-                        break
-                await self._sleep_until(ticket.sched_ns)
-                if self._stopping:
-                    break
-                self._send_ticket(ticket)
-                last_send = _monotonic_ns()
+            await self._send_loop(await self._start_clock())
             self.pattern.stop()
             while self.tasks or self.in_flight:
                 if self.in_flight:
@@ -611,6 +539,101 @@ class Runner:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         return self.summary()
+
+    def _set_up(self, loop) -> None:
+        """URL base, headers, signal handlers, run id and the transport (raw pool or aiohttp session)."""
+        spec = self.spec
+        cap = self.pattern.in_flight_cap
+        raise_nofile_limit((cap or 4096) + 256)
+        self.url_base = spec["base_url"].rstrip("/")
+        if self.url_base.endswith("/v1"):
+            self.url_base = self.url_base[:-3]
+        self.headers = {"Content-Type": "application/json", **spec["headers"]}
+        for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+            try:
+                loop.add_signal_handler(sig, self.on_signal, name)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        self.run_id = f"{os.getpid():x}{_monotonic_ns() & 0xffffff:06x}"
+        self.stream = spec["stream"]
+        self.timeout_s = spec["request_timeout_s"]
+        self.transport = spec["transport"]
+        self.session = None
+        if self.transport == "aiohttp":
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=cap or 0, limit_per_host=0, ttl_dns_cache=300, force_close=False)
+            self.session = aiohttp.ClientSession(connector=connector,
+                                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                                 auto_decompress=False, skip_auto_headers=("User-Agent",))
+            self._send = self._send_aiohttp
+        else:
+            self.pool = HTTPPool(spec["base_url"], spec["headers"], kernel_stamps=spec["timestamps"] == "kernel")
+            self._send = self._send_raw
+
+    async def _connect(self) -> None:
+        """Open the raw pool's connections and prebuild requests before t0 (nothing of it is timed)."""
+        cap = self.pattern.in_flight_cap
+        if self.session is None:
+            n = cap if cap is not None else 16
+            self.preconnected = await self.pool.preconnect(n, min(10.0, self.timeout_s))
+        if self.workload.ticket_free:
+            self.prebuild_target = min(256, max(16, cap or 64))
+            self.workload.prebuild(self.prebuild_target)
+
+    async def _start_clock(self) -> int | None:
+        """t0 (at least 1 ms ahead, or the start time given), the measure window, the pattern started; the
+        load's end (None: until the pattern is done)."""
+        spec = self.spec
+        now = _monotonic_ns()
+        self.t0_ns = max(self.start_at_ns or 0, now + 1_000_000)
+        self.wall0 = time.time() + (self.t0_ns - now) / NS
+        await self._sleep_until(self.t0_ns)
+        duration = spec["duration_s"]
+        end_ns = self.t0_ns + int(duration * NS) if duration else None
+        self.measure_start_ns = self.t0_ns + int(spec["warmup_s"] * NS)
+        self.measure_end_ns = (end_ns - int(spec["cooldown_s"] * NS)) if end_ns else None
+        self.pattern.start(self.t0_ns)
+        self.end_ns = end_ns
+        self.presend = self.session is None and self.sem is None
+        # closed loop without think time: a completion sends its user's next request right in its
+        # callback, not one event-loop turn later through the scheduler
+        self.inline = self.presend and hasattr(self.pattern, "poll")
+        return end_ns
+
+    async def _send_loop(self, end_ns: int | None) -> None:
+        """The scheduler (a state machine over the pattern's tickets): wait for each ticket's time and send it,
+        letting reads in between when many are due at once; stop on the pattern's end, the duration (unless
+        the evidence-sized stop extends it) or a stop request."""
+        slice_start = last_send = slice_busy = 0
+        while not self._stopping:
+            ticket = await self.pattern.next()
+            now = _monotonic_ns()
+            if now - last_send > 50_000:  # the scheduler waited: a new slice of sends
+                slice_start = now
+                slice_busy = len(self.in_flight)  # streams that may have bytes to read
+                self._sending = False
+            elif slice_busy and now - slice_start > SEND_SLICE_NS:  # many due at once: let reads in between
+                self._sending = True
+                await asyncio.sleep(0)
+                slice_start = _monotonic_ns()
+            if ticket is None:
+                if self.stop_reason is None:
+                    self.stop_reason = "pattern_done"
+                break
+            if self._stopping:
+                break
+            if end_ns is not None and ticket.sched_ns >= end_ns:
+                if self._extend(now):
+                    end_ns = self.end_ns
+                else:
+                    self.stop_reason = "max_duration" if self.extended else "duration"
+                    break
+            await self._sleep_until(ticket.sched_ns)
+            if self._stopping:
+                break
+            self._send_ticket(ticket)
+            last_send = _monotonic_ns()
 
     @property
     def records(self) -> list[dict]:

@@ -11,16 +11,14 @@ import copy
 import json
 from typing import Any, Callable
 
+from kvharness.errors import SpecError
+
 # SPEC H8's mix: 60 % 200-500, 30 % 800-1500, 10 % 2500-3200 tokens.
 H8_BUCKETS = [
     {"name": "short", "min_tokens": 200, "max_tokens": 500, "weight": 0.6},
     {"name": "medium", "min_tokens": 800, "max_tokens": 1500, "weight": 0.3},
     {"name": "long", "min_tokens": 2500, "max_tokens": 3200, "weight": 0.1},
 ]
-
-
-class SpecError(ValueError):
-    """A load spec that cannot run; ``str()`` is the one line to print."""
 
 
 def _show(value: Any) -> str:
@@ -346,6 +344,21 @@ TOP_FIELDS: dict[str, tuple[Checker, Any]] = {
     "timestamps": (string(("loop", "kernel")), "kernel"),
     "tokenizer": (string(nullable=True), None),
 }
+
+
+#: the pattern of a load that names none (the workflow schema's default too)
+DEFAULT_PATTERN = {"kind": "closed"}
+#: patterns whose load is a number of users in flight (the others are open loop: a rate)
+CLOSED_PATTERNS = ("closed", "bursty")
+
+
+def default(field: str) -> Any:
+    """The load generator's default for a top-level spec field: the one definition the workflow schema, the
+    config checks and the cell runner read (``seed``, ``request_timeout_s``, ...)."""
+    value = TOP_FIELDS[field][1]
+    if value is REQUIRED:
+        raise KeyError(f"load spec field {field!r} has no default")
+    return value
 
 
 def validate_spec(raw: Any) -> dict:

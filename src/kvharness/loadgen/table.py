@@ -13,6 +13,7 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from kvharness import stats
+from kvharness.loadgen.spec import CLOSED_PATTERNS
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 METRICS = (  # (row label, record field, whether the field is a list of values)
@@ -96,7 +97,7 @@ def _num(v, fmt: str = ".2f") -> str:
 def _describe_load(spec: Mapping) -> str:
     pattern = spec.get("pattern") or {}
     kind = pattern.get("kind", "?")
-    if pattern.get("concurrency") is not None and kind in ("closed", "bursty"):
+    if pattern.get("concurrency") is not None and kind in CLOSED_PATTERNS:
         load = f"{kind} x{pattern['concurrency']}"
     elif pattern.get("rate") is not None:
         load = f"{kind} {pattern['rate']:g} req/s"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from kvharness.loadgen.spec import SpecError
+from kvharness.errors import SpecError
 
 
 class TokenizerError(SpecError):

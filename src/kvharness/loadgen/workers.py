@@ -110,9 +110,22 @@ def _child(spec: dict, out_path: str, start_at_ns: int, offset_ns: int, conn) ->
 
 
 def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, str | None]:
-    """Run ``spec`` on ``n`` processes; returns (summary, signal name or None, stop reason)."""
-    ctx = multiprocessing.get_context("fork")
+    """Run ``spec`` on ``n`` processes; returns (summary, signal name or None, stop reason). Phases: start the
+    workers, collect them (forwarding SIGINT/SIGTERM), read their records back, combine the summaries."""
     open(out_path, "w").close()
+    procs = _start_workers(spec, out_path, n)
+    results, got_signal = _collect(procs)
+    records, torn = _read_back(out_path)
+    summary, stop_reasons = _combine(spec, records, torn, results, n_procs=len(procs))
+    summary["interrupted"] = got_signal[0] if got_signal else None
+    sig = got_signal[0] if got_signal else None
+    first = [r for r in ("write_failed", "max_errors", "max_consecutive_errors") if r in stop_reasons]
+    reason = first[0] if first else (stop_reasons[0] if stop_reasons else None)
+    return summary, sig, reason
+
+
+def _start_workers(spec: dict, out_path: str, n: int) -> list:
+    ctx = multiprocessing.get_context("fork")
     start_at = time.monotonic_ns() + START_DELAY_NS
     kind = spec["pattern"]["kind"]
     procs = []
@@ -128,6 +141,11 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
         proc.start()
         child_conn.close()
         procs.append((proc, parent_conn))
+    return procs
+
+
+def _collect(procs: list) -> tuple[list, list[str]]:
+    """Each worker's result (None for one that died) and the signals forwarded to them meanwhile."""
     got_signal: list[str] = []
 
     def forward(signum, _frame):
@@ -148,6 +166,10 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return results, got_signal
+
+
+def _read_back(out_path: str) -> tuple[list[dict], int]:
     records, torn = [], 0
     with open(out_path, encoding="utf-8") as fh:
         for line in fh:
@@ -157,6 +179,10 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
                 records.append(json.loads(line))
             except ValueError:  # a worker's write cut by a full disk (then another worker's lines follow)
                 torn += 1
+    return records, torn
+
+
+def _combine(spec: dict, records: list[dict], torn: int, results: list, n_procs: int) -> tuple[dict, list[str]]:
     summary = summarize_requests([r for r in records if r.get("window") == "measure"], slo=spec["slo"])
     if spec.get("lora"):
         summary["per_adapter"] = per_adapter(r for r in records if r.get("window") == "measure")
@@ -164,7 +190,7 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     summary.update(combine_selfchecks(worker_summaries))
     stop_reasons = sorted({r["stop_reason"] for r in results if r and r["stop_reason"]})
     summary.update({
-        "workers": len(procs),
+        "workers": n_procs,
         "workers_failed": sum(1 for r in results if r is None),
         "n_torn_records": torn,
         "n_records": len(records),
@@ -173,7 +199,7 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
         "n_sent": sum(w.get("n_sent", 0) for w in worker_summaries),
         "n_cancelled": sum(w.get("n_cancelled", 0) for w in worker_summaries),
         "stop_reason": ",".join(stop_reasons) or None,
-        "interrupted": got_signal[0] if got_signal else None,
+        "interrupted": None,
         "client_bound_records": sum(1 for r in records if r.get("client_bound")),
         "transport": spec["transport"],
         "spec": spec,
@@ -182,10 +208,7 @@ def run_workers(spec: dict, out_path: str, n: int) -> tuple[dict, str | None, st
     sent = sorted(r["sent_ns"] for r in records if r.get("sent_ns") is not None)
     summary["achieved_send_rate"] = ((len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9)
                                      if len(sent) > 1 and sent[-1] > sent[0] else None)
-    sig = got_signal[0] if got_signal else None
-    first = [r for r in ("write_failed", "max_errors", "max_consecutive_errors") if r in stop_reasons]
-    reason = first[0] if first else (stop_reasons[0] if stop_reasons else None)
-    return summary, sig, reason
+    return summary, stop_reasons
 
 
 def combine_selfchecks(ws: list[dict]) -> dict:

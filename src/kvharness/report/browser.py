@@ -155,7 +155,7 @@ def inspect(html: str | Path, screenshot: str | Path | None = None, chromium: st
 def _http_get(url: str, timeout_s: float) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback debugging port)
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # loopback debugging port
         return resp.read().decode()
 
 

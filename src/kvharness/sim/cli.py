@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import os
 import signal
 import sys
 import tempfile
 
 from kvharness.defaults import ENGINE, SIM
+from kvharness.netaddr import is_loopback
 from kvharness.units import parse_bytes
 
 _GiB = 1024 ** 3
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eviction-policy", choices=("lru", "lfu", "fifo"), default=ENGINE["eviction_policy"])
     p.add_argument("--block-bytes-scale", type=float, default=SIM["block_bytes_scale"],
                    help="tier-2 file bytes per block = real block bytes x this (recorded in /health and /metrics)")
-    p.add_argument("--speedup", type=float, default=1.0, help="divide every modelled duration by this (1 = real time)")
+    p.add_argument("--speedup", type=float, default=SIM["speedup"], help="divide every modelled duration by this (1 = real time)")
     p.add_argument("--seed", type=int, default=SIM["seed"])
     p.add_argument("--jitter", type=float, default=0.0,
                    help="relative std-dev of a seeded Gaussian factor on each step time (0 = deterministic steps)")
@@ -65,9 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mode B: KVBM's filter (a block reaches disk only after a reuse). auto = on only when "
                         "DYN_KVBM_DISABLE_DISK_OFFLOAD_FILTER is set to false/0; benchmarks disable it")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--max-loras", type=int, default=0, help="resident adapter slots (0 = LoRA off)")
+    g.add_argument("--max-loras", type=int, default=ENGINE["max_loras"], help="resident adapter slots (0 = LoRA off)")
     g.add_argument("--lora-dir", default=None, help="adapter files (default <tier2-dir>/lora in mode B)")
-    g.add_argument("--lora-adapter-bytes", default="64MiB",
+    g.add_argument("--lora-adapter-bytes", default=ENGINE["lora_adapter_bytes"],
                    help="modelled adapter size; the file holds this x --block-bytes-scale")
     f = p.add_argument_group("faults (reliability tests)")
     f.add_argument("--fault-crash-after", type=int, default=0, help="exit abruptly after N completed requests")
@@ -87,20 +87,11 @@ def _env_gib(name: str):
     return int(round(float(v) * 10**9))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_config(args):
     from kvharness.sim.profiles import build_timing_model, load_models_yaml
     from kvharness.sim.server import SimConfig
 
-    if not _is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback(args.host) and not args.allow_remote:
         raise ValueError(f"--host {args.host} is not a loopback address; pass --allow-remote to expose the simulator")
     timing = build_timing_model(args.hardware, args.model_profile, args.precision, load_models_yaml(args.models_config))
     mode = args.mode

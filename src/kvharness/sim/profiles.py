@@ -24,7 +24,7 @@ def load_models_yaml(path: str | os.PathLike | None = None) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"model profiles not found at {p} (pass --models-config or set KVHARNESS_MODELS_YAML)")
     with open(p) as f:  # libyaml's safe loader when this PyYAML has it: 10x faster, part of every start-up
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # a safe loader
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,11 @@ def build_timing_model(hardware: str, model: str, precision: str, models_yaml: d
         bw_g1_g2=float(tb.get("g1_g2", 14e9)),
         bw_g2_g3=float(tb.get("g2_g3", 7e9)),
     )
+
+
+def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
+    """KV bytes per token of a model profile (configs/models.yaml, owned by the simulator), None if unknown."""
+    try:
+        return int(build_timing_model(hardware, model, precision).kv_bytes_per_token)
+    except (KeyError, ValueError, TypeError, OSError):
+        return None

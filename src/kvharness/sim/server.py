@@ -478,54 +478,15 @@ class SimServer:
             self._reject(conn, st, f"injected fault (HTTP {st})", endpoint, rtype,
                          headers={"Retry-After": "1"} if st == 429 else None)
             return
-        # prompt
         try:
-            if chat:
-                msgs = body.get("messages")
-                if not isinstance(msgs, list) or not msgs:
-                    raise ValueError("'messages' must be a non-empty list")
-                ids = split_words(chat_prompt_text(msgs))
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list):
-                    if prompt and all(isinstance(x, int) for x in prompt):
-                        ids = [int(x) & 0xFFFFFFFF for x in prompt]
-                    elif len(prompt) == 1 and isinstance(prompt[0], str):
-                        ids = split_words(prompt[0])
-                    else:
-                        raise ValueError("'prompt' must be a string, a list of one string, or a list of token ids")
-                elif isinstance(prompt, str):
-                    ids = split_words(prompt)
-                else:
-                    raise ValueError("'prompt' is required")
-            if not ids:
-                raise ValueError("the prompt has no tokens")
-            mt = body.get("max_tokens", body.get("max_completion_tokens"))
-            max_tokens = 16 if mt is None else int(mt)
-            if max_tokens < 1:
-                raise ValueError("max_tokens must be >= 1")
-            n = body.get("n", 1)
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                raise ValueError(f"'n' must be an integer >= 1, got {n!r}")
-            if n is not None and n > 1:
-                raise ValueError(f"n={n} is not supported by the simulator (one choice per request): "
-                                 "send n separate requests instead")
-            include_usage, continuous_usage = _stream_options(body.get("stream_options"), stream)
+            ids, max_tokens, include_usage, continuous_usage = _parse_generation(body, chat, stream)
         except (ValueError, TypeError) as e:
             self._reject(conn, 400, str(e), endpoint, rtype)
             return
-        # model / adapter
-        model = body.get("model") or cfg.served_model_name
-        adapter = body.get("adapter_id")
-        if adapter is None and self.lora is not None and model != cfg.served_model_name:
-            adapter = model
-        if adapter is not None:
-            if self.lora is None:
-                self._reject(conn, 400, "LoRA adapters are not enabled (start with --max-loras N)", endpoint, rtype)
-                return
-            if not valid_adapter_id(str(adapter)):
-                self._reject(conn, 400, "invalid adapter id: use 1-128 of [A-Za-z0-9._-] without '..'", endpoint, rtype)
-                return
+        model, adapter, problem = self._adapter_of(body)
+        if problem is not None:
+            self._reject(conn, 400, problem, endpoint, rtype)
+            return
         resp_model = adapter if (adapter is not None and model == adapter) else cfg.served_model_name
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + f"{cfg.seed:x}{self.n_requests:010x}"
@@ -545,9 +506,61 @@ class SimServer:
         if stream:
             conn.start_stream()
 
+    def _adapter_of(self, body: dict) -> tuple[str, str | None, str | None]:
+        """(model, LoRA adapter or None, why the request is refused or None): an adapter named by
+        ``adapter_id`` or, with LoRA on, by a model name other than the served one."""
+        cfg = self.cfg
+        model = body.get("model") or cfg.served_model_name
+        adapter = body.get("adapter_id")
+        if adapter is None and self.lora is not None and model != cfg.served_model_name:
+            adapter = model
+        if adapter is not None:
+            if self.lora is None:
+                return model, adapter, "LoRA adapters are not enabled (start with --max-loras N)"
+            if not valid_adapter_id(str(adapter)):
+                return model, adapter, "invalid adapter id: use 1-128 of [A-Za-z0-9._-] without '..'"
+        return model, adapter, None
+
     def _lost(self, seq, endpoint, rtype) -> None:
         from kvharness.sim.engine import DONE
         if seq.state != DONE:
             self.engine.cancel(seq)
             self.disconnected += 1
             self.request_done(endpoint, rtype, "disconnect")
+
+
+def _parse_generation(body: dict, chat: bool, stream: bool) -> tuple[list[int], int, bool, bool]:
+    """A generation request's prompt token ids, max_tokens and stream usage options; ValueError (or
+    TypeError) with the 400 message for anything the simulator cannot serve."""
+    if chat:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError("'messages' must be a non-empty list")
+        ids = split_words(chat_prompt_text(msgs))
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list):
+            if prompt and all(isinstance(x, int) for x in prompt):
+                ids = [int(x) & 0xFFFFFFFF for x in prompt]
+            elif len(prompt) == 1 and isinstance(prompt[0], str):
+                ids = split_words(prompt[0])
+            else:
+                raise ValueError("'prompt' must be a string, a list of one string, or a list of token ids")
+        elif isinstance(prompt, str):
+            ids = split_words(prompt)
+        else:
+            raise ValueError("'prompt' is required")
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    mt = body.get("max_tokens", body.get("max_completion_tokens"))
+    max_tokens = 16 if mt is None else int(mt)
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    n = body.get("n", 1)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"'n' must be an integer >= 1, got {n!r}")
+    if n is not None and n > 1:
+        raise ValueError(f"n={n} is not supported by the simulator (one choice per request): "
+                         "send n separate requests instead")
+    include_usage, continuous_usage = _stream_options(body.get("stream_options"), stream)
+    return ids, max_tokens, include_usage, continuous_usage

@@ -46,7 +46,7 @@ def scrape(client, urls: dict[str, str]) -> dict[str, Snapshot | None]:
         try:
             resp = client.get(url)
             out[name] = parse_body(resp.text) if resp.status_code == 200 else None
-        except Exception:  # noqa: BLE001 - a source that does not answer is recorded as such
+        except Exception:  # a source that does not answer is recorded as such
             out[name] = None
     return out
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from kvharness.errors import StackLaunchError
+
 PROC = Path("/proc")
 TCP_LISTEN = "0A"
 CONTAINER_TOOLS = ("docker", "podman")
@@ -70,8 +72,6 @@ def reserve_ports(stack: dict, host: str) -> dict[str, socket.socket]:
             held[key] = reserve(host, 0 if value == "auto" else int(value))
         except OSError as exc:
             release(held.values())
-            from kvharness.stacks.launcher import StackLaunchError
-
             raise StackLaunchError(f"stack {stack['name']}: {key} {host}:{value} is already in use ({exc.strerror}); "
                                    f"stop what holds it or set {key}: auto") from None
     return held

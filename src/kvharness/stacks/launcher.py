@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from kvharness.errors import ConfigError
+from kvharness.errors import ConfigError, StackLaunchError
 from kvharness.stacks import identity
 from kvharness.provenance import redact_env
 from kvharness.stacks.runtime import container_name, interpreter, stop_containers, wrap
@@ -31,10 +31,6 @@ from kvharness.stacks.runtime import container_name, interpreter, stop_container
 PR_SET_PDEATHSIG = 1
 # Engine settings recorded for a stack without an engine YAML (what the cell hands its command line).
 ENGINE_NAMES = ("max_batch_size", "max_num_tokens", "max_seq_len", "tokens_per_block", "tier0_tokens", "eviction_policy")
-
-
-class StackLaunchError(RuntimeError):
-    """The stack did not come up; the message ends with the tail of its log."""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -195,41 +191,17 @@ def _held_fd(held: Mapping, key: str, check_ports: bool):
 
 def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, check_ports: bool = True) -> LaunchPlan:
     """Resolve ports and templates of a stack config for one cell. ``names`` are the cell's values.
-    ``check_ports=False`` (``kvharness cell --show``) does not refuse a fixed port that is in use."""
+    ``check_ports=False`` (``kvharness cell --show``) does not refuse a fixed port that is in use.
+    Phases: ports and template names, the engine YAML, the argvs, the runtime wrap, the URLs (and a proxy)."""
     host = str(names.get("host", "127.0.0.1"))
     launched = stack["kind"] != "external" and check_ports
     held = identity.reserve_ports(stack, host) if launched else {}
-    port = held["port"].getsockname()[1] if "port" in held else _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
-    metrics_port = (held["metrics_port"].getsockname()[1] if "metrics_port" in held
-                    else _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched))
-    system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
-    all_names = dict(names)
     runtime = stack.get("runtime") or {"kind": "host"}
-    all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
-                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"), "cell_dir": str(workdir.resolve()),
-                      "port_fd": _held_fd(held, "port", check_ports),
-                      "metrics_port_fd": _held_fd(held, "metrics_port", check_ports)})
+    all_names = _launch_names(stack, names, workdir, host, held, launched, check_ports, runtime)
+    port, metrics_port = all_names["port"], all_names["metrics_port"]
     where = f"configs/stacks/{stack['name']}.yaml"
-    engine_yaml_path = None
-    engine_settings: dict = {}
-    if stack.get("engine_yaml") is not None:
-        engine_yaml_path = workdir / "engine.yaml"
-        all_names["engine_yaml"] = str(engine_yaml_path)
-        rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
-        import yaml
-
-        engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
-        engine_settings = rendered
-    else:  # no engine YAML (the simulator, an external endpoint): the engine names the cell hands over
-        engine_settings = {k: all_names[k] for k in ENGINE_NAMES if all_names.get(k) is not None}
-    argvs, argv_envs = [], []
-    for i, pre in enumerate(stack.get("pre_commands") or []):
-        argv, own_env = (pre.get("argv"), pre.get("env") or {}) if isinstance(pre, dict) else (pre, {})
-        argvs.append([render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv])
-        argv_envs.append({str(k): render(v, all_names, f"{where}: pre_commands[{i}].env.{k}") for k, v in own_env.items()})
-    if stack.get("command"):
-        argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
-        argv_envs.append({})
+    engine_yaml_path, engine_settings = _engine_settings(stack, all_names, workdir, where)
+    argvs, argv_envs = _stack_argvs(stack, all_names, where)
     env = {str(k): render(v, all_names, f"{where}: env.{k}") for k, v in (stack.get("env") or {}).items()}
     containers = [container_name(stack["name"], workdir, i) for i in range(len(argvs))] \
         if runtime["kind"] == "container" else []
@@ -244,7 +216,7 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
     models_path = stack.get("models_path", "/v1/models")
     ready_urls = {k: render(v, all_names, f"{where}: ready_urls.{k}") for k, v in (stack.get("ready_urls") or {}).items()}
     if stack.get("proxy") and launched:  # kvharness proxy in front: launched last, stopped first, serves the load
-        from kvharness.proxy import stack_proxy_argv
+        from kvharness.stacks.proxy import stack_proxy_argv
 
         pport = _pick_port(stack["proxy"].get("port", "auto"), host, "proxy.port", stack["name"], launched)
         run_argvs.append(stack_proxy_argv(stack["proxy"], all_names, base_url, pport,  # on the host, not in a container
@@ -262,6 +234,48 @@ def plan_launch(stack: Mapping, names: Mapping[str, object], workdir: Path, chec
         ready_urls=ready_urls, argv_envs=argv_envs, engine_settings=engine_settings,
         runtime=runtime, containers=containers, stack_argvs=argvs,
     )
+
+
+def _launch_names(stack: Mapping, names: Mapping[str, object], workdir: Path, host: str, held: dict, launched: bool,
+                  check_ports: bool, runtime: Mapping) -> dict:
+    """The cell's names plus what the launch decides: interpreter, host, the three ports, directories, held fds."""
+    port = held["port"].getsockname()[1] if "port" in held else _pick_port(stack.get("port", "auto"), host, "port", stack["name"], launched)
+    metrics_port = (held["metrics_port"].getsockname()[1] if "metrics_port" in held
+                    else _pick_port(stack.get("metrics_port"), host, "metrics_port", stack["name"], launched))
+    system_port = _pick_port(stack.get("system_port"), host, "system_port", stack["name"], launched)
+    all_names = dict(names)
+    all_names.update({"python": interpreter(runtime, sys.executable), "host": host, "port": port, "metrics_port": metrics_port,
+                      "system_port": system_port, "discovery_dir": str(workdir / "dynamo_store_kv"), "cell_dir": str(workdir.resolve()),
+                      "port_fd": _held_fd(held, "port", check_ports),
+                      "metrics_port_fd": _held_fd(held, "metrics_port", check_ports)})
+    return all_names
+
+
+def _engine_settings(stack: Mapping, all_names: dict, workdir: Path, where: str) -> tuple[Path | None, dict]:
+    """The rendered engine YAML (written to the cell folder) and the settings it holds; without one (the
+    simulator, an external endpoint) the engine names the cell hands over."""
+    if stack.get("engine_yaml") is None:
+        return None, {k: all_names[k] for k in ENGINE_NAMES if all_names.get(k) is not None}
+    engine_yaml_path = workdir / "engine.yaml"
+    all_names["engine_yaml"] = str(engine_yaml_path)
+    rendered = _render_tree(stack["engine_yaml"], all_names, f"{where}: engine_yaml")
+    import yaml
+
+    engine_yaml_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+    return engine_yaml_path, rendered
+
+
+def _stack_argvs(stack: Mapping, all_names: dict, where: str) -> tuple[list[list[str]], list[dict]]:
+    """pre_commands then command, rendered, each with the env only it gets."""
+    argvs, argv_envs = [], []
+    for i, pre in enumerate(stack.get("pre_commands") or []):
+        argv, own_env = (pre.get("argv"), pre.get("env") or {}) if isinstance(pre, dict) else (pre, {})
+        argvs.append([render(a, all_names, f"{where}: pre_commands[{i}]") for a in argv])
+        argv_envs.append({str(k): render(v, all_names, f"{where}: pre_commands[{i}].env.{k}") for k, v in own_env.items()})
+    if stack.get("command"):
+        argvs.append([render(a, all_names, f"{where}: command") for a in stack["command"]])
+        argv_envs.append({})
+    return argvs, argv_envs
 
 
 def terminate_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

@@ -19,7 +19,7 @@ from kvharness.provenance import redact_env, scrub
 
 
 def describe_cell(spec: dict) -> str:
-    from kvharness.cell import template_names
+    from kvharness.stacks.names import template_names
     from kvharness.stacks.launcher import plan_launch
     from kvharness.stacks.sizing import check_host_tier
 

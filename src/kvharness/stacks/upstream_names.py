@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from kvharness.config import STACK_DIR
+from kvharness import STACK_DIR
 
 DYNAMO_MODULE = re.compile(r"^dynamo\.(frontend|mocker|trtllm|vllm|sglang)$")
 FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*$")

@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
 
-    def _stop(signum, frame):  # noqa: ARG001
+    def _stop(signum, frame):
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kvharness.cellfiles import COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, SYSMON_JSONL
 from kvharness.stats import percentile
 from kvharness.telemetry import host
 from kvharness.telemetry.gpu import GpuSampler
@@ -457,30 +458,39 @@ class Collector:
 
     # --------------------------------------------------------------------------------------- loop
     def run(self) -> dict:
-        cfg = self.cfg
-        out = cfg.out_dir
+        """Sample until stopped (or ``duration_s``), then write collector_summary.json. Phases: open the
+        output files, prime the host counters, the baseline scrape (tick 0), the tick loop, the closing
+        scrape, close, summarise."""
+        out = _Outputs(self.cfg.out_dir, with_dynkv=self.scraper is not None)
         files = {"stat": host_file("/proc/stat"), "meminfo": host_file("/proc/meminfo"),
                  "diskstats": host_file("/proc/diskstats")}
-        sysmon = open(os.path.join(out, "sysmon.jsonl"), "w", encoding="utf-8")
-        dynkv = csvf = writer = None
-        if self.scraper is not None:
-            dynkv = open(os.path.join(out, "dynkv.jsonl"), "w", encoding="utf-8")
-            csvf = open(os.path.join(out, "dynkv_kv.csv"), "w", newline="", encoding="utf-8")
-            writer = csv.writer(csvf)
-            writer.writerow(CSV_COLUMNS)
-            csvf.flush()
-
-        def write_dyn(dyn: dict) -> None:  # one scrape record: dynkv.jsonl and its CSV view, flushed
-            dynkv.write(json.dumps(dyn, separators=(",", ":")) + "\n")
-            dynkv.flush()
-            writer.writerow(csv_row(dyn))
-            csvf.flush()
-
         cpu0 = time.process_time()
         wall_start = time.time()
         prev: dict = {}
-        # priming read: tick 1 then carries a full-interval delta for CPU and disk
         t0 = time.monotonic_ns()
+        self._prime(files, prev, t0)
+        if self.scraper is not None:
+            out.write_dyn(self._baseline_scrape(t0))
+        loop = self._tick_loop(out, files, prev, t0)
+        if self.scraper is not None and self.stop.is_set():
+            # the closing scrape: the counters moved since the last tick (the load's last requests) would
+            # otherwise be lost when the cell stops the collector. Its interval is shorter than the cadence,
+            # it is marked ``final`` and counts in no tick statistic.
+            dyn = self._scrape(loop.tick, time.time(), time.monotonic_ns())
+            dyn["final"] = True
+            out.write_dyn(dyn)
+        stop_ns = time.monotonic_ns()
+        cpu_s = time.process_time() - cpu0
+        out.close()
+        if self.scraper is not None:
+            self.scraper.close()
+        for f in files.values():
+            f.close()
+        self.gpu.close()
+        return self._write_summary(loop, t0, stop_ns, cpu_s, wall_start)
+
+    def _prime(self, files: dict, prev: dict, t0: int) -> None:
+        """The priming read: tick 1 then carries a full-interval delta for CPU and disk."""
         try:
             prev["cpu"] = host.parse_proc_stat_cpu(files["stat"].read())
             if self.dev.device:
@@ -491,95 +501,80 @@ class Collector:
                 self.procs.sample(t0)
         except (OSError, ValueError):
             pass
-        if self.scraper is not None:
-            # tick 0: the first scrape of each source, its baseline, at once. Its record (baseline only, no
-            # deltas) tells a waiting caller that every later counter delta starts here, so the load can
-            # start now instead of one interval later; tick 1 then carries the first deltas.
-            base = self._scrape(0, time.time(), t0)
-            # the stack's hit counters since its start (the cold-start check of the cell: 0 on a fresh stack)
-            answered = {n: self.scraper.last_snap.get(n) for n, st in base["sources"].items() if st.get("ok")}
-            base["baseline_hits"] = absolute_hits(answered) if answered else None
-            write_dyn(base)
+
+    def _baseline_scrape(self, t0: int) -> dict:
+        """Tick 0: the first scrape of each source, its baseline, at once. Its record (baseline only, no
+        deltas) tells a waiting caller that every later counter delta starts here, so the load can start now
+        instead of one interval later; tick 1 then carries the first deltas."""
+        base = self._scrape(0, time.time(), t0)
+        # the stack's hit counters since its start (the cold-start check of the cell: 0 on a fresh stack)
+        answered = {n: self.scraper.last_snap.get(n) for n, st in base["sources"].items() if st.get("ok")}
+        base["baseline_hits"] = absolute_hits(answered) if answered else None
+        return base
+
+    def _tick_loop(self, out: "_Outputs", files: dict, prev: dict, t0: int) -> "_LoopStats":
+        """The cadence loop (a scheduler: each tick is due at t0 + tick x interval; a tick whose start window
+        has passed is skipped and counted missed)."""
+        cfg = self.cfg
         end_ns = t0 + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         late_ns = int(self.interval_ns * cfg.late_fraction)
-        sample_ns: list[int] = []
-        lags_ms: list[float] = []
-        missed = 0
-        aligned = 0
-        present = 0
-        tick = 1
-        last_due = t0
+        loop = _LoopStats(last_due=t0, end_ns=end_ns)
         first_line = True
         while not self.stop.is_set():
-            due = t0 + tick * self.interval_ns
+            due = t0 + loop.tick * self.interval_ns
             if end_ns is not None and due > end_ns:
                 break
             now = time.monotonic_ns()
             if now > due + late_ns:
                 # late: skip every tick whose start window has passed; count them as missed
                 behind = (now - due - late_ns) // self.interval_ns + 1
-                missed += behind
-                tick += behind
+                loop.missed += behind
+                loop.tick += behind
                 continue
             if now < due:
                 if self.stop.wait((due - now) / 1e9):
                     break
                 now = time.monotonic_ns()
                 if now > due + late_ns:  # overslept (machine stalled)
-                    missed += 1
-                    tick += 1
+                    loop.missed += 1
+                    loop.tick += 1
                     continue
-            last_due = due
-            rec, dyn, got = self._sample(tick, due, files, prev)
+            loop.last_due = due
+            rec, dyn, got = self._sample(loop.tick, due, files, prev)
             if first_line:
                 if not self.gpu.available:
                     rec["gpu_reason"] = self.gpu.reason
                 if self.dev.device is None:
                     rec["nvme_reason"] = self.dev.detail
                 first_line = False
-            sysmon.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            sysmon.flush()
+            out.write_sysmon(rec)
             if dyn is not None:
-                write_dyn(dyn)
+                out.write_dyn(dyn)
             for s in got:
                 self.counts[s] = self.counts.get(s, 0) + 1
             if all(s in got for s in self.sources):
-                aligned += 1
-            present += 1
-            sample_ns.append(rec["mono_ns"])
-            lags_ms.append(rec["lag_ms"])
-            tick += 1
-        if self.scraper is not None and self.stop.is_set():
-            # the closing scrape: the counters moved since the last tick (the load's last requests) would
-            # otherwise be lost when the cell stops the collector. Its interval is shorter than the cadence,
-            # it is marked ``final`` and counts in no tick statistic.
-            dyn = self._scrape(tick, time.time(), time.monotonic_ns())
-            dyn["final"] = True
-            write_dyn(dyn)
-        stop_ns = time.monotonic_ns()
-        cpu_s = time.process_time() - cpu0
-        sysmon.close()
-        if dynkv is not None:
-            dynkv.close()
-            csvf.close()
-        if self.scraper is not None:
-            self.scraper.close()
-        for f in files.values():
-            f.close()
-        self.gpu.close()
+                loop.aligned += 1
+            loop.present += 1
+            loop.sample_ns.append(rec["mono_ns"])
+            loop.lags_ms.append(rec["lag_ms"])
+            loop.tick += 1
+        return loop
+
+    def _write_summary(self, loop: "_LoopStats", t0: int, stop_ns: int, cpu_s: float, wall_start: float) -> dict:
+        cfg = self.cfg
         # expected = every tick that came due during the run: ticks 1..tick-1 were each sampled or missed
-        expected = tick - 1
-        if end_ns is not None:
-            expected = min(expected, int((end_ns - t0) // self.interval_ns))
-            missed = expected - present
+        expected, missed = loop.tick - 1, loop.missed
+        if loop.end_ns is not None:
+            expected = min(expected, int((loop.end_ns - t0) // self.interval_ns))
+            missed = expected - loop.present
         summary = build_summary(
-            interval_ms=cfg.interval_ms, expected=expected, present=present, missed_counted=missed,
-            sample_ns=sample_ns, lags_ms=lags_ms, counts=self.counts, sources=self.sources, aligned=aligned,
-            cpu_s=cpu_s, wall_s=(stop_ns - t0) / 1e9,
+            interval_ms=cfg.interval_ms, expected=expected, present=loop.present, missed_counted=missed,
+            sample_ns=loop.sample_ns, lags_ms=loop.lags_ms, counts=self.counts, sources=self.sources,
+            aligned=loop.aligned, cpu_s=cpu_s, wall_s=(stop_ns - t0) / 1e9,
         )
         summary.update({
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
-            "t0_mono_ns": t0, "stop_mono_ns": stop_ns, "last_due_mono_ns": last_due,
+            "t0_mono_ns": t0, "stop_mono_ns": stop_ns, "last_due_mono_ns": loop.last_due,
             "collector_cpu_s_process": round(time.process_time(), 4),
             "collector_pid": os.getpid(),
             "nvme_device": self.dev.device, "nvme_device_source": self.dev.source,
@@ -592,13 +587,56 @@ class Collector:
             "kv_block_size_bytes": self.block_bytes, "kv_block_size_source": self.block_bytes_source,
             "watch_tree": cfg.watch_tree,
         })
-        tmp = os.path.join(out, "collector_summary.json.tmp")
+        tmp = os.path.join(cfg.out_dir, "collector_summary.json.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2, sort_keys=True)
             fh.write("\n")
-        os.replace(tmp, os.path.join(out, "collector_summary.json"))
+        os.replace(tmp, os.path.join(cfg.out_dir, COLLECTOR_SUMMARY_JSON))
         return summary
 
+
+@dataclass
+class _LoopStats:
+    """What the tick loop counted (the summary's inputs)."""
+    last_due: int
+    end_ns: int | None
+    tick: int = 1
+    missed: int = 0
+    aligned: int = 0
+    present: int = 0
+    sample_ns: list[int] = field(default_factory=list)
+    lags_ms: list[float] = field(default_factory=list)
+
+
+class _Outputs:
+    """The collector's record files, each line flushed as written: sysmon.jsonl; with a scraper also
+    dynkv.jsonl and its CSV view dynkv_kv.csv."""
+
+    def __init__(self, out_dir: str, with_dynkv: bool):
+        self.sysmon = open(os.path.join(out_dir, SYSMON_JSONL), "w", encoding="utf-8")
+        self.dynkv = self.csvf = self.writer = None
+        if with_dynkv:
+            self.dynkv = open(os.path.join(out_dir, DYNKV_JSONL), "w", encoding="utf-8")
+            self.csvf = open(os.path.join(out_dir, "dynkv_kv.csv"), "w", newline="", encoding="utf-8")
+            self.writer = csv.writer(self.csvf)
+            self.writer.writerow(CSV_COLUMNS)
+            self.csvf.flush()
+
+    def write_sysmon(self, rec: dict) -> None:
+        self.sysmon.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self.sysmon.flush()
+
+    def write_dyn(self, dyn: dict) -> None:  # one scrape record: dynkv.jsonl and its CSV view, flushed
+        self.dynkv.write(json.dumps(dyn, separators=(",", ":")) + "\n")
+        self.dynkv.flush()
+        self.writer.writerow(csv_row(dyn))
+        self.csvf.flush()
+
+    def close(self) -> None:
+        self.sysmon.close()
+        if self.dynkv is not None:
+            self.dynkv.close()
+            self.csvf.close()
 
 def host_file(path: str) -> _ProcFile:
     return _ProcFile(path)

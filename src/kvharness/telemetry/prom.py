@@ -585,10 +585,10 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
     """One tick's mapped record from each source's deltas (None for a source still at its baseline or
     without a sample this tick). Sums over sources; fields nobody reports stay None. ``fetch_hists``
     (tier -> ``family`` or ``family{label=value}``, seconds) gives a stack's own fetch-latency histograms,
-    for exporters whose names no table here knows; they win over the tables for that tier."""
+    for exporters whose names no table here knows; they win over the tables for that tier.
+    Phases: per source its counters and gauges; then the derived token misses; then histogram quantiles."""
     rec = empty_record()
     raw: dict[str, dict] = {}
-    onboard_tiers: set[str] = set()
     merged_hists: dict[str, dict[float, float]] = {}
     merged_samples: dict[str, list[float]] = {}
     for src, deltas in deltas_by_source.items():
@@ -596,32 +596,7 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
             continue
         counters, hists, gauges = deltas["counters"], deltas["hists"], deltas["gauges"]
         mapped_raw: dict[str, float] = {}
-        for names, target in COUNTER_RULES:
-            n = _first_present(names, counters)
-            if n is None:
-                continue
-            v = counters[n]
-            mapped_raw[n] = v
-            if "+" in target or target.startswith("tier"):
-                for t in target.split("+"):
-                    sec, f = t.split(".", 1)
-                    _add(rec[sec], f, v)
-                continue
-            section, fld = target.split(".", 1)
-            if section in ("offload_blocks", "onboard_blocks"):
-                a, b = BLOCK_MOVES[fld]
-                nbytes = v * kv_block_bytes if kv_block_bytes else None
-                _add(rec[a], "bytes_out", nbytes)
-                _add(rec[b], "bytes_in", nbytes)
-                if section == "onboard_blocks":
-                    _add(rec[a], "hits", v)
-                    onboard_tiers.add(a)
-                continue
-            if section.startswith("_"):
-                rec.setdefault(section, {})
-                _add(rec[section], fld, v)
-                continue
-            _add(rec[section], fld, v)
+        _map_counter_rules(counters, rec, mapped_raw, kv_block_bytes)
         _map_labelled(counters, rec, mapped_raw)
         _map_vllm_tiering(counters, rec, mapped_raw)
         _map_kvsim(counters, rec, mapped_raw)
@@ -637,7 +612,45 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
             if n.startswith("kvsim_"):
                 rec["gauges"][n] = v
         raw[src] = mapped_raw
-    # derived token misses
+    _derive_token_misses(rec, raw)
+    _map_histograms(rec, merged_hists, fetch_hists)
+    it = merged_samples.get("trtllm_iter_latency_ms")
+    if it:
+        for q in QUANTILES:
+            rec["server"][f"iter_p{q}_ms"] = percentile(it, q)
+    rec["raw"] = raw
+    return _ints(rec)
+
+
+def _map_counter_rules(counters: dict, rec: dict, mapped_raw: dict, kv_block_bytes: int | None) -> None:
+    """COUNTER_RULES: the first present name of each rule adds its delta to the record's target field(s)."""
+    for names, target in COUNTER_RULES:
+        n = _first_present(names, counters)
+        if n is None:
+            continue
+        v = counters[n]
+        mapped_raw[n] = v
+        if "+" in target or target.startswith("tier"):
+            for t in target.split("+"):
+                sec, f = t.split(".", 1)
+                _add(rec[sec], f, v)
+            continue
+        section, fld = target.split(".", 1)
+        if section in ("offload_blocks", "onboard_blocks"):
+            a, b = BLOCK_MOVES[fld]
+            nbytes = v * kv_block_bytes if kv_block_bytes else None
+            _add(rec[a], "bytes_out", nbytes)
+            _add(rec[b], "bytes_in", nbytes)
+            if section == "onboard_blocks":
+                _add(rec[a], "hits", v)
+            continue
+        if section.startswith("_"):
+            rec.setdefault(section, {})
+        _add(rec[section], fld, v)
+
+
+def _derive_token_misses(rec: dict, raw: dict) -> None:
+    """Token misses that no exporter reports directly: queried minus hit (vLLM, LMCache, SGLang)."""
     vq = rec.pop("_vllm", None)
     if vq:
         if vq.get("queries") is not None and rec["tier0"]["hit_tokens"] is not None:
@@ -651,7 +664,10 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
             and rec["tier0"]["miss_tokens"] is None \
             and any(k.startswith("sglang:cached_tokens") for r in raw.values() for k in r):
         rec["tier0"]["miss_tokens"] = max(rec["server"]["prompt_tokens"] - rec["tier0"]["hit_tokens"], 0.0)
-    # histograms -> quantiles
+
+
+def _map_histograms(rec: dict, merged_hists: dict, fetch_hists: dict[str, str] | None) -> None:
+    """Histogram deltas -> quantiles (ms); a quantile only known to lie in a bucket is None plus that bucket."""
     hist_targets = [(n, *target.split(".", 1), scale) for names, target, scale in HIST_RULES
                     if (n := _first_present(names, merged_hists)) is not None]
     hist_targets += [(name, tier, "fetch", 1000.0) for tier, name in (fetch_hists or {}).items() if name in merged_hists]
@@ -665,13 +681,6 @@ def map_deltas(deltas_by_source: dict[str, dict | None], kv_block_bytes: int | N
                 rec.setdefault("bucket_limited", {})[f"{section}.{key}"] = [bucket[0] * scale, bucket[1] * scale]
             else:
                 rec[section][key] = round(v * scale, 4) if v is not None else None
-    it = merged_samples.get("trtllm_iter_latency_ms")
-    if it:
-        for q in QUANTILES:
-            rec["server"][f"iter_p{q}_ms"] = percentile(it, q)
-    rec["raw"] = raw
-    return _ints(rec)
-
 
 def _int(v):
     return int(v) if type(v) is float and v.is_integer() and abs(v) < 2**53 else v

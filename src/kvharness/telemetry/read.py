@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvharness.analysis.records import RecordError
-from kvharness.analysis.records import read_jsonl as read_records
+from kvharness.records import RecordError
+from kvharness.records import read_jsonl as read_records
+from kvharness.cellfiles import COLLECTOR_SUMMARY_JSON, SYSMON_JSONL
 
 
 TelemetryFormatError = RecordError  # a malformed collector line: the message names file and line
@@ -36,9 +37,9 @@ class TickIndex:
         self._ns = [r["mono_ns"] for r in self.ticks]
 
     @classmethod
-    def from_cell(cls, cell_dir: str | Path, name: str = "sysmon.jsonl") -> "TickIndex":
+    def from_cell(cls, cell_dir: str | Path, name: str = SYSMON_JSONL) -> "TickIndex":
         cell = Path(cell_dir)
-        summary = json.loads((cell / "collector_summary.json").read_text())
+        summary = json.loads((cell / COLLECTOR_SUMMARY_JSON).read_text())
         return cls(read_jsonl(cell / name), int(round(summary["interval_ms"] * 1e6)))
 
     def at(self, t_ns: int) -> dict | None:

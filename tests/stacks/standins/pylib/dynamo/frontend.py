@@ -2,6 +2,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from standin import dynamo_frontend  # noqa: E402
+from standin import dynamo_frontend
 
 dynamo_frontend(sys.argv[1:])

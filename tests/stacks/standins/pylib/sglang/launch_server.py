@@ -2,6 +2,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from standin import sglang_server  # noqa: E402
+from standin import sglang_server
 
 sglang_server(sys.argv[1:])

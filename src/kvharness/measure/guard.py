@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-log = logging.getLogger("kvharness.cell")
+log = logging.getLogger("kvharness.measure.cell")
 
 LOCK_ENV = "KVHARNESS_LOCK"
 LOCK_WAIT_ENV = "KVHARNESS_LOCK_WAIT"
@@ -280,7 +280,7 @@ def _workflow_chain() -> list:
                 if any("snakemake" in Path(part).name for part in parent.cmdline()[:3]):
                     last = i
         return chain[:last + 1]
-    except Exception:  # noqa: BLE001 - no psutil or no /proc: the getppid() watch still works
+    except Exception:  # no psutil or no /proc: the getppid() watch still works
         return []
 
 

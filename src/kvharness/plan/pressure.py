@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from kvharness.errors import AxisError
 from kvharness.units import parse_bytes
 
 DEFAULT_CONTEXT_TOKENS = 2048
@@ -29,8 +30,7 @@ def apply_pressure_bytes(spec: dict, value, cfg: dict) -> None:
     The byte volume itself is kept as ``load.pressure_bytes`` (the cell records it; the load generator
     never sees it). Raises ``AxisError`` for a workload that has no idle phase to put pressure in.
     """
-    from kvharness.analysis.axes import AxisError
-    from kvharness.cell import kv_bytes_per_token
+    from kvharness.sim.profiles import kv_bytes_per_token
 
     w = spec["load"]["workload"]
     if w.get("kind") != "sessioned_chat":

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from kvharness.cellfiles import CELL_JSON
 from kvharness.errors import ConfigError, utf8_text
 
 RULES = ("uwork", "uwork_min", "uwork_max")
@@ -104,7 +105,7 @@ def value(found: Mapping[str, int], path: str | Path, rule: str, stacks: list[st
 def measured_at(cell_dir: str | Path) -> int | None:
     """The U_work a finished cell folder was measured at (its cell.json), None when it was not."""
     try:
-        spec = json.loads((Path(cell_dir) / "cell.json").read_text())
+        spec = json.loads((Path(cell_dir) / CELL_JSON).read_text())
     except (OSError, ValueError):
         return None
     source = (spec.get("load") or {}).get("concurrency_source")

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from kvharness.netaddr import is_loopback
 from kvharness.sim.httpserver import Connection, Request
 from kvharness.sim.lora import valid_adapter_id
 from kvharness.units import parse_bytes
@@ -582,9 +583,8 @@ async def serve(args) -> int:
 
 
 def main(args) -> int:
-    from kvharness.sim.cli import _is_loopback  # one definition of 'loopback' for every server we start
 
-    if not _is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback(args.host) and not args.allow_remote:
         print(f"kvharness proxy: --host {args.host} is not a loopback address; pass --allow-remote to expose it",
               file=sys.stderr)
         return 2

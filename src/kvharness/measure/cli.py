@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from kvharness.cell import CellFailed, run_cell
+from kvharness.measure.cell import CellFailed, run_cell
 from kvharness.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
             with open(args.spec) as fh:
                 spec = json.load(fh)
         else:
-            from kvharness.config import expand_cells, load_config_file
+            from kvharness.plan.config import expand_cells, load_config_file
 
             cfg = load_config_file(args.config)
             if not args.hyp:

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from kvharness.errors import ConfigError
+from kvharness.cellfiles import SUMMARY_JSON
 
 #: the plan's job (SPEC.md H4B); every key can be overridden in the workflow config's `background_io`
 DEFAULTS = {
@@ -240,7 +241,7 @@ def cell_fio_row(cell_dir: str | Path) -> dict:
     """The fio columns of one cell: engine, direct, and :func:`fio_summary` of its ``fio.json`` (all None when off)."""
     cell_dir = Path(cell_dir)
     try:
-        summary = json.loads((cell_dir / "summary.json").read_text())
+        summary = json.loads((cell_dir / SUMMARY_JSON).read_text())
     except (OSError, ValueError):
         summary = {}
     info = summary.get("background_io") or {}

@@ -15,13 +15,16 @@ from typing import Any
 
 import yaml
 
-from kvharness import REPO_ROOT  # noqa: F401 (re-exported: kvharness.config.REPO_ROOT)
-from kvharness.errors import ConfigError, utf8_text  # noqa: F401 (re-exported: kvharness.config.ConfigError)
+from kvharness import CONFIG_DIR, REPO_ROOT, STACK_DIR  # noqa: F401 (REPO_ROOT re-exported: kvharness.plan.config.REPO_ROOT)
+from kvharness.plan.axes import AXES, UWORK_RULES, points_schema, sweep_schema
+from kvharness.plan.spec import CellSpec
+from kvharness.errors import AxisError, ConfigError, SpecError, utf8_text  # re-exported: kvharness.plan.config.ConfigError
+from kvharness.loadgen import spec as loadspec
+from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
+from kvharness.netaddr import is_loopback
 from kvharness.units import parse_bytes
 
-CONFIG_DIR = REPO_ROOT / "configs"
 SCHEMA_PATH = CONFIG_DIR / "config.schema.yaml"
-STACK_DIR = CONFIG_DIR / "stacks"
 
 STACK_KINDS = ("sim", "trtllm", "dynamo", "vllm", "sglang", "external")
 STACK_KEYS = {
@@ -31,9 +34,6 @@ STACK_KEYS = {
     "models_path", "ready_urls", "system_port", "runtime", "cold_start", "fetch_histograms",
     "proxy",  # kvharness proxy in front of the stack (LoRA adapters)
 }
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-#: patterns whose load is a number of users in flight (the others are open loop: a rate)
-CLOSED_PATTERNS = ("closed", "bursty")
 
 
 
@@ -75,7 +75,7 @@ def load_yaml_strict(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     text = utf8_text(path, data, "save the file as UTF-8")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -168,7 +168,6 @@ def load_schema() -> dict:
     """configs/config.schema.yaml, with the parts that have one owner elsewhere filled in: the ``sweep`` and
     ``points`` sections from the axis registry, engine and simulator defaults from :mod:`kvharness.defaults`."""
     from kvharness import defaults
-    from kvharness.analysis.axes import points_schema, sweep_schema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     hyp = schema["$defs"]["hypothesis"]["properties"]
@@ -178,9 +177,13 @@ def load_schema() -> dict:
         props = schema["properties"][section]["properties"]
         for key, value in values.items():
             props[key]["default"] = value
+    schema["$defs"]["pattern"]["default"] = dict(loadspec.DEFAULT_PATTERN)
+    load = schema["$defs"]["load"]["properties"]
+    for key in ("seed", "request_timeout_s"):  # the load generator's own defaults
+        load[key]["default"] = loadspec.default(key)
     from kvharness.stats import min_ok_requests
 
-    schema["$defs"]["load"]["properties"]["min_ok_requests"]["default"] = min_ok_requests(99)  # derived, not typed
+    load["min_ok_requests"]["default"] = min_ok_requests(99)  # derived, not typed
     return schema
 
 
@@ -253,7 +256,7 @@ def validate_config(config: dict) -> dict:
     _fill_defaults(cfg, schema, schema)
     _keep_only(cfg)
     _check_semantics(cfg)
-    from kvharness import bgio
+    from kvharness.stacks import bgio
 
     for hyp in cfg["hypotheses"]:
         cells = expand_cells(cfg, hyp)  # every cell's load is checked by the load generator's own rules
@@ -277,7 +280,7 @@ def _keep_only(cfg: dict) -> None:
 
 
 def _check_semantics(cfg: dict) -> None:
-    if cfg["host"] not in LOOPBACK and not cfg["allow_remote_bind"]:
+    if not is_loopback(cfg["host"]) and not cfg["allow_remote_bind"]:
         raise ConfigError(
             f"config error: host: {cfg['host']!r} is not a loopback address; set allow_remote_bind: true to expose servers"
         )
@@ -337,9 +340,7 @@ def swept_axes(h: dict) -> set[str]:
 
 def needs_uwork(h: dict) -> bool:
     """Does this hypothesis run (some of) its cells at a U_work (an upstream result of H0)?"""
-    from kvharness.analysis.axes import UWORK_RULES
-
-    kind = (h["load"].get("pattern") or {}).get("kind", "closed")
+    kind = (h["load"].get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"])
     swept = [v for v in (h.get("sweep") or {}).get("concurrency", [])] + \
         [p["concurrency"] for p in h.get("points") or [] if "concurrency" in p]
     if any(v in UWORK_RULES for v in swept):
@@ -378,12 +379,49 @@ def _check_context_limits(cfg: dict) -> None:
 # --------------------------------------------------------------------------- stacks
 
 
+#: what a stack config that leaves them out gets (load_stack fills them in, once)
+STACK_DEFAULTS = {"env": {}, "metrics": {}, "pre_commands": [], "health_path": "/health", "startup_timeout_s": 60,
+                  "tiered": False}
+
+
 def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") -> dict:
     """Read and check a stack config; ConfigError names the file and the key.
 
     ``name`` is a file stem in configs/stacks/ (``sim-A``) or a path to a ``.yaml`` file; either way the
     stack's name (used in cell ids) is the file stem and must be ``[A-Za-z0-9][A-Za-z0-9_-]*``.
     """
+    path = _stack_path(name, stack_dir, where)
+    stack = load_yaml_strict(path) or {}
+    if not isinstance(stack, dict):
+        raise ConfigError(f"{path} ({where}): expected a mapping of stack settings, got a {type(stack).__name__}")
+    unknown = sorted(set(stack) - STACK_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
+    if stack.get("proxy") is not None:
+        from kvharness.stacks.proxy import check_stack_proxy
+
+        try:
+            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    kind = stack.get("kind")
+    if kind not in STACK_KINDS:
+        raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
+    _check_stack_argvs(path, stack, kind)
+    _check_stack_extras(path, stack)
+    port = stack.get("port", "auto")
+    if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
+        raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
+    if not isinstance(stack.get("env", {}), dict):
+        raise ConfigError(f"{path}: env: expected a mapping of NAME: value")
+    for key, value in STACK_DEFAULTS.items():
+        stack.setdefault(key, copy.deepcopy(value))
+    stack["name"] = path.stem
+    return stack
+
+
+def _stack_path(name, stack_dir: Path | None, where: str) -> Path:
+    """The file a stack name or path names: a stem in configs/stacks/ or a ``.yaml`` path."""
     if not isinstance(name, str):
         raise ConfigError(f"config error: {where}: expected a stack name or a path to a .yaml file, got {name!r}")
     if name.endswith((".yaml", ".yml")):
@@ -402,26 +440,14 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
             raise ConfigError(f"config error: {where}: unknown stack {name!r}: no file {path} (known: {', '.join(known)})")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", path.stem):
         raise ConfigError(f"{path} ({where}): the file name must be a stack name (letters, digits, _ and -)")
-    stack = load_yaml_strict(path) or {}
-    if not isinstance(stack, dict):
-        raise ConfigError(f"{path} ({where}): expected a mapping of stack settings, got a {type(stack).__name__}")
-    unknown = sorted(set(stack) - STACK_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(STACK_KEYS))})")
-    if stack.get("proxy") is not None:
-        from kvharness.proxy import check_stack_proxy
+    return path
 
-        try:
-            stack["proxy"] = check_stack_proxy(path, stack["proxy"])
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    kind = stack.get("kind")
-    if kind not in STACK_KINDS:
-        raise ConfigError(f"{path}: kind: expected one of {', '.join(STACK_KINDS)}, got {kind!r}")
-    for key in ("command",):
-        argv = stack.get(key, [])
-        if not isinstance(argv, list) or not all(isinstance(a, (str, int, float)) for a in argv):
-            raise ConfigError(f"{path}: {key}: expected an argv list of strings (never a shell string), got {argv!r}")
+
+def _check_stack_argvs(path: Path, stack: dict, kind: str) -> None:
+    """``command`` and ``pre_commands`` are argv lists (never shell strings)."""
+    argv = stack.get("command", [])
+    if not isinstance(argv, list) or not all(isinstance(a, (str, int, float)) for a in argv):
+        raise ConfigError(f"{path}: command: expected an argv list of strings (never a shell string), got {argv!r}")
     if kind != "external" and not stack.get("command"):
         raise ConfigError(f"{path}: command: a launched stack needs a non-empty argv list")
     for i, argv in enumerate(stack.get("pre_commands", []) or []):
@@ -434,20 +460,6 @@ def load_stack(name: str, stack_dir: Path | None = None, where: str = "stacks") 
             argv = argv.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
             raise ConfigError(f"{path}: pre_commands[{i}]: expected a non-empty argv list (never a shell string)")
-    _check_stack_extras(path, stack)
-    port = stack.get("port", "auto")
-    if port != "auto" and not (isinstance(port, int) and 0 < port < 65536):
-        raise ConfigError(f"{path}: port: expected 'auto' or an integer 1..65535, got {port!r}")
-    if not isinstance(stack.get("env", {}), dict):
-        raise ConfigError(f"{path}: env: expected a mapping of NAME: value")
-    stack.setdefault("env", {})
-    stack.setdefault("metrics", {})
-    stack.setdefault("pre_commands", [])
-    stack.setdefault("health_path", "/health")
-    stack.setdefault("startup_timeout_s", 60)
-    stack.setdefault("tiered", False)
-    stack["name"] = path.stem
-    return stack
 
 
 def _check_stack_extras(path: Path, stack: dict) -> None:
@@ -512,8 +524,6 @@ def _check_stack_extras(path: Path, stack: dict) -> None:
 
 
 def cell_id(stack_name: str, sweep_values: dict) -> str:
-    from kvharness.analysis.axes import AXES
-
     return "_".join([stack_name] + [AXES[k].label(v) for k, v in sweep_values.items()])
 
 
@@ -550,12 +560,11 @@ def sweep_points(h: dict) -> list[dict]:
     return combos
 
 
-def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
+def _validate_cell_load(cell: dict, where: str) -> None:
     """The cell's load, as the load generator will receive it, checked by the load generator's own rules."""
-    from kvharness.loadgen.spec import SpecError, validate_spec
 
     load = cell["load"]
-    pattern = dict(load.get("pattern") or {"kind": "closed"})
+    pattern = dict(load.get("pattern") or DEFAULT_PATTERN)
     if pattern.get("kind") in CLOSED_PATTERNS:
         conc = load.get("concurrency")
         pattern["concurrency"] = conc if isinstance(conc, int) else 1
@@ -564,13 +573,13 @@ def _validate_cell_load(cell: dict, where: str) -> None:  # noqa: C901
     probe = {"model": cell["served_model_name"], "pattern": pattern, "workload": load["workload"],
              "endpoint": load.get("endpoint", "completions"), "duration_s": load.get("duration_s"),
              "max_requests": load.get("max_requests"), "min_ok_requests": load.get("min_ok_requests"),
-             "max_duration_s": load.get("max_duration_s"), "seed": load.get("seed", 0),
-             "request_timeout_s": load.get("request_timeout_s", 60.0)}
+             "max_duration_s": load.get("max_duration_s"), "seed": load.get("seed", loadspec.default("seed")),
+             "request_timeout_s": load.get("request_timeout_s", loadspec.default("request_timeout_s"))}
     for key in ("lora", "slo"):
         if load.get(key) is not None:
             probe[key] = load[key]
     try:
-        resolved = validate_spec(probe)
+        resolved = loadspec.validate_spec(probe)
     except SpecError as exc:
         detail = str(exc).removeprefix("load spec: ")
         raise ConfigError(f"config error: {where}.load.{detail} (cell {cell['cell']})") from None
@@ -598,8 +607,6 @@ def hypothesis_engine(cfg: dict, hyp: str) -> dict:
 
 def expand_cells(cfg: dict, hyp: str) -> list[dict]:
     """Every cell of one hypothesis: one per stack role x point (see :func:`sweep_points`)."""
-    from kvharness.analysis.axes import AXES, AxisError
-
     if hyp not in cfg["hypotheses"]:
         raise ConfigError(f"config error: unknown hypothesis {hyp!r} (defined: {', '.join(cfg['hypotheses'])})")
     h = cfg["hypotheses"][hyp]
@@ -641,7 +648,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
                 "keep_tier2_files": cfg["keep_tier2_files"],
                 **({"remote_machine": True} if cfg.get("remote_machine") else {}),  # absent by default: no re-measure
             }
-            cell["load"].setdefault("pattern", {"kind": "closed"})
+            cell["load"].setdefault("pattern", dict(DEFAULT_PATTERN))
             cell["load"]["slo"] = {**cfg.get("slo", {}), **(cell["load"].get("slo") or {})}  # plan SLOs, per-key override
             for key, value in values.items():
                 try:
@@ -652,7 +659,7 @@ def expand_cells(cfg: dict, hyp: str) -> list[dict]:
             if kind not in CLOSED_PATTERNS and not (kind == "trace" and "concurrency" in values):
                 cell["load"]["concurrency"] = None  # open loop: the rate sets the load, not users in flight
             # a trace swept over concurrency (H8) keeps it as the cap on requests in flight
-            # (pattern.max_in_flight, set by kvharness.cell.resolve_load once a U_work rule is resolved)
+            # (pattern.max_in_flight, set by kvharness.measure.cell.resolve_load once a U_work rule is resolved)
             overrides = cell.pop("_tier_overrides", None)
             cell["tiers"] = tier_bytes(cfg, cell["profile"], bool(stack.get("tiered")), overrides)
             _validate_cell_load(cell, f"hypotheses.{hyp}")
@@ -668,6 +675,7 @@ def cell_index(cfg: dict) -> dict[tuple[str, str], dict]:
         if not cells:
             raise ConfigError(f"config error: hypotheses.{hyp}: the sweep is empty (no cell to measure)")
         for c in cells:
+            CellSpec.from_dict(c)  # every key present, none unknown, each of its type (kvharness.plan.spec)
             index[(hyp, c["cell"])] = c
     return index
 

@@ -20,15 +20,21 @@ import sys
 import time
 from pathlib import Path
 
-from kvharness import REPO_ROOT, bgio, cellguard, clock, stats, validity
-from kvharness import uwork as uwork_result
-from kvharness.analysis.records import RecordError, read_json, read_jsonl
+from kvharness import REPO_ROOT, clock, stats
+from kvharness.measure import guard as cellguard, validity
+from kvharness.stacks import bgio
+from kvharness.measure import uwork as uwork_result
+from kvharness.records import RecordError, read_json, read_jsonl
+from kvharness.defaults import SIM
 from kvharness.errors import ConfigError
+from kvharness.loadgen.spec import DEFAULT_PATTERN, default as load_default
 from kvharness.procio import tree_io
 from kvharness.provenance import measurement_fingerprint, provenance, scrub, secret_values, utc_now
 from kvharness.units import format_bytes
 from kvharness.stacks.coldstart import baseline_check, first_request_check, prepare as cold_prepare
-from kvharness.stacks.sizing import check_host_tier, check_memory_pools, sizing_names, vllm_transfer_config
+from kvharness.sim.profiles import kv_bytes_per_token
+from kvharness.stacks.names import template_names
+from kvharness.stacks.sizing import check_host_tier, check_memory_pools
 from kvharness.stacks.launcher import (
     RunningStack,
     StackLaunchError,
@@ -38,8 +44,10 @@ from kvharness.stacks.launcher import (
     terminate_group,
 )
 from kvharness.stacks.capacity import CapacityMismatch, verify_capacity
+from kvharness.cellfiles import (CELL_JSON, COLLECTOR_LOG, COLLECTOR_SUMMARY_JSON, DYNKV_JSONL, LOAD_JSON, LOADGEN_LOG,
+                                  LOADGEN_SUMMARY_JSON, METRICS_JSONL, PROVENANCE_JSON, SUMMARY_JSON, SYSMON_JSONL)
 
-log = logging.getLogger("kvharness.cell")
+log = logging.getLogger("kvharness.measure.cell")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ALIGNMENT_GATE = 0.95
@@ -97,7 +105,7 @@ def _release(path: Path) -> None:
 
 
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.uwork`); with ``rule``
+    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.measure.uwork`); with ``rule``
     ``uwork_min`` / ``uwork_max`` the lower / higher U_work of ``stacks`` (default: every stack in the file),
     so every stack runs at the same load."""
     found = uwork_result.read(path)
@@ -125,58 +133,12 @@ def resolve_load(spec: dict, uwork_csv: str | None = None, uwork: dict | int | N
             raise ConfigError(f"hypotheses.{spec['hyp']}.load.concurrency: 'uwork' needs the uwork result (H0's uwork.csv)")
         load["concurrency"] = value
         load["concurrency_source"] = {"result": "uwork", "rule": rule, "from": source, "value": value}
-    pattern = load.setdefault("pattern", {"kind": "closed"})
+    pattern = load.setdefault("pattern", dict(DEFAULT_PATTERN))
     if pattern.get("kind") == "bursty" and not pattern.get("burst_size"):
         pattern["burst_size"] = load["concurrency"]
     if pattern.get("kind") == "trace" and isinstance(load.get("concurrency"), int):
         pattern["max_in_flight"] = load["concurrency"]  # a replayed trace at a concurrency: at most that many in flight
     return load
-
-
-def template_names(spec: dict, tier2_dir: Path) -> dict:
-    tiers = spec["tiers"]
-    names = {
-        "host": spec["host"],
-        "model": spec["model"], "model_path": spec["model_path"],
-        "served_model_name": spec["served_model_name"], "precision": spec["precision"],
-        "hardware": spec["hardware"], "tier2_dir": str(tier2_dir),
-        **{k: tiers[k] for k in ("tier0_bytes", "tier1_bytes", "tier2_bytes")},
-        **spec["engine"], **spec["sim"],
-    }
-    kv_per_token = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-    names["tier0_tokens"] = tiers["tier0_bytes"] // kv_per_token if kv_per_token else None
-    names["kv_bytes_per_token"] = kv_per_token
-    names.update(engine_model_names(spec))
-    names.update(sizing_names(spec, kv_per_token))  # exact decimal GB, KVBM block counts, max_seq_len
-    names["vllm_kv_transfer_config"] = vllm_transfer_config(names)
-    names["lora_config"] = lora_engine_config(spec["engine"])
-    return names
-
-
-def engine_model_names(spec: dict) -> dict:
-    """Names for an engine model that is not ours (Dynamo's mocker): its tokenizer directory and the host
-    tier's copy bandwidths (decimal GB/s) of the simulator's hardware profile, so both engine models move
-    a block between device and host at the same speed."""
-    from kvharness.stacks.mocker_model import MODEL_DIR
-
-    names = {"mocker_model_dir": str(MODEL_DIR), "tier1_bandwidth_gbps": None}
-    try:
-        from kvharness.sim.profiles import build_timing_model
-
-        names["tier1_bandwidth_gbps"] = repr(build_timing_model(spec["hardware"], spec["model"], spec["precision"]).bw_g1_g2 / 1e9)
-    except (KeyError, ValueError):
-        pass
-    return names
-
-
-def lora_engine_config(engine: dict) -> dict | None:
-    """TRT-LLM's ``lora_config`` (LLM API options) from the engine's LoRA slots; None (key omitted) when off."""
-    if not engine.get("max_loras"):
-        return None
-    out = {"max_loras": int(engine["max_loras"])}
-    if engine.get("max_cpu_loras"):
-        out["max_cpu_loras"] = int(engine["max_cpu_loras"])
-    return out
 
 
 def resident_adapter_bytes(spec: dict, load: dict) -> int:
@@ -192,16 +154,6 @@ def resident_adapter_bytes(spec: dict, load: dict) -> int:
     return min(n, slots) * size
 
 
-def kv_bytes_per_token(model: str, precision: str, hardware: str = "gb10") -> int | None:
-    """KV bytes per token of a model profile (configs/models.yaml, owned by the simulator), None if unknown."""
-    from kvharness.sim.profiles import build_timing_model
-
-    try:
-        return int(build_timing_model(hardware, model, precision).kv_bytes_per_token)
-    except (KeyError, ValueError, TypeError, OSError):
-        return None
-
-
 def check_tier2_space(spec: dict, tier2_dir: Path) -> None:
     """Refuse to start a tiered stack whose disk tier cannot fit on the tier-2 filesystem.
 
@@ -209,7 +161,7 @@ def check_tier2_space(spec: dict, tier2_dir: Path) -> None:
     """
     if not spec["stack"].get("tiered"):
         return
-    scale = float(spec["sim"].get("block_bytes_scale", 1.0)) if spec["stack"]["kind"] == "sim" else 1.0
+    scale = float(spec["sim"].get("block_bytes_scale", SIM["block_bytes_scale"])) if spec["stack"]["kind"] == "sim" else 1.0
     need = int(spec["tiers"]["tier2_bytes"] * scale)
     probe = tier2_dir
     while not probe.exists():
@@ -413,34 +365,17 @@ def _write_text(path: Path, text: str) -> str | None:
 def _stamp_cell_json(tmp: Path, **stamps) -> str | None:
     """Add the measurement's UTC start/end (taken under the benchmark lock) to cell.json."""
     try:
-        resolved = json.loads((tmp / "cell.json").read_text())
+        resolved = json.loads((tmp / CELL_JSON).read_text())
     except (OSError, ValueError):
         return None
     resolved.setdefault("measurement", {}).update(stamps)
-    return _write_text(tmp / "cell.json", json.dumps(resolved, indent=2, default=str))
+    return _write_text(tmp / CELL_JSON, json.dumps(resolved, indent=2, default=str))
 
 
 def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.BenchmarkLock,
              watch: cellguard.ParentWatch) -> dict:
-    try:
-        claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
-    except cellguard.BenchmarkBusy as exc:
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
-    except OSError as exc:
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
-                         f"{out_dir}: {exc.strerror or exc}") from None
+    claim = _claim_folder(spec, out_dir)
     tmp = claim.tmp
-    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
-        _reserve(tmp / ".reserve", RESERVE_BYTES)
-        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
-    except OSError as exc:
-        _release(tmp / ".reserve")
-        _release(tmp / ".reserve-reason")
-        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
-                                f"{exc.strerror or exc}")
-        claim.finish()
-        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
-                         f"{out_dir}: {exc.strerror or exc}") from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = utc_now()
@@ -461,35 +396,17 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         check_tier2_space(spec, tier2_dir)
         tier2_dir.mkdir(parents=True)
         plan = plan_launch(spec["stack"], template_names(spec, tier2_dir), tmp)
-        from kvharness.workingset import working_set
+        from kvharness.plan.workingset import working_set
 
         ws = working_set(load, spec["tiers"], kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"]),
                          adapter_bytes=resident_adapter_bytes(spec, load))
         resolved = {**spec, "load": load, "launch": plan.describe(), "tier2_dir": str(tier2_dir), "working_set": ws,
                     "measurement": {"lock": lock.describe(), "started_utc": started}}
         summary["engine_settings"] = plan.engine_settings  # what this stack's engine really ran with
-        (tmp / "cell.json").write_text(json.dumps(resolved, indent=2, default=str))
+        (tmp / CELL_JSON).write_text(json.dumps(resolved, indent=2, default=str))
         log.info("cell %s/%s: launching %s (%s)", spec["hyp"], spec["cell"], plan.name, " ".join(plan.argvs[-1][:6]) if plan.argvs else "external")
-        load_spec = {
-            "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
-            "model": spec["served_model_name"], "stream": True,
-            "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
-                                              if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
-            "workload": load["workload"], "duration_s": load["duration_s"],
-            "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", 0),
-            "request_timeout_s": load.get("request_timeout_s", 60.0),
-            "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
-            "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
-            "max_consecutive_errors": load.get("max_errors", 100),
-        }
-        for key in ("lora", "slo", "max_requests", "min_ok_requests"):
-            if load.get(key) is not None:
-                load_spec[key] = load[key]
-        if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
-            load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
-        if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
-            load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
-        (tmp / "load.json").write_text(json.dumps(load_spec, indent=2))
+        load_spec = _load_spec(spec, load, plan)
+        (tmp / LOAD_JSON).write_text(json.dumps(load_spec, indent=2))
         stack = RunningStack(plan, poll_s=0.02)  # health every 20 ms: a cell waits for its stack, not for the poll
         phases.start("launch")
         launched_at = time.time()
@@ -498,53 +415,21 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         # server's; the collector samples once the stack is healthy and ours (telemetry.go), the load generator
         # sends nothing until the collector has taken its baseline (load.go), and its clock starts then.
         go_file = tmp / "load.go"
-        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / "load.json"), "--out", str(tmp / "metrics.jsonl"),
-                                             "--summary-out", str(tmp / "loadgen_summary.json"), "--start-file", str(go_file),
+        loadgen = _start(_python_module_argv("loadgen", "--spec", str(tmp / LOAD_JSON), "--out", str(tmp / METRICS_JSONL),
+                                             "--summary-out", str(tmp / LOADGEN_SUMMARY_JSON), "--start-file", str(go_file),
                                              "--first-request", "skip", "--max-error-pct", "off"),
-                         tmp / "loadgen.log")
-        block_bytes = None
-        kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
-        if kvpt:
-            block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
-        argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
-                                   "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
-        for name, url in plan.metrics_urls.items():
-            argv += ["--scrape", f"{name}={url}"]
-        if block_bytes:
-            argv += ["--kv-block-bytes", str(block_bytes)]
-        for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
-            argv += ["--fetch-hist", f"{tier}={family}"]
+                         tmp / LOADGEN_LOG)
+        argv = _collector_argv(spec, plan, tmp, tier2_dir)
         telemetry_go = tmp / "telemetry.go"  # the collector, too, starts now and samples from the go on
-        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / "collector.log")
+        collector = _start(argv + ["--start-file", str(telemetry_go)], tmp / COLLECTOR_LOG)
         phases.start("health")
-        health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
-        summary["health_wait_s"] = round(health_s, 3)
-        summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
-        summary["ready_steps"] = plan.ready_steps
-        summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
-                                             fresh=plan.kind != "external", launched_at=launched_at)
-        summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
-        log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+        _wait_ready(spec, plan, stack, tier2_dir, launched_at, summary)
 
         phases.start("collectors")
-        telemetry_go.touch()
-        # The load starts after the collector's first scrape of the stack's counters (its tick-0 line in
-        # dynkv.jsonl, written at once): that scrape is the baseline every counter delta of the cell is taken
-        # from (adapter loads, tier bytes), so nothing the load does may happen before it. Without a metrics
-        # source, the first host tick (one interval) stands in.
-        first = tmp / ("dynkv.jsonl" if plan.metrics_urls else "sysmon.jsonl")
-        if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
-            log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
-        if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
-            baseline_check(summary["cold_start"], _first_record(first))
-        idle_s = float(load.get("idle_window_s") or 0.0)
-        if idle_s > 0:  # the idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)
-            idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
-            time.sleep(idle_s)
-            summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
-                                      "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
+        _start_sampling(spec, plan, tmp, telemetry_go, collector, summary)
+        _idle_window(load, stack, summary)
         longest = max(float(load.get("duration_s") or 600.0), float(load_spec.get("max_duration_s") or 0.0))
-        budget = load.get("cell_timeout_s") or longest + float(load.get("request_timeout_s", 60.0)) + 30.0
+        budget = load.get("cell_timeout_s") or longest + float(load.get("request_timeout_s", load_default("request_timeout_s"))) + 30.0
         if bgio.enabled(spec):  # fio noise on the tier-2 directory from before the first request to the load's end
             noise = bgio.BackgroundIO(spec, tier2_dir, tmp, budget)
             summary["background_io"] = noise.info
@@ -578,18 +463,7 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
         failure = f"cannot write the cell folder {tmp}: {exc.strerror or exc}"
     finally:
         phases.start("teardown")
-        try:
-            if noise is not None:
-                noise.stop()
-            for proc in (loadgen, collector):
-                if proc is not None:
-                    terminate_group(proc, grace_s=5.0)
-            if stack is not None:
-                stack.stop()
-        finally:
-            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                old_handlers.setdefault(s, signal.getsignal(s))
-                signal.signal(s, _defer_signal)
+        _teardown(noise, loadgen, collector, stack, old_handlers)
     try:
         return _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load,
                        collector)
@@ -598,35 +472,154 @@ def _measure(spec: dict, out_dir: Path, uwork_csv, uwork, lock: cellguard.Benchm
             signal.signal(s, h)
 
 
+def _wait_ready(spec: dict, plan, stack, tier2_dir: Path, launched_at: float, summary: dict) -> None:
+    """Wait for the stack's health (which also proves the listener is ours), prepare the cold-start checks and
+    verify the tier capacity it reports (CapacityMismatch otherwise)."""
+    health_s = stack.wait_healthy()  # also proves the listener is ours (stacks/identity.py)
+    summary["health_wait_s"] = round(health_s, 3)
+    summary["listener"] = stack.identity  # who holds the ports (external stacks: not checked, and why)
+    summary["ready_steps"] = plan.ready_steps
+    summary["cold_start"] = cold_prepare(plan, spec["stack"].get("cold_start"), tier2_dir,
+                                         fresh=plan.kind != "external", launched_at=launched_at)
+    summary["capacity"] = verify_capacity(spec, plan, stack)  # the tiers the stack reports, or CapacityMismatch
+    log.info("cell %s: healthy after %.2f s; collector sampling", spec["cell"], health_s)
+
+
+def _start_sampling(spec: dict, plan, tmp: Path, telemetry_go: Path, collector, summary: dict) -> None:
+    """Let the collector sample and wait for its baseline. The load starts after the collector's first scrape
+    of the stack's counters (its tick-0 line in dynkv.jsonl, written at once): that scrape is the baseline
+    every counter delta of the cell is taken from (adapter loads, tier bytes), so nothing the load does may
+    happen before it. Without a metrics source, the first host tick (one interval) stands in."""
+    telemetry_go.touch()
+    first = tmp / (DYNKV_JSONL if plan.metrics_urls else SYSMON_JSONL)
+    if not _wait_for_file(first, collector, max(5.0, 2.5 * spec["telemetry"]["interval_ms"] / 1000)):
+        log.warning("cell %s: collector did not start sampling within 5 s", spec["cell"])
+    if plan.metrics_urls:  # cold-start check 2 on that same baseline scrape (stacks/coldstart.py)
+        baseline_check(summary["cold_start"], _first_record(first))
+
+
+def _idle_window(load: dict, stack, summary: dict) -> None:
+    """The idle baseline: collector on, stack up, no load (read back by analysis.spill.idle_nvme)."""
+    idle_s = float(load.get("idle_window_s") or 0.0)
+    if idle_s > 0:
+        idle_start, io_start = time.monotonic_ns(), tree_io(stack.pids)
+        time.sleep(idle_s)
+        summary["idle_window"] = {"start_mono_ns": idle_start, "end_mono_ns": time.monotonic_ns(), "seconds": idle_s,
+                                  "stack_io_start": io_start, "stack_io_load_start": tree_io(stack.pids)}
+
+
+def _claim_folder(spec: dict, out_dir: Path):
+    """The cell's tmp folder, claimed (one benchmark at a time) and with room reserved for its closing files."""
+    try:
+        claim = cellguard.claim_tmp(out_dir, f"{spec['hyp']}/{spec['cell']}")
+    except cellguard.BenchmarkBusy as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: {exc}") from None
+    except OSError as exc:
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: cannot create its folder next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
+    tmp = claim.tmp
+    try:  # before anything can fill the disk: room for reason.txt, summary.json and provenance.json
+        _reserve(tmp / ".reserve", RESERVE_BYTES)
+        _reserve(tmp / ".reserve-reason", RESERVE_REASON_BYTES)
+    except OSError as exc:
+        _release(tmp / ".reserve")
+        _release(tmp / ".reserve-reason")
+        cellguard.keep_leftover(tmp, out_dir, f"not started: no room for the cell's records next to {out_dir}: "
+                                f"{exc.strerror or exc}")
+        claim.finish()
+        raise CellFailed(f"cell {spec['hyp']}/{spec['cell']} not started: no room for its records next to "
+                         f"{out_dir}: {exc.strerror or exc}") from None
+    return claim
+
+
+def _load_spec(spec: dict, load: dict, plan) -> dict:
+    """The load generator's spec for this cell: the resolved load, the stack's URL, SLOs in wall time and,
+    for a cell sized by evidence, the longest it may run."""
+    load_spec = {
+        "base_url": plan.base_url, "endpoint": load.get("endpoint", "completions"),
+        "model": spec["served_model_name"], "stream": True,
+        "pattern": {**load["pattern"], **({"concurrency": load["concurrency"]}
+                                          if load.get("concurrency") and load["pattern"].get("kind") != "trace" else {})},
+        "workload": load["workload"], "duration_s": load["duration_s"],
+        "warmup_s": load.get("warmup_s", 0.0), "seed": load.get("seed", load_default("seed")),
+        "request_timeout_s": load.get("request_timeout_s", load_default("request_timeout_s")),
+        "labels": {"stack": plan.name, "concurrency": load.get("concurrency")},
+        "tokenizer": os.path.abspath(load["tokenizer"]) if load.get("tokenizer") else None,
+        "max_consecutive_errors": load.get("max_errors", 100),
+    }
+    for key in ("lora", "slo", "max_requests", "min_ok_requests"):
+        if load.get(key) is not None:
+            load_spec[key] = load[key]
+    if load_spec.get("slo"):  # the load generator measures wall time; SLOs are stated in the stack's
+        load_spec["slo"] = clock.wall_slo(load_spec["slo"], clock.speedup_of(spec))
+    if load.get("min_ok_requests") and load.get("duration_s"):  # cells sized by evidence (docs/definitions.md)
+        load_spec["max_duration_s"] = float(load.get("max_duration_s") or 5.0 * float(load["duration_s"]))
+    return load_spec
+
+
+def _collector_argv(spec: dict, plan, tmp: Path, tier2_dir: Path) -> list[str]:
+    """``kvharness sysmon`` for this cell: cadence, tier-2 path, the stack's metrics URLs, KV block bytes."""
+    block_bytes = None
+    kvpt = kv_bytes_per_token(spec["model"], spec["precision"], spec["hardware"])
+    if kvpt:
+        block_bytes = kvpt * int(spec["engine"]["tokens_per_block"])
+    argv = _python_module_argv("sysmon", "--out-dir", str(tmp), "--interval-ms", str(spec["telemetry"]["interval_ms"]),
+                               "--tier2-path", str(tier2_dir), "--watch-tree", str(os.getpid()))
+    for name, url in plan.metrics_urls.items():
+        argv += ["--scrape", f"{name}={url}"]
+    if block_bytes:
+        argv += ["--kv-block-bytes", str(block_bytes)]
+    for tier, family in (spec["stack"].get("fetch_histograms") or {}).items():
+        argv += ["--fetch-hist", f"{tier}={family}"]
+    return argv
+
+
+def _teardown(noise, loadgen, collector, stack, old_handlers: dict) -> None:
+    """Stop the noise, the load generator and the collector, then the stack; from here on signals are
+    deferred (the closing files are written whatever arrives)."""
+    try:
+        if noise is not None:
+            noise.stop()
+        for proc in (loadgen, collector):
+            if proc is not None:
+                terminate_group(proc, grace_s=5.0)
+        if stack is not None:
+            stack.stop()
+    finally:
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            old_handlers.setdefault(s, signal.getsignal(s))
+            signal.signal(s, _defer_signal)
+
+
 def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, started, tier2_dir, load, collector):
     """Summarize what was measured (also for failed cells: nothing is lost), write the closing files and
     rename the folder; runs with signals deferred (_defer_signal)."""
     # ---- summarize what was measured (also for failed cells: nothing is lost)
-    records_file = tmp / "metrics.jsonl"
+    records_file = tmp / METRICS_JSONL
     if not (tmp / "load.go").exists() and records_file.exists() and records_file.stat().st_size == 0:
         records_file.unlink()  # the load generator was started early but never let go: no record, no file
     phases.start("write")
     _release(tmp / ".reserve")
     summary["collector_rc"] = collector.returncode if collector is not None else None
     try:
-        records, truncated = read_jsonl(tmp / "metrics.jsonl") if (tmp / "metrics.jsonl").exists() else ([], 0)
+        records, truncated = read_jsonl(tmp / METRICS_JSONL) if (tmp / METRICS_JSONL).exists() else ([], 0)
     except RecordError as exc:
         records, truncated = [], 0
         failure = failure or str(exc)
     summary["truncated_lines"] = truncated
     summary["requests"] = stats.summarize_requests(records)
     collector_summary = None
-    if (tmp / "collector_summary.json").exists():
+    if (tmp / COLLECTOR_SUMMARY_JSON).exists():
         try:
-            collector_summary = read_json(tmp / "collector_summary.json")
+            collector_summary = read_json(tmp / COLLECTOR_SUMMARY_JSON)
         except RecordError:
             collector_summary = None
     summary["quality"] = _quality(collector_summary, summary["collector_rc"])
     summary["quality"].update(itl_flags(records, float(spec.get("quality", {}).get("itl_stall_ms", 1000.0))))
     lg = None
-    if (tmp / "loadgen_summary.json").exists():
+    if (tmp / LOADGEN_SUMMARY_JSON).exists():
         try:
-            lg = read_json(tmp / "loadgen_summary.json")
+            lg = read_json(tmp / LOADGEN_SUMMARY_JSON)
             summary["client_bound"] = bool(lg.get("client_bound", False))
         except RecordError:
             lg = None
@@ -675,7 +668,7 @@ def _finish(spec, out_dir, tmp, claim, summary, failure, phases, t_start, starte
         failure = write_error
         summary["status"] = "failed"
         summary["reason"] = failure
-        _write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str))
+        _write_text(tmp / SUMMARY_JSON, json.dumps(summary, indent=2, default=str))
         _release(tmp / ".reserve-reason")
         _write_reason(spec, tmp, failure)
     _release(tmp / ".reserve-reason")
@@ -702,7 +695,7 @@ def _sim_io(tmp: Path) -> dict | None:
     """The simulator's own tier-2 I/O errors and verify failures over the cell (its scraped counters'
     deltas in dynkv.jsonl); None without a readable record."""
     try:
-        recs, _ = read_jsonl(tmp / "dynkv.jsonl")
+        recs, _ = read_jsonl(tmp / DYNKV_JSONL)
     except RecordError:
         return None
     out = {"tier2_io_errors": 0.0, "tier2_verify_failures": 0.0}
@@ -722,8 +715,8 @@ def _write_cell_files(tmp: Path, spec: dict, summary: dict) -> str | None:
         scrub_logs(tmp)
     except OSError as exc:
         errors.append(f"cannot scrub the logs: {exc.strerror or exc}")
-    errors.append(_write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=str)))
-    errors.append(_write_text(tmp / "provenance.json", json.dumps(
+    errors.append(_write_text(tmp / SUMMARY_JSON, json.dumps(summary, indent=2, default=str)))
+    errors.append(_write_text(tmp / PROVENANCE_JSON, json.dumps(
         provenance(REPO_ROOT, {"cell": spec["cell"], "hyp": spec["hyp"], "sim": spec.get("sim"),
                                "code_fingerprint": measurement_fingerprint()}), indent=2)))
     errors.append(_stamp_cell_json(tmp, started_utc=summary["started_utc"], finished_utc=summary["finished_utc"]))

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kvharness.cellfiles import CELL_JSON, SUMMARY_JSON
+
 DEFAULT_OVERHEAD_S = 0.8     # per cell without a finished one to measure: job wall - load phase, median of
                              # 54 simulated cells on the 2-core development box (0.7 s, 2026-12-05)
 ANALYSIS_S = 4.0             # per hypothesis: its analysis job (a checkpoint; figures included)
@@ -74,7 +76,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def load_config(configfiles: list[str], only: list[str] | None = None) -> dict:
-    from kvharness.config import CONFIG_DIR, ConfigError, check_config_file, validate_config
+    from kvharness.plan.config import CONFIG_DIR, ConfigError, check_config_file, validate_config
 
     raw: dict = {}
     for path in [str(CONFIG_DIR / "config.yaml"), *configfiles]:
@@ -97,7 +99,7 @@ def _json(path: Path) -> dict | None:
 
 def lock_wait_s(cell_dir: Path) -> float:
     """Seconds the cell's job waited for the machine lock (another workflow's cell was measuring)."""
-    lock = ((_json(cell_dir / "cell.json") or {}).get("measurement") or {}).get("lock") or {}
+    lock = ((_json(cell_dir / CELL_JSON) or {}).get("measurement") or {}).get("lock") or {}
     return float(lock.get("waited_s") or 0.0)
 
 
@@ -108,7 +110,7 @@ def _job_seconds(cell_dir: Path) -> float | None:
     try:
         return float(bench.read_text().splitlines()[1].split("\t")[0]) - lock_wait_s(cell_dir)
     except (OSError, IndexError, ValueError):
-        summary = _json(cell_dir / "summary.json") or {}
+        summary = _json(cell_dir / SUMMARY_JSON) or {}
         return summary.get("wall_s")
 
 
@@ -117,7 +119,7 @@ def finished_cells(results: Path):
     for cells in sorted(results.glob("*/cells")):
         for d in sorted(cells.iterdir()):
             if d.is_dir() and "." not in d.name:
-                summary = _json(d / "summary.json")
+                summary = _json(d / SUMMARY_JSON)
                 if summary and summary.get("status") in ("ok", "degraded"):
                     yield cells.parent.name, d, summary
 
@@ -133,7 +135,7 @@ def build_context(cfg: dict, results: Path, use_measured: bool = True) -> Contex
                 continue
             overheads.append(job - load_s)
             n = (summary.get("requests") or {}).get("n_requests")
-            spec = _json(d / "cell.json") or {}
+            spec = _json(d / CELL_JSON) or {}
             conc = (spec.get("load") or {}).get("concurrency")
             if n and load_s > 0 and isinstance(conc, (int, float)):
                 ctx.rates.setdefault((hyp, (spec.get("stack") or {}).get("name")), []).append((conc, n / load_s))
@@ -152,7 +154,7 @@ def assumed_uwork(cfg: dict, share: float = UWORK_MODEL_SHARE) -> dict:
     """Stack name -> the U_work a plan assumes before H0 has measured one: the first level of H0's sweep
     where the simulator model's throughput reaches ``share`` of its peak (past it, prompts queue); for a
     stack the model does not cover, the middle of the sweep."""
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     if "H0" not in cfg["hypotheses"]:
         return {}
@@ -175,7 +177,7 @@ def assumed_uwork(cfg: dict, share: float = UWORK_MODEL_SHARE) -> dict:
 # ---- per cell ---------------------------------------------------------------------------------------
 
 def hypothesis_stacks(cfg: dict, hyp: str) -> list[str]:
-    from kvharness.config import load_stack
+    from kvharness.plan.config import load_stack
 
     return [load_stack(cfg["stacks"][role])["name"] for role in cfg["hypotheses"][hyp]["stacks"]]
 
@@ -306,7 +308,9 @@ def duration_rule(spec: dict, ctx: Context) -> Estimate | None:
     if not load.get("duration_s"):
         return None
     t = float(load["duration_s"]) + float(load.get("warmup_s") or 0) + float(load.get("cooldown_s") or 0)
-    if (load.get("pattern") or {}).get("kind", "closed") in ("closed", "bursty"):
+    from kvharness.loadgen.spec import CLOSED_PATTERNS, DEFAULT_PATTERN
+
+    if (load.get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"]) in CLOSED_PATTERNS:
         users, _ = concurrency(spec, ctx)
         r, how = rate(spec, ctx, users)
         if r:
@@ -328,7 +332,7 @@ def estimate_cell(spec: dict, ctx: Context) -> Estimate:
 # ---- the plan ---------------------------------------------------------------------------------------
 
 def make_plan(cfg: dict, ctx: Context, hyps: list[str] | None = None) -> dict:
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     out = {"created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overhead_s": ctx.overhead_s,
            "overhead_basis": ctx.overhead_basis, "analysis_s": ANALYSIS_S, "workflow_start_s": WORKFLOW_START_S,
@@ -413,7 +417,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvharness.config import ConfigError
+    from kvharness.plan.config import ConfigError
 
     saved = args.results / "plan.json"
     if args.compare:
@@ -448,7 +452,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _cells(cfg: dict, hyp: str) -> list[dict]:
-    from kvharness.config import expand_cells
+    from kvharness.plan.config import expand_cells
 
     return expand_cells(cfg, hyp)
 
@@ -487,7 +491,7 @@ def progress_line(hyp: str, results: Path = Path("results"), where: Path = PROGR
     failed = {d.name.split(".failed-")[0] for d in base.glob("*.failed-*")} - set(done) if base.is_dir() else set()
     est_run = act_run = 0.0
     for c in done:
-        summary = _json(base / c / "summary.json") or {}
+        summary = _json(base / c / SUMMARY_JSON) or {}
         if (base / c).stat().st_mtime >= plan["started"] and summary.get("wall_s"):  # finished in this run
             est_run, act_run = est_run + cells[c], act_run + float(summary["wall_s"])
     pace = act_run / est_run if est_run > 0 else 1.0

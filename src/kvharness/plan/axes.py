@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kvharness.defaults import SIM
+from kvharness.errors import AxisError
+from kvharness.loadgen.spec import DEFAULT_PATTERN, default as load_default
+from kvharness.plan.pressure import apply_pressure_bytes
 from kvharness.units import parse_bytes
-
-
-class AxisError(ValueError):
-    """A swept value that cannot be applied; the message is one line without the key path."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _set_load(key: str) -> Callable[[dict, Any, dict], None]:
 
 def _set_pattern(key: str, kinds: tuple[str, ...]) -> Callable[[dict, Any, dict], None]:
     def apply(spec: dict, value: Any, cfg: dict) -> None:
-        kind = spec["load"]["pattern"].get("kind", "closed")
+        kind = spec["load"]["pattern"].get("kind", DEFAULT_PATTERN["kind"])
         if kind not in kinds:
             raise AxisError(f"needs an open-loop pattern ({', '.join(kinds)}), the load's pattern is {kind!r}")
         spec["load"]["pattern"][key] = value
@@ -117,8 +117,8 @@ def _set_telemetry(spec: dict, value: Any, cfg: dict) -> None:
 def _set_rep(spec: dict, value: Any, cfg: dict) -> None:
     """Repetition r: its own launch; the load and simulator seeds move by r so the runs are independent."""
     spec["rep"] = value
-    spec["load"]["seed"] = int(spec["load"].get("seed", 0)) + value
-    spec["sim"]["seed"] = int(spec["sim"].get("seed", 0)) + value
+    spec["load"]["seed"] = int(spec["load"].get("seed", load_default("seed"))) + value
+    spec["sim"]["seed"] = int(spec["sim"].get("seed", SIM["seed"])) + value
 
 
 def _set_variant(spec: dict, value: Any, cfg: dict) -> None:
@@ -136,8 +136,6 @@ def _set_context(spec: dict, value: Any, cfg: dict) -> None:
 
 
 def _set_pressure_bytes(spec: dict, value: Any, cfg: dict) -> None:
-    from kvharness.pressure import apply_pressure_bytes
-
     apply_pressure_bytes(spec, value, cfg)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvharness.loadgen.spec import DEFAULT_PATTERN
+
 ACHIEVED_CONCURRENCY_MIN = 0.5  # peak requests in flight / concurrency asked for, closed loops
 ALIGNMENT_INVALID_BELOW = 0.5   # telemetry covers under half the windows: a gap, not a thin record
 CLIENT_CPU_PCT = 90.0           # the load generator's CPU over the whole run, % of one core
@@ -105,7 +107,7 @@ def assess(*, records: list[dict], requests: dict, load: dict, loadgen: dict | N
         "measurement", bound, f"client CPU <= {CLIENT_CPU_PCT:g} % of a core, send lag p50 <= {CLIENT_SEND_LAG_P50_MS:g} ms",
         None if bound is None else not bound["bound"],
         f"the load generator could not keep up ({(bound or {}).get('why')})")
-    pattern = (load.get("pattern") or {}).get("kind", "closed")
+    pattern = (load.get("pattern") or DEFAULT_PATTERN).get("kind", DEFAULT_PATTERN["kind"])
     conc = load.get("concurrency")
     if pattern == "closed" and isinstance(conc, int) and conc > 0 and records:
         want = min(conc, int(load.get("max_requests") or conc))  # a capped load cannot have more in flight
