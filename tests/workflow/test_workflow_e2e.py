@@ -95,37 +95,33 @@ def test_complete_run_has_nothing_to_do(finished_run):
     assert time.monotonic() - t0 < 60  # a hang guard, not a speed target (benchmarks/plan_dryrun.py measures it)
 
 
-def test_editing_h8_analysis_reruns_only_h8_analysis(finished_run):
-    # Snakemake compares checksums of inputs, so the edit must change the content (restored afterwards).
-    code = ROOT / "src/kvharness/analysis/h8.py"
+def _dry_run_after_edit(finished_run, relpath: str) -> tuple[int, str]:
+    """``snakemake -n`` for H8 after appending a comment to ``relpath`` (Snakemake compares checksums of
+    inputs, so the edit must change the content); the file and its mtime are restored afterwards."""
+    code = ROOT / relpath
     original = code.read_bytes()
     stat = code.stat()
     try:
-        code.write_bytes(original + b"\n# an edit to the H8 analysis\n")
+        code.write_bytes(original + b"\n# an edit\n")
         proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
-        out = proc.stdout + proc.stderr
-        assert "analyze_H8" in out
-        assert "measure_cell" not in out and "analyze_H0" not in out
+        return proc.returncode, proc.stdout + proc.stderr
     finally:
         code.write_bytes(original)
         os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_editing_h8_analysis_reruns_only_h8_analysis(finished_run):
+    _, out = _dry_run_after_edit(finished_run, "src/kvharness/analysis/h8.py")
+    assert "analyze_H8" in out
+    assert "measure_cell" not in out and "analyze_H0" not in out
 
 
 def test_editing_the_simulator_reruns_no_analysis(finished_run):
     # issue 26: an analysis rule's code inputs are its import closure; it must not reach the simulator
     # (tests/analysis/test_code_inputs.py checks every hypothesis; this is Snakemake's own answer).
-    code = ROOT / "src/kvharness/sim/engine.py"
-    original = code.read_bytes()
-    stat = code.stat()
-    try:
-        code.write_bytes(original + b"\n# an edit to the simulator\n")
-        proc = snakemake(finished_run, "-n", "results/H8/summary.csv")
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-2000:]
-        assert "analyze_" not in out and "Nothing to be done" in out
-    finally:
-        code.write_bytes(original)
-        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rc, out = _dry_run_after_edit(finished_run, "src/kvharness/sim/engine.py")
+    assert rc == 0, out[-2000:]
+    assert "analyze_" not in out and "Nothing to be done" in out
 
 
 def test_ctrl_c_during_a_cell_leaves_no_process_and_no_complete_folder(tmp_path):
