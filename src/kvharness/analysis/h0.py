@@ -145,17 +145,33 @@ def _uwork_used(knee: dict, steps: list[dict], values: list, head_rep: int) -> t
 
 
 def _transparency(steps: list[dict], ref_steps: list[dict], knee: dict, ref_knee: dict) -> dict:
-    """B vs A within +-5 %: the worst rep-mean p50 TTFT difference at the concurrency levels both stacks hold
-    stably (no keys when they share none)."""
+    """B vs A within +-5 % at the concurrency levels both stacks hold stably: per level the p50 TTFT ratio
+    B/A with its bootstrap interval and the three-outcome comparison (``stats.compare``, q = 50, requests
+    pooled over reps). ``transparent`` is True when every level is equivalent within ±5 %, False when one
+    differs by more than 5 % (its 95 % interval outside [0.95, 1.05]), else None (undecided). No keys when
+    the stacks share no stable level."""
     ref = {s["concurrency"]: s for s in ref_steps}
     shared = [s for s in steps if s["concurrency"] in ref and knee["stable"][s["concurrency"]]
               and ref_knee["stable"].get(s["concurrency"])]
-    deltas = [pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50")) for s in shared]
-    deltas = [d for d in deltas if d is not None]
-    if not deltas:
+    compared = []
+    for s in shared:
+        a, b = ref[s["concurrency"]].get("_ttft_ms") or [], s.get("_ttft_ms") or []
+        cmp = stats.compare([a], [b], 50) if len(a) and len(b) else {}
+        delta = pct_delta(s.get("ttft_ms_p50"), ref[s["concurrency"]].get("ttft_ms_p50"))
+        if delta is not None:
+            compared.append((s["concurrency"], delta, cmp))
+    if not compared:
         return {}
-    worst = max(deltas, key=abs)
-    return {"vs_A_ttft_p50_worst_pct": round(worst, 2), "transparent": abs(worst) <= TRANSPARENCY_PCT}
+    c, worst, cmp = max(compared, key=lambda t: abs(t[1]))
+    outcomes = [x[2].get("outcome") for x in compared]
+    beyond = [x for x in compared if x[2].get("outcome") == "differs"
+              and (x[2]["ci95_low"] > 1 + TRANSPARENCY_PCT / 100 or x[2]["ci95_high"] < 1 - TRANSPARENCY_PCT / 100)]
+    transparent = False if beyond else True if all(o == "equivalent" for o in outcomes) else None
+    if beyond:
+        c, worst, cmp = max(beyond, key=lambda t: abs(t[1]))
+    interval = (f"{cmp['ratio']:.2f}× [{cmp['ci95_low']:.2f}, {cmp['ci95_high']:.2f}] at c={c} ({cmp['outcome']})"
+                if cmp.get("ratio") and cmp.get("ci95_low") is not None else f"{worst:+.1f} % at c={c} (no interval)")
+    return {"vs_A_ttft_p50_worst_pct": round(worst, 2), "transparent": transparent, "transparency": interval}
 
 
 # --------------------------------------------------------------------------- declaration
@@ -190,8 +206,9 @@ def verdict(result: Result) -> str:
                      f"bounds still decide them): {'; '.join(short)}.")
     for r in rows:
         if "transparent" in r:
-            sentence += (f" {r['stack']}'s p50 TTFT is {'within' if r['transparent'] else 'outside'} "
-                         f"±{TRANSPARENCY_PCT:g} % of A at the shared stable steps (worst {r['vs_A_ttft_p50_worst_pct']:+.1f} %).")
+            said = {True: f"within ±{TRANSPARENCY_PCT:g} % of A (equivalent)", False: f"not within ±{TRANSPARENCY_PCT:g} % of A",
+                    None: f"not decided against ±{TRANSPARENCY_PCT:g} % of A"}[r["transparent"]]
+            sentence += (f" {r['stack']}'s p50 TTFT at the shared stable steps is {said}: B/A {r['transparency']}.")
     return sentence
 
 
@@ -217,7 +234,7 @@ register(Hypothesis(
                                "stable", "stable_reps", "goodput_req_s", "good_fraction", "error_rate", "status")),
             Table("uwork", UWORK_COLUMNS, "U_work, knee and collapse point per stack, per rep and headline",
                   key_columns=("stack", "role", "u_work", "u_work_reps", "reps_agree", "censored", "knee_at",
-                               "collapse_at", "vs_A_ttft_p50_worst_pct", "transparent", "note"))),
+                               "collapse_at", "vs_A_ttft_p50_worst_pct", "transparent", "transparency", "note"))),
     figures=(Figure("latency", "TTFT p50 and p99 (ms, log scale) vs concurrency (users in flight, log scale), one "
                                "panel per stack, means over repetitions with the p99's 95 % t interval; the solid "
                                "line marks the headline U_work, the band the range of per-rep U_work, the dashed "
