@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from kvharness.analysis import registry  # noqa: E402
-from kvharness.measure import uwork as uwork_result  # noqa: E402
+from kvharness.plan import uwork as uwork_result  # noqa: E402
 from kvharness.plan.config import (
     ConfigError,
     cell_index,
@@ -115,7 +115,7 @@ def cell_inputs(wildcards):
 def cell_uwork(wildcards):
     """The U_work this cell runs at, read when the `uwork` result exists. It is a param, so a changed
     U_work re-measures exactly the cells that used the old value (each kept first as `<cell>.stale-<UTC>/`),
-    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.measure.uwork).
+    and an unchanged one re-measures none. A bad uwork.csv stops the run with one line (kvharness.plan.uwork).
     """
     if not uses_uwork(wildcards):
         return None

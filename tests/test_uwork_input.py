@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kvharness.measure import uwork
+from kvharness.plan import uwork
 from kvharness.analysis.run import uwork_by_stack
 from kvharness.measure.cell import read_uwork
 from kvharness.errors import ConfigError

@@ -214,10 +214,10 @@ def _lgamma_range(n: int):
 
 
 def _clean_sorted(values):
+    """:func:`_sorted_clean` as a numpy array (the interval functions index and search it)."""
     import numpy as np
 
-    arr = np.asarray([v for v in values if v is not None] if not hasattr(values, "dtype") else values, dtype=float)
-    return np.sort(arr[~np.isnan(arr)])
+    return np.asarray(_sorted_clean(values), dtype=float)
 
 
 def order_stat_ci(values, q: float, confidence: float = CONFIDENCE) -> dict:

@@ -38,8 +38,8 @@ def read_table(path: str | Path) -> list[dict]:
 
 
 def uwork_by_stack(rows: Sequence[dict]) -> dict[str, int]:
-    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.measure.uwork`)."""
-    from kvharness.measure import uwork
+    """stack -> U_work used (the ``uwork`` result's rows, validated by :mod:`kvharness.plan.uwork`)."""
+    from kvharness.plan import uwork
 
     return uwork.from_rows(rows, "the uwork result")
 

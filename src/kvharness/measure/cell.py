@@ -23,7 +23,7 @@ from pathlib import Path
 from kvharness import REPO_ROOT, clock, stats
 from kvharness.measure import guard as cellguard, validity
 from kvharness.stacks import bgio
-from kvharness.measure import uwork as uwork_result
+from kvharness.plan import uwork as uwork_result
 from kvharness.records import RecordError, read_json, read_jsonl
 from kvharness.defaults import SIM
 from kvharness.errors import ConfigError
@@ -105,7 +105,7 @@ def _release(path: Path) -> None:
 
 
 def read_uwork(path: str | Path, stack_name: str, rule: str = "uwork", stacks: list[str] | None = None) -> int:
-    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.measure.uwork`); with ``rule``
+    """U_work of ``stack_name`` from an H0 ``uwork.csv`` (validated by :mod:`kvharness.plan.uwork`); with ``rule``
     ``uwork_min`` / ``uwork_max`` the lower / higher U_work of ``stacks`` (default: every stack in the file),
     so every stack runs at the same load."""
     found = uwork_result.read(path)

@@ -26,7 +26,6 @@ ESTIMATORS before the ones it should override.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import math
@@ -38,12 +37,14 @@ from pathlib import Path
 from typing import Callable
 
 from kvharness.cellfiles import CELL_JSON, SUMMARY_JSON
+from kvharness.errors import ConfigError
+from kvharness.plan import uwork
 
 DEFAULT_OVERHEAD_S = 0.8     # per cell without a finished one to measure: job wall - load phase, median of
                              # 54 simulated cells on the 2-core development box (0.7 s, 2026-12-05)
 ANALYSIS_S = 4.0             # per hypothesis: its analysis job (a checkpoint; figures included)
 WORKFLOW_START_S = 6.0       # Snakemake parsing the workflow and building the DAG, once per run
-UWORK_RULES = ("uwork", "uwork_min", "uwork_max")
+UWORK_RULES = uwork.RULES
 UWORK_MODEL_SHARE = 0.75     # U_work assumed before H0 ran: where the model's throughput reaches this share of its peak
 
 
@@ -76,7 +77,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def load_config(configfiles: list[str], only: list[str] | None = None) -> dict:
-    from kvharness.plan.config import CONFIG_DIR, ConfigError, check_config_file, validate_config
+    from kvharness.plan.config import CONFIG_DIR, check_config_file, validate_config
 
     raw: dict = {}
     for path in [str(CONFIG_DIR / "config.yaml"), *configfiles]:
@@ -144,8 +145,10 @@ def build_context(cfg: dict, results: Path, use_measured: bool = True) -> Contex
             ctx.overhead_basis = f"median of {len(overheads)} finished cells"
     uwork_csv = results / "H0" / "uwork.csv"
     if uwork_csv.is_file():
-        with open(uwork_csv) as fh:
-            ctx.uwork = {r["stack"]: int(float(r["u_work_used"])) for r in csv.DictReader(fh) if r.get("u_work_used")}
+        try:  # the one reader; a bad file is the workflow's to refuse, the estimate falls back to the model
+            ctx.uwork = uwork.read(uwork_csv)
+        except ConfigError:
+            ctx.uwork = {}
     ctx.uwork_assumed = assumed_uwork(cfg)
     return ctx
 
