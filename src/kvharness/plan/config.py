@@ -142,6 +142,8 @@ def name_the_file(exc: ConfigError, paths) -> ConfigError:
     """The error with the file and line that set its field in front (``configs/x.yaml:12: hypotheses.H0.reps: ...``)."""
     text = str(exc).removeprefix("config error: ")
     field = text.split(":", 1)[0].strip()
+    if text.startswith("unknown key '"):  # the schema's wording names the field inside the sentence
+        field = text[len("unknown key '"):].split("'", 1)[0]
     if " " in field or not field:
         return exc
     where = locate(field, paths)
