@@ -10,12 +10,14 @@ from kvharness.analysis.records import RecordError
 from kvharness.cellfolder import CellFolder
 
 
-def cell_row(cell_dir: str | Path) -> dict:
-    """Summary row of one finished cell, recomputed from its raw records (never trusting a cache)."""
+def cell_row(cell_dir: str | Path, folder: CellFolder | None = None, read: tuple[list[dict], int] | None = None) -> dict:
+    """Summary row of one finished cell, recomputed from its raw records (never trusting a cache).
+    ``folder``/``read``: a caller that reads the cell itself (H7) passes its reader and ``folder.records()``
+    so the records are parsed once."""
     cell_dir = Path(cell_dir)
-    folder = CellFolder(cell_dir)
+    folder = folder or CellFolder(cell_dir)
     spec, summary = folder.spec, folder.summary
-    records, truncated = folder.records()
+    records, truncated = read if read is not None else folder.records()
     warmup_s = float(spec["load"].get("warmup_s") or 0)
     if warmup_s > 0 and records:
         t0 = min(r["sched_ns"] for r in records if r.get("sched_ns") is not None)

@@ -46,10 +46,11 @@ def cadence_row(cell_dir: str | Path) -> dict:
     from kvharness.telemetry.read import TickIndex, attributable_fraction
 
     cell_dir = Path(cell_dir)
-    row = cell_row(cell_dir)
     folder = CellFolder(cell_dir)
+    read = folder.records()
+    row = cell_row(cell_dir, folder, read)
     spec, collector = folder.spec, folder.collector_summary
-    records, _ = folder.records()
+    records = read[0]
     ok = [r for r in records if r.get("rc") == 0 and r.get("lat_ttft_ms") is not None]
     p99 = percentile([r["lat_ttft_ms"] for r in ok], 99)
     tail = [r for r in ok if p99 is not None and r["lat_ttft_ms"] >= p99]
