@@ -47,4 +47,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp" 2>/
   esac
   echo "$EXTRAS" > "$stamp"
 fi
+# Snakemake reads --configfile before the Snakefile runs; this hook gives a non-UTF-8 file the same one-line
+# error as every other bad config (src/kvharness/snakemake_guard.py says how)
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf '%s\n' 'import sys; exec("try:\n from kvharness.snakemake_guard import install; install()\nexcept Exception:\n pass")' \
+  > "$site/kvharness_snakemake_guard.pth"
 echo "setup: ready (.venv/bin/snakemake, .venv/bin/kvharness)"

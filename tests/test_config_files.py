@@ -65,3 +65,40 @@ def test_a_pool_larger_than_the_machine_is_refused_for_a_launched_stack():
     check_memory_pools(spec(tier0=500 * GiB, remote_machine=True), total=64 * GiB)  # the flag: it runs elsewhere
     check_memory_pools(spec(kind="external", tier0=500 * GiB), total=64 * GiB)  # not ours to size
     check_memory_pools(spec(tier0=8 * GiB), total=64 * GiB)
+
+
+def test_snakemake_names_a_non_utf8_configfile_in_one_line(tmp_path):
+    """Snakemake reads --configfile before the Snakefile runs; setup.sh's hook (kvharness.snakemake_guard)
+    turns its UnicodeDecodeError traceback into the same one line as every other bad config."""
+    import sysconfig
+    assert (Path(sysconfig.get_paths()["purelib"]) / "kvharness_snakemake_guard.pth").is_file(), \
+        "run ./setup.sh: it installs the hook that names a non-UTF-8 --configfile"
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(b"hypotheses:\n  H8:\n    reps: 2  # caf\xe9\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           f"--configfile={path}", "-n", "results/H8/summary.csv"],
+                          capture_output=True, text=True, timeout=120)
+    said = proc.stdout + proc.stderr  # Snakemake logs an error raised before its logger is set up to stdout
+    assert proc.returncode != 0
+    assert f"{path}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8" in said, said[-2000:]
+    assert "Traceback" not in said and "UnicodeDecodeError" not in said, said[-2000:]
+
+
+def test_the_guard_leaves_good_files_and_missing_files_to_snakemake(tmp_path):
+    from kvharness.snakemake_guard import check_utf8
+
+    class Module:
+        class WorkflowError(Exception):
+            pass
+
+    seen = []
+    load = check_utf8(Module, lambda p, *a, **k: seen.append(p) or {"ok": 1})
+    good = tmp_path / "good.yaml"
+    good.write_text("a: 1  # café\n")
+    assert load(str(good)) == {"ok": 1}
+    assert load(tmp_path / "missing.yaml") == {"ok": 1}  # Snakemake says 'not found' itself
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"a: 1\n\xff\n")
+    with pytest.raises(Module.WorkflowError, match=rf"^{bad}:2: not UTF-8 text \(byte 0xff\)"):
+        load(str(bad))
+    assert len(seen) == 2

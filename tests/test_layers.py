@@ -15,7 +15,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kvharness", "kvharness.errors", "kvharness.units", "kvharness.records", "kvharness.tokens",
               "kvharness.stats", "kvharness.defaults", "kvharness.clock", "kvharness.procio",
-              "kvharness.provenance", "kvharness.netaddr", "kvharness.cellfiles", "kvharness.cellfolder")),
+              "kvharness.provenance", "kvharness.netaddr", "kvharness.cellfiles", "kvharness.cellfolder",
+              "kvharness.snakemake_guard")),
     ("components", ("kvharness.sim", "kvharness.loadgen", "kvharness.telemetry")),
     ("stacks", ("kvharness.stacks",)),  # incl. the LoRA proxy and background fio beside a stack
     ("plan", ("kvharness.plan",)),
