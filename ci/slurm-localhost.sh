@@ -5,6 +5,7 @@
 #   ci/slurm-localhost.sh install   apt-get install slurm-wlm munge; pip install the executor plugin
 #   ci/slurm-localhost.sh start     write $KVH_SLURM_DIR/slurm.conf and start the three daemons
 #   ci/slurm-localhost.sh stop      stop what start started (by the pids it recorded), munged included
+#   ci/slurm-localhost.sh remove    stop, delete the config start wrote, apt-get remove what install added
 # The node is declared as big as profiles/slurm's measurement cell asks (16 CPUs, 100 GB, one GPU as a
 # counted GRES) and slurmd is told to trust that (SlurmdParameters=config_overrides), so docs/slurm.md's
 # command runs here exactly as written, with the shipped profile and no resource overrides.
@@ -94,8 +95,18 @@ stop)
     rm -f "$pidfile"
   done
   ;;
+remove)
+  # undo install: with SLURM's client installed and no controller reachable, the executor plugin's
+  # `scontrol show config` probe costs ~9 s at every Snakemake start on this machine (docs/slurm.md)
+  "$0" stop
+  conf=/etc/slurm/slurm.conf
+  if [ -f "$conf" ] && grep -q '^# written by kvharness ci/slurm-localhost.sh' "$conf"; then
+    rm -f "$conf" /etc/slurm/gres.conf
+  fi
+  apt-get remove -y -q slurm-wlm slurm-client slurmctld slurmd slurm-wlm-basic-plugins munge >/dev/null
+  ;;
 *)
-  echo "usage: $0 install|start|stop" >&2
+  echo "usage: $0 install|start|stop|remove" >&2
   exit 2
   ;;
 esac
