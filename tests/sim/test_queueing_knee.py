@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from sim_common import closed_loop, pct
+
+from kvharness.analysis.knee import u_work
 
 
 @pytest.mark.slow
@@ -62,14 +67,6 @@ def test_u_work_of_a_simulator_whose_knee_follows_from_its_batch_size(start_sim,
     * U_work is the highest swept step that is stable together with the next one: 8 (16 is stable but 18
       is not); the knee (two consecutive unstable steps) starts at 18.
     Wall times are modelled times / speedup; the harness's own load generator measures them."""
-    import json
-    import subprocess
-    import sys
-
-    import yaml
-
-    from kvharness.analysis.knee import u_work
-
     step_ms = 1.0 + 1e9 / 100e9 * 1e3
     fastest, slowest = 50.0 + step_ms, 50.0 + 2 * (step_ms + 0.1)
     assert slowest / fastest < 2 and OUTPUT * step_ms / 4 > 2 * slowest  # the profile does what it was made for
