@@ -30,7 +30,6 @@ def check_utf8(module, load):
             except OSError:
                 pass  # Snakemake's own message for a missing or unreadable file stays
         return load(configpath_or_obj, *args, **kwargs)
-    load_checked.__wrapped__ = load
     return load_checked
 
 
@@ -54,11 +53,6 @@ class _Hook(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Arm the hook (idempotent); if Snakemake's loader is already imported, wrap it now."""
-    module = sys.modules.get(TARGET)
-    if module is not None:
-        if not hasattr(module._load_configfile, "__wrapped__"):
-            module._load_configfile = check_utf8(module, module._load_configfile)
-        return
-    if not any(isinstance(finder, _Hook) for finder in sys.meta_path):
+    """Arm the hook (idempotent; the ``.pth`` calls it at interpreter start, before anything imports Snakemake)."""
+    if TARGET not in sys.modules and not any(isinstance(finder, _Hook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Hook())
