@@ -127,3 +127,22 @@ def test_a_failed_reproducibility_gate_turns_the_headline_into_not_established()
     assert text.startswith("chat: not established: CoV of p99 TTFT across reps 20.2 vs < 10 %; "
                            "p99 TTFT reproducible across reps 14.29 vs ±5 % (measured B/A p99 TTFT ")
     assert "(differs)" in text and "highest load" not in text
+
+
+def test_the_headline_and_the_common_gate_judge_the_same_points():
+    """uwork_min = uwork_max = 4: the four launches are one point for the common gate (stack, variant,
+    concurrency) and for the headline's gate alike. Per load rule they agree within 2 % (100/104, 112/116 ms),
+    but around the point's mean of 108 ms the worst is 8/108 = 7.41 % (gate: +-5 %): not established, and the
+    page's common gate fails with the same value."""
+    from kvharness.analysis.gates import reproducible_p99_gate
+
+    rows = [hero_row("sim-A", "A", "chat", rule, 4, 200, rep=i, _ttft_ms=ttfts(1.0, seed=i + 2 * k))
+            for k, rule in enumerate(("uwork_min", "uwork_max")) for i in (0, 1)] + \
+           [hero_row("sim-B", "B", "chat", rule, 4, p99, rep=i, _ttft_ms=ttfts(0.55, seed=10 + i + 2 * k))
+            for k, (rule, pair) in enumerate((("uwork_min", (100.0, 104.0)), ("uwork_max", (112.0, 116.0))))
+            for i, p99 in enumerate(pair)]
+    common = reproducible_p99_gate(rows, ("stack", "variant", "concurrency"))
+    assert common.passed is False and common.value == 7.41
+    table = h8.hero_table(rows)
+    text = h8.verdict(Result(tables={}, facts={"hero": table, "capacity": h8.capacity_table(rows), "workloads": ["chat"]}))
+    assert text.startswith("chat: not established: p99 TTFT reproducible across reps 7.41 vs ±5 % (measured"), text

@@ -259,9 +259,10 @@ def workload_sentence(wl: str, hero: Sequence[dict], cap: Sequence[dict]) -> str
 
 
 def workload_gates(cells: Sequence[dict]) -> list[Gate]:
-    """The common reproducibility gates on one workload's equal-load cells (per stack and load rule): the
-    claim of that workload's headline rests on them (gates.gate_sentence)."""
-    keys = ("stack", "load_rule")
+    """The common reproducibility gates on one workload's equal-load cells, per measured point (stack and
+    concurrency, as the common gates name a point: when ``uwork_min`` = ``uwork_max`` their cells are launches
+    of one point): the claim of that workload's headline rests on them (gates.gate_sentence)."""
+    keys = ("stack", "concurrency")
     return [cov_p99_gate(aggregate(cells, keys, ("ttft_ms_p99",)), keys), reproducible_p99_gate(cells, keys)]
 
 
